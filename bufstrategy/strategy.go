@@ -1,0 +1,57 @@
+// Package bufstrategy supplies the payload buffers that nbdd's transmission
+// loop reads WRITE payloads into and fills READ replies from. The buffer
+// policy is a choice, not an accident: grow-and-hold, resize-on-mismatch, a
+// power-of-two pool and a streaming copy trade memory for allocations in
+// different ways (see docs/strategies.md), and a server-wide Budget bounds
+// the bytes held across all connections.
+package bufstrategy
+
+import "context"
+
+// Strategy supplies payload buffers to one connection. Its methods are safe
+// for concurrent use, because a connection has many requests in flight.
+type Strategy interface {
+	// Get returns a buffer of 1 <= len(b) <= n bytes for a request of n > 0
+	// bytes. A strategy may hand out less than n (see ChunkLimit); the
+	// caller then moves the request through the buffer in several steps.
+	// Get blocks while the server-wide budget is exhausted, and returns
+	// ctx.Err() if ctx ends first.
+	Get(ctx context.Context, n int) ([]byte, error)
+	// Put returns a buffer from Get. b must not be used afterwards.
+	Put(b []byte)
+	// Close releases everything the connection still holds.
+	Close()
+}
+
+// Factory creates one Strategy per connection and aggregates statistics.
+// A Factory is safe for concurrent use.
+type Factory interface {
+	// Name is the policy's name as given to nbdd serve --strategy.
+	Name() string
+	// NewConn returns the Strategy for a new connection.
+	NewConn() Strategy
+	// ChunkLimit is the largest buffer Get hands out (0: no limit beyond
+	// the request). Callers use it to decide whether a request must be
+	// streamed.
+	ChunkLimit() int
+	// Stats reports the factory's counters.
+	Stats() Stats
+}
+
+// Stats are the counters each policy reports. All byte counts are buffer
+// capacities, because capacity is what a buffer pins in memory: a 5 KiB
+// request served from the pool's 8 KiB class counts 8 KiB. The fields are
+// read one by one from atomic counters, so a snapshot taken under load may
+// be slightly inconsistent across fields.
+type Stats struct {
+	Strategy    string
+	BytesHeld   int64 // bytes allocated and retained, in use or idle
+	BytesInUse  int64 // bytes currently handed out by Get (charged to the Budget)
+	Allocs      int64 // buffers allocated with make
+	BudgetWaits int64 // Get calls that had to wait for the budget
+
+	BytesIdle int64 // bytes retained while no request uses them (BytesHeld - BytesInUse at rest)
+	Hits      int64 // Get calls served from a retained buffer, without make
+	Reclaimed int64 // bytes the idle reclaimer has let go
+	Dropped   int64 // Put calls whose buffer was not recognised and was left to the GC
+}

@@ -1,0 +1,57 @@
+package server
+
+import (
+	"context"
+	"sync"
+)
+
+// byteGate bounds the payload bytes in flight on one connection
+// (Server.MaxInflightBytes). Only the reader acquires, so waiting in it
+// stops the reader from reading the socket; the writer releases.
+type byteGate struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	avail  int64 // guarded by mu
+	limit  int64
+	closed bool // guarded by mu
+}
+
+func newByteGate(limit int64) *byteGate {
+	g := &byteGate{avail: limit, limit: limit}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+// acquire takes n bytes (at most the whole limit, so a request as large as
+// the limit can always proceed once the connection is drained).
+func (g *byteGate) acquire(ctx context.Context, n int64) (int64, error) {
+	n = min(n, g.limit)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.avail < n {
+		if g.closed {
+			return 0, context.Canceled
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		g.cond.Wait()
+	}
+	g.avail -= n
+	return n, nil
+}
+
+func (g *byteGate) release(n int64) {
+	g.mu.Lock()
+	g.avail += n
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}
+
+// close wakes and fails every waiter.
+func (g *byteGate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.cond.Broadcast()
+}

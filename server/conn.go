@@ -1,0 +1,139 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nbdd/nbdd/bufstrategy"
+)
+
+// readBufferSize is the socket read buffer: large enough to hold many
+// request headers, so one read(2) often brings in several requests.
+const readBufferSize = 64 << 10
+
+// conn is one client connection.
+type conn struct {
+	srv    *Server
+	id     uint64
+	rwc    io.ReadWriteCloser
+	nc     net.Conn // rwc as a net.Conn, or nil
+	br     *bufio.Reader
+	log    *slog.Logger
+	closed atomic.Bool
+
+	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
+	tls        bool
+	structured bool
+	metaBase   bool // base:allocation selected with NBD_OPT_SET_META_CONTEXT
+	optBuf     []byte
+	replyBuf   []byte
+
+	// Transmission state.
+	exp       *openExport
+	bufs      bufstrategy.Strategy
+	slots     chan struct{} // one token per request in flight
+	inflight  sync.WaitGroup
+	nInflight atomic.Int64
+	bytes     *byteGate
+	w         *replyWriter
+	inTrans   atomic.Bool
+}
+
+func newConn(s *Server, rwc io.ReadWriteCloser) *conn {
+	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc}
+	c.nc, _ = rwc.(net.Conn)
+	c.br = bufio.NewReaderSize(rwc, readBufferSize)
+	c.bytes = newByteGate(s.maxInflightBytes())
+	attrs := []any{"conn", c.id}
+	if c.nc != nil && c.nc.RemoteAddr() != nil {
+		attrs = append(attrs, "remote", c.nc.RemoteAddr().String())
+	}
+	c.log = s.logger().With(attrs...)
+	return c
+}
+
+func (c *conn) serve(ctx context.Context) error {
+	defer c.rwc.Close()
+	c.log.Debug("connection opened")
+	err := c.handshake()
+	if err == nil {
+		c.log.Info("client connected", "export", c.exp.Name, "size", c.exp.size, "structured", c.structured, "tls", c.tls)
+		err = c.transmit(ctx)
+		c.closeExport()
+	}
+	return c.logEnd(err)
+}
+
+// logEnd logs the end of a connection once, at the level its cause
+// deserves, and returns nil for a clean end.
+func (c *conn) logEnd(err error) error {
+	switch {
+	case err == nil || errors.Is(err, errDisconnect):
+		c.log.Info("client disconnected")
+		return nil
+	case errors.Is(err, errAbort):
+		c.log.Debug("handshake aborted by client")
+		return nil
+	case c.closed.Load() && c.srv.inShutdown.Load():
+		c.log.Info("connection closed by shutdown")
+		return ErrServerClosed
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		c.log.Info("connection closed", "err", err)
+		return err
+	default:
+		c.log.Warn("connection failed", "err", err)
+		return err
+	}
+}
+
+// closeNow closes the socket, which ends any blocked read or write.
+func (c *conn) closeNow() {
+	if c.closed.CompareAndSwap(false, true) {
+		c.bytes.close()
+		c.rwc.Close()
+	}
+}
+
+// idle reports whether the connection may be closed by a graceful
+// shutdown: it is in the transmission phase with nothing in flight, or
+// still in a handshake that has not selected an export.
+func (c *conn) idle() bool {
+	return c.nInflight.Load() == 0
+}
+
+func (c *conn) closeExport() {
+	if c.exp == nil {
+		return
+	}
+	if c.exp.close != nil {
+		if err := c.exp.close(); err != nil {
+			c.log.Warn("closing export", "export", c.exp.Name, "err", err)
+		}
+	}
+}
+
+func (c *conn) setDeadline(d time.Duration) {
+	if c.nc == nil {
+		return
+	}
+	var t time.Time
+	if d > 0 {
+		t = time.Now().Add(d)
+	}
+	c.nc.SetDeadline(t)
+}
+
+func (c *conn) maxPayload() uint32 { return c.srv.maxRequestSize() }
+
+// writeAll writes b to the client in one call.
+func (c *conn) writeAll(b []byte) error {
+	_, err := c.rwc.Write(b)
+	return err
+}

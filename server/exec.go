@@ -1,0 +1,128 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// exec runs a validated request against the backend and encodes its reply.
+func (c *conn) exec(ctx context.Context, o *op) {
+	var err error
+	off, n := int64(o.req.Offset), int64(o.req.Length)
+	fua := o.req.Flags&protocol.CmdFlagFUA != 0
+	switch o.req.Type {
+	case protocol.CmdRead:
+		err = c.read(ctx, o)
+	case protocol.CmdWrite:
+		err = c.write(o.buf, off, fua)
+	case protocol.CmdFlush:
+		err = c.exp.Backend.Sync()
+	case protocol.CmdTrim:
+		err = c.afterFUA(c.exp.trimmer.Trim(off, n), fua)
+	case protocol.CmdWriteZeroes:
+		err = c.afterFUA(c.zero(o.req), fua)
+	case protocol.CmdCache:
+		if c.exp.cacher != nil {
+			err = c.exp.cacher.Cache(off, n)
+		}
+	case protocol.CmdBlockStatus:
+		err = c.blockStatus(o)
+	}
+	if err != nil {
+		c.log.Debug("request failed", "cmd", o.req.Type, "cookie", o.req.Cookie,
+			"offset", o.req.Offset, "len", o.req.Length, "err", err)
+	}
+	o.fail(err)
+	o.encode(c.structured)
+}
+
+// read fills o's buffer from the backend. A READ larger than the buffers
+// the strategy hands out is marked for streaming, which the reply writer
+// does itself; nothing of the reply is sent before data is in hand.
+func (c *conn) read(ctx context.Context, o *op) error {
+	n := int(o.req.Length)
+	buf, err := c.bufs.Get(ctx, n)
+	if err != nil {
+		return err
+	}
+	o.buf = buf
+	if len(buf) < n {
+		o.stream = true
+		return nil
+	}
+	if err := readFull(c.exp.Backend, buf, int64(o.req.Offset)); err != nil {
+		return err
+	}
+	o.data = buf
+	return nil
+}
+
+// readFull reads len(p) bytes at off. io.ReaderAt allows io.EOF with a
+// full count at the end of the data; that is success.
+func readFull(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = fmt.Errorf("short read at %d: %d of %d bytes: %w", off, n, len(p), io.ErrUnexpectedEOF)
+	}
+	return err
+}
+
+func (c *conn) write(p []byte, off int64, fua bool) error {
+	if fua && c.exp.fua != nil {
+		_, err := c.exp.fua.WriteAtFUA(p, off)
+		return err
+	}
+	n, err := c.exp.Backend.WriteAt(p, off)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	return c.afterFUA(err, fua)
+}
+
+// afterFUA makes a successful change durable when the client asked for
+// forced unit access (proto.md "NBD_CMD_FLAG_FUA").
+func (c *conn) afterFUA(err error, fua bool) error {
+	if err != nil || !fua {
+		return err
+	}
+	return c.exp.Backend.Sync()
+}
+
+// zero runs NBD_CMD_WRITE_ZEROES, writing zeroes where the backend has no
+// faster way. With FAST_ZERO that fallback is refused with ENOTSUP
+// (proto.md "NBD_CMD_FLAG_FAST_ZERO").
+func (c *conn) zero(req protocol.Request) error {
+	off, n := int64(req.Offset), int64(req.Length)
+	noHole := req.Flags&protocol.CmdFlagNoHole != 0
+	fast := req.Flags&protocol.CmdFlagFastZero != 0
+	if c.exp.zeroer != nil && (!fast || c.exp.fastZero) {
+		return c.exp.zeroer.WriteZeroes(off, n, noHole, fast)
+	}
+	if fast {
+		return backend.ErrNotFast
+	}
+	return writeZeroes(c.exp.Backend, off, n)
+}
+
+// zeroes is a read-only source of zero bytes for emulated WRITE_ZEROES.
+var zeroes [1 << 20]byte
+
+func writeZeroes(w io.WriterAt, off, n int64) error {
+	for n > 0 {
+		chunk := zeroes[:min(n, int64(len(zeroes)))]
+		if _, err := w.WriteAt(chunk, off); err != nil {
+			return err
+		}
+		off += int64(len(chunk))
+		n -= int64(len(chunk))
+	}
+	return nil
+}

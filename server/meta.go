@@ -1,0 +1,110 @@
+package server
+
+import (
+	"strings"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// baseAllocationID is the context ID nbdd gives base:allocation.
+const baseAllocationID = 1
+
+// maxExtents bounds the descriptors of one BLOCK_STATUS reply; clients
+// ask again for the rest (proto.md "NBD_CMD_BLOCK_STATUS": the server may
+// return fewer extents than the range needs).
+const maxExtents = 1024
+
+// optMetaContext answers NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT (proto.md "Metadata querying"). nbdd knows one
+// context, base:allocation; queries in other namespaces are ignored.
+func (c *conn) optMetaContext(opt protocol.Opt, data []byte) error {
+	set := opt == protocol.OptSetMetaContext
+	if set && !c.structured {
+		return c.optReply(opt, protocol.RepErrInvalid, "structured replies must be negotiated first")
+	}
+	req, err := protocol.DecodeMetaContextRequest(data)
+	if err != nil {
+		return c.optReply(opt, protocol.RepErrInvalid, err.Error())
+	}
+	exp, err := c.openExport(req.Name)
+	if err != nil || exp == nil {
+		return c.optReply(opt, protocol.RepErrUnknown, "unknown export")
+	}
+	if exp.close != nil {
+		exp.close()
+	}
+	match := matchesBaseAllocation(req.Queries, set)
+	if set {
+		c.metaBase = match
+	}
+	if match {
+		c.replyBuf = protocol.AppendMetaContext(c.replyBuf[:0], baseAllocationID, protocol.MetaContextBaseAllocation)
+		if err := c.optReplyData(opt, protocol.RepMetaContext, c.replyBuf); err != nil {
+			return err
+		}
+	}
+	return c.optReply(opt, protocol.RepAck, "")
+}
+
+// matchesBaseAllocation reports whether the queries select base:allocation.
+// LIST with no queries lists every context, and LIST accepts the
+// namespace wildcard "base:"; SET needs the exact name.
+func matchesBaseAllocation(queries []string, set bool) bool {
+	if len(queries) == 0 {
+		return !set
+	}
+	for _, q := range queries {
+		if q == protocol.MetaContextBaseAllocation || (!set && strings.EqualFold(q, "base:")) {
+			return true
+		}
+	}
+	return false
+}
+
+// blockStatus fills o.extra with the base:allocation extents of the
+// requested range (proto.md "NBD_CMD_BLOCK_STATUS"). Backends that cannot
+// tell report one allocated extent.
+func (c *conn) blockStatus(o *op) error {
+	off, n := int64(o.req.Offset), int64(o.req.Length)
+	end := off + n
+	limit := maxExtents
+	if o.req.Flags&protocol.CmdFlagReqOne != 0 {
+		limit = 1
+	}
+	b := putUint32(o.extra[:0], baseAllocationID)
+	if c.exp.extenter == nil {
+		o.extra = protocol.AppendBlockDescriptor(b, uint32(n), 0)
+		return nil
+	}
+	count := 0
+	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
+		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
+		if stop <= start {
+			return stop < end
+		}
+		b = protocol.AppendBlockDescriptor(b, uint32(stop-start), stateFlags(e.Flags))
+		count++
+		return count < limit && stop < end
+	})
+	if err == nil && count == 0 {
+		b = protocol.AppendBlockDescriptor(b, uint32(n), 0)
+	}
+	o.extra = b
+	return err
+}
+
+func stateFlags(f backend.ExtentFlags) uint32 {
+	var s uint32
+	if f&backend.ExtentHole != 0 {
+		s |= protocol.StateHole
+	}
+	if f&backend.ExtentZero != 0 {
+		s |= protocol.StateZero
+	}
+	return s
+}
+
+func putUint32(b []byte, v uint32) []byte {
+	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}

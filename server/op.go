@@ -1,0 +1,101 @@
+package server
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// maxReplyHeader is the largest reply header: a structured chunk header
+// followed by the offset of an OFFSET_DATA chunk.
+const maxReplyHeader = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
+
+// op is one request in flight, from the reader through execution to the
+// reply writer. Ops are recycled, so an op's buffers are reused across
+// requests and a request allocates nothing of its own.
+type op struct {
+	c      *conn
+	req    protocol.Request
+	err    *requestError // nil on success
+	buf    []byte        // buffer from the strategy, returned after the reply
+	data   []byte        // READ payload to send after the header
+	weight int64         // bytes held in the connection's byte gate
+	stream bool          // READ too large for one buffer: the writer streams it
+
+	hdr    [maxReplyHeader]byte
+	hdrLen int
+	extra  []byte // structured payload after hdr: error message, extents
+}
+
+var opPool = sync.Pool{New: func() any { return new(op) }}
+
+func getOp() *op { return opPool.Get().(*op) }
+
+func putOp(o *op) {
+	extra := o.extra[:0]
+	*o = op{extra: extra}
+	opPool.Put(o)
+}
+
+// fail records a request error; errors that are not yet request errors
+// are mapped to an errno by Errno.
+func (o *op) fail(err error) {
+	if err == nil {
+		return
+	}
+	var re *requestError
+	if !errors.As(err, &re) {
+		re = &requestError{errno: Errno(err), err: err}
+	}
+	o.err = re
+	o.data = nil
+}
+
+// encode builds the reply header (and structured payload) for o; the
+// writer sends o.hdr[:o.hdrLen], o.extra and o.data.
+func (o *op) encode(structured bool) {
+	typ := o.req.Type
+	if !structured || (typ != protocol.CmdRead && typ != protocol.CmdBlockStatus) {
+		o.encodeSimple()
+		return
+	}
+	switch {
+	case o.err != nil:
+		o.encodeErrorChunk()
+	case typ == protocol.CmdRead:
+		o.encodeChunk(protocol.ReplyTypeOffsetData, uint32(protocol.OffsetDataHeaderSize+int(o.req.Length)))
+		putUint64(o.hdr[protocol.ChunkHeaderSize:], o.req.Offset)
+		o.hdrLen = maxReplyHeader
+	default: // block status, o.extra already filled
+		o.encodeChunk(protocol.ReplyTypeBlockStatus, uint32(len(o.extra)))
+	}
+}
+
+func (o *op) encodeSimple() {
+	var errno protocol.Errno
+	if o.err != nil {
+		errno = o.err.errno
+	}
+	protocol.SimpleReply{Error: errno, Cookie: o.req.Cookie}.Put(o.hdr[:])
+	o.hdrLen = protocol.SimpleReplySize
+	o.extra = o.extra[:0]
+}
+
+func (o *op) encodeChunk(typ protocol.ReplyType, length uint32) {
+	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: typ, Cookie: o.req.Cookie, Length: length}.Put(o.hdr[:])
+	o.hdrLen = protocol.ChunkHeaderSize
+}
+
+// encodeErrorChunk sends the error with a human-readable message
+// (proto.md "NBD_REPLY_TYPE_ERROR").
+func (o *op) encodeErrorChunk() {
+	o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, o.err.Error(), false, 0)
+	o.encodeChunk(protocol.ReplyTypeError, uint32(len(o.extra)))
+}
+
+func putUint64(b []byte, v uint64) {
+	_ = b[7]
+	b[0], b[1], b[2], b[3] = byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32)
+	b[4], b[5], b[6], b[7] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+}

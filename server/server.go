@@ -1,0 +1,365 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nbdd/nbdd/bufstrategy"
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// Defaults for the zero values of Server's fields.
+const (
+	DefaultQueueDepth       = 64
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultBudget           = 256 << 20
+	// DefaultMaxInflightBytes bounds the payload bytes in flight on one
+	// connection; the kernel client keeps at most 128 requests of 128 KiB
+	// (its default max_sectors_kb) in flight, 16 MiB, so this leaves room
+	// for larger requests without letting one connection take the whole
+	// budget.
+	DefaultMaxInflightBytes = 64 << 20
+)
+
+// TLSMode says whether clients may or must negotiate TLS
+// (proto.md "TLS support").
+type TLSMode int
+
+// TLS modes.
+const (
+	// TLSOff does not offer NBD_OPT_STARTTLS.
+	TLSOff TLSMode = iota
+	// TLSOn offers STARTTLS but serves plaintext clients too, except for
+	// exports marked TLSOnly (SELECTIVETLS).
+	TLSOn
+	// TLSRequire refuses every option but STARTTLS and ABORT until TLS is
+	// up (FORCEDTLS).
+	TLSRequire
+)
+
+// A Server serves NBD exports. Its zero value works; the exported fields
+// must not change once the server is serving.
+type Server struct {
+	// Exports are the exports clients may select by name.
+	Exports []Export
+	// Source resolves names not found in Exports (for example a directory
+	// of images). Nil means Exports only.
+	Source ExportSource
+	// DefaultExport is the name the empty export name selects. If empty and
+	// exactly one export is configured, that export is the default.
+	DefaultExport string
+
+	// MaxRequestSize bounds READ and WRITE lengths; 0 means
+	// protocol.DefaultMaxPayload (32 MiB).
+	MaxRequestSize uint32
+	// QueueDepth bounds requests in flight per connection; 0 means
+	// DefaultQueueDepth.
+	QueueDepth int
+	// MaxInflightBytes bounds payload bytes in flight per connection; 0
+	// means DefaultMaxInflightBytes.
+	MaxInflightBytes int64
+	// Buffers supplies payload buffers; nil means the power-of-two pool
+	// under a DefaultBudget memory budget.
+	Buffers bufstrategy.Factory
+
+	// HandshakeTimeout bounds the whole handshake; 0 means
+	// DefaultHandshakeTimeout, negative means none.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that sends no request for this long
+	// while none is in flight; 0 means never (the kernel keeps idle
+	// connections for months).
+	IdleTimeout time.Duration
+	// MaxConns bounds connections server-wide, MaxConnsPerHost per client
+	// host; 0 means no limit.
+	MaxConns, MaxConnsPerHost int
+
+	// TLSConfig enables NBD_OPT_STARTTLS when TLSMode is not TLSOff.
+	TLSConfig *tls.Config
+	TLSMode   TLSMode
+
+	// Logger receives connection events; nil means slog.Default().
+	Logger *slog.Logger
+
+	initOnce   sync.Once
+	bufs       bufstrategy.Factory
+	inShutdown atomic.Bool
+	nextConnID atomic.Uint64
+
+	mu        sync.Mutex
+	listeners map[*net.Listener]struct{}
+	conns     map[*conn]struct{}
+	perHost   map[string]int
+	serving   sync.WaitGroup // Serve and ServeConn calls
+}
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.bufs = s.Buffers
+		if s.bufs == nil {
+			budget, _ := bufstrategy.NewBudget(DefaultBudget)
+			s.bufs, _ = bufstrategy.New("pool", bufstrategy.Config{MaxRequest: int(s.maxRequestSize()), Budget: budget})
+		}
+	})
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) maxRequestSize() uint32 {
+	if s.MaxRequestSize != 0 {
+		return s.MaxRequestSize
+	}
+	return protocol.DefaultMaxPayload
+}
+
+func (s *Server) queueDepth() int {
+	if s.QueueDepth > 0 {
+		return s.QueueDepth
+	}
+	return DefaultQueueDepth
+}
+
+func (s *Server) maxInflightBytes() int64 {
+	if s.MaxInflightBytes > 0 {
+		return max(s.MaxInflightBytes, int64(s.maxRequestSize()))
+	}
+	return max(DefaultMaxInflightBytes, int64(s.maxRequestSize()))
+}
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.HandshakeTimeout == 0 {
+		return DefaultHandshakeTimeout
+	}
+	return s.HandshakeTimeout
+}
+
+// BufferStats reports the buffer strategy's counters.
+func (s *Server) BufferStats() bufstrategy.Stats {
+	s.init()
+	return s.bufs.Stats()
+}
+
+// Serve accepts connections on l and serves each on its own goroutine. It
+// returns ErrServerClosed after Shutdown, or the accept error otherwise.
+// Serve closes l when it returns.
+func (s *Server) Serve(l net.Listener) error {
+	s.init()
+	if !s.trackListener(&l, true) {
+		return ErrServerClosed
+	}
+	defer s.trackListener(&l, false)
+	defer l.Close()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.inShutdown.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		go s.serveNetConn(nc)
+	}
+}
+
+func (s *Server) serveNetConn(nc net.Conn) {
+	host := remoteHost(nc)
+	if !s.admit(host) {
+		s.logger().Warn("connection refused: too many connections", "remote", nc.RemoteAddr().String())
+		nc.Close()
+		return
+	}
+	defer s.release(host)
+	_ = s.ServeConn(context.Background(), nc)
+}
+
+// ServeConn serves one connection until the client disconnects, the
+// connection fails or ctx ends, and closes rwc. It returns nil after a
+// clean disconnect. Any io.ReadWriteCloser works (net.Pipe, a socket
+// handed over by a parent process, a fuzzer's transcript); deadlines,
+// vectored writes and TLS are used when rwc is a net.Conn.
+func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
+	s.init()
+	c := newConn(s, rwc)
+	if !s.trackConn(c, true) {
+		rwc.Close()
+		return ErrServerClosed
+	}
+	defer s.trackConn(c, false)
+	stop := context.AfterFunc(ctx, func() { c.closeNow() })
+	defer stop()
+	return c.serve(ctx)
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, answers
+// new options with NBD_REP_ERR_SHUTDOWN and new requests with
+// NBD_ESHUTDOWN, waits for in-flight requests to finish, flushes the
+// exports and closes every connection. If ctx ends first, Shutdown closes
+// the remaining connections at once and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.inShutdown.Store(true)
+	s.mu.Lock()
+	for l := range s.listeners {
+		(*l).Close()
+	}
+	s.mu.Unlock()
+	ticker := time.NewTicker(10 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		if s.closeIdleConns() {
+			s.serving.Wait()
+			return s.flushExports()
+		}
+		select {
+		case <-ctx.Done():
+			s.closeAllConns()
+			s.serving.Wait()
+			return ctx.Err()
+		case <-ticker.C:
+		}
+	}
+}
+
+// Close closes all listeners and connections at once, without waiting.
+func (s *Server) Close() error {
+	s.inShutdown.Store(true)
+	s.mu.Lock()
+	for l := range s.listeners {
+		(*l).Close()
+	}
+	s.mu.Unlock()
+	s.closeAllConns()
+	return nil
+}
+
+// closeIdleConns closes connections with nothing in flight and reports
+// whether none is left.
+func (s *Server) closeIdleConns() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.idle() {
+			c.closeNow()
+			delete(s.conns, c)
+		}
+	}
+	return len(s.conns) == 0
+}
+
+func (s *Server) closeAllConns() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.closeNow()
+	}
+}
+
+// flushExports syncs every writable static export, so that data written
+// before Shutdown is durable once it returns.
+func (s *Server) flushExports() error {
+	var errs []error
+	for i := range s.Exports {
+		e := &s.Exports[i]
+		if e.ReadOnly || e.Backend == nil {
+			continue
+		}
+		if err := e.Backend.Sync(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) trackListener(l *net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listeners == nil {
+		s.listeners = make(map[*net.Listener]struct{})
+	}
+	if !add {
+		delete(s.listeners, l)
+		return true
+	}
+	if s.inShutdown.Load() {
+		return false
+	}
+	s.listeners[l] = struct{}{}
+	return true
+}
+
+func (s *Server) trackConn(c *conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	if !add {
+		delete(s.conns, c)
+		s.serving.Done()
+		return true
+	}
+	if s.inShutdown.Load() {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.serving.Add(1)
+	return true
+}
+
+// admit applies MaxConns and MaxConnsPerHost.
+func (s *Server) admit(host string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perHost == nil {
+		s.perHost = make(map[string]int)
+	}
+	total := 0
+	for _, n := range s.perHost {
+		total += n
+	}
+	if s.MaxConns > 0 && total >= s.MaxConns {
+		return false
+	}
+	if s.MaxConnsPerHost > 0 && s.perHost[host] >= s.MaxConnsPerHost {
+		return false
+	}
+	s.perHost[host]++
+	return true
+}
+
+func (s *Server) release(host string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perHost[host]--; s.perHost[host] <= 0 {
+		delete(s.perHost, host)
+	}
+}
+
+func remoteHost(nc net.Conn) string {
+	addr := nc.RemoteAddr()
+	if addr == nil {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
+		return host
+	}
+	return addr.Network() // unix sockets: one bucket
+}

@@ -1,0 +1,167 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// transmit runs the transmission phase (proto.md "Transmission"): this
+// goroutine reads and validates requests and hands them to goroutines of
+// their own; the reply writer sends the answers. It returns errDisconnect
+// after NBD_CMD_DISC.
+func (c *conn) transmit(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.bufs = c.srv.bufs.NewConn()
+	defer c.bufs.Close()
+	c.slots = make(chan struct{}, c.srv.queueDepth())
+	c.w = newReplyWriter(c)
+	go c.w.loop()
+	c.inTrans.Store(true)
+	err := c.readRequests(ctx)
+	if errors.Is(err, errDisconnect) {
+		c.flushOnDisconnect()
+	} else {
+		c.closeNow() // unblock anything waiting on the socket
+	}
+	cancel()
+	c.inflight.Wait()
+	c.w.stop()
+	return err
+}
+
+// readRequests is the reader loop.
+func (c *conn) readRequests(ctx context.Context) error {
+	var hdr [protocol.RequestSize]byte
+	for {
+		if err := c.readHeader(&hdr); err != nil {
+			return err
+		}
+		req, err := protocol.DecodeRequest(&hdr)
+		if err != nil {
+			return err
+		}
+		if req.Type == protocol.CmdDisc {
+			return errDisconnect
+		}
+		if err := c.handle(ctx, req); err != nil {
+			return err
+		}
+	}
+}
+
+// readHeader reads the next request header, applying the idle timeout
+// only while nothing is in flight.
+func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
+	idle := c.srv.IdleTimeout
+	if idle <= 0 || c.nc == nil || c.br.Buffered() >= protocol.RequestSize {
+		_, err := io.ReadFull(c.br, hdr[:])
+		return err
+	}
+	for {
+		c.nc.SetReadDeadline(time.Now().Add(idle))
+		_, err := io.ReadFull(c.br, hdr[:])
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			c.nc.SetReadDeadline(time.Time{})
+			return err
+		}
+		if c.nInflight.Load() == 0 && c.br.Buffered() == 0 {
+			return fmt.Errorf("idle for %v: %w", idle, err)
+		}
+	}
+}
+
+// handle validates one request and starts it. Only framing violations
+// and socket errors are returned.
+func (c *conn) handle(ctx context.Context, req protocol.Request) error {
+	o := c.newOp(req)
+	verr := validate(req, c.exp, c.maxPayload(), c.structured, c.metaBase)
+	if verr == nil && c.srv.inShutdown.Load() {
+		verr = reject(protocol.ESHUTDOWN, "%w", ErrShutdown)
+	}
+	if verr != nil {
+		var re *requestError
+		if !errors.As(verr, &re) {
+			c.finish(o)
+			return verr
+		}
+		if req.Type == protocol.CmdWrite {
+			if _, err := c.br.Discard(int(req.Length)); err != nil {
+				c.finish(o)
+				return fmt.Errorf("skip rejected write payload: %w", err)
+			}
+		}
+		o.fail(re)
+		o.encode(c.structured)
+		c.w.enqueue(o)
+		return nil
+	}
+	if req.Type == protocol.CmdWrite {
+		return c.startWrite(ctx, o)
+	}
+	if req.Type == protocol.CmdRead {
+		if err := c.reserve(ctx, o); err != nil {
+			c.finish(o)
+			return err
+		}
+	}
+	c.start(ctx, o)
+	return nil
+}
+
+// newOp takes a queue slot and an op for req. Taking the slot blocks when
+// the connection is full, so the reader stops reading the socket rather
+// than queueing without bound.
+func (c *conn) newOp(req protocol.Request) *op {
+	c.slots <- struct{}{}
+	c.inflight.Add(1)
+	c.nInflight.Add(1)
+	o := getOp()
+	o.c, o.req = c, req
+	return o
+}
+
+// start runs o on its own goroutine, so a slow request never stalls the
+// ones behind it.
+func (c *conn) start(ctx context.Context, o *op) {
+	go func() {
+		c.exec(ctx, o)
+		c.w.enqueue(o)
+	}()
+}
+
+// finish releases everything o holds once its reply is out (or the
+// connection is gone).
+func (c *conn) finish(o *op) {
+	if o.buf != nil {
+		c.bufs.Put(o.buf)
+	}
+	if o.weight > 0 {
+		c.bytes.release(o.weight)
+	}
+	putOp(o)
+	c.nInflight.Add(-1)
+	<-c.slots
+	c.inflight.Done()
+}
+
+// flushOnDisconnect waits for the requests in flight and syncs a writable
+// export, so that an orderly disconnect leaves the data durable.
+func (c *conn) flushOnDisconnect() {
+	c.inflight.Wait()
+	if c.exp.readOnly {
+		return
+	}
+	if err := c.exp.Backend.Sync(); err != nil {
+		c.log.Warn("flush on disconnect failed", "export", c.exp.Name, "err", err)
+		return
+	}
+	c.log.Debug("flushed on disconnect", "export", c.exp.Name)
+}

@@ -1,0 +1,72 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// reserve takes o's payload bytes from the connection's byte gate, so the
+// reader stops reading the socket while too many bytes are in flight.
+func (c *conn) reserve(ctx context.Context, o *op) error {
+	n := int64(o.req.Length)
+	if limit := c.srv.bufs.ChunkLimit(); limit > 0 {
+		n = min(n, int64(limit))
+	}
+	w, err := c.bytes.acquire(ctx, n)
+	o.weight = w
+	return err
+}
+
+// startWrite reads a validated WRITE's payload and starts it. When the
+// strategy hands out a buffer smaller than the payload, the payload is
+// streamed into the backend chunk by chunk on this goroutine instead.
+func (c *conn) startWrite(ctx context.Context, o *op) error {
+	n := int(o.req.Length)
+	if err := c.reserve(ctx, o); err != nil {
+		c.finish(o)
+		return err
+	}
+	buf, err := c.bufs.Get(ctx, n)
+	if err != nil {
+		c.finish(o)
+		return fmt.Errorf("buffer for %d-byte write: %w", n, err)
+	}
+	if len(buf) < n {
+		return c.streamWrite(o, buf)
+	}
+	o.buf = buf
+	if _, err := io.ReadFull(c.br, buf); err != nil {
+		c.finish(o)
+		return fmt.Errorf("read write payload: %w", err)
+	}
+	c.start(ctx, o)
+	return nil
+}
+
+// streamWrite copies a WRITE payload from the socket to the backend one
+// chunk at a time. After a backend error the rest of the payload is still
+// read, so the stream stays in sync and the client gets the error.
+func (c *conn) streamWrite(o *op, chunk []byte) error {
+	defer c.bufs.Put(chunk)
+	off := int64(o.req.Offset)
+	var werr error
+	for left := int(o.req.Length); left > 0; {
+		part := chunk[:min(len(chunk), left)]
+		if _, err := io.ReadFull(c.br, part); err != nil {
+			c.finish(o)
+			return fmt.Errorf("read write payload: %w", err)
+		}
+		if werr == nil {
+			_, werr = c.exp.Backend.WriteAt(part, off)
+		}
+		off += int64(len(part))
+		left -= len(part)
+	}
+	o.fail(c.afterFUA(werr, o.req.Flags&protocol.CmdFlagFUA != 0))
+	o.encode(c.structured)
+	c.w.enqueue(o)
+	return nil
+}
