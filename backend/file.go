@@ -1,0 +1,334 @@
+//go:build linux
+
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// File is a Backend on a raw image file or a block device. Reads and writes
+// are pread and pwrite (os.File.ReadAt and WriteAt) with no lock, so requests
+// run in parallel as the kernel allows. File implements Trimmer, FastZeroer,
+// Extenter, Cacher, FUAWriter, MultiConner and ReadOnlyer.
+//
+// The export size is read once, when the File is created: the server
+// advertises it at the handshake and the export must not change size under
+// a connected client.
+type File struct {
+	f        *os.File
+	rc       syscall.RawConn
+	size     int64
+	readOnly bool
+
+	// Capabilities found missing at run time, so the next request goes
+	// straight to the fallback. Written with atomic stores by any request.
+	noPunch     atomic.Bool
+	noZeroRange atomic.Bool
+	noSeekData  atomic.Bool
+}
+
+// OpenFile opens the image or block device at path, read-write unless
+// readOnly is set.
+func OpenFile(path string, readOnly bool) (*File, error) {
+	f, err := openImage(path, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	b, err := NewFile(f, readOnly)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// openImage opens an image file or block device, read-write unless
+// readOnly is set.
+func openImage(path string, readOnly bool) (*os.File, error) {
+	flag := os.O_RDWR
+	if readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open backend image: %w", err)
+	}
+	return f, nil
+}
+
+// NewFile returns a File serving f, which it owns from then on: Close closes
+// f. readOnly makes every write fail with ErrReadOnly even if f is writable.
+func NewFile(f *os.File, readOnly bool) (*File, error) {
+	size, err := fileSize(f)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: %w", f.Name(), err)
+	}
+	return &File{f: f, rc: rc, size: size, readOnly: readOnly}, nil
+}
+
+// fileSize returns the size of a regular file, or of a block device, whose
+// Stat size is 0, by seeking to its end (the kernel answers from the
+// device's capacity, as BLKGETSIZE64 does).
+func fileSize(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("backend size: %w", err)
+	}
+	if fi.Mode().IsRegular() {
+		return fi.Size(), nil
+	}
+	if fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0 {
+		return 0, fmt.Errorf("backend %s: not a regular file or block device (%v)", f.Name(), fi.Mode().Type())
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("backend %s size: %w", f.Name(), err)
+	}
+	return size, nil
+}
+
+// File returns the underlying file, for zero-copy replies (sendfile with an
+// explicit offset). The caller must not close it or use its file offset,
+// which Extents moves.
+func (f *File) File() *os.File { return f.f }
+
+// Close closes the file. Requests must not be in flight.
+func (f *File) Close() error { return f.f.Close() }
+
+// Size returns the size the file had when the File was created.
+func (f *File) Size() (int64, error) { return f.size, nil }
+
+// ReadOnly reports whether writes are refused.
+func (f *File) ReadOnly() bool { return f.readOnly }
+
+// CanMultiConn reports true: all connections share one kernel page cache,
+// so fdatasync on one covers writes completed on another.
+func (f *File) CanMultiConn() bool { return true }
+
+// CanFastZero reports true; WriteZeroes returns ErrNotFast when the
+// filesystem cannot zero with fallocate.
+func (f *File) CanFastZero() bool { return true }
+
+// control runs fn on the file descriptor, keeping the file open meanwhile.
+func (f *File) control(fn func(fd int) error) error {
+	var err error
+	if cerr := f.rc.Control(func(fd uintptr) { err = fn(int(fd)) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// ReadAt reads with pread. A read running past the end is cut short with an
+// error matching both ErrOutOfRange and io.EOF.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	n, rerr := readLimit(len(p), off, f.size)
+	if n == 0 {
+		return 0, rerr
+	}
+	got, err := f.f.ReadAt(p[:n], off)
+	if err != nil {
+		return got, fmt.Errorf("read backend: %w", err)
+	}
+	return got, rerr
+}
+
+// checkWrite is the range and permission check shared by every write.
+func (f *File) checkWrite(op string, off, length int64) error {
+	if f.readOnly {
+		return fmt.Errorf("%s: %w", op, ErrReadOnly)
+	}
+	return checkRange(op, off, length, f.size)
+}
+
+// WriteAt writes with pwrite. A write running past the end writes nothing
+// and returns ErrOutOfRange rather than growing the file.
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.checkWrite("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := f.f.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("write backend: %w", err)
+	}
+	return n, nil
+}
+
+// WriteAtFUA writes p and makes it durable before returning, with pwrite
+// followed by fdatasync.
+func (f *File) WriteAtFUA(p []byte, off int64) (int, error) {
+	n, err := f.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	return n, f.Sync()
+}
+
+// Sync calls fdatasync and returns its error: a failed fdatasync means
+// written data may be lost, and the client must hear about it.
+func (f *File) Sync() error {
+	if err := f.control(unix.Fdatasync); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", f.f.Name(), err)
+	}
+	return nil
+}
+
+// Cache asks the kernel to read [off, off+length) ahead
+// (posix_fadvise WILLNEED).
+func (f *File) Cache(off, length int64) error {
+	if err := checkRange("cache", off, length, f.size); err != nil || length == 0 {
+		return err // length 0 would mean "to the end" to fadvise
+	}
+	err := f.control(func(fd int) error { return unix.Fadvise(fd, off, length, unix.FADV_WILLNEED) })
+	if err != nil {
+		return fmt.Errorf("fadvise willneed: %w", err)
+	}
+	return nil
+}
+
+// unsupported reports whether err says the filesystem or device lacks an
+// operation, rather than that the operation failed.
+func unsupported(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS)
+}
+
+// fallocate runs fallocate(2) with mode unless an earlier call showed the
+// mode unsupported, in which case it returns errors.ErrUnsupported at once.
+func (f *File) fallocate(mode uint32, missing *atomic.Bool, off, length int64) error {
+	if missing.Load() {
+		return errors.ErrUnsupported
+	}
+	err := f.control(func(fd int) error { return unix.Fallocate(fd, mode, off, length) })
+	if unsupported(err) {
+		missing.Store(true)
+		return errors.ErrUnsupported
+	}
+	if err != nil {
+		return fmt.Errorf("fallocate %#x at offset %d length %d: %w", mode, off, length, err)
+	}
+	return nil
+}
+
+// punch deallocates a range, which then reads as zeroes.
+func (f *File) punch(off, length int64) error {
+	return f.fallocate(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, &f.noPunch, off, length)
+}
+
+// zeroRange zeroes a range and keeps it allocated.
+func (f *File) zeroRange(off, length int64) error {
+	return f.fallocate(unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, &f.noZeroRange, off, length)
+}
+
+// Trim punches a hole (fallocate PUNCH_HOLE|KEEP_SIZE), after which the
+// range reads as zeroes. TRIM is advisory (proto.md "NBD_CMD_TRIM"), so
+// where the filesystem or device cannot punch holes Trim succeeds without
+// changing anything rather than writing zeroes, which for a whole-device
+// discard from mkfs would mean writing the whole device.
+func (f *File) Trim(off, length int64) error {
+	if err := f.checkWrite("trim", off, length); err != nil || length == 0 {
+		return err
+	}
+	if err := f.punch(off, length); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	return nil
+}
+
+// WriteZeroes zeroes [off, off+length). It punches a hole unless noHole is
+// set, then tries fallocate ZERO_RANGE, and finally writes zeroes in
+// 256 KiB pieces. With fast set it returns ErrNotFast instead of writing
+// zeroes, leaving the data untouched.
+func (f *File) WriteZeroes(off, length int64, noHole, fast bool) error {
+	if err := f.checkWrite("write zeroes", off, length); err != nil || length == 0 {
+		return err
+	}
+	err := errors.ErrUnsupported
+	if !noHole {
+		err = f.punch(off, length)
+	}
+	if errors.Is(err, errors.ErrUnsupported) {
+		err = f.zeroRange(off, length)
+	}
+	if !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	if fast {
+		return fmt.Errorf("write zeroes: %w", ErrNotFast)
+	}
+	return writeZeroes(f.f, off, length)
+}
+
+// seek runs lseek(2) with SEEK_DATA or SEEK_HOLE. It moves the file offset,
+// which pread and pwrite do not use. ENXIO (no data or hole before EOF)
+// becomes the export size.
+func (f *File) seek(off int64, whence int) (int64, error) {
+	var pos int64
+	err := f.control(func(fd int) (err error) {
+		pos, err = unix.Seek(fd, off, whence)
+		return err
+	})
+	if errors.Is(err, unix.ENXIO) {
+		return f.size, nil
+	}
+	if unsupported(err) || errors.Is(err, unix.EINVAL) {
+		f.noSeekData.Store(true) // block devices answer EINVAL
+		return 0, errors.ErrUnsupported
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lseek %d at offset %d: %w", whence, off, err)
+	}
+	return pos, nil
+}
+
+// Extents maps [off, off+length) with SEEK_DATA and SEEK_HOLE: data extents
+// have flags 0 and holes ExtentHole|ExtentZero. Where SEEK_DATA is not
+// supported (block devices, some filesystems) the whole range is one data
+// extent.
+func (f *File) Extents(off, length int64, fn func(Extent) bool) error {
+	if err := checkRange("extents", off, length, f.size); err != nil {
+		return err
+	}
+	end := off + length
+	for pos := off; pos < end; {
+		next, flags, err := f.extentAt(pos)
+		if errors.Is(err, errors.ErrUnsupported) {
+			fn(Extent{Offset: pos, Length: end - pos})
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		next = min(max(next, pos+1), end) // never loop on a confused filesystem
+		if !fn(Extent{Offset: pos, Length: next - pos, Flags: flags}) {
+			return nil
+		}
+		pos = next
+	}
+	return nil
+}
+
+// extentAt returns the end of the extent starting at pos and its flags.
+func (f *File) extentAt(pos int64) (int64, ExtentFlags, error) {
+	if f.noSeekData.Load() {
+		return 0, 0, errors.ErrUnsupported
+	}
+	data, err := f.seek(pos, unix.SEEK_DATA)
+	if err != nil {
+		return 0, 0, err
+	}
+	if data > pos {
+		return data, ExtentHole | ExtentZero, nil
+	}
+	hole, err := f.seek(pos, unix.SEEK_HOLE)
+	return hole, 0, err
+}

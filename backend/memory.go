@@ -1,0 +1,272 @@
+package backend
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+)
+
+// Memory layout. A Memory is a three-level radix tree: a directory of
+// midTables, each holding leafTables, each holding chunks. Every level is
+// allocated on first write, so an export costs nothing until written; a
+// 1 TiB export that has seen one write holds one midTable, one leafTable and
+// one chunk (about 130 KiB).
+const (
+	chunkShift = 16 // 64 KiB chunks: the unit of allocation and of TRIM
+	chunkSize  = 1 << chunkShift
+	tableShift = 12 // 4096 slots (32 KiB) per table
+	tableSize  = 1 << tableShift
+	tableMask  = tableSize - 1
+	// midSpanShift is log2 of the bytes one midTable covers (1 TiB).
+	midSpanShift = chunkShift + 2*tableShift
+)
+
+// chunk is one allocated piece of a Memory. Its lock lets concurrent
+// requests to the same chunk stay race-free while requests to different
+// chunks never contend.
+type chunk struct {
+	mu   sync.RWMutex // guards data
+	data [chunkSize]byte
+}
+
+// read copies data[o:] into dst under the read lock.
+func (c *chunk) read(dst []byte, o int) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	copy(dst, c.data[o:])
+}
+
+// write copies src into data[o:] under the write lock.
+func (c *chunk) write(src []byte, o int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	copy(c.data[o:], src)
+}
+
+// zero clears data[o:o+n] under the write lock.
+func (c *chunk) zero(o, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.data[o : o+n])
+}
+
+type leafTable struct {
+	chunks [tableSize]atomic.Pointer[chunk]
+}
+
+type midTable struct {
+	leaves [tableSize]atomic.Pointer[leafTable]
+}
+
+type directory struct{ mids []atomic.Pointer[midTable] }
+
+// Memory is a sparse in-memory Backend. Storage is allocated in 64 KiB
+// chunks on first write; unwritten and trimmed space reads as zeroes and is
+// reported as a hole by Extents. The tree is navigated with atomic loads
+// only, so requests to different chunks run in parallel without a global
+// lock. Memory implements Trimmer, FastZeroer, Extenter, Cacher and
+// MultiConner. The zero value is an empty export of size 0; use NewMemory.
+type Memory struct {
+	size int64
+	dir  atomic.Pointer[directory] // allocated on first write
+}
+
+// NewMemory returns a sparse memory export of size bytes. It allocates
+// nothing beyond the Memory itself until the first write.
+func NewMemory(size int64) *Memory {
+	return &Memory{size: max(size, 0)}
+}
+
+// loadOrNew returns *p, first installing a new zero T if *p is nil. When two
+// goroutines race, both get the value that won the compare-and-swap. It
+// loops because a concurrent Trim may drop the winner before it is loaded.
+func loadOrNew[T any](p *atomic.Pointer[T]) *T {
+	var fresh *T
+	for {
+		if v := p.Load(); v != nil {
+			return v
+		}
+		if fresh == nil {
+			fresh = new(T)
+		}
+		if p.CompareAndSwap(nil, fresh) {
+			return fresh
+		}
+	}
+}
+
+// directory returns the directory, creating it when create is set.
+func (m *Memory) directory(create bool) *directory {
+	if d := m.dir.Load(); d != nil || !create {
+		return d
+	}
+	n := int64(0)
+	if m.size > 0 {
+		n = (m.size-1)>>midSpanShift + 1 // written so that it cannot overflow
+	}
+	d := &directory{mids: make([]atomic.Pointer[midTable], n)}
+	if m.dir.CompareAndSwap(nil, d) {
+		return d
+	}
+	return m.dir.Load()
+}
+
+// slot returns the pointer slot of chunk i, or nil when create is false and
+// a table on the way is missing.
+func (m *Memory) slot(i int64, create bool) *atomic.Pointer[chunk] {
+	d := m.directory(create)
+	if d == nil {
+		return nil
+	}
+	mp := &d.mids[i>>(2*tableShift)]
+	mid := mp.Load()
+	if mid == nil {
+		if !create {
+			return nil
+		}
+		mid = loadOrNew(mp)
+	}
+	lp := &mid.leaves[(i>>tableShift)&tableMask]
+	leaf := lp.Load()
+	if leaf == nil {
+		if !create {
+			return nil
+		}
+		leaf = loadOrNew(lp)
+	}
+	return &leaf.chunks[i&tableMask]
+}
+
+// lookup returns chunk i, or nil if it has never been written or was
+// dropped.
+func (m *Memory) lookup(i int64) *chunk {
+	if s := m.slot(i, false); s != nil {
+		return s.Load()
+	}
+	return nil
+}
+
+// span calls fn for each chunk piece of [off, off+n): the chunk index, the
+// offset inside the chunk, and the piece's position [lo, hi) relative to
+// off. fn does not escape, so closures passed to span stay on the stack.
+func span(off, n int64, fn func(i int64, o, lo, hi int)) {
+	for done := int64(0); done < n; {
+		pos := off + done
+		o := int(pos & (chunkSize - 1))
+		step := min(n-done, int64(chunkSize-o))
+		fn(pos>>chunkShift, o, int(done), int(done+step))
+		done += step
+	}
+}
+
+// Size returns the export size.
+func (m *Memory) Size() (int64, error) { return m.size, nil }
+
+// Sync does nothing: memory has no stabler storage to flush to.
+func (m *Memory) Sync() error { return nil }
+
+// ReadAt copies from the export into p. Unwritten space reads as zeroes.
+// A read running past the end is cut short with an error that matches both
+// ErrOutOfRange and io.EOF.
+func (m *Memory) ReadAt(p []byte, off int64) (int, error) {
+	n, err := readLimit(len(p), off, m.size)
+	span(off, int64(n), func(i int64, o, lo, hi int) {
+		if c := m.lookup(i); c != nil {
+			c.read(p[lo:hi], o)
+		} else {
+			clear(p[lo:hi])
+		}
+	})
+	return n, err
+}
+
+// WriteAt copies p into the export, allocating chunks on first write. A
+// write running past the end writes nothing and returns ErrOutOfRange.
+func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
+	if err := checkRange("write", off, int64(len(p)), m.size); err != nil {
+		return 0, err
+	}
+	span(off, int64(len(p)), func(i int64, o, lo, hi int) {
+		loadOrNew(m.slot(i, true)).write(p[lo:hi], o)
+	})
+	return len(p), nil
+}
+
+// Trim frees the chunks that [off, off+length) covers entirely and zeroes
+// the partial chunks at its edges, so the whole range reads as zeroes.
+func (m *Memory) Trim(off, length int64) error {
+	if err := checkRange("trim", off, length, m.size); err != nil {
+		return err
+	}
+	m.zeroRange(off, length, true)
+	return nil
+}
+
+// WriteZeroes zeroes [off, off+length). With noHole false it behaves like
+// Trim. With noHole true the chunks already allocated stay allocated and are
+// cleared in place; chunks never written stay unallocated, since allocating
+// zeroed memory for them would change nothing a client can observe. It is
+// always fast, so the fast flag is ignored.
+func (m *Memory) WriteZeroes(off, length int64, noHole, fast bool) error {
+	if err := checkRange("write zeroes", off, length, m.size); err != nil {
+		return err
+	}
+	m.zeroRange(off, length, !noHole)
+	return nil
+}
+
+// zeroRange zeroes [off, off+length), dropping whole chunks if drop is set.
+func (m *Memory) zeroRange(off, length int64, drop bool) {
+	span(off, length, func(i int64, o, lo, hi int) {
+		s := m.slot(i, false)
+		if s == nil {
+			return
+		}
+		if drop && hi-lo == chunkSize {
+			s.Store(nil)
+		} else if c := s.Load(); c != nil {
+			c.zero(o, hi-lo)
+		}
+	})
+}
+
+// CanFastZero reports true: zeroing memory is never slower than writing.
+func (m *Memory) CanFastZero() bool { return true }
+
+// Cache does nothing: the data is already in memory.
+func (m *Memory) Cache(off, length int64) error {
+	return checkRange("cache", off, length, m.size)
+}
+
+// CanMultiConn reports true: every connection sees the same memory.
+func (m *Memory) CanMultiConn() bool { return true }
+
+// Extents reports chunks never written or dropped by Trim as
+// ExtentHole|ExtentZero and allocated chunks as data (flags 0), merging
+// neighbours. Missing tables are skipped whole, so asking about a large
+// unwritten export is cheap.
+func (m *Memory) Extents(off, length int64, fn func(Extent) bool) error {
+	if err := checkRange("extents", off, length, m.size); err != nil {
+		return err
+	}
+	return blockExtents(off, length, chunkShift, m.runAt, fn)
+}
+
+// runAt reports whether chunk i is allocated and the index of the first
+// chunk after it whose state may differ: for a missing table that is the end
+// of the table's span.
+func (m *Memory) runAt(i int64) (allocated bool, next int64) {
+	d := m.dir.Load()
+	if d == nil {
+		return false, math.MaxInt64
+	}
+	mid := d.mids[i>>(2*tableShift)].Load()
+	if mid == nil {
+		return false, (i | (tableSize*tableSize - 1)) + 1
+	}
+	leaf := mid.leaves[(i>>tableShift)&tableMask].Load()
+	if leaf == nil {
+		return false, (i | tableMask) + 1
+	}
+	return leaf.chunks[i&tableMask].Load() != nil, i + 1
+}
