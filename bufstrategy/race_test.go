@@ -1,0 +1,5 @@
+//go:build race
+
+package bufstrategy
+
+const raceEnabled = true
