@@ -1,0 +1,218 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/bufstrategy"
+	"github.com/nbdd/nbdd/server"
+	"github.com/urfave/cli/v2"
+)
+
+// defaultMemorySize is the size of the export nbdd serves when none is
+// configured.
+const defaultMemorySize = 1 << 30
+
+// config is a server built from the command line, with what must be
+// closed when it stops.
+type config struct {
+	srv     *server.Server
+	dir     string
+	closers []io.Closer
+}
+
+func (c *config) close() {
+	for _, cl := range c.closers {
+		cl.Close()
+	}
+	if f, ok := c.srv.Buffers.(io.Closer); ok {
+		f.Close()
+	}
+}
+
+func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir")}
+	if err := cfg.limits(c); err != nil {
+		return nil, err
+	}
+	if err := cfg.exports(c); err != nil {
+		cfg.close()
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// limits applies the sizes, timeouts and the buffer strategy.
+func (cfg *config) limits(c *cli.Context) error {
+	s := cfg.srv
+	maxReq, err := sizeFlag(c, "max-request-size", 512, 1<<30)
+	if err != nil {
+		return err
+	}
+	inflight, err := sizeFlag(c, "max-inflight-bytes", 4096, 1<<40)
+	if err != nil {
+		return err
+	}
+	s.MaxRequestSize, s.MaxInflightBytes = uint32(maxReq), inflight
+	if s.QueueDepth = c.Int("queue-depth"); s.QueueDepth < 1 || s.QueueDepth > 4096 {
+		return usage("--queue-depth %d: want 1 to 4096", s.QueueDepth)
+	}
+	s.HandshakeTimeout, s.IdleTimeout = c.Duration("handshake-timeout"), c.Duration("idle-timeout")
+	s.MaxConns, s.MaxConnsPerHost = c.Int("max-connections"), c.Int("max-connections-per-host")
+	budget, err := sizeFlag(c, "memory-budget", 0, 1<<50)
+	if err != nil {
+		return err
+	}
+	b, err := bufstrategy.NewBudget(budget)
+	if err != nil {
+		return usage("--memory-budget: %v", err)
+	}
+	s.Buffers, err = bufstrategy.New(c.String("strategy"), bufstrategy.Config{MaxRequest: int(maxReq), Budget: b})
+	if err != nil {
+		return usage("--strategy: %v", err)
+	}
+	return nil
+}
+
+func sizeFlag(c *cli.Context, name string, lo, hi int64) (int64, error) {
+	n, err := parseSize(c.String(name))
+	if err != nil {
+		return 0, usage("--%s: %v", name, err)
+	}
+	if n < lo || n > hi {
+		return 0, usage("--%s %s: want %s to %s", name, c.String(name), formatSize(lo), formatSize(hi))
+	}
+	return n, nil
+}
+
+// exports opens every --export and --memory, or the default memory export.
+func (cfg *config) exports(c *cli.Context) error {
+	for _, v := range c.StringSlice("export") {
+		if err := cfg.addExport("export", v, c.Bool("read-only"), cfg.openFileExport); err != nil {
+			return err
+		}
+	}
+	for _, v := range c.StringSlice("memory") {
+		if err := cfg.addExport("memory", v, c.Bool("read-only"), cfg.openMemoryExport); err != nil {
+			return err
+		}
+	}
+	if len(cfg.srv.Exports) == 0 && cfg.dir == "" {
+		cfg.srv.Exports = []server.Export{{Name: "default", Description: "nbdd in-memory export", Backend: backend.NewMemory(defaultMemorySize), ReadOnly: c.Bool("read-only")}}
+	}
+	if err := cfg.directory(c.Bool("read-only")); err != nil {
+		return err
+	}
+	if err := cfg.faults(c.String("fault")); err != nil {
+		return err
+	}
+	return cfg.defaultExport(c.String("default-export"))
+}
+
+type opener func(spec exportSpec) (backend.Backend, error)
+
+func (cfg *config) addExport(kind, value string, readOnly bool, open opener) error {
+	spec, err := parseExportSpec(kind, value)
+	if err != nil {
+		return usage("%v", err)
+	}
+	for _, e := range cfg.srv.Exports {
+		if e.Name == spec.name {
+			return usage("export %q is configured twice", spec.name)
+		}
+	}
+	b, err := open(spec)
+	if err != nil {
+		return err
+	}
+	if cl, ok := b.(io.Closer); ok {
+		cfg.closers = append(cfg.closers, cl)
+	}
+	cfg.srv.Exports = append(cfg.srv.Exports, server.Export{
+		Name:        spec.name,
+		Description: spec.opts["description"],
+		Backend:     b,
+		ReadOnly:    readOnly || spec.has("ro"),
+		TLSOnly:     spec.has("tls-only"),
+	})
+	return nil
+}
+
+func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
+	ro := spec.has("ro")
+	if spec.has("ksm") && !spec.has("load") {
+		return nil, usage("--export %s: ksm needs load (only anonymous memory can be merged)", spec.name)
+	}
+	if spec.has("load") {
+		b, err := backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
+		if err != nil {
+			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 2)
+		}
+		return b, nil
+	}
+	f, err := backend.OpenFile(spec.value, ro)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, unwrapPathError(err)), 2)
+	}
+	return f, nil
+}
+
+func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
+	size, err := parseSize(spec.value)
+	if err != nil || size <= 0 {
+		return nil, usage("--memory %s: invalid size %q", spec.name, spec.value)
+	}
+	if spec.has("ksm") {
+		b, err := backend.NewMapped(size, true)
+		if err != nil {
+			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
+		}
+		return b, nil
+	}
+	return backend.NewMemory(size), nil
+}
+
+// faults wraps every export in fault injection (hidden flag, for tests).
+func (cfg *config) faults(spec string) error {
+	if spec == "" {
+		return nil
+	}
+	rules, err := backend.ParseFaultSpec(spec)
+	if err != nil {
+		return usage("--fault: %v", err)
+	}
+	for i := range cfg.srv.Exports {
+		cfg.srv.Exports[i].Backend = backend.NewFault(cfg.srv.Exports[i].Backend, rules...)
+	}
+	return nil
+}
+
+func (cfg *config) defaultExport(name string) error {
+	if name == "" {
+		return nil
+	}
+	for _, e := range cfg.srv.Exports {
+		if e.Name == name {
+			cfg.srv.DefaultExport = name
+			return nil
+		}
+	}
+	if cfg.dir != "" {
+		cfg.srv.DefaultExport = name
+		return nil
+	}
+	return usage("--default-export %q: no such export", name)
+}
+
+// unwrapPathError keeps "open PATH: no such file or directory" short.
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return err
+}

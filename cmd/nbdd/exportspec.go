@@ -1,0 +1,62 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// exportSpec is one --export or --memory value: NAME=VALUE followed by
+// comma-separated options, each key or key=value. A description may hold
+// commas only as the last option.
+type exportSpec struct {
+	name, value string
+	opts        map[string]string
+}
+
+// knownExportOpts lists the options each kind of export accepts.
+var knownExportOpts = map[string][]string{
+	"export": {"ro", "description", "load", "ksm", "tls-only"},
+	"memory": {"ro", "description", "ksm", "tls-only"},
+}
+
+func parseExportSpec(kind, s string) (exportSpec, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return exportSpec{}, fmt.Errorf("--%s %q: want NAME=%s[,option...]", kind, s, map[string]string{"export": "PATH", "memory": "SIZE"}[kind])
+	}
+	if strings.ContainsRune(name, 0) || len(name) > 4096 {
+		return exportSpec{}, fmt.Errorf("--%s %q: invalid export name", kind, s)
+	}
+	spec := exportSpec{name: name, opts: map[string]string{}}
+	parts := strings.Split(rest, ",")
+	spec.value = parts[0]
+	if spec.value == "" {
+		return exportSpec{}, fmt.Errorf("--%s %q: missing %s", kind, s, map[string]string{"export": "path", "memory": "size"}[kind])
+	}
+	for i := 1; i < len(parts); i++ {
+		key, val, _ := strings.Cut(parts[i], "=")
+		if key == "description" {
+			val = strings.Join(append([]string{val}, parts[i+1:]...), ",")
+			i = len(parts)
+		}
+		if !contains(knownExportOpts[kind], key) {
+			return exportSpec{}, fmt.Errorf("--%s %q: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
+		}
+		spec.opts[key] = val
+	}
+	return spec, nil
+}
+
+func (e exportSpec) has(opt string) bool {
+	_, ok := e.opts[opt]
+	return ok
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// listener is an open listening socket and the URL it came from.
+type listener struct {
+	net.Listener
+	url     string
+	network string
+	addr    string
+}
+
+// uri is the NBD URI of export name on l (doc/uri.md in the nbd repository).
+func (l *listener) uri(name string) string {
+	if l.network == "unix" {
+		return "nbd+unix:///" + url.PathEscape(name) + "?socket=" + l.addr
+	}
+	return "nbd://" + l.Addr().String() + "/" + url.PathEscape(name)
+}
+
+func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, error) {
+	urls := c.StringSlice("listen")
+	if len(urls) == 0 {
+		urls = []string{defaultListen}
+	}
+	mode, err := strconv.ParseUint(c.String("socket-mode"), 8, 32)
+	if err != nil || mode > 0o777 {
+		return nil, usage("--socket-mode %q: want an octal mode such as 0660", c.String("socket-mode"))
+	}
+	var ls []*listener
+	for _, u := range urls {
+		l, err := listen(u, os.FileMode(mode))
+		if err != nil {
+			for _, o := range ls {
+				o.Close()
+			}
+			return nil, err
+		}
+		if l.network == "tcp" && !tls && !isLoopback(hostOf(l.addr)) {
+			logger.Warn("listening beyond this machine without TLS: anyone who can reach it can read and write the exports", "listen", u)
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func listen(raw string, mode os.FileMode) (*listener, error) {
+	network, addr, err := parseListenURL(raw)
+	if err != nil {
+		return nil, usage("--listen %q: %v", raw, err)
+	}
+	if network == "unix" {
+		if err := removeStaleSocket(addr); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("--listen %s: %v", raw, err), 1)
+		}
+	}
+	nl, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("--listen %s: %v", raw, err), 1)
+	}
+	if network == "unix" {
+		nl.(*net.UnixListener).SetUnlinkOnClose(true)
+		if err := os.Chmod(addr, mode); err != nil {
+			nl.Close()
+			return nil, cli.Exit(fmt.Sprintf("--listen %s: %v", raw, err), 1)
+		}
+	}
+	return &listener{Listener: nl, url: raw, network: network, addr: addr}, nil
+}
+
+// parseListenURL accepts tcp://HOST:PORT, unix:///PATH, and a bare
+// HOST:PORT as TCP.
+func parseListenURL(raw string) (network, addr string, err error) {
+	switch {
+	case strings.HasPrefix(raw, "unix://"):
+		path := strings.TrimPrefix(raw, "unix://")
+		if path == "" {
+			return "", "", errors.New("missing socket path")
+		}
+		return "unix", path, nil
+	case strings.HasPrefix(raw, "tcp://"):
+		raw = strings.TrimPrefix(raw, "tcp://")
+	case strings.Contains(raw, "://"):
+		return "", "", errors.New("want tcp://HOST:PORT or unix:///PATH")
+	}
+	if _, _, err := net.SplitHostPort(raw); err != nil {
+		return "", "", fmt.Errorf("want HOST:PORT: %v", err)
+	}
+	return "tcp", raw, nil
+}
+
+// removeStaleSocket deletes a socket file left by a dead server, and
+// refuses to touch one a live server answers on, or a file that is not a
+// socket.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return fmt.Errorf("%s is in use by a running server", path)
+	}
+	return os.Remove(path)
+}
+
+func hostOf(addr string) string {
+	host, _, _ := net.SplitHostPort(addr)
+	return host
+}

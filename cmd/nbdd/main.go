@@ -1,0 +1,71 @@
+// Command nbdd serves block devices (memory, files, directories of
+// images) over the NBD protocol.
+//
+//	nbdd serve                      # 1 GiB in-memory export on 127.0.0.1:10809
+//	nbdd serve --export disk=/var/lib/images/disk.raw --listen unix:///run/nbdd.sock
+//	nbdd version
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at link time (-ldflags "-X main.version=...").
+var version = "0.1.0-dev"
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+// run executes the command line and returns the exit status. Every
+// failure is reported as one line on stderr: usage mistakes with status 2,
+// runtime failures with status 1.
+func run(args []string) int {
+	err := newApp().Run(args)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "nbdd:", err)
+	var ec cli.ExitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return 1
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "nbdd",
+		Usage:   "serve block devices over the NBD protocol",
+		Version: version,
+		// --export NAME=PATH,ro must not be split at its commas.
+		DisableSliceFlagSeparator: true,
+		HideHelpCommand:           true,
+		OnUsageError:              usageError,
+		Commands: []*cli.Command{
+			serveCommand(),
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintln(c.App.Writer, "nbdd", version)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// usageError turns a flag parsing error into one line and status 2.
+func usageError(_ *cli.Context, err error, _ bool) error {
+	return usage("%v", err)
+}
+
+// usage is a command-line mistake: exit status 2.
+func usage(format string, args ...any) error {
+	return cli.Exit(fmt.Sprintf(format, args...), 2)
+}

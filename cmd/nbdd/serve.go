@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nbdd/nbdd/server"
+	"github.com/urfave/cli/v2"
+)
+
+const defaultListen = "tcp://127.0.0.1:10809"
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "serve",
+		Usage:     "serve exports until SIGINT or SIGTERM",
+		UsageText: "nbdd serve [--listen URL]... [--export NAME=PATH[,ro]]... [--memory NAME=SIZE[,ro]]...",
+		Description: "With no export, nbdd serves a 1 GiB in-memory export named \"default\".\n" +
+			"Every flag can also be set through the environment variable shown.",
+		Flags:  serveFlags(),
+		Action: serve,
+	}
+}
+
+func serveFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH[,ro][,description=TEXT][,load][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE[,ro][,description=TEXT][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
+		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
+		&cli.BoolFlag{Name: "read-only", Usage: "make every export read-only", EnvVars: []string{"NBDD_READ_ONLY"}},
+		&cli.StringFlag{Name: "max-request-size", Value: "32MiB", Usage: "largest READ or WRITE `SIZE`", EnvVars: []string{"NBDD_MAX_REQUEST_SIZE"}},
+		&cli.IntFlag{Name: "queue-depth", Value: server.DefaultQueueDepth, Usage: "requests in flight per connection", EnvVars: []string{"NBDD_QUEUE_DEPTH"}},
+		&cli.StringFlag{Name: "max-inflight-bytes", Value: "64MiB", Usage: "payload `SIZE` in flight per connection", EnvVars: []string{"NBDD_MAX_INFLIGHT_BYTES"}},
+		&cli.StringFlag{Name: "strategy", Value: "pool", Usage: "buffer strategy: grow, resize, pool or stream", EnvVars: []string{"NBDD_STRATEGY"}},
+		&cli.StringFlag{Name: "memory-budget", Value: "256MiB", Usage: "request buffer `SIZE` held across all connections", EnvVars: []string{"NBDD_MEMORY_BUDGET"}},
+		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, Usage: "time a client has to finish the handshake", EnvVars: []string{"NBDD_HANDSHAKE_TIMEOUT"}},
+		&cli.DurationFlag{Name: "idle-timeout", Usage: "close connections idle this long (0: never)", EnvVars: []string{"NBDD_IDLE_TIMEOUT"}},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, Usage: "time in-flight requests get to finish on SIGTERM", EnvVars: []string{"NBDD_SHUTDOWN_TIMEOUT"}},
+		&cli.IntFlag{Name: "max-connections", Value: 1024, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
+		&cli.IntFlag{Name: "max-connections-per-host", Value: 256, Usage: "connections per client host (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
+		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},
+		&cli.StringFlag{Name: "fault", Usage: "inject faults into every export (testing): `SPEC`", EnvVars: []string{"NBDD_FAULT"}, Hidden: true},
+	}
+}
+
+// serve runs the server until a signal: the first SIGINT or SIGTERM
+// shuts down gracefully within --shutdown-timeout, a second exits at once.
+func serve(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usage("serve takes no arguments (got %q); use --export or --memory", c.Args().First())
+	}
+	logger, err := newLogger(c.String("log-level"))
+	if err != nil {
+		return usage("%v", err)
+	}
+	cfg, err := buildServer(c, logger)
+	if err != nil {
+		return err
+	}
+	defer cfg.close()
+	listeners, err := listenAll(c, cfg.srv.TLSMode != server.TLSOff, logger)
+	if err != nil {
+		return err
+	}
+	announce(c, cfg, listeners)
+	return runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger)
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// announce prints where each export can be reached, as NBD URIs
+// (github.com/NetworkBlockDevice/nbd doc/uri.md).
+func announce(c *cli.Context, cfg *config, listeners []*listener) {
+	for _, e := range cfg.srv.Exports {
+		size, _ := e.Backend.Size()
+		for _, l := range listeners {
+			fmt.Fprintf(c.App.Writer, "nbdd: export %q (%s%s) at %s\n", e.Name, formatSize(size), roSuffix(e.ReadOnly), l.uri(e.Name))
+		}
+	}
+	if cfg.dir != "" {
+		for _, l := range listeners {
+			fmt.Fprintf(c.App.Writer, "nbdd: files of %s at %s\n", cfg.dir, l.uri("FILENAME"))
+		}
+	}
+}
+
+func roSuffix(ro bool) string {
+	if ro {
+		return ", read-only"
+	}
+	return ""
+}
+
+func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger) error {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	errs := make(chan error, len(listeners))
+	var wg sync.WaitGroup
+	for _, l := range listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(l.Listener); !errors.Is(err, server.ErrServerClosed) {
+				errs <- fmt.Errorf("serve %s: %w", l.url, err)
+			}
+		}()
+	}
+	select {
+	case err := <-errs:
+		srv.Close()
+		return err
+	case sig := <-sigs:
+		logger.Info("shutting down", "signal", sig.String(), "timeout", timeout)
+	}
+	go func() {
+		sig := <-sigs
+		logger.Warn("second signal: exiting at once", "signal", sig.String())
+		os.Exit(1)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	logger.Info("shut down cleanly")
+	return nil
+}
+
+// isLoopback reports whether host names only this machine.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
