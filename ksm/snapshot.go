@@ -1,0 +1,113 @@
+package ksm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// DefaultStateFile is where the snapshot of the original knob values is kept
+// while the throttler has changed them, so that a restarted nbdd can restore
+// them after a crash or SIGKILL.
+const DefaultStateFile = "/run/nbdd/ksm.snapshot"
+
+// managedKnobs are the knobs the Throttler may write, in restore order:
+// advisor_mode first (switching it resets pages_to_scan), run last.
+var managedKnobs = []string{
+	KnobAdvisorMode, KnobAdvisorMaxCPU, KnobAdvisorTargetScanTime,
+	KnobPagesToScan, KnobSleepMillisecs, KnobRun,
+}
+
+// Snapshot holds the original values of the managed knobs that exist on this
+// kernel, keyed by knob name.
+type Snapshot map[string]string
+
+// takeSnapshot reads every managed knob that exists.
+func takeSnapshot(store KnobStore) (Snapshot, error) {
+	s := Snapshot{}
+	for _, k := range managedKnobs {
+		v, err := store.Read(k)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		s[k] = v
+	}
+	if _, ok := s[KnobRun]; !ok {
+		return nil, fmt.Errorf("ksm: no %s knob: %w", KnobRun, fs.ErrNotExist)
+	}
+	return s, nil
+}
+
+// stateFile is the JSON form of DefaultStateFile.
+type stateFile struct {
+	Version int       `json:"version"`
+	PID     int       `json:"pid"`
+	Time    time.Time `json:"time"`
+	Knobs   Snapshot  `json:"knobs"`
+}
+
+// saveSnapshot writes s to path atomically: a temporary file in the same
+// directory, fsync, then rename.
+func saveSnapshot(path string, s Snapshot, now time.Time) error {
+	b, err := json.Marshal(stateFile{Version: 1, PID: os.Getpid(), Time: now.UTC(), Knobs: s})
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("ksm: state file: %w", err)
+	}
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("ksm: state file: %w", err)
+	}
+	defer os.Remove(f.Name()) // fails harmlessly after the rename
+	_, werr := f.Write(append(b, '\n'))
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		return fmt.Errorf("ksm: state file: %w", err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("ksm: state file: %w", err)
+	}
+	return nil
+}
+
+// loadSnapshot reads a state file; it returns fs.ErrNotExist (wrapped) if none.
+func loadSnapshot(path string) (Snapshot, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ksm: state file: %w", err)
+	}
+	var sf stateFile
+	if err := json.Unmarshal(b, &sf); err != nil {
+		return nil, fmt.Errorf("ksm: state file %s: %w", path, err)
+	}
+	if sf.Version != 1 || sf.Knobs[KnobRun] == "" {
+		return nil, fmt.Errorf("ksm: state file %s: unsupported content", path)
+	}
+	return sf.Knobs, nil
+}
+
+// restorePlan returns the values of s in restore order (managedKnobs), leaving
+// out pages_to_scan when the restored advisor_mode is scan-time: the kernel owns
+// it then (it rejects writes with EINVAL), and the switch has already reset it.
+func restorePlan(s Snapshot) []Write {
+	var plan []Write
+	for _, k := range managedKnobs {
+		want, ok := s[k]
+		if !ok || (k == KnobPagesToScan && s[KnobAdvisorMode] == AdvisorScanTime) {
+			continue
+		}
+		plan = append(plan, Write{k, want})
+	}
+	return plan
+}
