@@ -2,6 +2,7 @@ package bufstrategy
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"time"
 )
@@ -139,3 +140,16 @@ func New(name string, cfg Config) (Factory, error) {
 	}
 	return nil, fmt.Errorf("%w %q (valid: %s)", ErrUnknownStrategy, name, strings.Join(Names(), ", "))
 }
+
+// closingFactory is what every concrete factory type implements.
+type closingFactory interface {
+	Factory
+	io.Closer
+}
+
+var (
+	_ closingFactory = (*Grow)(nil)
+	_ closingFactory = (*Resize)(nil)
+	_ closingFactory = (*Pool)(nil)
+	_ closingFactory = (*Stream)(nil)
+)

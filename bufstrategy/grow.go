@@ -34,6 +34,7 @@ type Grow struct {
 	conns map[*growConn]struct{} // live connections, for the reclaimer; guarded by mu
 }
 
+// newGrow builds a Grow factory from validated settings.
 func newGrow(s settings, b *Budget) *Grow {
 	g := &Grow{conns: make(map[*growConn]struct{})}
 	g.init(NameGrow, s, b, s.maxRequest)

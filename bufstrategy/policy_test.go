@@ -209,3 +209,47 @@ func TestSteadyStateAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseStopsReclaimer checks that Close waits for the reclaimer
+// goroutine, so a closed factory leaks nothing.
+func TestCloseStopsReclaimer(t *testing.T) {
+	cfg := fastReclaim
+	cfg.IdleAfter = time.Hour // keep it running
+	f, err := New(NamePool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spike(t, f, 1, 1, 4096)
+	p := f.(*Pool)
+	if !p.rec.running.Load() {
+		t.Fatal("reclaimer not started by a retained buffer")
+	}
+	p.Close()
+	select {
+	case <-p.rec.done:
+	default:
+		t.Error("reclaimer goroutine still running after Close")
+	}
+	if p.rec.running.Load() {
+		t.Error("running still set after Close")
+	}
+}
+
+// TestGrowCancelKeepsIdleBuffer checks that a Get which took an idle
+// buffer and then gave up waiting for the budget puts the buffer back.
+func TestGrowCancelKeepsIdleBuffer(t *testing.T) {
+	budget, _ := NewBudget(64 << 10)
+	f := newFactory(t, NameGrow, Config{Budget: budget, ReclaimTick: -1})
+	s := newConn(t, f)
+	s.Put(mustGet(t, s, 64<<10))
+	budget.Acquire(context.Background(), 64<<10) // someone else fills the budget
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := s.Get(ctx, 4096); err != context.DeadlineExceeded {
+		t.Fatalf("Get on a full budget: %v; want DeadlineExceeded", err)
+	}
+	if st := f.Stats(); st.BytesIdle != 64<<10 || st.BytesHeld != 64<<10 || st.BytesInUse != 0 {
+		t.Errorf("after the cancelled Get: %v; want idle=held=64 KiB, in-use 0", st)
+	}
+	budget.Release(64 << 10)
+}

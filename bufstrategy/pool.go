@@ -30,6 +30,8 @@ type Pool struct {
 	classes []stack // classes[i] holds buffers of MinChunk<<i bytes
 }
 
+// newPool builds a Pool whose largest class is MaxRequest rounded up to
+// a power of two, or the largest power of two within the budget.
 func newPool(s settings, b *Budget) *Pool {
 	top := classOf(s.maxRequest)
 	limit := MinChunk << top
@@ -68,11 +70,14 @@ func (p *Pool) Close() error {
 	return nil
 }
 
+// stackFor implements stackSet: n's power-of-two class.
 func (p *Pool) stackFor(n int) (*stack, int) {
 	i := classOf(n)
 	return &p.classes[i], MinChunk << i
 }
 
+// stackOf implements stackSet: only exact powers of two within the
+// classes are the pool's.
 func (p *Pool) stackOf(capacity int) *stack {
 	if capacity < MinChunk || capacity&(capacity-1) != 0 {
 		return nil

@@ -13,7 +13,8 @@ const freeOSInterval = time.Second
 // reclaimer returns idle buffers gradually when traffic falls. Dropping a
 // reference is not enough for RSS to fall: the GC frees the buffer at its
 // next cycle, and the runtime's background scavenger hands the pages back to
-// the kernel slowly (it paces itself to about 1% of one CPU). So after a
+// the kernel slowly (it paces itself to about 1% of CPU time) and only down
+// to about the heap goal, which a recent spike keeps high. So after a
 // tick that freed a lot, the reclaimer calls debug.FreeOSMemory, which runs
 // a GC and returns every free page at once. That call costs a full GC
 // (milliseconds, proportional to the live heap, with short stop-the-world
@@ -70,6 +71,7 @@ func (r *reclaimer) loop(done chan struct{}) {
 	for {
 		select {
 		case <-r.stop:
+			r.running.Store(false)
 			return
 		case <-t.C:
 		}

@@ -24,6 +24,7 @@ type Resize struct {
 	core
 }
 
+// newResize builds a Resize factory from validated settings.
 func newResize(s settings, b *Budget) *Resize {
 	r := &Resize{}
 	r.init(NameResize, s, b, s.maxRequest)

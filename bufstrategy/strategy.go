@@ -1,9 +1,25 @@
 // Package bufstrategy supplies the payload buffers that nbdd's transmission
 // loop reads WRITE payloads into and fills READ replies from. The buffer
-// policy is a choice, not an accident: grow-and-hold, resize-on-mismatch, a
-// power-of-two pool and a streaming copy trade memory for allocations in
-// different ways (see docs/strategies.md), and a server-wide Budget bounds
-// the bytes held across all connections.
+// policy is a choice, not an accident: grow-and-hold (Grow),
+// resize-on-mismatch (Resize), a power-of-two pool (Pool) and a streaming
+// copy (Stream) trade memory for allocations in different ways (see
+// docs/strategies.md and each type's comment), and a server-wide Budget
+// bounds the bytes handed out across all connections.
+//
+// Use: build one Factory per server with New(name, Config{Budget: b}),
+// call NewConn per connection and Close on the connection's Strategy when
+// it ends, and Close the Factory (it is an io.Closer) when the server
+// stops.
+//
+// Recycled buffers are not zeroed: a buffer may hold an earlier request's
+// data. That is safe because a WRITE payload is read with io.ReadFull over
+// the whole buffer, and a READ reply is sent only after ReaderAt.ReadAt
+// filled it, whose contract (n < len(p) implies err != nil) makes a short
+// fill an error that is never sent (STYLE G7: the reply is written only
+// after the backend read succeeded). A backend that could return short
+// without an error would have to zero the tail itself; zeroing here would
+// cost a memclr per request for every other backend. Fresh buffers come
+// from make and are zero, as in nbdkit, which zeroes only on growth.
 package bufstrategy
 
 import "context"
@@ -17,9 +33,16 @@ type Strategy interface {
 	// Get blocks while the server-wide budget is exhausted, and returns
 	// ctx.Err() if ctx ends first.
 	Get(ctx context.Context, n int) ([]byte, error)
-	// Put returns a buffer from Get. b must not be used afterwards.
+	// Put returns a buffer from Get. b must not be used afterwards. b may
+	// be resliced b[:k] but must keep its first byte: Put recognises the
+	// buffers the connection handed out and drops any other (counted in
+	// Stats.Dropped, never a panic), so a stray Put cannot corrupt the
+	// Budget.
 	Put(b []byte)
-	// Close releases everything the connection still holds.
+	// Close releases everything the connection still holds: its idle
+	// buffers and the budget of the buffers still out, which a Put after
+	// Close then drops. Close does not interrupt a Get waiting for the
+	// budget; cancel that Get's ctx. Close is idempotent.
 	Close()
 }
 

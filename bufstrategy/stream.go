@@ -23,6 +23,8 @@ type Stream struct {
 	chunks stack
 }
 
+// newStream builds a Stream whose chunk is StreamChunk capped by
+// MaxRequest and the budget.
 func newStream(s settings, b *Budget) *Stream {
 	st := &Stream{}
 	st.init(NameStream, s, b, s.streamChunk)
@@ -47,8 +49,10 @@ func (s *Stream) Close() error {
 	return nil
 }
 
+// stackFor implements stackSet: every request uses one chunk.
 func (s *Stream) stackFor(int) (*stack, int) { return &s.chunks, s.limit }
 
+// stackOf implements stackSet: only chunk-sized buffers are the stream's.
 func (s *Stream) stackOf(capacity int) *stack {
 	if capacity != s.limit {
 		return nil
