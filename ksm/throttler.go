@@ -98,7 +98,7 @@ type Throttler struct {
 	store              KnobStore
 	clock              Clock
 	log                *slog.Logger
-	policy             Policy
+	policy             Policy // written under mu by Run (fallback), read by Status
 	stateFile          string
 	poll               time.Duration
 	minPages, maxPages int64
@@ -226,7 +226,9 @@ func (t *Throttler) Run(ctx context.Context) error {
 	t.hasAdvisor = Exists(t.store, KnobAdvisorMode)
 	if t.policy == PolicyAdvisor && !t.hasAdvisor {
 		t.log.Warn("ksm: kernel has no scan-time advisor; using the rate policy")
+		t.mu.Lock()
 		t.policy = PolicyRate
+		t.mu.Unlock()
 	}
 	t.setState(Idle)
 	timer := t.clock.NewTimer(time.Hour)
