@@ -23,7 +23,7 @@ func moveRequest(b *testing.B, s Strategy, n int) {
 var benchSizes = []struct {
 	name string
 	n    int
-}{{"4KiB", 4 << 10}, {"128KiB", 128 << 10}, {"32MiB", 32 << 20}}
+}{{"4KiB", 4 << 10}, {"128KiB", 128 << 10}, {"1MiB", 1 << 20}, {"32MiB", 32 << 20}}
 
 // BenchmarkGetPut measures the steady-state cost of the buffers for one
 // request, with a Budget in place as the server will have.
