@@ -1,0 +1,166 @@
+//go:build linux
+
+package backend
+
+import (
+	"bytes"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func newTestFile(t *testing.T, size int64) *File {
+	t.Helper()
+	return openTempFile(t, size).(*File)
+}
+
+func TestFileExtents(t *testing.T) {
+	const size = 4 << 20
+	f := newTestFile(t, size)
+	data := randBytes(8192, 3)
+	_, err := f.WriteAt(data, 1<<20)
+	require.NoError(t, err)
+	require.NoError(t, f.Sync())
+	got := collectExtents(t, f, 0, size)
+	want := make([]byte, size)
+	copy(want[1<<20:], data)
+	checkExtents(t, f, want)
+	// ext4 and tmpfs report holes; on a filesystem without SEEK_DATA the
+	// whole file is one data extent, which checkExtents accepts too.
+	if len(got) > 1 {
+		require.Equal(t, Extent{0, 1 << 20, hz}, got[0])
+		require.Equal(t, ExtentFlags(0), got[1].Flags)
+	}
+
+	require.NoError(t, f.Trim(0, size))
+	checkExtents(t, f, make([]byte, size))
+
+	f.noSeekData.Store(true)
+	require.Equal(t, []Extent{{0, size, 0}}, collectExtents(t, f, 0, size), "fallback: one data extent")
+}
+
+// TestFileZeroFallback forces the paths taken when fallocate is not
+// supported: ErrNotFast without touching data for fast zeroes, and zeroes
+// written in pieces otherwise.
+func TestFileZeroFallback(t *testing.T) {
+	const size = 1<<20 + 100
+	f := newTestFile(t, size)
+	data := randBytes(size, 4)
+	_, err := f.WriteAt(data, 0)
+	require.NoError(t, err)
+	f.noPunch.Store(true)
+	f.noZeroRange.Store(true)
+
+	for _, noHole := range []bool{false, true} {
+		require.ErrorIs(t, f.WriteZeroes(10, 1000, noHole, true), ErrNotFast)
+	}
+	require.Equal(t, data, readAll(t, f), "fast zero that failed must leave data untouched")
+
+	require.NoError(t, f.WriteZeroes(10, size-20, true, false))
+	clear(data[10 : size-10])
+	require.Equal(t, data, readAll(t, f))
+
+	require.NoError(t, f.Trim(0, size), "trim without punch support is a successful no-op")
+	require.Equal(t, data, readAll(t, f))
+}
+
+// TestFileTmpfs exercises a filesystem that punches holes but has no
+// ZERO_RANGE, so noHole zeroing must fall back for real.
+func TestFileTmpfs(t *testing.T) {
+	if _, err := os.Stat("/dev/shm"); err != nil {
+		t.Skip("no /dev/shm")
+	}
+	tmp, err := os.CreateTemp("/dev/shm", "nbdd-backend-*")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.Remove(tmp.Name()) })
+	const size = 256 << 10
+	require.NoError(t, tmp.Truncate(size))
+	f, err := NewFile(tmp, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xff}, size), 0)
+	require.NoError(t, err)
+	require.NoError(t, f.WriteZeroes(4096, 8192, true, false))
+	require.NoError(t, f.WriteZeroes(65536, 65536, false, true))
+	want := bytes.Repeat([]byte{0xff}, size)
+	clear(want[4096 : 4096+8192])
+	clear(want[65536 : 2*65536])
+	require.Equal(t, want, readAll(t, f))
+}
+
+func TestFileReadOnly(t *testing.T) {
+	path := tempImage(t, 8192)
+	rw, err := OpenFile(path, false)
+	require.NoError(t, err)
+	_, err = rw.WriteAt([]byte("hello"), 100)
+	require.NoError(t, err)
+	require.NoError(t, rw.Close())
+
+	f, err := OpenFile(path, true)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	require.True(t, f.ReadOnly())
+	got := make([]byte, 5)
+	_, err = f.ReadAt(got, 100)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(got))
+	_, err = f.WriteAt(got, 0)
+	require.ErrorIs(t, err, ErrReadOnly)
+	_, err = f.WriteAtFUA(got, 0)
+	require.ErrorIs(t, err, ErrReadOnly)
+	require.ErrorIs(t, f.Trim(0, 10), ErrReadOnly)
+	require.ErrorIs(t, f.WriteZeroes(0, 10, false, false), ErrReadOnly)
+}
+
+func TestFileFUAAndSync(t *testing.T) {
+	f := newTestFile(t, 8192)
+	n, err := f.WriteAtFUA([]byte("durable"), 4000)
+	require.NoError(t, err)
+	require.Equal(t, 7, n)
+	require.NotNil(t, f.File())
+	require.NoError(t, f.Cache(0, 8192))
+	require.NoError(t, f.Cache(0, 0))
+	require.NoError(t, f.Close())
+	require.Error(t, f.Sync(), "Sync after Close: want the fdatasync error, not nil")
+}
+
+func TestFileOpenErrors(t *testing.T) {
+	_, err := OpenFile(t.TempDir()+"/missing", false)
+	require.ErrorIs(t, err, os.ErrNotExist)
+	_, err = OpenFile(t.TempDir(), true)
+	require.Error(t, err, "directory")
+	_, err = OpenFile("/dev/null", true)
+	require.Error(t, err, "character device")
+}
+
+// TestFileBlockDevice opens the first block device the test may open,
+// checks that its size comes from the device (a block device's Stat size is
+// 0) and, if it has data, reads it and maps it as one data extent. Set
+// NBDD_TEST_BLOCKDEV to choose the device.
+func TestFileBlockDevice(t *testing.T) {
+	devs := []string{"/dev/vda", "/dev/loop0", "/dev/zram0"}
+	if d := os.Getenv("NBDD_TEST_BLOCKDEV"); d != "" {
+		devs = []string{d}
+	}
+	var f *File
+	for _, dev := range devs {
+		if b, err := OpenFile(dev, true); err == nil {
+			f = b
+			break
+		}
+	}
+	if f == nil {
+		t.Skipf("cannot open any of %v", devs)
+	}
+	t.Cleanup(func() { f.Close() })
+	size, err := f.Size()
+	require.NoError(t, err)
+	t.Logf("%s: %d bytes", f.File().Name(), size)
+	if size < 4096 {
+		return
+	}
+	require.Equal(t, []Extent{{0, 4096, 0}}, collectExtents(t, f, 0, 4096), "block devices have no SEEK_DATA")
+	_, err = f.ReadAt(make([]byte, 4096), size-4096)
+	require.NoError(t, err)
+}

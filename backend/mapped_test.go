@@ -1,0 +1,142 @@
+//go:build linux
+
+package backend
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+func newTestMapped(t *testing.T, size int64, mergeable bool) *Mapped {
+	t.Helper()
+	m, err := NewMapped(size, mergeable)
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestMappedLayout(t *testing.T) {
+	ps := unix.Getpagesize()
+	for _, size := range []int64{0, 1, int64(ps), int64(ps) + 1} {
+		m := newTestMapped(t, size, false)
+		require.Zero(t, m.Len()%ps, "size %d: Len not whole pages", size)
+		require.GreaterOrEqual(t, int64(m.Len()), size)
+		require.Len(t, m.Bytes(), int(size))
+		require.Equal(t, m.Base(), uintptr(unsafe.Pointer(unsafe.SliceData(m.mem))))
+	}
+	_, err := NewMapped(-1, false)
+	require.Error(t, err)
+}
+
+// residentPages counts the pages of b that are in memory (mincore).
+func residentPages(t *testing.T, b []byte) int {
+	t.Helper()
+	vec := make([]byte, (len(b)+unix.Getpagesize()-1)/unix.Getpagesize())
+	_, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(b))),
+		uintptr(len(b)), uintptr(unsafe.Pointer(unsafe.SliceData(vec))))
+	require.Zero(t, errno, "mincore: %v", errno)
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// TestMappedDontNeed checks that trimming whole pages gives them back to
+// the kernel and that partial pages are cleared in place.
+func TestMappedDontNeed(t *testing.T) {
+	const size = 64 * 4096
+	m := newTestMapped(t, size, false)
+	_, err := m.WriteAt(bytes.Repeat([]byte{0xaa}, size), 0)
+	require.NoError(t, err)
+	require.Equal(t, size/4096, residentPages(t, m.mem))
+
+	require.NoError(t, m.Trim(100, size-200))
+	require.Equal(t, 2, residentPages(t, m.mem), "want only the two edge pages resident")
+	want := make([]byte, size)
+	copy(want, bytes.Repeat([]byte{0xaa}, 100))
+	copy(want[size-100:], bytes.Repeat([]byte{0xaa}, 100))
+	require.Equal(t, want, readAll(t, m))
+}
+
+func TestMappedExtents(t *testing.T) {
+	const size = 4*trackSize + 100
+	m := newTestMapped(t, size, false)
+	require.Equal(t, []Extent{{0, size, hz}}, collectExtents(t, m, 0, size))
+	m.WriteAt([]byte{1}, trackSize+5)
+	m.WriteAt([]byte{1}, size-1)
+	require.Equal(t, []Extent{{0, trackSize, hz}, {trackSize, trackSize, 0}, {2 * trackSize, 2 * trackSize, hz}, {4 * trackSize, 100, 0}},
+		collectExtents(t, m, 0, size))
+	require.NoError(t, m.Trim(4*trackSize, 100))
+	require.NoError(t, m.WriteZeroes(trackSize, trackSize, true, true))
+	require.Equal(t, []Extent{{0, trackSize, hz}, {trackSize, trackSize, 0}, {2 * trackSize, 2*trackSize + 100, hz}},
+		collectExtents(t, m, 0, size), "trimmed tail block is a hole; noHole keeps data")
+}
+
+// TestMappedPersist writes through a persistent and an ephemeral export and
+// checks what reaches the image file.
+func TestMappedPersist(t *testing.T) {
+	const size = 3*trackSize + 777
+	for _, persist := range []bool{true, false} {
+		path := tempImage(t, size)
+		orig := randBytes(size, 5)
+		clear(orig[trackSize : 2*trackSize]) // a zero block stays a hole
+		require.NoError(t, os.WriteFile(path, orig, 0o600))
+
+		m, err := LoadMapped(path, false, persist)
+		require.NoError(t, err)
+		require.Equal(t, orig, readAll(t, m), "loaded image")
+		require.Equal(t, Extent{trackSize, trackSize, hz}, collectExtents(t, m, 0, size)[1])
+
+		want := bytes.Clone(orig)
+		patch := randBytes(5000, 6)
+		_, err = m.WriteAt(patch, 2*trackSize-10)
+		require.NoError(t, err)
+		copy(want[2*trackSize-10:], patch)
+		require.NoError(t, m.Trim(0, trackSize))
+		clear(want[:trackSize])
+		require.NoError(t, m.Sync())
+
+		onDisk, err := os.ReadFile(path)
+		require.NoError(t, err)
+		if persist {
+			require.Equal(t, want, onDisk, "persistent: Sync must write back")
+		} else {
+			require.Equal(t, orig, onDisk, "ephemeral: the image must not change")
+		}
+		require.NoError(t, m.Close())
+	}
+}
+
+// TestMappedCloseSyncs checks that Close writes a persistent export back.
+func TestMappedCloseSyncs(t *testing.T) {
+	path := tempImage(t, 8192)
+	m, err := LoadMapped(path, false, true)
+	require.NoError(t, err)
+	_, err = m.WriteAt([]byte("kept"), 4096)
+	require.NoError(t, err)
+	require.NoError(t, m.Close())
+	onDisk, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, "kept", string(onDisk[4096:4100]))
+}
+
+// TestMappedMergeable checks that MADV_MERGEABLE reached the kernel, as
+// /proc/self/ksm_stat reports (Linux 6.x).
+func TestMappedMergeable(t *testing.T) {
+	m := newTestMapped(t, 1<<20, true)
+	_, err := m.WriteAt(bytes.Repeat([]byte{7}, 1<<20), 0)
+	require.NoError(t, err)
+	stat, err := os.ReadFile("/proc/self/ksm_stat")
+	if os.IsNotExist(err) {
+		t.Skip("/proc/self/ksm_stat absent")
+	}
+	require.NoError(t, err)
+	require.Contains(t, strings.Split(string(stat), "\n"), "ksm_mergeable: yes", "got %s", stat)
+}

@@ -1,0 +1,18 @@
+package backend
+
+// NonBlocker is implemented by backends whose ReadAt and WriteAt are plain
+// memory copies that never wait on I/O. The server may then run small
+// requests on the goroutine that read them instead of handing each one to
+// a goroutine of its own, which costs more than the copy. A backend that
+// can block (a file, a network store, a fault injector with delays) must
+// not claim this: a blocked request would stall the requests behind it.
+type NonBlocker interface {
+	NonBlocking() bool
+}
+
+// NonBlocking reports true: Memory never waits on I/O.
+func (m *Memory) NonBlocking() bool { return true }
+
+// NonBlocking reports true: a Mapped export is anonymous memory (page
+// faults aside).
+func (m *Mapped) NonBlocking() bool { return true }
