@@ -49,6 +49,8 @@ type caps struct {
 	extenter  backend.Extenter
 	multiConn bool
 	minBlock  uint32
+	// nonBlocking backends run small requests inline on the reader.
+	nonBlocking bool
 }
 
 // openExport is the export a connection has selected.
@@ -80,6 +82,9 @@ func discoverCaps(e *Export) (caps, error) {
 	c.extenter, _ = e.Backend.(backend.Extenter)
 	if mc, ok := e.Backend.(backend.MultiConner); ok {
 		c.multiConn = mc.CanMultiConn()
+	}
+	if nb, ok := e.Backend.(backend.NonBlocker); ok {
+		c.nonBlocking = nb.NonBlocking()
 	}
 	if bs, ok := e.Backend.(backend.BlockSizer); ok && bs.MinBlockSize() > 1 {
 		c.minBlock = bs.MinBlockSize()

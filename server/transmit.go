@@ -128,9 +128,20 @@ func (c *conn) newOp(req protocol.Request) *op {
 	return o
 }
 
-// start runs o on its own goroutine, so a slow request never stalls the
-// ones behind it.
+// inlineMax is the largest request run inline on the reader for a
+// non-blocking backend. Below it, handing the request to a goroutine of its
+// own costs more than the memory copy it does (see docs/performance.md).
+var inlineMax uint32 = 128 << 10
+
+// start runs o: inline when the backend never blocks and o is small,
+// otherwise on its own goroutine, so a slow request never stalls the ones
+// behind it.
 func (c *conn) start(ctx context.Context, o *op) {
+	if c.exp.nonBlocking && o.req.Length <= inlineMax {
+		c.exec(ctx, o)
+		c.w.enqueue(o)
+		return
+	}
 	go func() {
 		c.exec(ctx, o)
 		c.w.enqueue(o)

@@ -1,0 +1,151 @@
+package server_test
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/bufstrategy"
+	"github.com/nbdd/nbdd/protocol"
+	"github.com/nbdd/nbdd/server"
+)
+
+// benchExportSize is the memory export the benchmarks read and write.
+const benchExportSize = 256 << 20
+
+// BenchmarkTransmission measures READ and WRITE throughput and allocations
+// over a unix socket, per buffer strategy, request size and queue depth.
+// The client pipelines up to depth requests, as the kernel and libnbd do.
+func BenchmarkTransmission(b *testing.B) {
+	for _, strategy := range bufstrategy.Names() {
+		for _, size := range []int{4 << 10, 128 << 10, 1 << 20} {
+			for _, depth := range []int{1, 32} {
+				for _, cmd := range []protocol.Cmd{protocol.CmdRead, protocol.CmdWrite} {
+					name := fmt.Sprintf("%s/%s/%dKiB/qd%d", strategy, cmdName(cmd), size>>10, depth)
+					b.Run(name, func(b *testing.B) { benchTransmission(b, strategy, cmd, size, depth) })
+				}
+			}
+		}
+	}
+}
+
+func cmdName(c protocol.Cmd) string {
+	if c == protocol.CmdRead {
+		return "read"
+	}
+	return "write"
+}
+
+func benchTransmission(b *testing.B, strategy string, cmd protocol.Cmd, size, depth int) {
+	bufs, err := bufstrategy.New(strategy, bufstrategy.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &server.Server{
+		Exports:    []server.Export{{Name: "m", Backend: backend.NewMemory(benchExportSize)}},
+		Buffers:    bufs,
+		QueueDepth: max(depth, 1),
+		Logger:     slog.New(slog.DiscardHandler),
+	}
+	sock := filepath.Join(b.TempDir(), "s")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(l)
+	b.Cleanup(func() { srv.Close() })
+	cl := dialBench(b, sock)
+	defer cl.Close()
+	cl.prefill(b, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	cl.run(b, cmd, size, depth, b.N)
+}
+
+// benchClient is a minimal pipelining NBD client.
+type benchClient struct {
+	net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+}
+
+func dialBench(b *testing.B, sock string) *benchClient {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cl := &benchClient{Conn: c, br: bufio.NewReaderSize(c, 1<<20), bw: bufio.NewWriterSize(c, 1<<20)}
+	var greet [protocol.HandshakeSize]byte
+	if _, err := io.ReadFull(cl.br, greet[:]); err != nil {
+		b.Fatal(err)
+	}
+	flags := binary.BigEndian.AppendUint32(nil, uint32(protocol.ClientFixedNewstyle|protocol.ClientNoZeroes))
+	var oh [protocol.OptionHeaderSize]byte
+	protocol.OptionHeader{Opt: protocol.OptExportName, Length: 1}.Put(&oh)
+	cl.Write(append(append(flags, oh[:]...), 'm'))
+	var reply [protocol.ExportNameReplySize]byte
+	if _, err := io.ReadFull(cl.br, reply[:]); err != nil {
+		b.Fatal(err)
+	}
+	return cl
+}
+
+// prefill writes the export once so reads touch allocated memory.
+func (cl *benchClient) prefill(b *testing.B, size int) {
+	cl.run(b, protocol.CmdWrite, 1<<20, 8, benchExportSize>>20)
+}
+
+// run sends n requests, keeping up to depth in flight, and reads every
+// reply.
+func (cl *benchClient) run(b *testing.B, cmd protocol.Cmd, size, depth, n int) {
+	done := make(chan error, 1)
+	window := make(chan struct{}, depth)
+	go func() { done <- cl.readReplies(cmd, size, n, window) }()
+	payload := make([]byte, size)
+	var hdr [protocol.RequestSize]byte
+	slots := benchExportSize / size
+	for i := 0; i < n; i++ {
+		window <- struct{}{}
+		off := uint64((i*7919)%slots) * uint64(size)
+		protocol.Request{Type: cmd, Cookie: uint64(i), Offset: off, Length: uint32(size)}.Put(&hdr)
+		cl.bw.Write(hdr[:])
+		if cmd == protocol.CmdWrite {
+			cl.bw.Write(payload)
+		}
+		if len(window) == depth || i == n-1 {
+			if err := cl.bw.Flush(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
+
+func (cl *benchClient) readReplies(cmd protocol.Cmd, size, n int, window chan struct{}) error {
+	var hdr [protocol.SimpleReplySize]byte
+	for i := 0; i < n; i++ {
+		if _, err := io.ReadFull(cl.br, hdr[:]); err != nil {
+			return err
+		}
+		r, err := protocol.DecodeSimpleReply(&hdr)
+		if err != nil || r.Error != 0 {
+			return fmt.Errorf("reply %d: %v %v", i, r.Error, err)
+		}
+		if cmd == protocol.CmdRead {
+			if _, err := cl.br.Discard(size); err != nil {
+				return err
+			}
+		}
+		<-window
+	}
+	return nil
+}
