@@ -92,9 +92,9 @@ func ParsePolicy(s string) (Policy, error) {
 	return PolicyRate, fmt.Errorf("ksm: unknown policy %q (want rate or advisor)", s)
 }
 
-// Level is one row of the throttling table, in the style of Kata's
+// level is one row of the throttling table, in the style of Kata's
 // ksmThrottleIntervals: how long to stay, where to go next, and the knobs.
-type Level struct {
+type level struct {
 	// Hold is how long the level lasts unless a kick or an early drop ends it.
 	Hold time.Duration
 	// Next is the level that follows.
@@ -117,11 +117,11 @@ const (
 	DefaultSlowHold       = 120 * time.Second
 )
 
-// DefaultLevels returns the level table, indexed by State, with the default holds.
+// defaultLevels returns the level table, indexed by State, with the default holds.
 // The rate factors and sleeps are Kata's (1 page in 10 every 1 ms, 1 in 100 every
 // 10 ms, 1 in 500 every 100 ms) applied to mergeable rather than all anonymous pages.
-func DefaultLevels() [numStates]Level {
-	return [numStates]Level{
+func defaultLevels() [numStates]level {
+	return [numStates]level{
 		Idle:       {Next: Idle},
 		Aggressive: {Hold: DefaultAggressiveHold, Next: Standard, PagesFactor: 10, SleepMillisecs: 1, TargetScanTime: 1, MaxCPU: 70},
 		Standard:   {Hold: DefaultStandardHold, Next: Slow, PagesFactor: 100, SleepMillisecs: 10, TargetScanTime: 30, MaxCPU: 20},
@@ -131,7 +131,7 @@ func DefaultLevels() [numStates]Level {
 
 // machine is the pure state machine: it takes times and counters, writes nothing.
 type machine struct {
-	levels   [numStates]Level
+	levels   [numStates]level
 	state    State
 	deadline time.Time // end of the current hold; zero in Idle
 	entry    int64     // full_scans on entering the level
@@ -197,7 +197,7 @@ func (m *machine) wait(now time.Time) time.Duration {
 // target returns the knob writes for level s, in write order: advisor_mode first,
 // then the advisor knobs, pages_to_scan, sleep_millisecs, and run=1 last.
 // hasAdvisor says whether the kernel has advisor_mode.
-func target(l Level, p Policy, hasAdvisor bool, pages int64) []Write {
+func target(l level, p Policy, hasAdvisor bool, pages int64) []Write {
 	var w []Write
 	if hasAdvisor {
 		mode := AdvisorNone

@@ -145,7 +145,7 @@ func New(cfg Config) (*Throttler, error) {
 	if t.minPages > t.maxPages {
 		return nil, fmt.Errorf("ksm: MinPagesToScan %d > MaxPagesToScan %d", t.minPages, t.maxPages)
 	}
-	t.m.levels = DefaultLevels()
+	t.m.levels = defaultLevels()
 	for s, h := range map[State]time.Duration{Aggressive: cfg.AggressiveHold, Standard: cfg.StandardHold, Slow: cfg.SlowHold} {
 		t.m.levels[s].Hold = orDefault(h, t.m.levels[s].Hold)
 	}
