@@ -1,0 +1,354 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	startTimeout = 10 * time.Second // from exec to every export announced
+	stopTimeout  = 10 * time.Second // from SIGTERM to exit
+	toolTimeout  = 2 * time.Minute  // any one client command
+)
+
+// nbdd is one running nbdd serve process.
+type nbdd struct {
+	cmd    *exec.Cmd
+	dir    string // holds the unix socket
+	sock   string
+	stderr *syncBuffer
+	uris   map[string][]string // export name → announced URIs, in order
+	done   chan struct{}       // closed when the process has exited
+	err    error               // cmd.Wait's result; read after done
+	exited bool                // stopped or killed by the test already
+}
+
+// startNBDD starts nbdd serve with args plus a unix listener in a short
+// temporary directory (unix socket paths hold at most 107 bytes). It waits,
+// without fixed sleeps, until every export is announced and the socket
+// accepts connections. Cleanup sends SIGTERM and fails the test unless nbdd
+// exits 0 within stopTimeout; nbdd's stderr goes to t.Log if the test failed.
+func startNBDD(t *testing.T, args ...string) *nbdd {
+	t.Helper()
+	return startNBDDEnv(t, nil, args...)
+}
+
+// startNBDDEnv is startNBDD with extra environment variables. Any NBDD_*
+// variable of the test's own environment is dropped, so that only args and
+// env configure the server.
+func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
+	t.Helper()
+	dir, err := os.MkdirTemp(shortTempDir(), "nbdd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &nbdd{dir: dir, sock: filepath.Join(dir, "s"), stderr: &syncBuffer{}, uris: map[string][]string{}, done: make(chan struct{})}
+	full := append([]string{"serve", "--listen", "unix://" + s.sock}, args...)
+	s.cmd = exec.Command(nbddBin, full...)
+	s.cmd.Env = append(cleanEnv(), env...)
+	s.cmd.Stderr = s.stderr
+	stdout, err := s.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("started nbdd %s (pid %d)", strings.Join(full, " "), s.cmd.Process.Pid)
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		s.err = s.cmd.Wait()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		s.stop(t)
+		if t.Failed() {
+			t.Logf("nbdd stderr:\n%s", s.stderr.String())
+		}
+		os.RemoveAll(dir)
+	})
+	s.awaitAnnouncements(t, lines, announcements(args))
+	waitDial(t, "unix", s.sock, startTimeout)
+	return s
+}
+
+// announceRE matches nbdd's `nbdd: export "NAME" (SIZE) at URI` lines.
+var announceRE = regexp.MustCompile(`^nbdd: export "(.*)" \((.*)\) at (\S+)$`)
+
+// awaitAnnouncements reads stdout until n exports × listeners were printed.
+func (s *nbdd) awaitAnnouncements(t *testing.T, lines <-chan string, n int) {
+	t.Helper()
+	defer func() {
+		go func() { // keep draining, so that nbdd never blocks on stdout
+			for range lines {
+			}
+		}()
+	}()
+	deadline := time.After(startTimeout)
+	for got := 0; got < n; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("nbdd exited before announcing its exports (%d of %d): %v\nstderr:\n%s", got, n, s.wait(), s.stderr)
+			}
+			m := announceRE.FindStringSubmatch(l)
+			if m == nil {
+				t.Logf("nbdd stdout: %s", l)
+				continue
+			}
+			s.uris[m[1]] = append(s.uris[m[1]], m[3])
+			got++
+		case <-deadline:
+			t.Fatalf("nbdd announced %d of %d export URIs in %v\nstderr:\n%s", got, n, startTimeout, s.stderr)
+		}
+	}
+}
+
+// announcements is how many URI lines nbdd prints for args: one per export
+// per listener (the unix listener startNBDD adds included).
+func announcements(args []string) int {
+	exports, listeners := 0, 1
+	for _, a := range args {
+		switch {
+		case a == "--export" || a == "--memory" || strings.HasPrefix(a, "--export=") || strings.HasPrefix(a, "--memory="):
+			exports++
+		case a == "--listen" || strings.HasPrefix(a, "--listen="):
+			listeners++
+		}
+	}
+	return max(exports, 1) * listeners
+}
+
+// uri returns the announced URI of export name whose scheme starts with
+// scheme ("nbd+unix" or "nbd:").
+func (s *nbdd) uri(t *testing.T, name, scheme string) string {
+	t.Helper()
+	for _, u := range s.uris[name] {
+		if strings.HasPrefix(u, scheme) {
+			return u
+		}
+	}
+	t.Fatalf("no %s URI announced for export %q; got %v", scheme, name, s.uris)
+	return ""
+}
+
+// unixURI is the URI of export name on startNBDD's unix socket.
+func (s *nbdd) unixURI(t *testing.T, name string) string {
+	t.Helper()
+	return s.uri(t, name, "nbd+unix://")
+}
+
+// tcpURI is the URI of export name on a --listen tcp://… listener.
+func (s *nbdd) tcpURI(t *testing.T, name string) string {
+	t.Helper()
+	return s.uri(t, name, "nbd://")
+}
+
+// wait waits for the process to exit and returns cmd.Wait's result.
+func (s *nbdd) wait() error {
+	<-s.done
+	return s.err
+}
+
+// exitedWithin reports whether nbdd exits within d.
+func (s *nbdd) exitedWithin(d time.Duration) bool {
+	select {
+	case <-s.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// stop sends SIGTERM and fails the test unless nbdd exits 0 within
+// stopTimeout. It does nothing the second time, or after kill.
+func (s *nbdd) stop(t *testing.T) {
+	t.Helper()
+	if s.exited {
+		return
+	}
+	s.exited = true
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("SIGTERM nbdd: %v", err)
+	}
+	if !s.exitedWithin(stopTimeout) {
+		s.cmd.Process.Kill()
+		t.Errorf("nbdd did not exit within %v of SIGTERM; killed it", stopTimeout)
+		s.wait()
+		return
+	}
+	if err := s.wait(); err != nil {
+		t.Errorf("nbdd after SIGTERM: %v; want exit status 0\nstderr:\n%s", err, s.stderr)
+	}
+}
+
+// kill sends SIGKILL, as a crash would, and waits for the process to go.
+func (s *nbdd) kill(t *testing.T) {
+	t.Helper()
+	s.exited = true
+	if err := s.cmd.Process.Kill(); err != nil {
+		t.Fatalf("SIGKILL nbdd: %v", err)
+	}
+	s.wait()
+}
+
+// waitDial polls until network/addr accepts a connection.
+func waitDial(t *testing.T, network, addr string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		c, err := net.DialTimeout(network, addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dial %s %s: %v after %v", network, addr, err, timeout)
+		}
+		time.Sleep(delay)
+	}
+}
+
+// shortTempDir is a directory for unix sockets: $TMPDIR unless it is too
+// long for a socket path (107 bytes with our suffixes).
+func shortTempDir() string {
+	if d := os.TempDir(); len(d) < 64 {
+		return d
+	}
+	return "/tmp"
+}
+
+// cleanEnv is the test's environment without NBDD_* variables.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "NBDD_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// pythonEnv puts the system python, which has libnbd's module, first on
+// PATH for nbdsh (a pyenv python3 lacks it).
+func pythonEnv(extra ...string) []string {
+	env := []string{"PATH=/usr/bin:/bin:" + os.Getenv("PATH")}
+	for _, kv := range cleanEnv() {
+		if !strings.HasPrefix(kv, "PATH=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// command is one client invocation with a time bound.
+type command struct {
+	name string
+	args []string
+	env  []string // nil: the test's environment
+}
+
+// run runs c and returns its combined output; it fails the test when c
+// exits non-zero or takes longer than toolTimeout.
+func (c command) run(t *testing.T) string {
+	t.Helper()
+	out, err := c.try(t)
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", c, err, out)
+	}
+	return out
+}
+
+// try runs c and returns its combined output and error.
+func (c command) try(t *testing.T) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.name, c.args...)
+	cmd.Env = c.env
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		err = errors.Join(err, ctx.Err())
+	}
+	return string(out), err
+}
+
+func (c command) String() string {
+	return c.name + " " + strings.Join(c.args, " ")
+}
+
+// nbdsh runs testdata/script under nbdsh connected to uri, with env as
+// extra environment (scripts read their parameters from it). It returns the
+// output and fails the test if the script fails or does not print OK.
+func nbdsh(t *testing.T, uri, script string, env ...string) string {
+	t.Helper()
+	requireTool(t, "nbdsh")
+	path, err := filepath.Abs(filepath.Join("testdata", script))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := command{name: "nbdsh", env: pythonEnv(append(env, "URI="+uri)...), args: []string{
+		"-u", uri, "-c", "exec(compile(open(" + pyQuote(path) + ").read(), " + pyQuote(path) + ", 'exec'))",
+	}}.run(t)
+	if !regexp.MustCompile(`(?m)^OK\b`).MatchString(out) {
+		t.Fatalf("nbdsh %s: no OK line in its output:\n%s", script, out)
+	}
+	return out
+}
+
+// pyQuote renders s as a Python string literal.
+func pyQuote(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// syncBuffer is a bytes.Buffer safe for the writer goroutine of exec and
+// the test reading it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// waitFor polls until the buffer contains s.
+func (b *syncBuffer) waitFor(s string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(b.String(), s) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
+}
+
+var _ io.Writer = (*syncBuffer)(nil)
