@@ -1,9 +1,7 @@
 package ksm
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -73,21 +71,9 @@ func startPolicy(t *testing.T, policy string, regions [][]byte) (stop func()) {
 		if policy == "throttler-advisor" {
 			p = PolicyAdvisor
 		}
-		th, err := New(Config{Store: store, Policy: p, StateFile: filepath.Join(t.TempDir(), "snap"),
-			Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- th.Run(ctx) }()
-		for i, r := range regions {
-			th.RegisterMapping(fmt.Sprint(i), base(r), uintptr(len(r)))
-			th.ExportOpened(fmt.Sprint(i), int64(len(r)))
-		}
+		_, stop := startReal(t, p, regions...)
 		return func() {
-			cancel()
-			if err := <-done; err != nil {
+			if err := stop(); err != nil {
 				t.Error(err)
 			}
 		}

@@ -7,6 +7,8 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -68,28 +70,7 @@ func TestRealKSMSmoke(t *testing.T) {
 	}
 	const size = 64 << 20
 	a, b := mergeableRegion(t, size), mergeableRegion(t, size)
-	th, err := New(Config{Store: store, StateFile: filepath.Join(t.TempDir(), "ksm.snapshot"),
-		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- th.Run(ctx) }()
-	stopped := false
-	stop := func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		cancel()
-		return <-done
-	}
-	t.Cleanup(func() { stop() }) // restore even if an assertion fails
-	th.RegisterMapping("a", base(a), size)
-	th.RegisterMapping("b", base(b), size)
-	th.ExportOpened("a", size)
-	th.ExportOpened("b", size)
+	th, stop := startReal(t, PolicyRate, a, b)
 
 	start := time.Now()
 	merged := waitMerged(t, base(b), size, 60*time.Second)
@@ -122,6 +103,34 @@ func TestRealKSMSmoke(t *testing.T) {
 	if !maps.Equal(before.Knobs, after.Knobs) {
 		t.Errorf("knobs after stop:\n%v\nwant the snapshot:\n%v", after.Knobs, before.Knobs)
 	}
+}
+
+// startReal runs a Throttler on the host's KSM with regions registered as
+// exports "0", "1", ... stop cancels Run and returns its error; it may be
+// called again, and runs at cleanup so that a failed test still restores.
+func startReal(t *testing.T, p Policy, regions ...[]byte) (th *Throttler, stop func() error) {
+	t.Helper()
+	th, err := New(Config{Store: Dir{}, Policy: p, StateFile: filepath.Join(t.TempDir(), "ksm.snapshot"),
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- th.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { stop() })
+	for i, r := range regions {
+		name := strconv.Itoa(i)
+		th.RegisterMapping(name, base(r), uintptr(len(r)))
+		th.ExportOpened(name, int64(len(r)))
+	}
+	return th, stop
 }
 
 // waitMerged polls smaps until the mapping has merged 90% of size or timeout.
