@@ -7,9 +7,9 @@ import (
 
 // nbdinfoJSON is the part of `nbdinfo --json` the tests read.
 type nbdinfoJSON struct {
-	Protocol   string         `json:"protocol"`
-	TLS        bool           `json:"TLS"`
-	Structured bool           `json:"structured"`
+	Protocol   string          `json:"protocol"`
+	TLS        bool            `json:"TLS"`
+	Structured bool            `json:"structured"`
 	Exports    []nbdinfoExport `json:"exports"`
 }
 

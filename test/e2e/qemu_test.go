@@ -40,7 +40,7 @@ func TestQEMUIOPatterns(t *testing.T) {
 		ops := []struct{ pattern, off, n string }{
 			{"0xab", "1000", "5000"},
 			{"0x11", "4095", "1"},
-			{"0x5c", "6000", "131073"},     // overlaps the first: its tail must read 0xab below
+			{"0x5c", "6000", "131073"},      // overlaps the first: its tail must read 0xab below
 			{"0xe7", "33554431", "1048579"}, // straddles 32 MiB
 			{"0x42", "67104000", "4864"},    // ends exactly at the export's end
 		}
