@@ -1,0 +1,860 @@
+// Package kernel is the kernel e2e harness: the Linux kernel's NBD client
+// (nbd.ko + nbd-client, inside a qemu guest) against a server on the host's
+// 127.0.0.1.
+//
+// The guest reaches the host only through qemu user networking with
+// restrict=on and two guestfwd entries that run `socat - TCP:127.0.0.1:PORT`
+// per connection: 10.0.2.100:10809 is the server under test, 10.0.2.101:10809
+// a read-only server. build-initramfs.sh builds (and caches) the kernel and
+// the base initramfs; guest-tests.sh is the command list; see both.
+//
+// Configurations (NBDD_KERNEL_CONFIGS=nbdkit,nbdd-pool,nbdd-stream; default
+// all): nbdkit memory proves the harness; nbdd under the pool and stream
+// strategies, each serving a memory and a file export (one runs the full
+// list, the other the data-integrity subset).
+//
+// Environment: CI (missing tools fail instead of skipping), NBDD_KERNEL_CACHE
+// (default ~/.cache/nbdd-kernel), NBDD_KERNEL_TIMEOUT (seconds per boot),
+// NBDD_KERNEL_KEEP (keep serial logs: print their paths), NBDD_KERNEL_ATTACH_CMD
+// and NBDD_KERNEL_DETACH_CMD (run in the guest with a static nbdd in /extra,
+// e.g. "nbdd attach ..."), NBDD_KERNEL_MEMORY_SIZE (the size syntax for
+// --memory NAME=SIZE, default 1G).
+package kernel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+//go:embed guest-tests.sh
+var guestTests []byte
+
+const (
+	exportSize = 1 << 30
+	guestPort  = 10809
+)
+
+type export struct {
+	name string
+	file bool   // file-backed, else memory
+	mode string // full | lite
+}
+
+type config struct {
+	name     string
+	nbdd     bool
+	strategy string
+	exports  []export
+	stop     string // export for the graceful-stop step
+}
+
+var allConfigs = []config{
+	{name: "nbdkit", exports: []export{{"mem", false, "full"}}, stop: "mem"},
+	{name: "nbdd-pool", nbdd: true, strategy: "pool",
+		exports: []export{{"mem", false, "full"}, {"file", true, "lite"}}, stop: "mem"},
+	{name: "nbdd-stream", nbdd: true, strategy: "stream",
+		exports: []export{{"file", true, "full"}, {"mem", false, "lite"}}, stop: "file"},
+}
+
+// result is one row of the table: a guest step or a host-side check.
+type result struct {
+	config, step string
+	ok           bool
+	skipped      bool
+	dur          time.Duration
+	conns        int // guest connections opened during the step (-1: n/a)
+	note         string
+	detail       string
+}
+
+func ci() bool { return os.Getenv("CI") != "" }
+
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if ci() {
+			t.Fatalf("%s not installed: .ci/run must install it", name)
+		}
+		t.Skipf("%s not installed", name)
+	}
+}
+
+func TestKernel(t *testing.T) {
+	if testing.Short() && !ci() {
+		t.Skip("kernel e2e boots qemu guests: skipped with -short (never in CI)")
+	}
+	requireTool(t, "qemu-system-x86_64")
+	requireTool(t, "socat")
+
+	configs := selectConfigs(t)
+	start := time.Now()
+	img := buildGuest(t)
+	t.Logf("guest image ready in %v: %s, %s", time.Since(start).Round(time.Millisecond), img.vmlinux, img.initrd)
+
+	var (
+		all       []result
+		nbddBin   string
+		nbddErr   error
+		buildOnce sync.Once
+	)
+	for _, c := range configs {
+		c := c
+		t.Run(c.name, func(t *testing.T) {
+			r := &runner{t: t, cfg: c, img: img}
+			if c.nbdd {
+				buildOnce.Do(func() { nbddBin, nbddErr = buildNBDD(t) })
+				if nbddErr != nil {
+					if ci() {
+						t.Fatalf("building nbdd: %v", nbddErr)
+					}
+					all = append(all, result{config: c.name, step: "build-nbdd", skipped: true, conns: -1, detail: nbddErr.Error()})
+					t.Skipf("nbdd does not build yet: %v", nbddErr)
+				}
+				r.nbdd = nbddBin
+			} else {
+				requireTool(t, "nbdkit")
+			}
+			defer func() { all = append(all, r.results...) }()
+			r.run()
+		})
+	}
+
+	var pass, fail, skip int
+	var tb strings.Builder
+	tb.WriteString("\n| config | step | result | time | conns | note |\n| --- | --- | --- | ---: | ---: | --- |\n")
+	for _, r := range all {
+		st := "pass"
+		switch {
+		case r.skipped:
+			st = "skip"
+			skip++
+		case r.ok:
+			pass++
+		default:
+			st = "**FAIL**"
+			fail++
+		}
+		conns := ""
+		if r.conns >= 0 {
+			conns = strconv.Itoa(r.conns)
+		}
+		note := r.note
+		if r.skipped && note == "" {
+			note = r.detail
+		}
+		fmt.Fprintf(&tb, "| %s | %s | %s | %.1f s | %s | %s |\n", r.config, r.step, st, r.dur.Seconds(), conns, note)
+	}
+	t.Log(tb.String())
+	t.Logf("kernel e2e wall time %v", time.Since(start).Round(time.Second))
+	t.Logf("%d passed, %d failed, %d skipped", pass, fail, skip)
+}
+
+func selectConfigs(t *testing.T) []config {
+	sel := os.Getenv("NBDD_KERNEL_CONFIGS")
+	if sel == "" {
+		return allConfigs
+	}
+	var out []config
+	for _, name := range strings.Split(sel, ",") {
+		found := false
+		for _, c := range allConfigs {
+			if c.name == strings.TrimSpace(name) {
+				out = append(out, c)
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("NBDD_KERNEL_CONFIGS: unknown configuration %q", name)
+		}
+	}
+	return out
+}
+
+// ---- building ----
+
+type guestImage struct{ vmlinux, initrd string }
+
+func cacheDir(t *testing.T) string {
+	if d := os.Getenv("NBDD_KERNEL_CACHE"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		t.Fatalf("no home directory for the cache (set NBDD_KERNEL_CACHE): %v", err)
+	}
+	return filepath.Join(home, ".cache", "nbdd-kernel")
+}
+
+func buildGuest(t *testing.T) guestImage {
+	t.Helper()
+	for _, tool := range []string{"apt-get", "dpkg-deb", "cpio", "zstd"} {
+		requireTool(t, tool)
+	}
+	script, err := filepath.Abs("build-initramfs.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "sh", script, cacheDir(t))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("build-initramfs.sh: %v\n%s", err, stderr.String())
+	}
+	var img guestImage
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "VMLINUX="); ok {
+			img.vmlinux = v
+		}
+		if v, ok := strings.CutPrefix(line, "INITRD="); ok {
+			img.initrd = v
+		}
+	}
+	if img.vmlinux == "" || img.initrd == "" {
+		t.Fatalf("build-initramfs.sh printed no VMLINUX/INITRD:\n%s\n%s", out, stderr.String())
+	}
+	return img
+}
+
+func moduleRoot() (string, error) {
+	dir, err := filepath.Abs(filepath.Join("..", "..", ".."))
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
+		return "", fmt.Errorf("no go.mod at %s", dir)
+	}
+	return dir, nil
+}
+
+func goBuild(t *testing.T, out string, static bool) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/nbdd")
+	cmd.Dir = root
+	cmd.Env = os.Environ()
+	if static {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/nbdd: %v: %s", err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+func buildNBDD(t *testing.T) (string, error) {
+	dir, err := os.MkdirTemp("", "nbdd-kbin")
+	if err != nil {
+		return "", err
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "nbdd")
+	return bin, goBuild(t, bin, true) // static: the same binary can go into the guest
+}
+
+// ---- servers ----
+
+type server struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+	log  *lockedBuffer
+	port int
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startServer(t *testing.T, name string, port int, argv ...string) *server {
+	t.Helper()
+	s := &server{name: name, done: make(chan struct{}), log: &lockedBuffer{}, port: port}
+	s.cmd = exec.Command(argv[0], argv[1:]...)
+	s.cmd.Stdout = s.log
+	s.cmd.Stderr = s.log
+	t.Logf("start %s: %s", name, strings.Join(argv, " "))
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { s.err = s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		if s.running() {
+			s.stop(10 * time.Second)
+		}
+		if t.Failed() || os.Getenv("NBDD_KERNEL_KEEP") != "" {
+			t.Logf("%s log:\n%s", name, tail(s.log.String(), 60))
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return s
+		}
+		select {
+		case <-s.done:
+			t.Fatalf("%s exited before listening: %v\n%s", name, s.err, s.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening on 127.0.0.1:%d after 15 s\n%s", name, port, s.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *server) running() bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop sends SIGTERM and waits; it kills after the grace period. It reports
+// whether the server exited by itself with status 0.
+func (s *server) stop(grace time.Duration) (graceful bool, how string, took time.Duration) {
+	t0 := time.Now()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(grace):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+		return false, fmt.Sprintf("still running %v after SIGTERM: killed", grace), time.Since(t0)
+	}
+	took = time.Since(t0)
+	if s.err == nil {
+		return true, "exit status 0", took
+	}
+	var ee *exec.ExitError
+	if errors.As(s.err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return false, fmt.Sprintf("died of %v (no SIGTERM handler: nothing flushed)", ws.Signal()), took
+		}
+	}
+	return false, s.err.Error(), took
+}
+
+// ---- one configuration: servers + one guest boot ----
+
+type runner struct {
+	t       *testing.T
+	cfg     config
+	img     guestImage
+	nbdd    string
+	dir     string
+	main    *server
+	ro      *server
+	files   map[string]string // export → backing file
+	results []result
+	holes   map[string][][2]int64
+}
+
+func (r *runner) add(res result) {
+	res.config = r.cfg.name
+	r.results = append(r.results, res)
+	if !res.ok && !res.skipped {
+		r.t.Errorf("%s: %s FAILED\n%s", r.cfg.name, res.step, res.detail)
+	}
+}
+
+func memSize() string {
+	if s := os.Getenv("NBDD_KERNEL_MEMORY_SIZE"); s != "" {
+		return s
+	}
+	return "1G"
+}
+
+func (r *runner) startServers() {
+	t := r.t
+	mainPort, roPort := freePort(t), freePort(t)
+	r.files = map[string]string{}
+	if !r.cfg.nbdd {
+		r.main = startServer(t, "nbdkit", mainPort, "nbdkit", "-f", "-p", strconv.Itoa(mainPort), "-i", "127.0.0.1",
+			"--exit-with-parent", "memory", "1G")
+		r.ro = startServer(t, "nbdkit-ro", roPort, "nbdkit", "-f", "-r", "-p", strconv.Itoa(roPort), "-i", "127.0.0.1",
+			"--exit-with-parent", "memory", "64M")
+		return
+	}
+	args := []string{r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", mainPort), "--strategy", r.cfg.strategy}
+	for _, e := range r.cfg.exports {
+		if e.file {
+			p := filepath.Join(r.dir, e.name+".img")
+			f, err := os.Create(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Truncate(exportSize); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			r.files[e.name] = p
+			args = append(args, "--export", e.name+"="+p)
+		} else {
+			args = append(args, "--memory", e.name+"="+memSize())
+		}
+	}
+	r.main = startServer(t, "nbdd", mainPort, args...)
+	r.ro = startServer(t, "nbdd-ro", roPort, r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", roPort),
+		"--strategy", r.cfg.strategy, "--read-only", "--memory", "ro=64M")
+}
+
+func (r *runner) run() {
+	t := r.t
+	dir, err := os.MkdirTemp("", "nbdd-k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.dir = dir
+	keep := os.Getenv("NBDD_KERNEL_KEEP") != ""
+	t.Cleanup(func() {
+		if !keep && !t.Failed() {
+			os.RemoveAll(dir)
+		} else {
+			t.Logf("kept %s (serial.log, socat*.log)", dir)
+		}
+	})
+	r.startServers()
+
+	// The per-run cpio: /test.sh, /test.env and optional static tools in /extra.
+	var exports []string
+	for _, e := range r.cfg.exports {
+		exports = append(exports, e.name+":"+e.mode)
+	}
+	env := fmt.Sprintf("SERVER=10.0.2.100\nPORT=%d\nRO_SERVER=10.0.2.101\nRO_EXPORT=ro\nEXPORTS=%q\nSTOP_EXPORT=%s\nEXPECT_SIZE=%d\nGUEST_TIMEOUT=%d\n",
+		guestPort, strings.Join(exports, " "), r.cfg.stop, exportSize, int(bootTimeout().Seconds())-20)
+	files := []cpioFile{{name: "test.sh", mode: 0o755, data: guestTests}}
+	if cmd := os.Getenv("NBDD_KERNEL_ATTACH_CMD"); cmd != "" && r.nbdd != "" {
+		env += fmt.Sprintf("ATTACH_CMD=%q\nDETACH_CMD=%q\n", cmd, os.Getenv("NBDD_KERNEL_DETACH_CMD"))
+		bin, err := os.ReadFile(r.nbdd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, cpioFile{name: "extra", mode: 0o755 | modeDir}, cpioFile{name: "extra/nbdd", mode: 0o755, data: bin})
+	}
+	files = append(files, cpioFile{name: "test.env", mode: 0o644, data: []byte(env)})
+	initrd := filepath.Join(dir, "initrd.img")
+	if err := writeInitrd(initrd, files, r.img.initrd); err != nil {
+		t.Fatal(err)
+	}
+	r.boot(initrd)
+}
+
+func bootTimeout() time.Duration {
+	if s := os.Getenv("NBDD_KERNEL_TIMEOUT"); s != "" {
+		if n, err := strconv.Atoi(s); err == nil && n > 30 {
+			return time.Duration(n) * time.Second
+		}
+	}
+	return 240 * time.Second
+}
+
+func kvmUsable() bool {
+	// kvm_pvm (this machine kind) cannot run a stock kernel: only plain
+	// kvm_intel/kvm_amd count.
+	for _, m := range []string{"/sys/module/kvm_intel", "/sys/module/kvm_amd"} {
+		if _, err := os.Stat(m); err == nil {
+			if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+				f.Close()
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var (
+	reBegin    = regexp.MustCompile(`@@BEGIN (\S+)@@`)
+	reResult   = regexp.MustCompile(`@@RESULT (\S+) rc=(\d+) ms=(\d+)@@`)
+	reHole     = regexp.MustCompile(`@@HOLE (\S+) (\d+) (\d+)@@`)
+	reStopData = regexp.MustCompile(`@@STOPDATA (\S+) (\d+) (\d+) ([0-9a-f]{64})@@`)
+	reStop     = regexp.MustCompile(`@@STOP-SERVER@@`)
+	reReady    = regexp.MustCompile(`@@READY uptime=([\d.]+)@@`)
+	reDone     = regexp.MustCompile(`@@DONE rc=(\d+)`)
+)
+
+func (r *runner) boot(initrd string) {
+	t := r.t
+	serialPath := filepath.Join(r.dir, "serial.log")
+	serialFile, err := os.Create(serialPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer serialFile.Close()
+	socatLog := func(name string) string { return filepath.Join(r.dir, "socat-"+name+".log") }
+	fwd := func(ip string, s *server, name string) string {
+		// -lf: socat's stderr would otherwise go into the NBD stream.
+		return fmt.Sprintf("guestfwd=tcp:%s:%d-cmd:socat -d -d -lf %s - TCP:127.0.0.1:%d", ip, guestPort, socatLog(name), s.port)
+	}
+	accel := []string{"-accel", "tcg", "-cpu", "max"}
+	if kvmUsable() {
+		accel = []string{"-accel", "kvm", "-cpu", "host,-arch-capabilities"}
+	}
+	args := append(accel, "-smp", "1", "-m", "1024",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
+		"-kernel", r.img.vmlinux, "-initrd", initrd,
+		"-append", "console=ttyS0 panic=-1 quiet loglevel=4",
+		"-netdev", "user,id=n0,restrict=on,"+fwd("10.0.2.100", r.main, "main")+","+fwd("10.0.2.101", r.ro, "ro"),
+		"-device", "virtio-net-pci,netdev=n0")
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	cmd.Stdin = nil
+	var qerr bytes.Buffer
+	cmd.Stderr = &qerr
+	cmd.WaitDelay = 5 * time.Second
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("qemu: %v", err)
+	}
+
+	type open struct {
+		line  int
+		conns int
+	}
+	var (
+		lines    []string
+		begun    = map[string]open{}
+		order    []string
+		ended    = map[string]bool{}
+		done     = -1
+		ready    string
+		stopData []string
+	)
+	r.holes = map[string][][2]int64{}
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		lines = append(lines, line)
+		fmt.Fprintln(serialFile, line)
+		if m := reBegin.FindStringSubmatch(line); m != nil {
+			begun[m[1]] = open{line: len(lines), conns: countConns(socatLog("main"))}
+			order = append(order, m[1])
+		} else if m := reResult.FindStringSubmatch(line); m != nil {
+			b := begun[m[1]]
+			rc, _ := strconv.Atoi(m[2])
+			msec, _ := strconv.Atoi(m[3])
+			res := result{step: m[1], ok: rc == 0, dur: time.Duration(msec) * time.Millisecond,
+				conns: countConns(socatLog("main")) - b.conns}
+			if m[1] == "readonly-write-eio" {
+				res.conns = -1
+			}
+			out := lines[min(b.line, len(lines)-1) : len(lines)-1]
+			if rc != 0 {
+				res.detail = fmt.Sprintf("guest step %s: rc=%d (137 = killed by its timeout); serial output:\n%s",
+					m[1], rc, tail(strings.Join(out, "\n"), 80))
+			}
+			if strings.HasPrefix(m[1], "multiconn-") && rc == 0 && res.conns != 4 {
+				res.ok = false
+				res.detail = fmt.Sprintf("nbd-client -C 4 opened %d connections, want 4", res.conns)
+			}
+			ended[m[1]] = true
+			r.add(res)
+		} else if m := reHole.FindStringSubmatch(line); m != nil {
+			off, _ := strconv.ParseInt(m[2], 10, 64)
+			n, _ := strconv.ParseInt(m[3], 10, 64)
+			r.holes[m[1]] = append(r.holes[m[1]], [2]int64{off, n})
+		} else if m := reStopData.FindStringSubmatch(line); m != nil {
+			stopData = m[1:]
+		} else if reStop.MatchString(line) {
+			r.hostChecksAndStop(stopData)
+		} else if m := reReady.FindStringSubmatch(line); m != nil {
+			ready = m[1]
+		} else if m := reDone.FindStringSubmatch(line); m != nil {
+			done, _ = strconv.Atoi(m[1])
+		}
+	}
+	werr := cmd.Wait()
+	wall := time.Since(t0)
+	t.Logf("%s: guest wall time %v, boot to /init ready %ss, serial log %s", r.cfg.name, wall.Round(100*time.Millisecond), ready, serialPath)
+	for _, s := range order {
+		if !ended[s] {
+			r.add(result{step: s, conns: -1, detail: fmt.Sprintf("step started but never reported (guest hung or was killed)\n%s",
+				tail(strings.Join(lines, "\n"), 60))})
+		}
+	}
+	if done < 0 {
+		r.add(result{step: "guest-finished", conns: -1, dur: wall,
+			detail: fmt.Sprintf("no @@DONE@@ marker: qemu %v (timeout %v)\nqemu stderr: %s\nlast serial lines:\n%s",
+				werr, bootTimeout(), qerr.String(), tail(strings.Join(lines, "\n"), 60))})
+	}
+	if len(order) == 0 {
+		t.Errorf("%s: the guest ran no steps", r.cfg.name)
+	}
+}
+
+// countConns counts the guest's connections: one socat per connection, each
+// logging "starting data transfer loop" at -d -d.
+func countConns(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return bytes.Count(b, []byte("starting data transfer loop"))
+}
+
+// hostChecksAndStop runs while the guest sits idle on a connected device:
+// block status of the discarded ranges, then SIGTERM to the server, then the
+// data the guest wrote just before (file exports).
+func (r *runner) hostChecksAndStop(stopData []string) {
+	for _, e := range r.cfg.exports {
+		holes := r.holes[e.name]
+		if len(holes) == 0 {
+			continue
+		}
+		t0 := time.Now()
+		res := result{step: "host-blockstatus-" + e.name, conns: -1}
+		if _, err := exec.LookPath("nbdinfo"); err != nil {
+			res.skipped = true
+			res.detail = "nbdinfo not installed"
+		} else {
+			res.detail, res.ok = checkHoles(r.main.port, e.name, holes)
+		}
+		res.dur = time.Since(t0)
+		r.add(res)
+	}
+
+	// nbdd must close idle connections and exit on SIGTERM. nbdkit instead
+	// waits for its clients to disconnect (its documented behaviour): for the
+	// harness run it gets a short grace period and is then killed, which the
+	// guest sees the same way (the socket closes).
+	grace := 15 * time.Second
+	if !r.cfg.nbdd {
+		grace = 3 * time.Second
+	}
+	graceful, how, took := r.main.stop(grace)
+	res := result{step: "host-sigterm", ok: graceful, dur: took, conns: -1, note: how}
+	if !r.cfg.nbdd && strings.HasPrefix(how, "still running") {
+		res.ok = true
+		res.note = "nbdkit waits for idle clients: killed after 3 s"
+	}
+	if !res.ok {
+		res.detail = fmt.Sprintf("%s after SIGTERM: %s\nserver log:\n%s", r.main.name, how, tail(r.main.log.String(), 40))
+	}
+	r.add(res)
+
+	if len(stopData) == 4 {
+		p, ok := r.files[stopData[0]]
+		if !ok {
+			return
+		}
+		off, _ := strconv.ParseInt(stopData[1], 10, 64)
+		n, _ := strconv.ParseInt(stopData[2], 10, 64)
+		res := result{step: "host-stopdata-" + stopData[0], conns: -1}
+		sum, err := fileSHA(p, off, n)
+		switch {
+		case err != nil:
+			res.detail = err.Error()
+		case sum != stopData[3]:
+			res.detail = fmt.Sprintf("%s at %d+%d: sha256 %s, the guest wrote %s (acknowledged write lost on graceful stop)", p, off, n, sum, stopData[3])
+		default:
+			res.ok = true
+		}
+		r.add(res)
+	}
+}
+
+func fileSHA(path string, off, n int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, off, n)); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// checkHoles asks the server for base:allocation (nbdinfo --map) and wants
+// every MiB-aligned part of each discarded range reported as a hole or zero.
+func checkHoles(port int, exportName string, holes [][2]int64) (string, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	uri := fmt.Sprintf("nbd://127.0.0.1:%d/%s", port, exportName)
+	out, err := exec.CommandContext(ctx, "nbdinfo", "--map", uri).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("nbdinfo --map %s: %v: %s", uri, err, out), false
+	}
+	type ext struct{ off, n, typ int64 }
+	var exts []ext
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		o, e1 := strconv.ParseInt(f[0], 10, 64)
+		n, e2 := strconv.ParseInt(f[1], 10, 64)
+		ty, e3 := strconv.ParseInt(f[2], 10, 64)
+		if e1 == nil && e2 == nil && e3 == nil {
+			exts = append(exts, ext{o, n, ty})
+		}
+	}
+	var msgs []string
+	ok := true
+	for _, h := range holes {
+		a := (h[0] + 1<<20 - 1) &^ (1<<20 - 1)
+		b := (h[0] + h[1]) &^ (1<<20 - 1)
+		if b <= a {
+			continue
+		}
+		covered := int64(0)
+		var bad []string
+		for _, e := range exts {
+			lo, hi := max(a, e.off), min(b, e.off+e.n)
+			if lo >= hi {
+				continue
+			}
+			covered += hi - lo
+			if e.typ&3 == 0 {
+				bad = append(bad, fmt.Sprintf("%d+%d data", lo, hi-lo))
+			}
+		}
+		switch {
+		case covered != b-a:
+			ok = false
+			msgs = append(msgs, fmt.Sprintf("range %d+%d: map covers only %d bytes", a, b-a, covered))
+		case len(bad) > 0:
+			ok = false
+			msgs = append(msgs, fmt.Sprintf("range %d+%d discarded by the guest, still reported as data: %s", a, b-a, strings.Join(bad, ", ")))
+		default:
+			msgs = append(msgs, fmt.Sprintf("range %d+%d: hole/zero", a, b-a))
+		}
+	}
+	if !ok {
+		msgs = append(msgs, "nbdinfo --map:\n"+tail(string(out), 40))
+	}
+	return strings.Join(msgs, "\n"), ok
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// ---- initrd: an uncompressed newc cpio, then the cached base archive ----
+
+const modeDir = 0o040000
+
+type cpioFile struct {
+	name string
+	mode uint32 // permission bits, | modeDir for a directory
+	data []byte
+}
+
+func writeCpio(w io.Writer, files []cpioFile) error {
+	var buf bytes.Buffer
+	pad := func() {
+		for buf.Len()%4 != 0 {
+			buf.WriteByte(0)
+		}
+	}
+	ino := 1
+	hdr := func(name string, mode uint32, size int) {
+		fmt.Fprintf(&buf, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+			ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name)+1, 0)
+		buf.WriteString(name)
+		buf.WriteByte(0)
+		pad()
+		ino++
+	}
+	for _, f := range files {
+		mode := f.mode
+		if mode&modeDir == 0 {
+			mode |= 0o100000
+		}
+		hdr(f.name, mode, len(f.data))
+		buf.Write(f.data)
+		pad()
+	}
+	hdr("TRAILER!!!", 0, 0)
+	for buf.Len()%512 != 0 {
+		buf.WriteByte(0)
+	}
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// writeInitrd: the kernel unpacks concatenated archives in order; the
+// uncompressed one goes first (as with early microcode), the compressed base
+// last.
+func writeInitrd(path string, files []cpioFile, base string) error {
+	out, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := writeCpio(out, files); err != nil {
+		return err
+	}
+	in, err := os.Open(base)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if _, err := io.Copy(out, in); err != nil {
+		return err
+	}
+	return out.Close()
+}
