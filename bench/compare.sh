@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# compare.sh: nbdd against nbdkit's memory plugin, qemu-nbd and the go-nbd
+# v0.3.2 server on the same machine in one run, over unix sockets, each
+# with a 1 GiB export. Prints medians of RUNS runs and nbdd's ratios.
+#
+#   bench/compare.sh            # RUNS=3, FIO_SECONDS=5
+#   STRATEGY=stream bench/compare.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+RUNS=${RUNS:-3}
+FIO_SECONDS=${FIO_SECONDS:-5}
+STRATEGY=${STRATEGY:-pool}
+SIZE=$((1 << 30))
+
+bench_init
+head -c $SIZE /dev/urandom >"$WORK/src.img"
+truncate -s $SIZE /dev/shm/nbdd-bench-qemu.img
+trap 'rm -f /dev/shm/nbdd-bench-qemu.img; bench_cleanup' EXIT
+
+start nbdd "$WORK/nbdd.sock" "$WORK/nbdd" serve --listen "unix://$WORK/nbdd.sock" --memory default=1G --strategy "$STRATEGY" --log-level warn
+start nbdkit "$WORK/nbdkit.sock" nbdkit -f -U "$WORK/nbdkit.sock" memory 1G
+start qemu "$WORK/qemu.sock" qemu-nbd -f raw -t -e 16 --cache=writeback -k "$WORK/qemu.sock" /dev/shm/nbdd-bench-qemu.img
+start gonbd "$WORK/gonbd.sock" "$WORK/gonbd-server" -socket "$WORK/gonbd.sock" -size $SIZE
+SERVERS="nbdd nbdkit qemu gonbd"
+for s in $SERVERS; do nbdcopy "$WORK/src.img" "$(uri "$WORK/$s.sock")"; done
+
+declare -A R
+run() { # run WORKLOAD SERVER: one measurement
+	local u
+	u=$(uri "$WORK/$2.sock")
+	case $1 in
+	seqread) awk -v s="$(seconds nbdcopy "$u" null:)" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
+	seqwrite) awk -v s="$(seconds nbdcopy "$WORK/src.img" "$u")" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
+	randread1) fio_iops "$u" randread 4k 1 "$FIO_SECONDS" ;;
+	randread32) fio_iops "$u" randread 4k 32 "$FIO_SECONDS" ;;
+	randwrite32) fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS" ;;
+	esac
+}
+WORKLOADS="seqread seqwrite randread1 randread32 randwrite32"
+for w in $WORKLOADS; do
+	for s in $SERVERS; do R[$w.$s]=""; done
+	for _ in $(seq "$RUNS"); do
+		for s in $SERVERS; do R[$w.$s]+=" $(run "$w" "$s")"; done
+	done
+done
+
+printf '\nnbdd (strategy %s) vs peers, 1 GiB memory export, unix socket, median of %s runs\n\n' "$STRATEGY" "$RUNS"
+printf '| workload | nbdd | nbdkit memory | qemu-nbd | go-nbd v0.3.2 | nbdd/nbdkit | nbdd/qemu-nbd | nbdd/go-nbd |\n|---|---|---|---|---|---|---|---|\n'
+declare -A LABEL=([seqread]="nbdcopy sequential read, MB/s" [seqwrite]="nbdcopy sequential write, MB/s"
+	[randread1]="fio 4 KiB randread qd1, IOPS" [randread32]="fio 4 KiB randread qd32, IOPS" [randwrite32]="fio 4 KiB randwrite qd32, IOPS")
+for w in $WORKLOADS; do
+	declare -A M=()
+	for s in $SERVERS; do M[$s]=$(echo "${R[$w.$s]}" | median); done
+	awk -v l="${LABEL[$w]}" -v a="${M[nbdd]}" -v b="${M[nbdkit]}" -v c="${M[qemu]}" -v d="${M[gonbd]}" \
+		'BEGIN {printf "| %s | %d | %d | %d | %d | %.2f | %.2f | %.2f |\n", l, a, b, c, d, a/b, a/c, a/d}'
+done
+printf '\nraw runs:\n'
+for w in $WORKLOADS; do for s in $SERVERS; do printf '%s %s:%s\n' "$w" "$s" "${R[$w.$s]}"; done; done

@@ -1,0 +1,39 @@
+// Command gonbd-server serves one go-nbd v0.3.2 memory export on a unix
+// socket. It exists only as the baseline of bench/compare.sh and
+// bench/strategies.sh: go-nbd is the library nbdd's backends stay
+// compatible with, so its server is the reference nbdd must beat.
+package main
+
+import (
+	"flag"
+	"log"
+	"net"
+	"os"
+
+	"github.com/pojntfx/go-nbd/pkg/backend"
+	"github.com/pojntfx/go-nbd/pkg/server"
+)
+
+func main() {
+	sock := flag.String("socket", "", "unix socket path")
+	size := flag.Int64("size", 1<<30, "export size in bytes")
+	flag.Parse()
+	os.Remove(*sock)
+	l, err := net.Listen("unix", *sock)
+	if err != nil {
+		log.Fatal(err)
+	}
+	exports := []*server.Export{{Name: "", Backend: backend.NewMemoryBackend(make([]byte, *size))}}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		go func() {
+			defer c.Close()
+			// Options are built per connection: go-nbd writes defaults
+			// into the struct it is given.
+			server.Handle(c, exports, &server.Options{SupportsMultiConn: true})
+		}()
+	}
+}

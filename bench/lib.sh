@@ -1,0 +1,57 @@
+# Shared helpers for the bench scripts: build, start and stop servers on
+# unix sockets, time commands, and take medians. Sourced, not run.
+
+bench_init() {
+	ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+	WORK=$(mktemp -d /tmp/nbdd-bench.XXXXXX)
+	PIDS=()
+	trap bench_cleanup EXIT
+	(cd "$ROOT" && go build -o "$WORK/nbdd" ./cmd/nbdd && go build -o "$WORK/gonbd-server" ./bench/gonbd-server)
+}
+
+bench_cleanup() {
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	rm -rf "$WORK"
+}
+
+# start NAME SOCKET CMD...: start a server in the background and wait for
+# its socket.
+start() {
+	local name=$1 sock=$2
+	shift 2
+	"$@" >"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+	eval "PID_$name=$!"
+	for _ in $(seq 100); do
+		[ -S "$sock" ] && nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "bench: $name did not start:" >&2
+	cat "$WORK/$name.log" >&2
+	return 1
+}
+
+uri() { echo "nbd+unix:///?socket=$1"; }
+
+# seconds CMD...: wall seconds of one run.
+seconds() {
+	local t0 t1
+	t0=$(date +%s.%N)
+	"$@" >/dev/null 2>&1
+	t1=$(date +%s.%N)
+	echo "$t0 $t1" | awk '{printf "%.4f\n", $2-$1}'
+}
+
+# fio_iops URI RW BS DEPTH SECONDS: IOPS of one fio run with the nbd engine.
+fio_iops() {
+	fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
+		--runtime="$5" --time_based --size=1G --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1
+	python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(round(j["read"]["iops"]+j["write"]["iops"]))' "$WORK/fio.json"
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# peak_rss_mib PID: the process's peak RSS (VmHWM) in MiB.
+peak_rss_mib() { awk '/VmHWM/ {printf "%d\n", $2/1024}' "/proc/$1/status"; }
+rss_mib() { awk '/VmRSS/ {printf "%d\n", $2/1024}' "/proc/$1/status"; }
