@@ -20,7 +20,10 @@ import (
 // io.ReaderAt and io.WriterAt contracts: n < len(p) implies err != nil, and
 // calls on non-overlapping ranges may run in parallel. The server checks every
 // range against Size before calling, so implementations may assume
-// 0 <= off and off+len(p) <= size.
+// 0 <= off and off+len(p) <= size. nbdd's own backends check anyway: a
+// write past the end writes nothing and returns ErrOutOfRange, and a read
+// past the end returns the bytes before it with an error matching both
+// ErrOutOfRange and io.EOF.
 type Backend interface {
 	io.ReaderAt
 	io.WriterAt
@@ -32,7 +35,9 @@ type Backend interface {
 
 // Trimmer is implemented by backends that can discard a range
 // (NBD_CMD_TRIM, advertised as NBD_FLAG_SEND_TRIM). After Trim the range
-// reads as zeroes or as its old contents; nbdd's backends read zeroes.
+// reads as zeroes or as its old contents (TRIM is advisory); nbdd's
+// backends read zeroes, except File on storage that cannot punch holes,
+// where Trim changes nothing.
 type Trimmer interface {
 	Trim(off, length int64) error
 }
@@ -90,7 +95,8 @@ type Extent struct {
 // (NBD_CMD_BLOCK_STATUS). Extents calls fn for consecutive extents covering
 // [off, off+length) in order, merging neighbours with equal flags, until fn
 // returns false or the range is covered. The last extent may run past
-// off+length.
+// off+length (nbdd's backends clip it). A backend that cannot tell may
+// report one data extent (flags 0), which is always correct.
 type Extenter interface {
 	Extents(off, length int64, fn func(Extent) bool) error
 }

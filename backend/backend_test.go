@@ -1,22 +1,17 @@
+//go:build linux
+
 package backend
 
 import (
 	"bytes"
 	"errors"
 	"io"
-	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 )
-
-// testSize is the size of the exports in the shared tests: a few chunks
-// plus a ragged tail, so that ranges cross chunk, page and block edges.
-const testSize = 3*chunkSize + 12345
 
 // kind is one backend under the shared tests.
 type kind struct {
@@ -49,17 +44,6 @@ func run(t *testing.T, f func(t *testing.T, newB func(size int64) Backend)) {
 	}
 }
 
-// tempImage creates a sparse image file of size bytes.
-func tempImage(t *testing.T, size int64) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "img")
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	require.NoError(t, f.Truncate(size))
-	require.NoError(t, f.Close())
-	return path
-}
-
 func openTempFile(t *testing.T, size int64) Backend {
 	f, err := OpenFile(tempImage(t, size), false)
 	require.NoError(t, err)
@@ -72,26 +56,6 @@ func openPersistMapped(t *testing.T, size int64) Backend {
 	require.NoError(t, err)
 	t.Cleanup(func() { m.Close() })
 	return m
-}
-
-// randBytes returns n bytes of deterministic pseudo-random data.
-func randBytes(n int, seed uint64) []byte {
-	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
-	b := make([]byte, n)
-	r.Read(b)
-	return b
-}
-
-// readAll reads the whole export.
-func readAll(t *testing.T, b Backend) []byte {
-	t.Helper()
-	size, err := b.Size()
-	require.NoError(t, err)
-	got := make([]byte, size)
-	n, err := b.ReadAt(got, 0)
-	require.NoError(t, err)
-	require.Equal(t, int(size), n)
-	return got
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -208,25 +172,6 @@ func zeroOp(noHole bool) func(Backend, int64, int64) error {
 	return func(b Backend, off, n int64) error {
 		return b.(Zeroer).WriteZeroes(off, n, noHole, false)
 	}
-}
-
-// checkExtents checks that the extents cover the export in order and that
-// every range claimed to read as zeroes does.
-func checkExtents(t *testing.T, b Backend, data []byte) {
-	t.Helper()
-	var pos int64
-	err := b.(Extenter).Extents(0, int64(len(data)), func(e Extent) bool {
-		require.Equal(t, pos, e.Offset, "extent offset")
-		require.Positive(t, e.Length, "extent length")
-		end := min(e.Offset+e.Length, int64(len(data)))
-		if e.Flags&ExtentZero != 0 {
-			require.Equal(t, make([]byte, end-e.Offset), data[e.Offset:end], "extent %+v claims zeroes", e)
-		}
-		pos = e.Offset + e.Length
-		return true
-	})
-	require.NoError(t, err)
-	require.GreaterOrEqual(t, pos, int64(len(data)), "extents stop short")
 }
 
 func TestCapabilities(t *testing.T) {

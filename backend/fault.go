@@ -96,6 +96,17 @@ func NewFault(b Backend, rules ...FaultRule) *Fault {
 	}
 }
 
+// NonBlocking reports whether the wrapped backend never blocks and no rule
+// delays: a delayed request must not stall the requests behind it.
+func (f *Fault) NonBlocking() bool {
+	for _, r := range f.rules {
+		if r.Delay > 0 {
+			return false
+		}
+	}
+	return f.wrapper.NonBlocking()
+}
+
 // Injected returns how many requests each rule has affected, indexed like
 // the rules given to NewFault.
 func (f *Fault) Injected() []int64 {

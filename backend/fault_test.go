@@ -79,6 +79,13 @@ func TestFaultFirstRuleWins(t *testing.T) {
 	require.Equal(t, int64(3), b.Total())
 }
 
+func TestFaultNonBlocking(t *testing.T) {
+	require.True(t, NewFault(NewMemory(1), FaultRule{Op: FaultRead}).NonBlocking())
+	require.False(t, NewFault(NewMemory(1), FaultRule{Op: FaultRead, Delay: time.Second}).NonBlocking(),
+		"a delaying rule blocks")
+	require.False(t, NewFault(newBare(1)).NonBlocking(), "wrapped backend may block")
+}
+
 func TestParseFaultSpec(t *testing.T) {
 	tests := []struct {
 		spec string

@@ -152,6 +152,10 @@ func (m *Mapped) Bytes() []byte { return m.mem[:m.size:m.size] }
 // Size returns the export size.
 func (m *Mapped) Size() (int64, error) { return m.size, nil }
 
+// NonBlocking reports true: a Mapped export is anonymous memory (page
+// faults aside), so the server may serve small requests inline.
+func (m *Mapped) NonBlocking() bool { return true }
+
 // CanMultiConn reports true: every connection sees the same memory.
 func (m *Mapped) CanMultiConn() bool { return true }
 

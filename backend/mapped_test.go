@@ -140,3 +140,14 @@ func TestMappedMergeable(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, strings.Split(string(stat), "\n"), "ksm_mergeable: yes", "got %s", stat)
 }
+
+func TestNonBlocking(t *testing.T) {
+	require.True(t, NewMemory(1).NonBlocking())
+	require.True(t, ReadOnly(NewMemory(1)).(NonBlocker).NonBlocking())
+	m, err := NewMapped(1, false)
+	require.NoError(t, err)
+	defer m.Close()
+	require.True(t, m.NonBlocking())
+	f := openTempFile(t, 1)
+	require.NotImplements(t, (*NonBlocker)(nil), f, "a File may block on I/O")
+}

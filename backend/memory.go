@@ -9,49 +9,69 @@ import (
 // Memory layout. A Memory is a three-level radix tree: a directory of
 // midTables, each holding leafTables, each holding chunks. Every level is
 // allocated on first write, so an export costs nothing until written; a
-// 1 TiB export that has seen one write holds one midTable, one leafTable and
-// one chunk (about 130 KiB).
+// 1 TiB export that has seen one write holds one midTable (32 KiB), one
+// leafTable (128 KiB) and one 64 KiB chunk.
 const (
 	chunkShift = 16 // 64 KiB chunks: the unit of allocation and of TRIM
 	chunkSize  = 1 << chunkShift
-	tableShift = 12 // 4096 slots (32 KiB) per table
+	tableShift = 12 // 4096 slots per table
 	tableSize  = 1 << tableShift
 	tableMask  = tableSize - 1
 	// midSpanShift is log2 of the bytes one midTable covers (1 TiB).
 	midSpanShift = chunkShift + 2*tableShift
 )
 
-// chunk is one allocated piece of a Memory. Its lock lets concurrent
-// requests to the same chunk stay race-free while requests to different
-// chunks never contend.
-type chunk struct {
-	mu   sync.RWMutex // guards data
-	data [chunkSize]byte
-}
+// chunk is one allocated piece of a Memory: exactly 16 pages, so the Go
+// allocator wastes nothing on it and never scans it (it holds no pointers).
+type chunk [chunkSize]byte
 
-// read copies data[o:] into dst under the read lock.
-func (c *chunk) read(dst []byte, o int) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	copy(dst, c.data[o:])
-}
-
-// write copies src into data[o:] under the write lock.
-func (c *chunk) write(src []byte, o int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	copy(c.data[o:], src)
-}
-
-// zero clears data[o:o+n] under the write lock.
-func (c *chunk) zero(o, n int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	clear(c.data[o : o+n])
-}
-
+// leafTable holds 4096 chunks (256 MiB of export) and a lock per chunk.
+// locks[j] guards the contents of chunks[j] and every change of the
+// pointer, so a write can never land in a chunk that a concurrent Trim has
+// just dropped. Requests to different chunks never contend. The pointers
+// are atomic so that Extents can read them without locking.
 type leafTable struct {
 	chunks [tableSize]atomic.Pointer[chunk]
+	locks  [tableSize]sync.RWMutex
+}
+
+// read copies chunk j from offset o into dst, or zeroes if it is absent.
+func (l *leafTable) read(j int, dst []byte, o int) {
+	l.locks[j].RLock()
+	defer l.locks[j].RUnlock()
+	if c := l.chunks[j].Load(); c != nil {
+		copy(dst, c[o:])
+	} else {
+		clear(dst)
+	}
+}
+
+// write copies src into chunk j at offset o, allocating the chunk first if
+// it is absent.
+func (l *leafTable) write(j int, src []byte, o int) {
+	l.locks[j].Lock()
+	defer l.locks[j].Unlock()
+	c := l.chunks[j].Load()
+	if c == nil {
+		c = new(chunk)
+		l.chunks[j].Store(c)
+	}
+	copy(c[o:], src)
+}
+
+// zero clears n bytes of chunk j from offset o. If drop is set and the
+// range is the whole chunk, the chunk is freed instead.
+func (l *leafTable) zero(j, o, n int, drop bool) {
+	l.locks[j].Lock()
+	defer l.locks[j].Unlock()
+	c := l.chunks[j].Load()
+	switch {
+	case c == nil:
+	case drop && n == chunkSize:
+		l.chunks[j].Store(nil)
+	default:
+		clear(c[o : o+n])
+	}
 }
 
 type midTable struct {
@@ -63,8 +83,9 @@ type directory struct{ mids []atomic.Pointer[midTable] }
 // Memory is a sparse in-memory Backend. Storage is allocated in 64 KiB
 // chunks on first write; unwritten and trimmed space reads as zeroes and is
 // reported as a hole by Extents. The tree is navigated with atomic loads
-// only, so requests to different chunks run in parallel without a global
-// lock. Memory implements Trimmer, FastZeroer, Extenter, Cacher and
+// and each chunk has its own lock, so requests to different chunks run in
+// parallel without a global lock, and overlapping requests are race-free
+// (each chunk piece is copied atomically). Memory implements Trimmer, FastZeroer, Extenter, Cacher and
 // MultiConner. The zero value is an empty export of size 0; use NewMemory.
 type Memory struct {
 	size int64
@@ -78,21 +99,16 @@ func NewMemory(size int64) *Memory {
 }
 
 // loadOrNew returns *p, first installing a new zero T if *p is nil. When two
-// goroutines race, both get the value that won the compare-and-swap. It
-// loops because a concurrent Trim may drop the winner before it is loaded.
+// goroutines race, both get the value that won the compare-and-swap.
+// Tables, the only things created this way, are never removed.
 func loadOrNew[T any](p *atomic.Pointer[T]) *T {
-	var fresh *T
-	for {
-		if v := p.Load(); v != nil {
-			return v
-		}
-		if fresh == nil {
-			fresh = new(T)
-		}
-		if p.CompareAndSwap(nil, fresh) {
-			return fresh
-		}
+	if v := p.Load(); v != nil {
+		return v
 	}
+	if v := new(T); p.CompareAndSwap(nil, v) {
+		return v
+	}
+	return p.Load()
 }
 
 // directory returns the directory, creating it when create is set.
@@ -111,9 +127,9 @@ func (m *Memory) directory(create bool) *directory {
 	return m.dir.Load()
 }
 
-// slot returns the pointer slot of chunk i, or nil when create is false and
-// a table on the way is missing.
-func (m *Memory) slot(i int64, create bool) *atomic.Pointer[chunk] {
+// leaf returns the leafTable holding chunk i, or nil when create is false
+// and a table on the way is missing.
+func (m *Memory) leaf(i int64, create bool) *leafTable {
 	d := m.directory(create)
 	if d == nil {
 		return nil
@@ -127,23 +143,10 @@ func (m *Memory) slot(i int64, create bool) *atomic.Pointer[chunk] {
 		mid = loadOrNew(mp)
 	}
 	lp := &mid.leaves[(i>>tableShift)&tableMask]
-	leaf := lp.Load()
-	if leaf == nil {
-		if !create {
-			return nil
-		}
-		leaf = loadOrNew(lp)
+	if create {
+		return loadOrNew(lp)
 	}
-	return &leaf.chunks[i&tableMask]
-}
-
-// lookup returns chunk i, or nil if it has never been written or was
-// dropped.
-func (m *Memory) lookup(i int64) *chunk {
-	if s := m.slot(i, false); s != nil {
-		return s.Load()
-	}
-	return nil
+	return lp.Load()
 }
 
 // span calls fn for each chunk piece of [off, off+n): the chunk index, the
@@ -171,8 +174,8 @@ func (m *Memory) Sync() error { return nil }
 func (m *Memory) ReadAt(p []byte, off int64) (int, error) {
 	n, err := readLimit(len(p), off, m.size)
 	span(off, int64(n), func(i int64, o, lo, hi int) {
-		if c := m.lookup(i); c != nil {
-			c.read(p[lo:hi], o)
+		if l := m.leaf(i, false); l != nil {
+			l.read(int(i&tableMask), p[lo:hi], o)
 		} else {
 			clear(p[lo:hi])
 		}
@@ -187,7 +190,7 @@ func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	span(off, int64(len(p)), func(i int64, o, lo, hi int) {
-		loadOrNew(m.slot(i, true)).write(p[lo:hi], o)
+		m.leaf(i, true).write(int(i&tableMask), p[lo:hi], o)
 	})
 	return len(p), nil
 }
@@ -218,14 +221,8 @@ func (m *Memory) WriteZeroes(off, length int64, noHole, fast bool) error {
 // zeroRange zeroes [off, off+length), dropping whole chunks if drop is set.
 func (m *Memory) zeroRange(off, length int64, drop bool) {
 	span(off, length, func(i int64, o, lo, hi int) {
-		s := m.slot(i, false)
-		if s == nil {
-			return
-		}
-		if drop && hi-lo == chunkSize {
-			s.Store(nil)
-		} else if c := s.Load(); c != nil {
-			c.zero(o, hi-lo)
+		if l := m.leaf(i, false); l != nil {
+			l.zero(int(i&tableMask), o, hi-lo, drop)
 		}
 	})
 }

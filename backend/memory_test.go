@@ -6,19 +6,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// collectExtents returns the extents reported for [off, off+length).
-func collectExtents(t *testing.T, e Extenter, off, length int64) []Extent {
-	t.Helper()
-	var got []Extent
-	require.NoError(t, e.Extents(off, length, func(x Extent) bool {
-		got = append(got, x)
-		return true
-	}))
-	return got
-}
-
-const hz = ExtentHole | ExtentZero
-
 func TestMemoryExtents(t *testing.T) {
 	const size = 8 * chunkSize
 	tests := []struct {

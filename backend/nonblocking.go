@@ -12,7 +12,3 @@ type NonBlocker interface {
 
 // NonBlocking reports true: Memory never waits on I/O.
 func (m *Memory) NonBlocking() bool { return true }
-
-// NonBlocking reports true: a Mapped export is anonymous memory (page
-// faults aside).
-func (m *Mapped) NonBlocking() bool { return true }

@@ -91,6 +91,12 @@ func (w wrapper) MinBlockSize() uint32 {
 	return 1
 }
 
+// NonBlocking delegates, or reports false.
+func (w wrapper) NonBlocking() bool {
+	nb, ok := w.Backend.(NonBlocker)
+	return ok && nb.NonBlocking()
+}
+
 // readOnly is the decorator returned by ReadOnly.
 type readOnly struct {
 	wrapper
@@ -98,10 +104,10 @@ type readOnly struct {
 
 // ReadOnly returns b with every write refused with ErrReadOnly: WriteAt,
 // WriteAtFUA, Trim and WriteZeroes. Reads, Sync and the other capabilities
-// (Extents, Cache, CanMultiConn, MinBlockSize) pass through to b, so type
-// assertions on the result find them; where b lacks one, the result answers
-// with a safe default: one data extent, a no-op Cache, no multi-conn, a
-// block size of 1. ReadOnly reports true.
+// (Extents, Cache, CanMultiConn, MinBlockSize, NonBlocking) pass through to
+// b, so type assertions on the result find them; where b lacks one, the
+// result answers with a safe default: one data extent, a no-op Cache, no
+// multi-conn, a block size of 1, possibly blocking. ReadOnly reports true.
 func ReadOnly(b Backend) Backend {
 	if r, ok := b.(readOnly); ok {
 		return r

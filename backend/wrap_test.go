@@ -65,6 +65,8 @@ func TestWrapperPassThrough(t *testing.T) {
 			require.Equal(t, []Extent{{0, 100, 0}}, collectExtents(t, d.(Extenter), 0, 100), "default: one data extent")
 			require.False(t, d.(MultiConner).CanMultiConn(), "default CanMultiConn")
 			require.NoError(t, d.(Cacher).Cache(0, 100), "default Cache")
+			require.True(t, b.(NonBlocker).NonBlocking(), "Memory is non-blocking")
+			require.False(t, d.(NonBlocker).NonBlocking(), "default NonBlocking")
 		})
 	}
 }
