@@ -138,7 +138,7 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 		return false, violation("export name of %d bytes", len(data))
 	}
 	exp, err := c.openExport(string(data))
-	if err != nil {
+	if err != nil && !errors.Is(err, errTLSRequired) {
 		return false, err
 	}
 	if exp == nil {
@@ -163,6 +163,9 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 		return false, c.optReply(opt, protocol.RepErrInvalid, err.Error())
 	}
 	exp, err := c.openExport(req.Name)
+	if errors.Is(err, errTLSRequired) {
+		return false, c.optReply(opt, protocol.RepErrTLSReqd, fmt.Sprintf("export %q requires TLS", req.Name))
+	}
 	if err != nil {
 		c.log.Warn("opening export", "export", req.Name, "err", err)
 		return false, c.optReply(opt, protocol.RepErrPlatform, "export cannot be opened")
@@ -263,9 +266,9 @@ func (c *conn) optStartTLS(data []byte) error {
 	if nc == nil {
 		nc = rwcConn{c.rwc}
 	}
-	tc := tls.Server(nc, c.srv.TLSConfig)
+	tc := tls.Server(nc, c.srv.tlsConfig())
 	if err := tc.Handshake(); err != nil {
-		return fmt.Errorf("TLS handshake: %w", err)
+		return fmt.Errorf("TLS handshake (nbdd supports X.509 certificates only, not TLS-PSK): %w", err)
 	}
 	c.rwc, c.nc, c.tls = tc, tc, true
 	c.br.Reset(tc)
@@ -321,7 +324,7 @@ func (c *conn) withCaps(e *Export, closeFn func() error) (*openExport, error) {
 		if closeFn != nil {
 			closeFn()
 		}
-		return nil, nil // SELECTIVETLS: invisible before TLS
+		return nil, errTLSRequired // SELECTIVETLS
 	}
 	cp, err := discoverCaps(e)
 	if err != nil {
@@ -360,4 +363,6 @@ func grow(b []byte, n int) []byte {
 	return make([]byte, n)
 }
 
-var errNotNetConn = errors.New("connection does not support deadlines")
+// errTLSRequired is returned when a TLS-only export is selected before
+// TLS (proto.md "SELECTIVETLS": the server replies NBD_REP_ERR_TLS_REQD).
+var errTLSRequired = errors.New("nbd: export requires TLS")

@@ -23,9 +23,10 @@ type replyWriter struct {
 	queue []*op // guarded by mu
 
 	// Owned by the writer goroutine.
-	spare  []*op
-	iov    [][]byte
-	failed bool
+	spare   []*op
+	iov     [][]byte
+	scratch []byte // coalesces replies over TLS, which has no writev
+	failed  bool
 }
 
 // streamAborts counts READs cut off by a hard disconnect because the
@@ -126,10 +127,45 @@ func (w *replyWriter) writev(iov [][]byte) {
 	if w.failed {
 		return
 	}
-	bufs := net.Buffers(iov)
-	if _, err := bufs.WriteTo(w.c.rwc); err != nil {
+	var err error
+	if w.c.tls {
+		err = w.writeCoalesced(iov)
+	} else {
+		bufs := net.Buffers(iov)
+		_, err = bufs.WriteTo(w.c.rwc)
+	}
+	if err != nil {
 		w.fail(err)
 	}
+}
+
+// writeCoalesced copies small replies into one buffer before writing, so
+// that a TLS connection sends one record for many replies instead of one
+// per header. Large payloads are written as they are.
+func (w *replyWriter) writeCoalesced(iov [][]byte) error {
+	const limit = 256 << 10
+	b := w.scratch[:0]
+	for _, v := range iov {
+		if len(b)+len(v) > limit && len(b) > 0 {
+			if _, err := w.c.rwc.Write(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+		if len(v) >= limit {
+			if _, err := w.c.rwc.Write(v); err != nil {
+				return err
+			}
+			continue
+		}
+		b = append(b, v...)
+	}
+	w.scratch = b[:0]
+	if len(b) == 0 {
+		return nil
+	}
+	_, err := w.c.rwc.Write(b)
+	return err
 }
 
 // fail marks the connection dead after a socket write error: the reader is

@@ -39,6 +39,9 @@ func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}
+	if err := cfg.configureTLS(c); err != nil {
+		return nil, err
+	}
 	if err := cfg.exports(c); err != nil {
 		cfg.close()
 		return nil, err

@@ -32,7 +32,7 @@ func serveCommand() *cli.Command {
 }
 
 func serveFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
 		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH[,ro][,description=TEXT][,load][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_EXPORT"}},
 		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE[,ro][,description=TEXT][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_MEMORY"}},
@@ -52,7 +52,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},
 		&cli.StringFlag{Name: "fault", Usage: "inject faults into every export (testing): `SPEC`", EnvVars: []string{"NBDD_FAULT"}, Hidden: true},
-	}
+	}, tlsFlags()...)
 }
 
 // serve runs the server until a signal: the first SIGINT or SIGTERM
