@@ -16,7 +16,7 @@ import (
 // File is a Backend on a raw image file or a block device. Reads and writes
 // are pread and pwrite (os.File.ReadAt and WriteAt) with no lock, so requests
 // run in parallel as the kernel allows. File implements Trimmer, FastZeroer,
-// Extenter, Cacher, FUAWriter, MultiConner and ReadOnlyer.
+// Extenter, Cacher, FUAWriter, MultiConner, ReadOnlyer and BlockSizer.
 //
 // The export size is read once, when the File is created: the server
 // advertises it at the handshake and the export must not change size under
@@ -26,6 +26,7 @@ type File struct {
 	rc       syscall.RawConn
 	size     int64
 	readOnly bool
+	direct   bool // opened with O_DIRECT: see OpenFileDirect
 
 	// Capabilities found missing at run time, so the next request goes
 	// straight to the fallback. Written with atomic stores by any request.
@@ -37,7 +38,13 @@ type File struct {
 // OpenFile opens the image or block device at path, read-write unless
 // readOnly is set.
 func OpenFile(path string, readOnly bool) (*File, error) {
-	f, err := openImage(path, readOnly)
+	return openFile(path, readOnly, 0)
+}
+
+// openFile opens path with the open flags extra added and wraps it in a
+// File.
+func openFile(path string, readOnly bool, extra int) (*File, error) {
+	f, err := openImage(path, readOnly, extra)
 	if err != nil {
 		return nil, err
 	}
@@ -50,13 +57,13 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 }
 
 // openImage opens an image file or block device, read-write unless
-// readOnly is set.
-func openImage(path string, readOnly bool) (*os.File, error) {
+// readOnly is set, adding the open flags extra.
+func openImage(path string, readOnly bool, extra int) (*os.File, error) {
 	flag := os.O_RDWR
 	if readOnly {
 		flag = os.O_RDONLY
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	f, err := os.OpenFile(path, flag|extra, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open backend image: %w", err)
 	}
@@ -136,7 +143,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if n == 0 {
 		return 0, rerr
 	}
-	got, err := f.f.ReadAt(p[:n], off)
+	got, err := f.pread(p[:n], off)
 	if err != nil {
 		return got, fmt.Errorf("read backend: %w", err)
 	}
@@ -157,7 +164,7 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.checkWrite("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	n, err := f.f.WriteAt(p, off)
+	n, err := f.pwrite(p, off)
 	if err != nil {
 		return n, fmt.Errorf("write backend: %w", err)
 	}
@@ -265,7 +272,7 @@ func (f *File) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if fast {
 		return fmt.Errorf("write zeroes: %w", ErrNotFast)
 	}
-	return writeZeroes(f.f, off, length)
+	return writeZeroes(f, off, length)
 }
 
 // seek runs lseek(2) with SEEK_DATA or SEEK_HOLE. It moves the file offset,

@@ -164,3 +164,33 @@ func TestFileBlockDevice(t *testing.T) {
 	_, err = f.ReadAt(make([]byte, 4096), size-4096)
 	require.NoError(t, err)
 }
+
+// TestFileBlockDeviceWrite runs the write, zeroing and sync paths on the
+// scratch block device named by NBDD_TEST_BLOCKDEV_RW, whose first 4 MiB it
+// overwrites.
+func TestFileBlockDeviceWrite(t *testing.T) {
+	dev := os.Getenv("NBDD_TEST_BLOCKDEV_RW")
+	if dev == "" {
+		t.Skip("set NBDD_TEST_BLOCKDEV_RW to a scratch block device to run")
+	}
+	f, err := OpenFile(dev, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	size, err := f.Size()
+	require.NoError(t, err)
+	n := min(size, 4<<20)
+	require.GreaterOrEqual(t, n, int64(256<<10))
+	want := randBytes(int(n), 11)
+	_, err = f.WriteAtFUA(want, 0)
+	require.NoError(t, err)
+	require.NoError(t, f.WriteZeroes(0, 64<<10, true, false))
+	require.NoError(t, f.WriteZeroes(64<<10, 64<<10, false, false))
+	clear(want[:128<<10])
+	require.NoError(t, f.Trim(128<<10, 64<<10)) // advisory: contents unchecked
+	require.NoError(t, f.Sync())
+	got := make([]byte, n)
+	_, err = f.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, want[:128<<10], got[:128<<10])
+	require.Equal(t, want[192<<10:], got[192<<10:])
+}

@@ -85,7 +85,7 @@ func blocks(size int64) int64 { return (size + trackSize - 1) >> trackShift }
 // syncs too. Otherwise the export is ephemeral: the image is only read and
 // Sync does nothing.
 func LoadMapped(path string, mergeable, persist bool) (*Mapped, error) {
-	f, err := openImage(path, !persist)
+	f, err := openImage(path, !persist, 0)
 	if err != nil {
 		return nil, err
 	}
