@@ -77,6 +77,7 @@ func (c *conn) logEnd(err error) error {
 	switch {
 	case err == nil || errors.Is(err, errDisconnect):
 		c.log.Info("client disconnected")
+		c.log.Debug("buffer stats", "buffers", c.srv.bufs.Stats())
 		return nil
 	case errors.Is(err, errAbort):
 		c.log.Debug("handshake aborted by client")

@@ -55,6 +55,9 @@ func (c *conn) read(ctx context.Context, o *op) error {
 		o.stream = true
 		return nil
 	}
+	if sparse, err := c.readSparse(o); sparse {
+		return err
+	}
 	if err := readFull(c.exp.Backend, buf, int64(o.req.Offset)); err != nil {
 		return err
 	}

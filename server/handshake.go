@@ -290,7 +290,13 @@ func (c *conn) optReply(opt protocol.Opt, typ protocol.Rep, msg string) error {
 func (c *conn) optReplyData(opt protocol.Opt, typ protocol.Rep, data []byte) error {
 	var hdr [protocol.OptionReplyHeaderSize]byte
 	protocol.OptionReplyHeader{Opt: opt, Type: typ, Length: uint32(len(data))}.Put(&hdr)
-	bufs := net.Buffers{hdr[:], data}
+	bufs := net.Buffers{hdr[:]}
+	if len(data) > 0 {
+		// No empty Write: on a synchronous transport such as net.Pipe it
+		// blocks until the client reads, which it never does for a reply
+		// whose header says length 0.
+		bufs = append(bufs, data)
+	}
 	if _, err := bufs.WriteTo(c.rwc); err != nil {
 		return fmt.Errorf("write %v reply: %w", opt, err)
 	}

@@ -25,7 +25,8 @@ type op struct {
 
 	hdr    [maxReplyHeader]byte
 	hdrLen int
-	extra  []byte // structured payload after hdr: error message, extents
+	extra  []byte   // structured payload after hdr: error message, extents
+	iov    [][]byte // a sparse READ's chunks, sent instead of hdr and data
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -33,8 +34,9 @@ var opPool = sync.Pool{New: func() any { return new(op) }}
 func getOp() *op { return opPool.Get().(*op) }
 
 func putOp(o *op) {
-	extra := o.extra[:0]
-	*o = op{extra: extra}
+	extra, iov := o.extra[:0], o.iov[:0]
+	clear(o.iov)
+	*o = op{extra: extra, iov: iov}
 	opPool.Put(o)
 }
 
@@ -50,6 +52,7 @@ func (o *op) fail(err error) {
 	}
 	o.err = re
 	o.data = nil
+	o.iov = o.iov[:0]
 }
 
 // encode builds the reply header (and structured payload) for o; the
@@ -63,6 +66,7 @@ func (o *op) encode(structured bool) {
 	switch {
 	case o.err != nil:
 		o.encodeErrorChunk()
+	case len(o.iov) > 0: // sparse READ, chunks already built
 	case typ == protocol.CmdRead:
 		o.encodeChunk(protocol.ReplyTypeOffsetData, uint32(protocol.OffsetDataHeaderSize+int(o.req.Length)))
 		putUint64(o.hdr[protocol.ChunkHeaderSize:], o.req.Offset)

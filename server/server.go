@@ -226,6 +226,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for {
 		if s.closeIdleConns() {
 			s.serving.Wait()
+			s.closeOwnBuffers()
 			return s.flushExports()
 		}
 		select {
@@ -248,6 +249,17 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.closeAllConns()
 	return nil
+}
+
+// closeOwnBuffers stops the default buffer pool's reclaimer; a Buffers
+// factory the caller supplied stays the caller's to close.
+func (s *Server) closeOwnBuffers() {
+	if s.Buffers != nil {
+		return
+	}
+	if c, ok := s.bufs.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // closeIdleConns closes connections with nothing in flight and reports

@@ -107,6 +107,10 @@ func (w *replyWriter) send(ops []*op) {
 	}
 	iov := w.iov[:0]
 	for _, o := range ops {
+		if len(o.iov) > 0 {
+			iov = append(iov, o.iov...)
+			continue
+		}
 		iov = append(iov, o.hdr[:o.hdrLen])
 		if len(o.extra) > 0 {
 			iov = append(iov, o.extra)
@@ -212,6 +216,9 @@ func (w *replyWriter) streamRead(o *op) {
 
 // send1 writes one op's reply without finishing it.
 func (w *replyWriter) send1(o *op) {
-	iov := [][]byte{o.hdr[:o.hdrLen], o.extra}
+	iov := [][]byte{o.hdr[:o.hdrLen]}
+	if len(o.extra) > 0 { // no empty Write: see conn.optReplyData
+		iov = append(iov, o.extra)
+	}
 	w.writev(iov)
 }

@@ -1,0 +1,108 @@
+package server
+
+import (
+	"encoding/binary"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// Sparse reads (proto.md "Structured reply types": NBD_REPLY_TYPE_OFFSET_HOLE).
+const (
+	// sparseMin is the smallest READ worth asking the backend about holes:
+	// below it an extent lookup costs more than the zeroes it saves.
+	sparseMin = 64 << 10
+	// maxSparseChunks bounds the chunks of one sparse reply; extents past
+	// it are sent as data.
+	maxSparseChunks = 64
+	chunkDataHdr    = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
+	chunkHoleLen    = protocol.ChunkHeaderSize + protocol.OffsetHoleSize
+)
+
+// segment is a run of a READ that is either data or a known-zero hole.
+type segment struct {
+	off, n int64
+	hole   bool
+}
+
+// readSparse answers a structured READ whose range holds holes with
+// OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the wire. It
+// reports false, having done nothing, when the range is all data or the
+// request does not qualify.
+func (c *conn) readSparse(o *op) (bool, error) {
+	if !c.structured || c.exp.extenter == nil || o.req.Length < sparseMin || o.req.Flags&protocol.CmdFlagDF != 0 {
+		return false, nil
+	}
+	segs, err := c.segments(int64(o.req.Offset), int64(o.req.Length))
+	if err != nil || len(segs) < 2 && !(len(segs) == 1 && segs[0].hole) {
+		return false, nil
+	}
+	base := int64(o.req.Offset)
+	for _, s := range segs {
+		if !s.hole {
+			if err := readFull(c.exp.Backend, o.buf[s.off-base:s.off-base+s.n], s.off); err != nil {
+				return true, err
+			}
+		}
+	}
+	o.buildSparse(segs, base)
+	return true, nil
+}
+
+// segments splits [off, off+n) into data and hole runs.
+func (c *conn) segments(off, n int64) ([]segment, error) {
+	end := off + n
+	var segs []segment
+	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
+		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
+		if stop <= start {
+			return stop < end
+		}
+		hole := e.Flags&backend.ExtentZero != 0
+		if k := len(segs); k > 0 && segs[k-1].hole == hole {
+			segs[k-1].n += stop - start
+		} else if k == maxSparseChunks {
+			segs = append(segs[:k-1], segment{off: segs[k-1].off, n: end - segs[k-1].off})
+			return false
+		} else {
+			segs = append(segs, segment{off: start, n: stop - start, hole: hole})
+		}
+		return stop < end
+	})
+	if k := len(segs); err == nil && k > 0 && segs[k-1].off+segs[k-1].n < end {
+		segs = append(segs, segment{off: segs[k-1].off + segs[k-1].n, n: end - segs[k-1].off - segs[k-1].n})
+	}
+	return segs, err
+}
+
+// buildSparse encodes one chunk per segment into o.extra and points o.iov
+// at those headers and the data in o.buf; the last chunk carries DONE.
+func (o *op) buildSparse(segs []segment, base int64) {
+	b := o.extra[:0]
+	for i, s := range segs {
+		flags := protocol.ReplyFlag(0)
+		if i == len(segs)-1 {
+			flags = protocol.ReplyFlagDone
+		}
+		var h [protocol.ChunkHeaderSize]byte
+		if s.hole {
+			protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetHole, Cookie: o.req.Cookie, Length: protocol.OffsetHoleSize}.Put(h[:])
+			b = protocol.AppendOffsetHole(append(b, h[:]...), uint64(s.off), uint32(s.n))
+			continue
+		}
+		protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetData, Cookie: o.req.Cookie, Length: uint32(protocol.OffsetDataHeaderSize + s.n)}.Put(h[:])
+		b = binary.BigEndian.AppendUint64(append(b, h[:]...), uint64(s.off))
+	}
+	o.extra = b
+	o.iov = o.iov[:0]
+	pos := 0
+	for _, s := range segs {
+		if s.hole {
+			o.iov = append(o.iov, b[pos:pos+chunkHoleLen])
+			pos += chunkHoleLen
+			continue
+		}
+		o.iov = append(o.iov, b[pos:pos+chunkDataHdr], o.buf[s.off-base:s.off-base+s.n])
+		pos += chunkDataHdr
+	}
+}
