@@ -33,6 +33,7 @@ type File struct {
 	noPunch     atomic.Bool
 	noZeroRange atomic.Bool
 	noSeekData  atomic.Bool
+	noDSync     atomic.Bool
 }
 
 // OpenFile opens the image or block device at path, read-write unless
@@ -171,14 +172,52 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// WriteAtFUA writes p and makes it durable before returning, with pwrite
-// followed by fdatasync.
+// WriteAtFUA writes p and makes it durable before returning. It uses
+// pwritev2 with RWF_DSYNC, which makes only this write durable, and falls
+// back to pwrite followed by fdatasync where the kernel or filesystem lacks
+// RWF_DSYNC, and for O_DIRECT files.
 func (f *File) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := f.checkWrite("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if !f.direct && !f.noDSync.Load() {
+		n, err := f.writeDSync(p, off)
+		if n > 0 || !(unsupported(err) || errors.Is(err, unix.EINVAL)) {
+			return n, err
+		}
+		f.noDSync.Store(true)
+	}
 	n, err := f.WriteAt(p, off)
 	if err != nil {
 		return n, err
 	}
 	return n, f.Sync()
+}
+
+// writeDSync writes all of p at off with pwritev2(RWF_DSYNC).
+func (f *File) writeDSync(p []byte, off int64) (int, error) {
+	done := 0
+	iov := [][]byte{nil}
+	err := f.control(func(fd int) error {
+		for done < len(p) {
+			iov[0] = p[done:]
+			n, err := unix.Pwritev2(fd, iov, off+int64(done), unix.RWF_DSYNC)
+			switch {
+			case errors.Is(err, unix.EINTR):
+				continue
+			case err != nil:
+				return err
+			case n == 0:
+				return io.ErrShortWrite
+			}
+			done += n
+		}
+		return nil
+	})
+	if err != nil {
+		return done, fmt.Errorf("pwritev2 RWF_DSYNC at offset %d: %w", off, err)
+	}
+	return done, nil
 }
 
 // Sync calls fdatasync and returns its error: a failed fdatasync means

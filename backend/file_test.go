@@ -115,9 +115,22 @@ func TestFileReadOnly(t *testing.T) {
 
 func TestFileFUAAndSync(t *testing.T) {
 	f := newTestFile(t, 8192)
-	n, err := f.WriteAtFUA([]byte("durable"), 4000)
-	require.NoError(t, err)
-	require.Equal(t, 7, n)
+	for _, noDSync := range []bool{false, true} { // RWF_DSYNC, then the fallback
+		f.noDSync.Store(noDSync)
+		n, err := f.WriteAtFUA([]byte("durable"), 4000)
+		require.NoError(t, err)
+		require.Equal(t, 7, n)
+		require.Equal(t, noDSync, f.noDSync.Load(), "RWF_DSYNC unexpectedly unsupported")
+		got := make([]byte, 7)
+		_, err = f.ReadAt(got, 4000)
+		require.NoError(t, err)
+		require.Equal(t, "durable", string(got))
+		clear(got)
+		_, err = f.WriteAt(got, 4000)
+		require.NoError(t, err)
+	}
+	_, err := f.WriteAtFUA([]byte("x"), 8192)
+	require.ErrorIs(t, err, ErrOutOfRange)
 	require.NotNil(t, f.File())
 	require.NoError(t, f.Cache(0, 8192))
 	require.NoError(t, f.Cache(0, 0))

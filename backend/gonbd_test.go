@@ -44,3 +44,12 @@ func TestGoNBDBackendWrapped(t *testing.T) {
 	require.Error(t, err, "fault rule")
 	require.False(t, f.CanMultiConn(), "go-nbd backends do not claim multi-conn")
 }
+
+// TestGoNBDMemoryPanics pins the go-nbd v0.3.2 bug that nbdd's Memory
+// avoids (see TestOutOfRange): a read crossing the end of its buffer
+// panics instead of failing. If this fails, go-nbd has been fixed or
+// upgraded; drop the test.
+func TestGoNBDMemoryPanics(t *testing.T) {
+	b := gonbdbackend.NewMemoryBackend(make([]byte, 8192))
+	require.Panics(t, func() { b.ReadAt(make([]byte, 16), 8190) })
+}
