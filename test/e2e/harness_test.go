@@ -34,6 +34,7 @@ type nbdd struct {
 	done   chan struct{}       // closed when the process has exited
 	err    error               // cmd.Wait's result; read after done
 	exited bool                // stopped or killed by the test already
+	termed bool                // SIGTERM sent
 }
 
 // startNBDD starts nbdd serve with args plus a unix listener in a short
@@ -178,17 +179,28 @@ func (s *nbdd) exitedWithin(d time.Duration) bool {
 	}
 }
 
-// stop sends SIGTERM and fails the test unless nbdd exits 0 within
-// stopTimeout. It does nothing the second time, or after kill.
+// terminate sends SIGTERM once: a second one would make nbdd exit at once.
+func (s *nbdd) terminate(t *testing.T) {
+	t.Helper()
+	if s.termed {
+		return
+	}
+	s.termed = true
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("SIGTERM nbdd: %v", err)
+	}
+}
+
+// stop sends SIGTERM unless terminate did, and fails the test unless nbdd
+// exits 0 within stopTimeout. It does nothing the second time, or after
+// kill.
 func (s *nbdd) stop(t *testing.T) {
 	t.Helper()
 	if s.exited {
 		return
 	}
 	s.exited = true
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		t.Errorf("SIGTERM nbdd: %v", err)
-	}
+	s.terminate(t)
 	if !s.exitedWithin(stopTimeout) {
 		s.cmd.Process.Kill()
 		t.Errorf("nbdd did not exit within %v of SIGTERM; killed it", stopTimeout)
