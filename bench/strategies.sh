@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# strategies.sh: throughput and memory of each buffer strategy, with the
+# go-nbd v0.3.2 server as the baseline, in one run (docs/strategies.md).
+#
+# Per configuration, on a fresh server each time:
+#   (a) nbdcopy sequential read and write of 1 GiB      -> MB/s
+#   (b) fio 4 KiB randread and randwrite at iodepth 32  -> IOPS
+#   (c) 384 connections each read 32 MiB once, then idle (64 MiB export)
+#   (d) 1 GiB of 4 KiB I/O with a 32 MiB read every 2 s
+# and for (a+b), (c) and (d): peak RSS and RSS 30 s after the load stops.
+#
+#   bench/strategies.sh              # every configuration
+#   CONFIGS="pool stream" bench/strategies.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}
+FIO_SECONDS=${FIO_SECONDS:-5}
+SETTLE=${SETTLE:-30}
+CONNS=${CONNS:-384}
+
+bench_init
+(cd "$ROOT" && go build -o "$WORK/nbdload" ./bench/nbdload)
+head -c $((1 << 30)) /dev/urandom >"$WORK/src.img"
+
+# serve CONFIG SIZE: start the server for CONFIG with a SIZE-byte export.
+serve() {
+	local sock="$WORK/$1.sock"
+	rm -f "$sock"
+	case $1 in
+	go-nbd) start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$2" ;;
+	grow-unbudgeted) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" --memory "d=$2" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	*) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" --memory "d=$2" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	esac
+	SOCK=$sock
+}
+
+stop() { kill "$PID_srv"; wait "$PID_srv" 2>/dev/null || true; }
+
+row() { printf '| %s | %s |\n' "$1" "$2"; }
+
+printf '| config | seq read MB/s | seq write MB/s | randread IOPS | randwrite IOPS | (a+b) peak RSS MiB | (a+b) RSS +%ss | (c) peak RSS | (c) RSS +%ss | (d) MB/s | (d) peak RSS | (d) RSS +%ss |\n' "$SETTLE" "$SETTLE" "$SETTLE"
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+for cfg in $CONFIGS; do
+	serve "$cfg" 1G
+	u=$(uri "$SOCK")
+	nbdcopy "$WORK/src.img" "$u"
+	rd=$(awk -v s="$(seconds nbdcopy "$u" null:)" 'BEGIN {printf "%d", 1073741824/s/1e6}')
+	wr=$(awk -v s="$(seconds nbdcopy "$WORK/src.img" "$u")" 'BEGIN {printf "%d", 1073741824/s/1e6}')
+	rr=$(fio_iops "$u" randread 4k 32 "$FIO_SECONDS")
+	rw=$(fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS")
+	abpeak=$(peak_rss_mib "$PID_srv")
+	sleep "$SETTLE"
+	abafter=$(rss_mib "$PID_srv")
+	stop
+
+	serve "$cfg" 64M
+	"$WORK/nbdload" -socket "$SOCK" -mode conns -conns "$CONNS" -size $((32 << 20)) -hold $((SETTLE + 5))s >/dev/null 2>"$WORK/nbdload.log" &
+	load=$!
+	until grep -q idle "$WORK/nbdload.log" 2>/dev/null || ! kill -0 $load 2>/dev/null; do sleep 0.2; done
+	cpeak=$(peak_rss_mib "$PID_srv")
+	sleep "$SETTLE"
+	cafter=$(rss_mib "$PID_srv")
+	wait $load || echo "nbdload conns failed: $(cat "$WORK/nbdload.log")" >&2
+	stop
+
+	serve "$cfg" 1G
+	el=$("$WORK/nbdload" -socket "$SOCK" -mode spiky -total $((1 << 30)) -size $((32 << 20)) -every 2s | awk '/elapsed/ {print $2}')
+	dmb=$(awk -v s="$el" 'BEGIN {printf "%d", 1073741824/s/1e6}')
+	dpeak=$(peak_rss_mib "$PID_srv")
+	sleep "$SETTLE"
+	dafter=$(rss_mib "$PID_srv")
+	stop
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$cfg" "$rd" "$wr" "$rr" "$rw" "$abpeak" "$abafter" "$cpeak" "$cafter" "$dmb" "$dpeak" "$dafter"
+done
