@@ -115,12 +115,13 @@ func TestKernel(t *testing.T) {
 		nbddErr   error
 		buildOnce sync.Once
 	)
+	parent := t
 	for _, c := range configs {
 		c := c
-		t.Run(c.name, func(t *testing.T) {
+		ok := t.Run(c.name, func(t *testing.T) {
 			r := &runner{t: t, cfg: c, img: img}
 			if c.nbdd {
-				buildOnce.Do(func() { nbddBin, nbddErr = buildNBDD(t) })
+				buildOnce.Do(func() { nbddBin, nbddErr = buildNBDD(parent) })
 				if nbddErr != nil {
 					if ci() {
 						t.Fatalf("building nbdd: %v", nbddErr)
@@ -135,6 +136,17 @@ func TestKernel(t *testing.T) {
 			defer func() { all = append(all, r.results...) }()
 			r.run()
 		})
+		if !ok {
+			counted := false
+			for _, r := range all {
+				if r.config == c.name && !r.ok && !r.skipped {
+					counted = true
+				}
+			}
+			if !counted { // a setup failure (server, build, qemu): still one row
+				all = append(all, result{config: c.name, step: "setup", conns: -1, note: "see the test log"})
+			}
+		}
 	}
 
 	var pass, fail, skip int
