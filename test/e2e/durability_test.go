@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -40,13 +39,9 @@ func TestDurabilityKill9(t *testing.T) {
 // once the writes are acknowledged, while nbdsh is still connected.
 func writeAndHold(t *testing.T, uri string, crash func()) {
 	t.Helper()
-	path, err := filepath.Abs("testdata/durable.py")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "nbdsh", "-u", uri, "-c", "exec(compile(open("+pyQuote(path)+").read(), "+pyQuote(path)+", 'exec'))")
+	cmd := exec.CommandContext(ctx, "nbdsh", nbdshArgs(t, uri, "durable.py")...)
 	cmd.Env = pythonEnv("MODE=write", "SEED=3")
 	stdin, err := cmd.StdinPipe() // held open: the script waits on it
 	if err != nil {

@@ -314,17 +314,25 @@ func (c command) String() string {
 func nbdsh(t *testing.T, uri, script string, env ...string) string {
 	t.Helper()
 	requireTool(t, "nbdsh")
-	path, err := filepath.Abs(filepath.Join("testdata", script))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := command{name: "nbdsh", env: pythonEnv(append(env, "URI="+uri)...), args: []string{
-		"-u", uri, "-c", "exec(compile(open(" + pyQuote(path) + ").read(), " + pyQuote(path) + ", 'exec'))",
-	}}.run(t)
+	out := command{name: "nbdsh", env: pythonEnv(append(env, "URI="+uri)...), args: nbdshArgs(t, uri, script)}.run(t)
 	if !regexp.MustCompile(`(?m)^OK\b`).MatchString(out) {
 		t.Fatalf("nbdsh %s: no OK line in its output:\n%s", script, out)
 	}
 	return out
+}
+
+// nbdshArgs runs testdata/script in nbdsh connected to uri, with testdata
+// on sys.path for nbdcheck.py.
+func nbdshArgs(t *testing.T, uri, script string) []string {
+	t.Helper()
+	dir, err := filepath.Abs("testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, script)
+	return []string{"-u", uri,
+		"-c", "import sys; sys.path.insert(0, " + pyQuote(dir) + ")",
+		"-c", "exec(compile(open(" + pyQuote(path) + ").read(), " + pyQuote(path) + ", 'exec'))"}
 }
 
 // pyQuote renders s as a Python string literal.

@@ -6,37 +6,13 @@
 # second connection to $URI must then be served. Prints "OK" on success.
 import errno
 import os
-import sys
 
 import nbd
+from nbdcheck import alive, expect_errno, fail
 
 maxreq = int(os.environ["MAX_REQUEST"])
 size = h.get_size()
 h.set_strict_mode(0)
-
-
-def fail(msg):
-    print("FAIL", msg)
-    sys.exit(1)
-
-
-def expect_errno(what, want, fn):
-    try:
-        fn()
-    except nbd.Error as e:
-        if e.errnum != want:
-            fail("%s: errno %s (%s); want %s" % (what, e.errnum, e, errno.errorcode[want]))
-        print("%s: %s" % (what, errno.errorcode[want]))
-        return
-    fail("%s: succeeded; want %s" % (what, errno.errorcode[want]))
-
-
-def alive(handle, what):
-    data = bytes(range(256)) * 16
-    handle.pwrite(data, 8192)
-    if handle.pread(len(data), 8192) != data:
-        fail("%s: read back differs" % what)
-
 
 expect_errno("read past end", errno.EINVAL, lambda: h.pread(1024, size - 512))
 alive(h, "after read past end")
