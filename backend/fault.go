@@ -2,7 +2,6 @@ package backend
 
 import (
 	"fmt"
-	"io"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -35,10 +34,12 @@ func (op FaultOp) String() string {
 // export. Sync rules match every Sync.
 //
 // A matching request first sleeps for Delay. With ShortRead (reads only) it
-// then reads the first half of the buffer and returns that count with Err,
-// or io.ErrUnexpectedEOF if Err is nil. Otherwise it fails with Err; a nil
-// Err means syscall.EIO, except in a rule that only delays (Delay > 0), which
-// lets the request proceed.
+// then reads the first half of the buffer and returns that count with the
+// error, to test callers' handling of n < len(p). Otherwise it fails with
+// the error and transfers nothing. The error is Err; a nil Err means
+// syscall.EIO (rather than io.ErrUnexpectedEOF, which servers take for a
+// closed connection), except in a rule that only delays (Delay > 0 and no
+// ShortRead), which lets the request proceed.
 type FaultRule struct {
 	Op        FaultOp
 	Offset    int64
@@ -68,9 +69,7 @@ func (r *FaultRule) err() error {
 	switch {
 	case r.Err != nil:
 		return r.Err
-	case r.ShortRead && r.Op == FaultRead:
-		return io.ErrUnexpectedEOF
-	case r.Delay > 0:
+	case r.Delay > 0 && !r.ShortRead:
 		return nil
 	}
 	return syscall.EIO

@@ -2,7 +2,6 @@ package backend
 
 import (
 	"errors"
-	"io"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,7 +26,9 @@ func TestFaultRules(t *testing.T) {
 		{"write is not read", FaultRule{Op: FaultRead}, writeAt(0, 10), 10, nil},
 		{"write custom errno", FaultRule{Op: FaultWrite, Err: enospc}, writeAt(0, 10), 0, enospc},
 		{"fua write", FaultRule{Op: FaultWrite}, func(b *Fault) (int, error) { return b.WriteAtFUA(make([]byte, 4), 0) }, 0, syscall.EIO},
-		{"short read", FaultRule{Op: FaultRead, ShortRead: true}, readAt(0, 100), 50, io.ErrUnexpectedEOF},
+		{"short read", FaultRule{Op: FaultRead, ShortRead: true}, readAt(0, 100), 50, syscall.EIO},
+		{"short read with delay", FaultRule{Op: FaultRead, ShortRead: true, Delay: time.Millisecond}, readAt(0, 100), 50, syscall.EIO},
+		{"short read custom errno", FaultRule{Op: FaultRead, ShortRead: true, Err: enospc}, readAt(0, 100), 50, enospc},
 		{"delay only", FaultRule{Op: FaultRead, Delay: time.Millisecond}, readAt(0, 10), 10, nil},
 		{"delay and error", FaultRule{Op: FaultRead, Delay: time.Millisecond, Err: enospc}, readAt(0, 10), 0, enospc},
 		{"sync ignores range", FaultRule{Op: FaultSync, Offset: 1 << 40}, nErr((*Fault).Sync), 0, syscall.EIO},
