@@ -290,11 +290,13 @@ func (m *Mapped) Sync() error {
 }
 
 // Close writes a persistent export back (see Sync), closes its image and
-// unmaps the memory. The Mapped must not be used afterwards.
+// unmaps the memory. The Mapped must not be used afterwards, but Close may
+// be called again.
 func (m *Mapped) Close() error {
 	var errs []error
 	if m.file != nil {
 		errs = append(errs, m.Sync(), m.file.Close())
+		m.file = nil
 	}
 	if m.mem != nil {
 		if err := unix.Munmap(m.mem); err != nil {

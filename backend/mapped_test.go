@@ -122,6 +122,7 @@ func TestMappedCloseSyncs(t *testing.T) {
 	_, err = m.WriteAt([]byte("kept"), 4096)
 	require.NoError(t, err)
 	require.NoError(t, m.Close())
+	require.NoError(t, m.Close(), "second Close")
 	onDisk, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, "kept", string(onDisk[4096:4100]))
@@ -150,4 +151,24 @@ func TestNonBlocking(t *testing.T) {
 	require.True(t, m.NonBlocking())
 	f := openTempFile(t, 1)
 	require.NotImplements(t, (*NonBlocker)(nil), f, "a File may block on I/O")
+}
+
+// TestMappedSyncError checks that a failed write-back is reported and
+// retried by the next Sync.
+func TestMappedSyncError(t *testing.T) {
+	path := tempImage(t, 3*trackSize)
+	m, err := LoadMapped(path, false, true)
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	_, err = m.WriteAt([]byte("retry"), trackSize)
+	require.NoError(t, err)
+
+	require.NoError(t, m.file.Close()) // make write-back fail
+	require.Error(t, m.Sync(), "Sync must report the failed write-back")
+	m.file, err = os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	require.NoError(t, m.Sync())
+	onDisk, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, "retry", string(onDisk[trackSize:trackSize+5]))
 }
