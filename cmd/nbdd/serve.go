@@ -28,6 +28,9 @@ func serveCommand() *cli.Command {
 			"Every flag can also be set through the environment variable shown.",
 		Flags:  serveFlags(),
 		Action: serve,
+		// Without it urfave/cli prints "Incorrect Usage" and the help to
+		// stdout and exits 1; the app-level handler covers only root flags.
+		OnUsageError: usageError,
 	}
 }
 
