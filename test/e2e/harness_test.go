@@ -27,8 +27,7 @@ const (
 // nbdd is one running nbdd serve process.
 type nbdd struct {
 	cmd    *exec.Cmd
-	dir    string // holds the unix socket
-	sock   string
+	sock   string // the unix socket startNBDD adds
 	stderr *syncBuffer
 	uris   map[string][]string // export name → announced URIs, in order
 	done   chan struct{}       // closed when the process has exited
@@ -56,9 +55,20 @@ func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &nbdd{dir: dir, sock: filepath.Join(dir, "s"), stderr: &syncBuffer{}, uris: map[string][]string{}, done: make(chan struct{})}
-	full := append([]string{"serve", "--listen", "unix://" + s.sock}, args...)
-	s.cmd = exec.Command(nbddBin, full...)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s")
+	s := launchNBDD(t, env, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
+	s.sock = sock
+	waitDial(t, "unix", sock, startTimeout)
+	return s
+}
+
+// launchNBDD runs nbdd with exactly args and waits until it has printed n
+// export URIs. Cleanup stops it as startNBDD says.
+func launchNBDD(t *testing.T, env, args []string, n int) *nbdd {
+	t.Helper()
+	s := &nbdd{stderr: &syncBuffer{}, uris: map[string][]string{}, done: make(chan struct{})}
+	s.cmd = exec.Command(nbddBin, args...)
 	s.cmd.Env = append(cleanEnv(), env...)
 	s.cmd.Stderr = s.stderr
 	stdout, err := s.cmd.StdoutPipe()
@@ -68,7 +78,7 @@ func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("started nbdd %s (pid %d)", strings.Join(full, " "), s.cmd.Process.Pid)
+	t.Logf("started nbdd %s (pid %d)", strings.Join(args, " "), s.cmd.Process.Pid)
 	lines := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -84,10 +94,8 @@ func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
 		if t.Failed() {
 			t.Logf("nbdd stderr:\n%s", s.stderr.String())
 		}
-		os.RemoveAll(dir)
 	})
-	s.awaitAnnouncements(t, lines, announcements(args))
-	waitDial(t, "unix", s.sock, startTimeout)
+	s.awaitAnnouncements(t, lines, n)
 	return s
 }
 
