@@ -27,7 +27,7 @@ serve() {
 	local sock="$WORK/$1.sock"
 	rm -f "$sock"
 	case $1 in
-	go-nbd) start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$2" ;;
+	go-nbd) start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" ;;
 	grow-unbudgeted) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" --memory "d=$2" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
 	*) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" --memory "d=$2" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
 	esac

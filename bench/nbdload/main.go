@@ -8,7 +8,7 @@
 //	    1 GiB of 4 KiB random reads and writes on 8 connections while a
 //	    ninth reads 32 MiB every few seconds.
 //
-// It speaks just enough NBD (fixed newstyle, NBD_OPT_EXPORT_NAME, simple
+// It speaks just enough NBD (fixed newstyle, NBD_OPT_GO, simple
 // replies) through nbdd's protocol package.
 package main
 
@@ -71,17 +71,40 @@ func dial(sock string) (*client, error) {
 		return nil, err
 	}
 	msg := binary.BigEndian.AppendUint32(nil, uint32(protocol.ClientFixedNewstyle|protocol.ClientNoZeroes))
+	data := protocol.AppendExportRequest(nil, protocol.ExportRequest{})
 	var oh [protocol.OptionHeaderSize]byte
-	protocol.OptionHeader{Opt: protocol.OptExportName}.Put(&oh)
-	if _, err := c.Write(append(msg, oh[:]...)); err != nil {
+	protocol.OptionHeader{Opt: protocol.OptGo, Length: uint32(len(data))}.Put(&oh)
+	if _, err := c.Write(append(append(msg, oh[:]...), data...)); err != nil {
 		return nil, err
 	}
-	var reply [protocol.ExportNameReplySize]byte
-	if _, err := io.ReadFull(c.br, reply[:]); err != nil {
-		return nil, err
+	return c, c.readGoReplies()
+}
+
+// readGoReplies reads NBD_OPT_GO's replies up to the ACK, keeping the
+// export size from NBD_INFO_EXPORT.
+func (c *client) readGoReplies() error {
+	for {
+		var rh [protocol.OptionReplyHeaderSize]byte
+		if _, err := io.ReadFull(c.br, rh[:]); err != nil {
+			return err
+		}
+		h, err := protocol.DecodeOptionReplyHeader(&rh)
+		if err != nil {
+			return err
+		}
+		data := make([]byte, h.Length)
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			return err
+		}
+		switch {
+		case h.Type == protocol.RepAck:
+			return nil
+		case h.Type.IsError():
+			return fmt.Errorf("NBD_OPT_GO: %v %s", h.Type, data)
+		case h.Type == protocol.RepInfo && len(data) >= 12 && binary.BigEndian.Uint16(data) == uint16(protocol.InfoExport):
+			c.size = binary.BigEndian.Uint64(data[2:])
+		}
 	}
-	c.size = binary.BigEndian.Uint64(reply[:])
-	return c, nil
 }
 
 // do sends one request and waits for its reply.
