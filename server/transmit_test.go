@@ -1,0 +1,647 @@
+package server
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+	gonbd "github.com/pojntfx/go-nbd/pkg/backend"
+	"github.com/stretchr/testify/require"
+)
+
+// memExport returns a server with one memory export of size bytes named
+// "mem".
+func memExport(size int64) *Server {
+	return &Server{Exports: []Export{{Name: "mem", Backend: backend.NewMemory(size)}}}
+}
+
+// Sizes that cross the 4 KiB stream chunk and the 64 KiB memory chunk.
+var roundTripSizes = []int{1, 511, 4096, 4097, 65537, 200_000}
+
+func TestReadWriteRoundTrip(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		for _, sr := range []bool{false, true} {
+			st := newServerTester(t, strategy, memExport(1<<20))
+			if sr {
+				st.handshakeSR("mem")
+			} else {
+				st.handshake("mem")
+			}
+			off := uint64(3)
+			for i, n := range roundTripSizes {
+				data := pattern(n, byte(i))
+				cookie := uint64(100 + i)
+				st.write(cookie, off, data)
+				st.wantReply(cookie, protocol.EOK)
+				st.read(cookie, off, uint32(n))
+				if sr {
+					st.wantStructuredRead(cookie, off, data)
+				} else {
+					st.wantRead(cookie, data)
+				}
+				off += uint64(n) + 13
+			}
+			st.disc()
+			st.wantClosed()
+			st.wantServeResult(func(err error) bool { return err == nil }, "nil after NBD_CMD_DISC")
+		}
+	})
+}
+
+// TestSmallBudget: with a budget and a maximum request smaller than the
+// requests, every strategy moves them through the budget in pieces.
+func TestSmallBudget(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		srv := memExport(1 << 20)
+		srv.MaxRequestSize = 256 << 10
+		srv.MaxInflightBytes = 16 << 10
+		st := newServerTester(t, strategy, srv, bufferConfig{budget: 16 << 10, streamChunk: 8 << 10})
+		st.handshake("mem")
+		for i, n := range []int{100, 16 << 10, 100_000, 256 << 10} {
+			data := pattern(n, byte(i+1))
+			st.write(1, 777, data, protocol.CmdFlagFUA)
+			st.wantReply(1, protocol.EOK)
+			st.read(2, 777, uint32(n))
+			st.wantRead(2, data)
+		}
+		// Pipelined: several large requests at once must not deadlock on the
+		// budget. Writes first, then reads: requests in flight together may
+		// run in any order.
+		data := pattern(100_000, 9)
+		var writes, reads []protocol.Request
+		var payloads [][]byte
+		for i := range 4 {
+			writes = append(writes, protocol.Request{Type: protocol.CmdWrite, Cookie: uint64(10 + i), Offset: uint64(i) * 100_000, Length: 100_000})
+			payloads = append(payloads, data)
+			reads = append(reads, protocol.Request{Type: protocol.CmdRead, Cookie: uint64(20 + i), Offset: uint64(i) * 100_000, Length: 100_000})
+		}
+		wait := st.sendAsync(writes, payloads...)
+		for range writes {
+			r := st.readReply()
+			require.Equal(t, protocol.EOK, r.errno, "WRITE %d", r.cookie)
+		}
+		wait()
+		wait = st.sendAsync(reads)
+		for range reads {
+			r := st.readReply()
+			require.Equal(t, protocol.EOK, r.errno, "READ %d", r.cookie)
+			require.Equal(t, data, r.data, "READ %d", r.cookie)
+		}
+		wait()
+	})
+}
+
+func TestFlushTrimZeroCache(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		p := &probe{Backend: backend.NewMemory(1 << 20)}
+		mem := p.Backend.(*backend.Memory)
+		// A probe hides the capabilities; export the memory itself and
+		// count syncs through a second export on the same memory.
+		srv := &Server{Exports: []Export{{Name: "mem", Backend: mem}, {Name: "probe", Backend: p}}}
+		st := newServerTester(t, strategy, srv)
+		st.handshake("mem")
+		data := pattern(3*65536, 1)
+		st.write(1, 0, data)
+		st.wantReply(1, protocol.EOK)
+
+		st.flush(2)
+		st.wantReply(2, protocol.EOK)
+		st.trim(3, 1000, 70000)
+		st.wantReply(3, protocol.EOK)
+		st.zero(4, 100000, 5000, protocol.CmdFlagNoHole)
+		st.wantReply(4, protocol.EOK)
+		st.zero(5, 150000, 100, protocol.CmdFlagFastZero)
+		st.wantReply(5, protocol.EOK)
+		st.zero(6, 160000, 100, protocol.CmdFlagFUA)
+		st.wantReply(6, protocol.EOK)
+		st.cache(7, 0, 1<<20)
+		st.wantReply(7, protocol.EOK)
+		st.cache(8, 0, 0) // CACHE of length 0 is allowed
+		st.wantReply(8, protocol.EOK)
+
+		want := bytes.Clone(data)
+		clear(want[1000:71000])
+		clear(want[100000:105000])
+		clear(want[150000:150100])
+		clear(want[160000:160100])
+		st.read(9, 0, uint32(len(want)))
+		st.wantRead(9, want)
+
+		// FUA write and FLUSH reach Sync on a backend with no FUAWriter.
+		st2 := newServerTester(t, strategy, &Server{Exports: srv.Exports})
+		st2.handshake("probe")
+		st2.write(1, 0, []byte("x"), protocol.CmdFlagFUA)
+		st2.wantReply(1, protocol.EOK)
+		require.Equal(t, int64(1), p.syncs.Load(), "syncs after a FUA write")
+		st2.flush(2)
+		st2.wantReply(2, protocol.EOK)
+		require.Equal(t, int64(2), p.syncs.Load(), "syncs after FLUSH")
+		st2.disc()
+		st2.wantClosed()
+		require.Equal(t, int64(3), p.syncs.Load(), "syncs after DISC (flush on disconnect)")
+	})
+}
+
+// TestBareBackend: a backend with nothing but the core interface gets
+// WRITE_ZEROES emulated, TRIM refused (it is not advertised), and
+// FAST_ZERO answered with ENOTSUP because emulation is not fast.
+func TestBareBackend(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		srv := &Server{Exports: []Export{{Name: "bare", Backend: bare{backend.NewMemory(1 << 20)}}}}
+		st := newServerTester(t, strategy, srv)
+		st.start()
+		ei := st.goExport("bare")
+		require.Zero(t, ei.flags&(protocol.FlagSendTrim|protocol.FlagSendFastZero|protocol.FlagCanMultiConn),
+			"flags %v: TRIM, FAST_ZERO and MULTI_CONN need backend support", ei.flags)
+		require.NotZero(t, ei.flags&protocol.FlagSendWriteZeroes, "WRITE_ZEROES is emulated: %v", ei.flags)
+
+		st.write(1, 0, pattern(8192, 3))
+		st.wantReply(1, protocol.EOK)
+		st.zero(2, 100, 5000, protocol.CmdFlagFastZero)
+		st.wantReply(2, protocol.ENOTSUP)
+		st.zero(3, 100, 5000)
+		st.wantReply(3, protocol.EOK)
+		st.trim(4, 0, 4096)
+		st.wantReply(4, protocol.EINVAL)
+		want := pattern(8192, 3)
+		clear(want[100:5100])
+		st.read(5, 0, 8192)
+		st.wantRead(5, want)
+	})
+}
+
+func TestWriteZeroesFastNoHole(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.handshake("mem")
+		require.NotZero(t, st.flags&protocol.FlagSendFastZero, "memory advertises FAST_ZERO: %v", st.flags)
+		st.zero(1, 0, 4096, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole)
+		st.wantReply(1, protocol.ENOTSUP)
+		st.zero(2, 0, 4096, protocol.CmdFlagFastZero)
+		st.wantReply(2, protocol.EOK)
+	})
+}
+
+func TestDFRead(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.handshakeSR("mem")
+		data := pattern(100_000, 4)
+		st.write(1, 5, data)
+		st.wantReply(1, protocol.EOK)
+		st.read(2, 5, uint32(len(data)), protocol.CmdFlagDF)
+		r := st.wantStructuredRead(2, 5, data)
+		require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData}, r.types, "DF READ: one data chunk")
+
+		// Without structured replies DF is invalid.
+		st2 := newServerTester(t, strategy, nil)
+		st2.handshake("mem")
+		st2.read(1, 0, 512, protocol.CmdFlagDF)
+		st2.wantReply(1, protocol.EINVAL)
+	})
+}
+
+// TestSparseStructuredRead: a structured READ over a range with holes
+// reads back the right bytes whatever chunks it is sent in; where the
+// whole READ fits one buffer, the holes go out as OFFSET_HOLE.
+func TestSparseStructuredRead(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, memExport(1<<20))
+		st.handshakeSR("mem")
+		data := pattern(1000, 5)
+		st.write(1, 65536+10, data)
+		st.wantReply(1, protocol.EOK)
+		want := make([]byte, 3*65536)
+		copy(want[65536+10:], data)
+		st.read(2, 0, uint32(len(want)))
+		r := st.wantStructuredRead(2, 0, want)
+		if strategy != "stream" {
+			require.Contains(t, r.types, protocol.ReplyTypeOffsetHole, "chunks of a sparse READ")
+		}
+		st.read(3, 2*65536, 65536) // all hole
+		st.wantStructuredRead(3, 2*65536, make([]byte, 65536))
+	})
+}
+
+func TestBlockStatus(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		const chunk = 64 << 10
+		st := newServerTester(t, strategy, memExport(4*chunk))
+		st.handshakeSR("mem")
+		const hz = protocol.StateHole | protocol.StateZero
+
+		st.blockStatus(1, 0, 4*chunk)
+		require.Equal(t, []extent{{4 * chunk, hz}}, st.wantBlockStatus(1), "empty export")
+
+		st.write(2, chunk+5, []byte("data"))
+		st.wantReply(2, protocol.EOK)
+		st.blockStatus(3, 0, 4*chunk)
+		require.Equal(t, []extent{{chunk, hz}, {chunk, 0}, {2 * chunk, hz}}, st.wantBlockStatus(3), "after a write")
+		st.blockStatus(4, 100, 4*chunk-100, protocol.CmdFlagReqOne)
+		require.Equal(t, []extent{{chunk - 100, hz}}, st.wantBlockStatus(4), "REQ_ONE at a hole")
+		st.blockStatus(5, chunk+100, 100, protocol.CmdFlagReqOne)
+		require.Equal(t, []extent{{100, 0}}, st.wantBlockStatus(5), "REQ_ONE inside data")
+
+		// NO_HOLE keeps the chunk allocated; a plain zero or trim frees it.
+		st.zero(6, chunk, chunk, protocol.CmdFlagNoHole)
+		st.wantReply(6, protocol.EOK)
+		st.blockStatus(7, chunk, chunk)
+		require.Equal(t, []extent{{chunk, 0}}, st.wantBlockStatus(7), "after WRITE_ZEROES NO_HOLE")
+		st.trim(8, chunk, chunk)
+		st.wantReply(8, protocol.EOK)
+		st.blockStatus(9, 0, 4*chunk)
+		require.Equal(t, []extent{{4 * chunk, hz}}, st.wantBlockStatus(9), "after TRIM")
+
+		st.blockStatus(10, 4*chunk-1, 2)
+		st.wantStructuredError(10, protocol.EINVAL)
+		st.blockStatus(11, 0, 0)
+		st.wantStructuredError(11, protocol.EINVAL)
+	})
+}
+
+// TestBlockStatusNoExtents: a backend that cannot tell reports the range
+// as one allocated extent.
+func TestBlockStatusNoExtents(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "b", Backend: bare{backend.NewMemory(1 << 20)}}}})
+		st.handshakeSR("b")
+		st.blockStatus(1, 4096, 8192)
+		require.Equal(t, []extent{{8192, 0}}, st.wantBlockStatus(1))
+	})
+}
+
+func TestBlockStatusWithoutMetaContext(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.handshake("mem")
+		st.blockStatus(1, 0, 512)
+		st.wantReply(1, protocol.EINVAL)
+		st.read(2, 0, 1)
+		st.wantRead(2, []byte{0})
+	})
+}
+
+// TestBadRequests: every request the spec lets a server refuse is
+// answered with its errno, and the connection stays in sync (no
+// go-nbd-style desync after an unknown command, STYLE G4).
+func TestBadRequests(t *testing.T) {
+	const size = 1 << 20
+	const maxReq = 64 << 10
+	payload := pattern(4096, 6)
+	tests := []struct {
+		name    string
+		req     protocol.Request
+		payload []byte
+		want    protocol.Errno
+	}{
+		{"read past end", protocol.Request{Type: protocol.CmdRead, Offset: size, Length: 1}, nil, protocol.EINVAL},
+		{"read straddling end", protocol.Request{Type: protocol.CmdRead, Offset: size - 10, Length: 20}, nil, protocol.EINVAL},
+		{"read offset overflow", protocol.Request{Type: protocol.CmdRead, Offset: 1<<64 - 1, Length: 2}, nil, protocol.EINVAL},
+		{"read too long", protocol.Request{Type: protocol.CmdRead, Length: maxReq + 1}, nil, protocol.EINVAL},
+		{"read empty", protocol.Request{Type: protocol.CmdRead, Length: 0}, nil, protocol.EINVAL},
+		{"write past end", protocol.Request{Type: protocol.CmdWrite, Offset: size, Length: 4096}, payload, protocol.ENOSPC},
+		{"write straddling end", protocol.Request{Type: protocol.CmdWrite, Offset: size - 100, Length: 4096}, payload, protocol.ENOSPC},
+		{"write empty", protocol.Request{Type: protocol.CmdWrite, Length: 0}, nil, protocol.EINVAL},
+		{"trim past end", protocol.Request{Type: protocol.CmdTrim, Offset: size - 1, Length: 2}, nil, protocol.EINVAL},
+		{"zero past end", protocol.Request{Type: protocol.CmdWriteZeroes, Offset: size - 1, Length: 2}, nil, protocol.ENOSPC},
+		{"cache past end", protocol.Request{Type: protocol.CmdCache, Offset: size + 1}, nil, protocol.EINVAL},
+		{"unknown command", protocol.Request{Type: 200, Length: 4096}, nil, protocol.EINVAL},
+		{"resize", protocol.Request{Type: protocol.CmdResize, Offset: 2 * size}, nil, protocol.EINVAL},
+		{"read with NO_HOLE", protocol.Request{Type: protocol.CmdRead, Flags: protocol.CmdFlagNoHole, Length: 1}, nil, protocol.EINVAL},
+		{"write with REQ_ONE", protocol.Request{Type: protocol.CmdWrite, Flags: protocol.CmdFlagReqOne, Length: 4096}, payload, protocol.EINVAL},
+		{"flush with unknown flag", protocol.Request{Type: protocol.CmdFlush, Flags: 1 << 15}, nil, protocol.EINVAL},
+		{"trim with FAST_ZERO", protocol.Request{Type: protocol.CmdTrim, Flags: protocol.CmdFlagFastZero, Length: 1}, nil, protocol.EINVAL},
+	}
+	run(t, func(t *testing.T, strategy string) {
+		srv := memExport(size)
+		srv.MaxRequestSize = maxReq
+		st := newServerTester(t, strategy, srv)
+		st.handshake("mem")
+		for i, tt := range tests {
+			cookie := uint64(i + 1)
+			tt.req.Cookie = cookie
+			st.send(tt.req, tt.payload)
+			r := st.readReply()
+			if r.cookie != cookie || r.errno != tt.want {
+				t.Fatalf("%s: got cookie %d %v; want cookie %d %v", tt.name, r.cookie, r.errno, cookie, tt.want)
+			}
+			// The stream is still in sync: a READ right after works.
+			st.read(1000+cookie, size-4, 4)
+			st.wantRead(1000+cookie, make([]byte, 4))
+		}
+	})
+}
+
+// TestOversizedWriteCloses: a WRITE longer than the maximum is a framing
+// violation; the server closes without reading (or allocating) its
+// payload.
+func TestOversizedWriteCloses(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		srv := memExport(1 << 20)
+		srv.MaxRequestSize = 64 << 10
+		st := newServerTester(t, strategy, srv)
+		st.handshake("mem")
+		before := st.sc.n.Load()
+		var hdr [protocol.RequestSize]byte
+		protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 64<<10 + 1}.Put(&hdr)
+		st.writeRaw(hdr[:])
+		st.wantClosed()
+		if got := st.sc.n.Load() - before; got != protocol.RequestSize {
+			t.Fatalf("server read %d bytes after the handshake; want %d (the header only)", got, protocol.RequestSize)
+		}
+	})
+}
+
+func TestBadMagicCloses(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.handshake("mem")
+		var hdr [protocol.RequestSize]byte
+		protocol.Request{Type: protocol.CmdRead, Cookie: 1, Length: 1}.Put(&hdr)
+		hdr[0] ^= 0xff
+		st.writeRaw(hdr[:])
+		st.wantClosed()
+		st.wantServeResult(func(err error) bool { return errors.Is(err, protocol.ErrBadMagic) }, "ErrBadMagic")
+	})
+}
+
+// TestTruncatedHeaderCloses: a client that goes away mid-header ends the
+// connection quietly.
+func TestTruncatedHeaderCloses(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.handshake("mem")
+		st.writeRaw([]byte{0x25, 0x60, 0x95})
+		st.nc.Close()
+		st.wantServeResult(func(err error) bool { return errors.Is(err, io.ErrUnexpectedEOF) }, "io.ErrUnexpectedEOF")
+	})
+}
+
+func TestReadOnly(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		for _, exp := range []Export{
+			{Name: "ro", ReadOnly: true, Backend: backend.NewMemory(1 << 20)},
+			{Name: "ro", Backend: backend.ReadOnly(backend.NewMemory(1 << 20))},
+		} {
+			st := newServerTester(t, strategy, &Server{Exports: []Export{exp}})
+			st.start()
+			ei := st.goExport("ro")
+			require.NotZero(t, ei.flags&protocol.FlagReadOnly, "READ_ONLY in %v", ei.flags)
+			require.Zero(t, ei.flags&(protocol.FlagSendTrim|protocol.FlagSendWriteZeroes|protocol.FlagSendFUA|protocol.FlagSendFastZero),
+				"write flags on a read-only export: %v", ei.flags)
+			st.write(1, 0, pattern(70000, 1)) // larger than a stream chunk: drained in pieces
+			st.wantReply(1, protocol.EPERM)
+			st.trim(2, 0, 4096)
+			st.wantReply(2, protocol.EPERM)
+			st.zero(3, 0, 4096)
+			st.wantReply(3, protocol.EPERM)
+			st.flush(4)
+			st.wantReply(4, protocol.EOK)
+			st.read(5, 0, 16)
+			st.wantRead(5, make([]byte, 16))
+		}
+	})
+}
+
+// TestBackendFault: a backend error fails that request alone, with the
+// errno it maps to; the connection and other requests are unaffected.
+func TestBackendFault(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20),
+			backend.FaultRule{Op: backend.FaultRead, Offset: 4096, Length: 4096},
+			backend.FaultRule{Op: backend.FaultWrite, Offset: 65536, Length: 1, Err: errors.Join(errors.New("disk full"), os.ErrPermission)},
+			backend.FaultRule{Op: backend.FaultTrim, Offset: 0, Length: 4096, Err: errors.New("odd")},
+		)
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+		st.handshake("f")
+		st.read(1, 0, 4096)
+		st.wantRead(1, make([]byte, 4096))
+		st.read(2, 4000, 200)
+		st.wantReply(2, protocol.EIO)
+		st.read(3, 8192, 4096)
+		st.wantRead(3, make([]byte, 4096))
+		st.write(4, 65000, pattern(1000, 1))
+		st.wantReply(4, protocol.EPERM)
+		st.write(5, 0, pattern(1000, 1))
+		st.wantReply(5, protocol.EOK)
+		st.trim(6, 0, 10)
+		st.wantReply(6, protocol.EIO)
+		require.Equal(t, []int64{1, 1, 1}, f.Injected(), "faults injected")
+	})
+}
+
+func TestStructuredError(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096})
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+		st.handshakeSR("f")
+		st.read(1, 0, 512)
+		msg := st.wantStructuredError(1, protocol.EIO)
+		require.Contains(t, msg, "injected read fault", "error chunk message")
+		st.read(2, 1<<20, 1) // refused by validation: the message says why
+		msg = st.wantStructuredError(2, protocol.EINVAL)
+		require.Contains(t, msg, "past the end")
+		// Replies to other commands stay simple.
+		st.write(3, 0, []byte("x"))
+		r := st.wantReply(3, protocol.EOK)
+		require.False(t, r.structured, "WRITE reply is simple")
+		st.read(4, 8192, 512)
+		st.wantStructuredRead(4, 8192, make([]byte, 512))
+	})
+}
+
+// TestStreamedReadFailsAfterHeader: under simple replies a streamed READ
+// whose backend fails after the header went out can only end in a hard
+// disconnect (proto.md "Simple reply message"; issue 3).
+func TestStreamedReadFailsAfterHeader(t *testing.T) {
+	f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 8192, Length: 4096})
+	st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "f", Backend: f}}})
+	st.handshake("f")
+	before := streamAborts.Load()
+	st.send(protocol.Request{Type: protocol.CmdRead, Cookie: 1, Length: 16384}, nil)
+	var hdr [protocol.SimpleReplySize]byte
+	st.readFull(hdr[:])
+	sr, err := protocol.DecodeSimpleReply(&hdr)
+	require.NoError(t, err)
+	require.Equal(t, protocol.SimpleReply{Cookie: 1}, sr, "reply header sent before the failure")
+	st.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+	got, err := io.ReadAll(st.br)
+	require.NoError(t, err)
+	if len(got) >= 16384 {
+		t.Fatalf("got all %d bytes of a READ that failed at 8192", len(got))
+	}
+	require.Equal(t, make([]byte, len(got)), got, "the data before the failure")
+	require.Equal(t, before+1, streamAborts.Load(), "streamAborts")
+	st.wantClosed()
+}
+
+// TestOutOfOrder: 64 requests in flight at once; one slow READ does not
+// hold back the replies behind it.
+func TestOutOfOrder(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: 300 * time.Millisecond})
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+		st.handshake("f")
+		const n = DefaultQueueDepth
+		want := map[uint64][]byte{}
+		for i := 1; i < n; i++ {
+			data := pattern(4096, byte(i))
+			st.write(uint64(i), uint64(i)*4096, data)
+			want[uint64(i)] = data
+		}
+		for range n - 1 {
+			st.readReply()
+		}
+		st.read(0, 0, 4096) // slow
+		for i := 1; i < n; i++ {
+			st.read(uint64(i), uint64(i)*4096, 4096)
+		}
+		want[0] = make([]byte, 4096)
+		var order []uint64
+		for range n {
+			r := st.readReply()
+			require.Equal(t, protocol.EOK, r.errno, "reply %d", r.cookie)
+			require.Equal(t, want[r.cookie], r.data, "data of READ %d", r.cookie)
+			order = append(order, r.cookie)
+		}
+		if order[0] == 0 {
+			t.Fatalf("the slow READ's reply came first: order %v", order)
+		}
+		require.Equal(t, uint64(0), order[n-1], "the slow READ's reply comes last")
+	})
+}
+
+// TestQueueDepth: no more than QueueDepth requests of one connection reach
+// the backend at once, and that many do.
+func TestQueueDepth(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		const depth = 4
+		p := &probe{Backend: backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Delay: 20 * time.Millisecond})}
+		srv := &Server{QueueDepth: depth, Exports: []Export{{Name: "p", Backend: p}}}
+		st := newServerTester(t, strategy, srv)
+		st.handshake("p")
+		const n = 32
+		var reqs []protocol.Request
+		for i := range n {
+			reqs = append(reqs, protocol.Request{Type: protocol.CmdRead, Cookie: uint64(i), Offset: uint64(i) * 512, Length: 512})
+		}
+		wait := st.sendAsync(reqs)
+		for range n {
+			r := st.readReply()
+			require.Equal(t, protocol.EOK, r.errno)
+		}
+		wait()
+		require.Equal(t, int64(n), p.reads.Load(), "backend reads")
+		require.Equal(t, int64(depth), p.peak.Load(), "peak concurrent backend reads")
+	})
+}
+
+// TestGoNBDBackends: go-nbd v0.3.2's own backends plug into Server
+// unchanged (issue 2).
+func TestGoNBDBackends(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		path := filepath.Join(t.TempDir(), "img")
+		require.NoError(t, os.WriteFile(path, make([]byte, 1<<20), 0o600))
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		require.NoError(t, err)
+		t.Cleanup(func() { f.Close() })
+		srv := &Server{Exports: []Export{
+			{Name: "memory", Backend: gonbd.NewMemoryBackend(make([]byte, 1<<20))},
+			{Name: "file", Backend: gonbd.NewFileBackend(f)},
+		}}
+		for _, name := range []string{"memory", "file"} {
+			st := newServerTester(t, strategy, srv)
+			st.handshake(name)
+			require.Equal(t, uint64(1<<20), st.size)
+			data := pattern(100_000, 7)
+			st.write(1, 12345, data, protocol.CmdFlagFUA)
+			st.wantReply(1, protocol.EOK)
+			st.read(2, 12345, uint32(len(data)))
+			st.wantRead(2, data)
+			st.zero(3, 12345, 10)
+			st.wantReply(3, protocol.EOK)
+			st.read(4, 12340, 20)
+			st.wantRead(4, append(make([]byte, 15), data[10:15]...))
+			st.read(5, 1<<20-1, 2) // would panic go-nbd's MemoryBackend: refused first
+			st.wantReply(5, protocol.EINVAL)
+			st.flush(6)
+			st.wantReply(6, protocol.EOK)
+		}
+		got, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(got[12355:12345+100_000], pattern(100_000, 7)[10:]), "file contents")
+	})
+}
+
+// TestDiscWaitsForInflight: DISC lets the requests before it finish and
+// be answered, then flushes and closes.
+func TestDiscWaitsForInflight(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultWrite, Delay: 100 * time.Millisecond})
+		p := &probe{Backend: f}
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "p", Backend: p}}})
+		st.handshake("p")
+		st.write(1, 0, []byte("slow"))
+		st.disc()
+		st.wantReply(1, protocol.EOK)
+		st.wantClosed()
+		require.Equal(t, int64(1), p.syncs.Load(), "syncs on disconnect")
+		got := make([]byte, 4)
+		_, err := p.ReadAt(got, 0)
+		require.NoError(t, err)
+		require.Equal(t, "slow", string(got))
+	})
+}
+
+// TestRequestHeaderGolden pins the bytes of one request and its reply as
+// the client codec sees them, so a codec bug cannot hide a server bug.
+func TestRequestHeaderGolden(t *testing.T) {
+	var hdr [protocol.RequestSize]byte
+	protocol.Request{Type: protocol.CmdRead, Flags: protocol.CmdFlagFUA, Cookie: 0x0102030405060708, Offset: 0x1000, Length: 0x200}.Put(&hdr)
+	const want = "\x25\x60\x95\x13" + "\x00\x01" + "\x00\x00" + "\x01\x02\x03\x04\x05\x06\x07\x08" +
+		"\x00\x00\x00\x00\x00\x00\x10\x00" + "\x00\x00\x02\x00"
+	if string(hdr[:]) != want {
+		t.Fatalf("request: got %x; want %x", hdr, want)
+	}
+	st := newServerTester(t, "pool", nil)
+	st.handshake("mem")
+	st.writeRaw([]byte(strings.Replace(want, "\x00\x01", "\x00\x00", 1))) // without FUA
+	var rep [protocol.SimpleReplySize + 0x200]byte
+	st.readFull(rep[:])
+	wantRep := "\x67\x44\x66\x98" + "\x00\x00\x00\x00" + "\x01\x02\x03\x04\x05\x06\x07\x08" + string(make([]byte, 0x200))
+	if string(rep[:]) != wantRep {
+		t.Fatalf("reply: got %x; want %x", rep, wantRep)
+	}
+	require.Equal(t, uint32(protocol.SimpleReplyMagic), binary.BigEndian.Uint32(rep[:]))
+}
+
+// TestSlowStreamedRead: a slow READ too large for one buffer (streamed)
+// must not hold back the replies behind it either (issue 2: "a slow
+// request must never stall the ones behind it").
+//
+// Known failure: replyWriter.streamRead does the backend reads of a
+// streamed READ on the writer goroutine, so while the first chunk is being
+// read no other reply can go out. Reading the first chunk on the request's
+// own goroutine, before the op is enqueued, would fix the case tested
+// here; later chunks must follow the header on the wire anyway under
+// simple replies.
+func TestSlowStreamedRead(t *testing.T) {
+	knownIssue(t, "a streamed READ's backend reads run on the reply writer and stall every reply")
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: 300 * time.Millisecond})
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}}, bufferConfig{budget: 8 << 10})
+		st.handshake("f")
+		st.read(1, 0, 64<<10) // streamed in 4 or 8 KiB pieces; the first is slow
+		st.read(2, 512<<10, 512)
+		order := []uint64{st.readReply().cookie, st.readReply().cookie}
+		require.Equal(t, []uint64{2, 1}, order, "reply order")
+	})
+}
