@@ -201,7 +201,18 @@ func (w *replyWriter) streamRead(o *op) {
 		return
 	}
 	w.writev([][]byte{o.hdr[:o.hdrLen], first})
-	for done := len(first); done < n && !w.failed; {
+	done := len(first)
+	if !w.failed && done < n {
+		if sent, err := w.sendfileRange(c.exp.Backend, off+int64(done), int64(n-done)); sent {
+			if err != nil {
+				streamAborts.Add(1)
+				w.fail(err)
+				c.log.Warn("sendfile failed mid-reply; disconnecting", "offset", off+int64(done), "err", err)
+			}
+			return
+		}
+	}
+	for done < n && !w.failed {
 		part := chunk[:min(len(chunk), n-done)]
 		if err := readFull(c.exp.Backend, part, off+int64(done)); err != nil {
 			streamAborts.Add(1)
