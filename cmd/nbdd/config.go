@@ -20,9 +20,10 @@ const defaultMemorySize = 1 << 30
 // config is a server built from the command line, with what must be
 // closed when it stops.
 type config struct {
-	srv     *server.Server
-	dir     string
-	closers []io.Closer
+	srv       *server.Server
+	dir       string
+	closers   []io.Closer
+	mergeable map[string]bool // exports marked ksm
 }
 
 func (c *config) close() {
@@ -35,7 +36,7 @@ func (c *config) close() {
 }
 
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
-	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir")}
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}}
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}
@@ -134,6 +135,9 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 	}
 	if cl, ok := b.(io.Closer); ok {
 		cfg.closers = append(cfg.closers, cl)
+	}
+	if spec.has("ksm") {
+		cfg.mergeable[spec.name] = true
 	}
 	cfg.srv.Exports = append(cfg.srv.Exports, server.Export{
 		Name:        spec.name,

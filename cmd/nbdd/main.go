@@ -48,6 +48,8 @@ func newApp() *cli.App {
 		OnUsageError:              usageError,
 		Commands: []*cli.Command{
 			serveCommand(),
+			ksmCommand(),
+			attachCommand(), detachCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",

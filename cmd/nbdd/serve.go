@@ -55,7 +55,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},
 		&cli.StringFlag{Name: "fault", Usage: "inject faults into every export (testing): `SPEC`", EnvVars: []string{"NBDD_FAULT"}, Hidden: true},
-	}, tlsFlags()...)
+	}, append(tlsFlags(), ksmFlags()...)...)
 }
 
 // serve runs the server until a signal: the first SIGINT or SIGTERM
@@ -77,8 +77,13 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	k, err := startKSM(c, cfg, logger)
+	if err != nil {
+		return err
+	}
 	announce(c, cfg, listeners)
-	return runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger)
+	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger)
+	return errors.Join(err, k.stop(cfg))
 }
 
 func newLogger(level string) (*slog.Logger, error) {

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/ksm"
+	"github.com/urfave/cli/v2"
+)
+
+func ksmFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.BoolFlag{Name: "ksm", Usage: "run the KSM throttler: merge duplicate pages of ksm exports quickly, then let KSM idle", EnvVars: []string{"NBDD_KSM"}},
+		&cli.StringFlag{Name: "ksm-policy", Value: "rate", Usage: "rate (pages_to_scan from mergeable bytes) or advisor (the kernel's scan-time advisor)", EnvVars: []string{"NBDD_KSM_POLICY"}},
+		&cli.StringFlag{Name: "ksm-watch", Usage: "kick the throttler when images appear in `DIR` (inotify)", EnvVars: []string{"NBDD_KSM_WATCH"}},
+		&cli.StringFlag{Name: "ksm-socket", Usage: "serve the throttler's control socket (kick, status) at `PATH`", EnvVars: []string{"NBDD_KSM_SOCKET"}},
+		&cli.StringFlag{Name: "ksm-state-file", Value: ksm.DefaultStateFile, Usage: "where the original KSM settings are kept while tuned", EnvVars: []string{"NBDD_KSM_STATE_FILE"}},
+		&cli.StringFlag{Name: "ksm-root", Value: ksm.DefaultRoot, Usage: "KSM sysfs directory", EnvVars: []string{"NBDD_KSM_ROOT"}, Hidden: true},
+	}
+}
+
+// ksmRunner is the throttler and the goroutines feeding it.
+type ksmRunner struct {
+	t      *ksm.Throttler
+	cancel context.CancelFunc
+	done   chan error
+	sigs   chan os.Signal
+}
+
+// startKSM starts the throttler when --ksm is set, registers the mergeable
+// exports and kicks it for them: their pages were just loaded and are
+// waiting to be merged.
+func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, error) {
+	if !c.Bool("ksm") {
+		for _, f := range []string{"ksm-watch", "ksm-socket"} {
+			if c.IsSet(f) {
+				return nil, usage("--%s needs --ksm", f)
+			}
+		}
+		return nil, nil
+	}
+	policy, err := ksm.ParsePolicy(c.String("ksm-policy"))
+	if err != nil {
+		return nil, usage("--ksm-policy: %v", err)
+	}
+	t, err := ksm.New(ksm.Config{Store: ksm.Dir{Root: c.String("ksm-root")}, Logger: logger.With("component", "ksm"), Policy: policy, StateFile: c.String("ksm-state-file")})
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("--ksm: %v", err), 1)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &ksmRunner{t: t, cancel: cancel, done: make(chan error, 1), sigs: make(chan os.Signal, 1)}
+	go func() { r.done <- t.Run(ctx) }()
+	r.feed(ctx, c, logger)
+	for _, e := range cfg.srv.Exports {
+		if m, ok := e.Backend.(*backend.Mapped); ok && cfg.mergeable[e.Name] {
+			t.RegisterMapping(e.Name, m.Base(), uintptr(m.Len()))
+			size, _ := m.Size()
+			t.ExportOpened(e.Name, size)
+		}
+	}
+	return r, nil
+}
+
+// feed starts the optional event sources: SIGUSR1, inotify and the
+// control socket.
+func (r *ksmRunner) feed(ctx context.Context, c *cli.Context, logger *slog.Logger) {
+	signal.Notify(r.sigs, syscall.SIGUSR1)
+	go func() {
+		for range r.sigs {
+			logger.Info("SIGUSR1: kicking the KSM throttler")
+			r.t.Kick()
+		}
+	}()
+	if dir := c.String("ksm-watch"); dir != "" {
+		go func() {
+			if err := ksm.WatchDir(ctx, dir, r.t.Send); err != nil {
+				logger.Error("KSM directory watch stopped", "dir", dir, "err", err)
+			}
+		}()
+	}
+	if path := c.String("ksm-socket"); path != "" {
+		go func() {
+			if err := ksm.ServeSocket(ctx, path, r.t); err != nil {
+				logger.Error("KSM control socket stopped", "path", path, "err", err)
+			}
+		}()
+	}
+}
+
+// stop restores the host's KSM settings and waits for that to finish.
+func (r *ksmRunner) stop(cfg *config) error {
+	if r == nil {
+		return nil
+	}
+	signal.Stop(r.sigs)
+	close(r.sigs)
+	for name := range cfg.mergeable {
+		r.t.ExportClosed(name)
+	}
+	r.cancel()
+	select {
+	case err := <-r.done:
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	case <-time.After(10 * time.Second):
+		return errors.New("KSM throttler did not restore the settings within 10s")
+	}
+}
+
+func ksmCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ksm",
+		Usage: "inspect the KSM throttler",
+		Subcommands: []*cli.Command{{
+			Name:  "status",
+			Usage: "print the KSM knobs, counters, the throttler's state and per-export merged bytes",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "socket", Usage: "a running nbdd's --ksm-socket `PATH`", EnvVars: []string{"NBDD_KSM_SOCKET"}},
+				&cli.StringFlag{Name: "ksm-root", Value: ksm.DefaultRoot, Hidden: true},
+			},
+			Action: ksmStatus,
+		}},
+	}
+}
+
+func ksmStatus(c *cli.Context) error {
+	var st ksm.Status
+	var err error
+	if path := c.String("socket"); path != "" {
+		ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+		defer cancel()
+		st, err = ksm.QueryStatus(ctx, path)
+	} else {
+		st, err = ksm.ReadStatus(ksm.Dir{Root: c.String("ksm-root")})
+	}
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("ksm status: %v", err), 1)
+	}
+	return st.Print(c.App.Writer)
+}
