@@ -1,0 +1,154 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"syscall"
+	"testing"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+)
+
+func TestErrno(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("pwrite at 4096: %w", err) }
+	tests := []struct {
+		err  error
+		want protocol.Errno
+	}{
+		{nil, protocol.EOK},
+		{fs.ErrPermission, protocol.EPERM},
+		{&fs.PathError{Op: "open", Path: "/img", Err: syscall.EACCES}, protocol.EPERM},
+		{syscall.EROFS, protocol.EPERM},
+		{syscall.EPERM, protocol.EPERM},
+		{backend.ErrReadOnly, protocol.EPERM},
+		{syscall.ENOSPC, protocol.ENOSPC},
+		{syscall.EDQUOT, protocol.ENOSPC},
+		{syscall.EFBIG, protocol.ENOSPC},
+		{backend.ErrNotFast, protocol.ENOTSUP},
+		{syscall.ENOTSUP, protocol.ENOTSUP},
+		{errors.ErrUnsupported, protocol.ENOTSUP},
+		{backend.ErrOutOfRange, protocol.EINVAL},
+		{syscall.EINVAL, protocol.EINVAL},
+		{syscall.ENOMEM, protocol.ENOMEM},
+		{syscall.EOVERFLOW, protocol.EOVERFLOW},
+		{ErrShutdown, protocol.ESHUTDOWN},
+		{syscall.ESHUTDOWN, protocol.ESHUTDOWN},
+		{context.Canceled, protocol.ESHUTDOWN},
+		{syscall.EIO, protocol.EIO},
+		{io.ErrUnexpectedEOF, protocol.EIO},
+		{io.ErrShortWrite, protocol.EIO},
+		{errors.New("anything else"), protocol.EIO},
+		// Wrapped, twice wrapped, joined: the cause decides.
+		{wrap(syscall.ENOSPC), protocol.ENOSPC},
+		{wrap(wrap(os.ErrPermission)), protocol.EPERM},
+		{&os.PathError{Op: "write", Path: "/img", Err: syscall.EDQUOT}, protocol.ENOSPC},
+		{errors.Join(errors.New("context"), backend.ErrNotFast), protocol.ENOTSUP},
+		{wrap(ErrShutdown), protocol.ESHUTDOWN},
+		// A request error keeps its own errno.
+		{reject(protocol.EOVERFLOW, "too long"), protocol.EOVERFLOW},
+		{wrap(reject(protocol.EPERM, "read-only")), protocol.EPERM},
+	}
+	for _, tt := range tests {
+		if got := Errno(tt.err); got != tt.want {
+			t.Errorf("Errno(%v): got %v; want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	const size = 1 << 20
+	const maxReq = 64 << 10
+	rw := &openExport{Export: &Export{Name: "rw"}, caps: caps{size: size, trimmer: backend.NewMemory(size)}}
+	ro := &openExport{Export: &Export{Name: "ro"}, caps: caps{size: size, readOnly: true}}
+	noTrim := &openExport{Export: &Export{Name: "notrim"}, caps: caps{size: size}}
+	req := func(typ protocol.Cmd, flags protocol.CmdFlag, off uint64, n uint32) protocol.Request {
+		return protocol.Request{Type: typ, Flags: flags, Offset: off, Length: n}
+	}
+	const (
+		ok        = protocol.EOK
+		violation = protocol.Errno(1 << 31) // a connection-fatal protocolError
+	)
+	tests := []struct {
+		name       string
+		req        protocol.Request
+		exp        *openExport
+		structured bool
+		meta       bool
+		want       protocol.Errno
+	}{
+		{"read", req(protocol.CmdRead, 0, 0, 4096), rw, false, false, ok},
+		{"read to the end", req(protocol.CmdRead, 0, size-1, 1), rw, false, false, ok},
+		{"read max", req(protocol.CmdRead, 0, 0, maxReq), rw, false, false, ok},
+		{"read FUA", req(protocol.CmdRead, protocol.CmdFlagFUA, 0, 1), rw, false, false, ok},
+		{"read over max", req(protocol.CmdRead, 0, 0, maxReq+1), rw, false, false, protocol.EINVAL},
+		{"read empty", req(protocol.CmdRead, 0, 0, 0), rw, false, false, protocol.EINVAL},
+		{"read past end", req(protocol.CmdRead, 0, size, 1), rw, false, false, protocol.EINVAL},
+		{"read straddling", req(protocol.CmdRead, 0, size-1, 2), rw, false, false, protocol.EINVAL},
+		{"read offset wraps", req(protocol.CmdRead, 0, 1<<64-1, 2), rw, false, false, protocol.EINVAL},
+		{"read DF simple", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, false, false, protocol.EINVAL},
+		{"read DF structured", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, true, false, ok},
+		{"read NO_HOLE", req(protocol.CmdRead, protocol.CmdFlagNoHole, 0, 1), rw, false, false, protocol.EINVAL},
+		{"read read-only", req(protocol.CmdRead, 0, 0, 1), ro, false, false, ok},
+		{"write", req(protocol.CmdWrite, protocol.CmdFlagFUA, 0, 1), rw, false, false, ok},
+		{"write over max", req(protocol.CmdWrite, 0, 0, maxReq+1), rw, false, false, violation},
+		{"write over max past end", req(protocol.CmdWrite, 0, size, maxReq+1), rw, false, false, violation},
+		{"write over max read-only", req(protocol.CmdWrite, 0, 0, maxReq+1), ro, false, false, violation},
+		{"write past end", req(protocol.CmdWrite, 0, size, 1), rw, false, false, protocol.ENOSPC},
+		{"write straddling", req(protocol.CmdWrite, 0, size-1, 2), rw, false, false, protocol.ENOSPC},
+		{"write empty", req(protocol.CmdWrite, 0, 0, 0), rw, false, false, protocol.EINVAL},
+		{"write read-only", req(protocol.CmdWrite, 0, 0, 1), ro, false, false, protocol.EPERM},
+		{"write DF", req(protocol.CmdWrite, protocol.CmdFlagDF, 0, 1), rw, true, false, protocol.EINVAL},
+		{"flush", req(protocol.CmdFlush, 0, 0, 0), rw, false, false, ok},
+		{"flush read-only", req(protocol.CmdFlush, 0, 0, 0), ro, false, false, ok},
+		{"flush NO_HOLE", req(protocol.CmdFlush, protocol.CmdFlagNoHole, 0, 0), rw, false, false, protocol.EINVAL},
+		{"trim", req(protocol.CmdTrim, 0, 0, size), rw, false, false, ok},
+		{"trim longer than max", req(protocol.CmdTrim, 0, 0, maxReq+1), rw, false, false, ok},
+		{"trim unsupported", req(protocol.CmdTrim, 0, 0, 1), noTrim, false, false, protocol.EINVAL},
+		{"trim read-only", req(protocol.CmdTrim, 0, 0, 1), ro, false, false, protocol.EPERM},
+		{"trim past end", req(protocol.CmdTrim, 0, size, 1), rw, false, false, protocol.EINVAL},
+		{"trim empty", req(protocol.CmdTrim, 0, 0, 0), rw, false, false, protocol.EINVAL},
+		{"cache", req(protocol.CmdCache, 0, 0, size), rw, false, false, ok},
+		{"cache empty", req(protocol.CmdCache, 0, size, 0), rw, false, false, ok},
+		{"cache past end", req(protocol.CmdCache, 0, size, 1), rw, false, false, protocol.EINVAL},
+		{"zero", req(protocol.CmdWriteZeroes, protocol.CmdFlagNoHole, 0, size), rw, false, false, ok},
+		{"zero fast", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), rw, false, false, ok},
+		{"zero fast no-hole", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), rw, false, false, protocol.ENOTSUP},
+		{"zero past end", req(protocol.CmdWriteZeroes, 0, size, 1), rw, false, false, protocol.ENOSPC},
+		{"zero read-only", req(protocol.CmdWriteZeroes, 0, 0, 1), ro, false, false, protocol.EPERM},
+		{"zero empty", req(protocol.CmdWriteZeroes, 0, 0, 0), rw, false, false, protocol.EINVAL},
+		{"block status", req(protocol.CmdBlockStatus, protocol.CmdFlagReqOne, 0, size), rw, true, true, ok},
+		{"block status without context", req(protocol.CmdBlockStatus, 0, 0, 1), rw, true, false, protocol.EINVAL},
+		{"block status past end", req(protocol.CmdBlockStatus, 0, size, 1), rw, true, true, protocol.EINVAL},
+		{"block status empty", req(protocol.CmdBlockStatus, 0, 0, 0), rw, true, true, protocol.EINVAL},
+		{"block status read-only", req(protocol.CmdBlockStatus, 0, 0, 1), ro, true, true, ok},
+		{"resize", req(protocol.CmdResize, 0, 2*size, 0), rw, false, false, protocol.EINVAL},
+		{"unknown", req(0xffff, 0, 0, 0), rw, false, false, protocol.EINVAL},
+		{"unknown with payload length", req(99, 0, 0, 1<<31), rw, false, false, protocol.EINVAL},
+		{"payload-len flag", req(protocol.CmdRead, protocol.CmdFlagPayloadLen, 0, 1), rw, false, false, protocol.EINVAL},
+	}
+	for _, tt := range tests {
+		err := validate(tt.req, tt.exp, maxReq, tt.structured, tt.meta)
+		var got protocol.Errno
+		var re *requestError
+		var pe *protocolError
+		switch {
+		case err == nil:
+			got = ok
+		case errors.As(err, &re):
+			got = re.errno
+		case errors.As(err, &pe):
+			got = violation
+		default:
+			t.Errorf("%s: got error %T %v; want nil, *requestError or *protocolError", tt.name, err, err)
+			continue
+		}
+		if got != tt.want {
+			t.Errorf("%s: validate(%+v): got %v (%v); want %v", tt.name, tt.req, got, err, tt.want)
+		}
+	}
+}

@@ -1,0 +1,210 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// TestZeroValueServer: a Server with nothing but one export serves, with
+// the default buffers, limits and logger.
+func TestZeroValueServer(t *testing.T) {
+	checkLeaks(t)
+	srv := &Server{Exports: []Export{{Name: "disk", Backend: backend.NewMemory(1 << 20)}}}
+	st := newServerTester(t, "", srv)
+	require.Nil(t, srv.Buffers, "the caller's Buffers field stays nil (STYLE G6)")
+	st.start()
+	ei := st.goExport("", protocol.InfoBlockSize)
+	require.Equal(t, uint32(protocol.DefaultMaxPayload), ei.blockSize.Max)
+	data := pattern(1<<20, 1)
+	st.write(1, 0, data)
+	st.wantReply(1, protocol.EOK)
+	st.read(2, 0, 1<<20)
+	st.wantRead(2, data)
+	st.disc()
+	st.wantClosed()
+	require.NoError(t, srv.Shutdown(context.Background()), "Shutdown of an idle server")
+}
+
+// serveUnix starts srv.Serve on a unix socket in a temporary directory and
+// returns the socket path and Serve's result channel.
+func serveUnix(t *testing.T, srv *Server) (string, chan error) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Close()
+		select {
+		case <-served:
+		case <-time.After(ioTimeout):
+			t.Errorf("Serve did not return after Close")
+		}
+	})
+	return sock, served
+}
+
+func dialClient(t *testing.T, sock string) *client {
+	t.Helper()
+	nc, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { nc.Close() })
+	return newClient(t, nc)
+}
+
+func TestServeUnixShutdown(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		checkLeaks(t)
+		srv := &Server{
+			Exports: []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}},
+			Buffers: newFactory(t, strategy, protocol.DefaultMaxPayload, bufferConfig{}),
+			Logger:  testLogger(t),
+		}
+		sock, served := serveUnix(t, srv)
+		// Two clients at once, each with its own data.
+		a, b := dialClient(t, sock), dialClient(t, sock)
+		a.handshake("mem")
+		b.handshake("mem")
+		a.write(1, 0, []byte("from a"))
+		b.write(1, 100, []byte("from b"))
+		a.wantReply(1, protocol.EOK)
+		b.wantReply(1, protocol.EOK)
+		a.read(2, 100, 6)
+		a.wantRead(2, []byte("from b"))
+
+		require.NoError(t, srv.Shutdown(context.Background()))
+		select {
+		case err := <-served:
+			require.ErrorIs(t, err, ErrServerClosed, "Serve after Shutdown")
+			served <- err
+		case <-time.After(ioTimeout):
+			t.Fatal("Serve did not return after Shutdown")
+		}
+		a.wantClosed()
+		b.wantClosed()
+		_, err := net.Dial("unix", sock)
+		require.Error(t, err, "dial after Shutdown")
+		require.ErrorIs(t, srv.Serve(nil), ErrServerClosed, "Serve after Shutdown")
+	})
+}
+
+// TestBadClientDoesNotHurtOthers: a client that breaks the protocol loses
+// its own connection only.
+func TestBadClientDoesNotHurtOthers(t *testing.T) {
+	checkLeaks(t)
+	srv := &Server{Exports: []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}}, Logger: testLogger(t)}
+	sock, _ := serveUnix(t, srv)
+	good := dialClient(t, sock)
+	good.handshake("mem")
+	bad := dialClient(t, sock)
+	bad.handshake("mem")
+	bad.writeRaw([]byte("GET / HTTP/1.1\r\nHost: nbd\r\n\r\n"))
+	bad.wantClosed()
+	good.write(1, 0, []byte("still here"))
+	good.wantReply(1, protocol.EOK)
+	late := dialClient(t, sock)
+	late.handshake("mem")
+	late.read(1, 0, 10)
+	late.wantRead(1, []byte("still here"))
+}
+
+// TestShutdownWaitsForInflight: Shutdown lets a slow request finish and
+// its reply reach the client, answers new requests with ESHUTDOWN,
+// flushes the export, and only then returns.
+func TestShutdownWaitsForInflight(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: 300 * time.Millisecond})
+		p := &probe{Backend: f, started: make(chan struct{}, 4)}
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "p", Backend: p}}})
+		st.handshake("p")
+		st.read(1, 0, 4096)
+		<-p.started // the slow READ is in the backend
+
+		shut := make(chan error, 1)
+		go func() { shut <- st.srv.Shutdown(context.Background()) }()
+		time.Sleep(50 * time.Millisecond) // let Shutdown begin; the READ has 250 ms to go
+		st.read(2, 8192, 512)
+		st.wantReply(2, protocol.ESHUTDOWN)
+		st.wantRead(1, make([]byte, 4096))
+		select {
+		case err := <-shut:
+			require.NoError(t, err, "Shutdown")
+		case <-time.After(ioTimeout):
+			t.Fatal("Shutdown did not return")
+		}
+		require.GreaterOrEqual(t, p.syncs.Load(), int64(1), "Sync calls by Shutdown")
+		st.wantClosed()
+		st.wantServeResult(func(err error) bool { return err == nil || errors.Is(err, ErrServerClosed) }, "nil or ErrServerClosed")
+	})
+}
+
+// TestShutdownDeadline: when ctx ends first, Shutdown closes what is left
+// and returns ctx's error.
+func TestShutdownDeadline(t *testing.T) {
+	f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Delay: 500 * time.Millisecond})
+	p := &probe{Backend: f, started: make(chan struct{}, 1)}
+	st := newServerTester(t, "pool", &Server{Exports: []Export{{Name: "p", Backend: p}}})
+	st.handshake("p")
+	st.read(1, 0, 512)
+	<-p.started
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, st.srv.Shutdown(ctx), context.DeadlineExceeded)
+	st.wantClosed()
+}
+
+// TestShutdownClosesHandshakes: connections still negotiating are closed
+// by Shutdown rather than waited for.
+func TestShutdownClosesHandshakes(t *testing.T) {
+	st := newServerTester(t, "pool", nil)
+	st.start()
+	st.list()
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	require.NoError(t, st.srv.Shutdown(ctx))
+	st.wantClosed()
+	// A connection offered after Shutdown is refused at once.
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	require.ErrorIs(t, st.srv.ServeConn(context.Background(), c2), ErrServerClosed)
+}
+
+// TestServeConnContext: cancelling ServeConn's context closes the
+// connection, in the handshake and in transmission.
+func TestServeConnContext(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		for _, transmitting := range []bool{false, true} {
+			st := newServerTester(t, strategy, nil)
+			st.start()
+			if transmitting {
+				st.goExport("mem")
+			}
+			st.cancel()
+			st.wantClosed()
+		}
+	})
+}
+
+// TestIdleTimeout: an idle transmission is closed after IdleTimeout, but
+// not while a request is in flight.
+func TestIdleTimeout(t *testing.T) {
+	f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 512, Delay: 300 * time.Millisecond})
+	st := newServerTester(t, "pool", &Server{IdleTimeout: 100 * time.Millisecond, Exports: []Export{{Name: "f", Backend: f}}})
+	st.handshake("f")
+	st.read(1, 0, 512) // slower than the idle timeout
+	st.wantRead(1, make([]byte, 512))
+	begin := time.Now()
+	st.wantClosed()
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("idle connection closed after %v; want about 100ms", d)
+	}
+}
