@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 )
 
 // runNBDD runs nbdd to completion (within startTimeout) and returns its
@@ -138,5 +137,19 @@ func TestServeDefaults(t *testing.T) {
 			t.Errorf("nbdinfo %s: %+v; want one writable export of %d bytes", uri, info.Exports, 1<<30)
 		}
 	}
-	_ = time.Second
+}
+
+// TestSocketInUse checks that nbdd refuses a unix socket a live server
+// answers on, with one line and a non-zero status, and leaves that server
+// serving.
+func TestSocketInUse(t *testing.T) {
+	requireTool(t, "nbdinfo")
+	s := startNBDD(t, "--memory", "disk=1M")
+	_, stderr, status := runNBDD(t, nil, "serve", "--listen", "unix://"+s.sock, "--memory", "other=1M")
+	if status == 0 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "in use") {
+		t.Errorf("second nbdd on a live socket: status %d, stderr %q; want non-zero and one line saying it is in use", status, stderr)
+	}
+	if info := nbdinfo(t, s.unixURI(t, "disk")); len(info.Exports) != 1 || info.Exports[0].Size != 1<<20 {
+		t.Errorf("first server after the refused start: %+v; want export disk of 1 MiB", info.Exports)
+	}
 }

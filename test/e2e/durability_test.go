@@ -12,7 +12,7 @@ import (
 // acknowledged before an acknowledged FLUSH, and a write with FUA, survive
 // kill -9 of nbdd. nbdsh writes both and stays connected (a disconnect
 // would let nbdd flush on its own); nbdd is killed, restarted on the same
-// file, and the bytes are read back through it. The "load" variant keeps
+// file and socket path, and the bytes are read back through it. The "load" variant keeps
 // the image in memory and writes it back on FLUSH, where losing a write is
 // a real possibility.
 func TestDurabilityKill9(t *testing.T) {
@@ -28,7 +28,9 @@ func TestDurabilityKill9(t *testing.T) {
 				s := startNBDD(t, "--strategy", strategy, "--export", spec)
 				writeAndHold(t, s.unixURI(t, "disk"), func() { s.kill(t) })
 
-				s2 := startNBDD(t, "--strategy", strategy, "--export", spec)
+				// Restart on the same socket path: the dead server's socket
+				// file is still there and must be replaced (issue 4 item 7).
+				s2 := launchNBDD(t, nil, []string{"serve", "--listen", "unix://" + s.sock, "--strategy", strategy, "--export", spec}, 1)
 				nbdsh(t, s2.unixURI(t, "disk"), "durable.py", "MODE=verify", "SEED=3")
 			})
 		})

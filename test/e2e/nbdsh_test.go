@@ -109,3 +109,13 @@ func startNBDKit(t *testing.T, plugin ...string) string {
 	t.Logf("started nbdkit %s", strings.Join(plugin, " "))
 	return "nbd+unix:///?socket=" + sock
 }
+
+// TestNBDShMultiConn writes from four connections at once and checks that
+// each sees the others' flushed writes (testdata/multiconn.py).
+func TestNBDShMultiConn(t *testing.T) {
+	requireTool(t, "nbdsh")
+	forEachStrategy(t, func(t *testing.T, strategy string) {
+		s := startNBDD(t, "--strategy", strategy, "--memory", "disk=64M")
+		nbdsh(t, s.unixURI(t, "disk"), "multiconn.py")
+	})
+}
