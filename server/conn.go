@@ -102,10 +102,17 @@ func (c *conn) closeNow() {
 	}
 }
 
-// idle reports whether the connection may be closed by a graceful
-// shutdown: it is in the transmission phase with nothing in flight, or
-// still in a handshake that has not selected an export.
-func (c *conn) idle() bool {
+// handshakeGrace is how long a graceful shutdown lets a connection that is
+// still negotiating read its NBD_REP_ERR_SHUTDOWN replies before closing it.
+const handshakeGrace = time.Second
+
+// idle reports whether a graceful shutdown may close the connection now:
+// it is in the transmission phase with nothing in flight, or it has been
+// in the handshake for handshakeGrace since the shutdown began.
+func (c *conn) idle(shutdownFor time.Duration) bool {
+	if !c.inTrans.Load() {
+		return shutdownFor >= handshakeGrace
+	}
 	return c.nInflight.Load() == 0
 }
 

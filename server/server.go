@@ -95,7 +95,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
 	conns     map[*conn]struct{}
-	perHost   map[string]int
+	perHost   map[string]int // connections per client host, for MaxConnsPerHost
+	nconns    int            // accepted connections, for MaxConns
 	serving   sync.WaitGroup // Serve and ServeConn calls
 }
 
@@ -216,6 +217,7 @@ func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
 // the remaining connections at once and returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.inShutdown.Store(true)
+	began := time.Now()
 	s.mu.Lock()
 	for l := range s.listeners {
 		(*l).Close()
@@ -224,7 +226,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	ticker := time.NewTicker(10 * time.Millisecond)
 	defer ticker.Stop()
 	for {
-		if s.closeIdleConns() {
+		if s.closeIdleConns(time.Since(began)) {
 			s.serving.Wait()
 			s.closeOwnBuffers()
 			return s.flushExports()
@@ -264,11 +266,11 @@ func (s *Server) closeOwnBuffers() {
 
 // closeIdleConns closes connections with nothing in flight and reports
 // whether none is left.
-func (s *Server) closeIdleConns() bool {
+func (s *Server) closeIdleConns(shutdownFor time.Duration) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.idle() {
+		if c.idle(shutdownFor) {
 			c.closeNow()
 			delete(s.conns, c)
 		}
@@ -343,23 +345,21 @@ func (s *Server) admit(host string) bool {
 	if s.perHost == nil {
 		s.perHost = make(map[string]int)
 	}
-	total := 0
-	for _, n := range s.perHost {
-		total += n
-	}
-	if s.MaxConns > 0 && total >= s.MaxConns {
+	if s.MaxConns > 0 && s.nconns >= s.MaxConns {
 		return false
 	}
 	if s.MaxConnsPerHost > 0 && s.perHost[host] >= s.MaxConnsPerHost {
 		return false
 	}
 	s.perHost[host]++
+	s.nconns++
 	return true
 }
 
 func (s *Server) release(host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.nconns--
 	if s.perHost[host]--; s.perHost[host] <= 0 {
 		delete(s.perHost, host)
 	}
