@@ -81,6 +81,15 @@ func (c *core) alloc(size int) []byte {
 // drop forgets a held buffer of size bytes; the GC frees it.
 func (c *core) drop(size int) { c.cnt.held.Add(-int64(size)) }
 
+// idleFull reports whether keeping size more bytes idle would hold more
+// idle memory than the budget allows in use. The budget charges buffers in
+// use; this bounds the idle ones by the same figure, so that what a policy
+// holds in all never exceeds twice the budget, whatever the number of
+// connections (go-nbd issue 6: 384 connections each holding 32 MiB).
+func (c *core) idleFull(size int) bool {
+	return c.budget != nil && c.cnt.idle.Load()+int64(size) > c.budget.Size()
+}
+
 // retained counts size bytes moving from in use to idle and makes sure
 // the reclaimer runs.
 func (c *core) retained(size int) {

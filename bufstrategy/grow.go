@@ -151,7 +151,7 @@ func (c *growConn) Put(b []byte) {
 func (c *growConn) give(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed.Load() || c.g.closed.Load() {
+	if c.closed.Load() || c.g.closed.Load() || c.g.idleFull(cap(b)) {
 		c.g.drop(cap(b))
 		return
 	}

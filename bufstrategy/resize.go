@@ -88,7 +88,7 @@ func (c *resizeConn) Put(b []byte) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed.Load() || c.r.closed.Load() {
+	if c.closed.Load() || c.r.closed.Load() || c.r.idleFull(cap(b)-cap(c.cur)) {
 		c.r.drop(cap(b))
 		return
 	}
