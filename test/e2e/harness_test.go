@@ -40,16 +40,10 @@ type nbdd struct {
 // temporary directory (unix socket paths hold at most 107 bytes). It waits,
 // without fixed sleeps, until every export is announced and the socket
 // accepts connections. Cleanup sends SIGTERM and fails the test unless nbdd
-// exits 0 within stopTimeout; nbdd's stderr goes to t.Log if the test failed.
+// exits 0 within stopTimeout; nbdd's stderr goes to t.Log if the test
+// failed. NBDD_* variables of the test's environment are not passed on, so
+// that only args configure the server.
 func startNBDD(t *testing.T, args ...string) *nbdd {
-	t.Helper()
-	return startNBDDEnv(t, nil, args...)
-}
-
-// startNBDDEnv is startNBDD with extra environment variables. Any NBDD_*
-// variable of the test's own environment is dropped, so that only args and
-// env configure the server.
-func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
 	t.Helper()
 	dir, err := os.MkdirTemp(shortTempDir(), "nbdd")
 	if err != nil {
@@ -57,14 +51,15 @@ func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "s")
-	s := launchNBDD(t, env, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
+	s := launchNBDD(t, nil, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
 	s.sock = sock
 	waitDial(t, "unix", sock, startTimeout)
 	return s
 }
 
-// launchNBDD runs nbdd with exactly args and waits until it has printed n
-// export URIs. Cleanup stops it as startNBDD says.
+// launchNBDD runs nbdd with exactly args, and env added to the
+// environment, and waits until it has printed n export URIs. Cleanup stops
+// it as startNBDD says.
 func launchNBDD(t *testing.T, env, args []string, n int) *nbdd {
 	t.Helper()
 	s := &nbdd{stderr: &syncBuffer{}, uris: map[string][]string{}, done: make(chan struct{})}

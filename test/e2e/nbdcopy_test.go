@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
 
 // TestNBDCopyRoundTrip copies the 256 MiB random image into nbdd and back
-// out with nbdcopy at its default parallelism (several connections when
+// out with nbdcopy at its default parallelism (a connection per thread when
 // nbdd advertises multi-conn, 64 requests in flight on each), compares the
 // bytes, and logs the throughput of each direction (not asserted: the
 // machine is shared).
@@ -18,9 +20,15 @@ func TestNBDCopyRoundTrip(t *testing.T) {
 		s := startNBDD(t, "--strategy", strategy, "--listen", "tcp://127.0.0.1:0", "--memory", "disk=256M")
 		for _, tr := range []struct{ name, uri string }{{"unix", s.unixURI(t, "disk")}, {"tcp", s.tcpURI(t, "disk")}} {
 			back := filepath.Join(t.TempDir(), "back.img")
+			before := connections(s)
 			in := timed(func() { command{name: "nbdcopy", args: []string{"--flush", src, tr.uri}}.run(t) })
 			out := timed(func() { command{name: "nbdcopy", args: []string{tr.uri, back}}.run(t) })
 			requireSameFiles(t, src, back)
+			// With multi-conn advertised, nbdcopy opens one connection per
+			// thread, up to 4, and it runs one thread per CPU.
+			if n, want := connections(s)-before, 2*min(4, runtime.NumCPU()); n < want {
+				t.Errorf("two nbdcopy runs opened %d connections; want %d (multi-conn, min(4, CPUs) each)", n, want)
+			}
 			t.Logf("nbdcopy %s, %s: write %.0f MB/s, read %.0f MB/s", strategy, tr.name, mbps(imageSize, in), mbps(imageSize, out))
 		}
 	})
@@ -34,4 +42,9 @@ func timed(f func()) time.Duration {
 
 func mbps(n int64, d time.Duration) float64 {
 	return float64(n) / 1e6 / d.Seconds()
+}
+
+// connections counts the clients nbdd has logged so far.
+func connections(s *nbdd) int {
+	return strings.Count(s.stderr.String(), "client connected")
 }
