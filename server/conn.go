@@ -22,11 +22,13 @@ const readBufferSize = 64 << 10
 type conn struct {
 	srv    *Server
 	id     uint64
-	rwc    io.ReadWriteCloser
+	rwc    io.ReadWriteCloser // replaced by the TLS conn after STARTTLS
+	raw    io.Closer          // the connection as accepted; closeNow closes it
 	nc     net.Conn // rwc as a net.Conn, or nil
 	br     *bufio.Reader
 	log    *slog.Logger
 	closed atomic.Bool
+	cancel context.CancelFunc // ends the connection's context: budget waits give up
 
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
 	tls        bool
@@ -46,8 +48,8 @@ type conn struct {
 	inTrans   atomic.Bool
 }
 
-func newConn(s *Server, rwc io.ReadWriteCloser) *conn {
-	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc}
+func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {
+	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel}
 	c.nc, _ = rwc.(net.Conn)
 	c.br = bufio.NewReaderSize(rwc, readBufferSize)
 	c.bytes = newByteGate(s.maxInflightBytes())
@@ -97,8 +99,9 @@ func (c *conn) logEnd(err error) error {
 // closeNow closes the socket, which ends any blocked read or write.
 func (c *conn) closeNow() {
 	if c.closed.CompareAndSwap(false, true) {
+		c.cancel()
 		c.bytes.close()
-		c.rwc.Close()
+		c.raw.Close()
 	}
 }
 

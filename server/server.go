@@ -199,7 +199,9 @@ func (s *Server) serveNetConn(nc net.Conn) {
 // vectored writes and TLS are used when rwc is a net.Conn.
 func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
 	s.init()
-	c := newConn(s, rwc)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c := newConn(s, rwc, cancel)
 	if !s.trackConn(c, true) {
 		rwc.Close()
 		return ErrServerClosed
