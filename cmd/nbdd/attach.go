@@ -212,6 +212,9 @@ func openConnection(ctx context.Context, o attachOptions) (nbdkernel.Export, *os
 	stopCancel()
 	if err != nil {
 		conn.Close()
+		if ctx.Err() != nil { // the deadline or a signal, not the server
+			err = fmt.Errorf("handshake: %w", ctx.Err())
+		}
 		return nbdkernel.Export{}, nil, fmt.Errorf("%s: %w", o.addr, err)
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {
