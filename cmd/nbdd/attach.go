@@ -1,20 +1,5 @@
 package main
 
-// nbdd attach and nbdd detach: /dev/nbdX on an NBD server without
-// nbd-client.
-//
-// They use our own code, kernel/nbdkernel, not go-nbd's client package:
-// go-nbd v0.3.2's client (pkg/client) negotiates without
-// NBD_FLAG_C_FIXED_NEWSTYLE, never tells the kernel the transmission flags
-// (so no FLUSH, FUA or TRIM reaches the server and a read-only export
-// looks writable), offers one connection on the ioctl path only, and must
-// stay in NBD_DO_IT for the device's lifetime. nbdkernel's package comment
-// has the full evaluation. nbdkernel speaks fixed newstyle with NBD_OPT_GO
-// through the protocol package and configures the kernel through generic
-// netlink (the default: any number of connections, and the command returns
-// once the kernel holds the sockets) or through ioctls (--ioctl: the
-// command stays in the foreground until the device is detached).
-
 import (
 	"context"
 	"errors"
@@ -42,6 +27,20 @@ const (
 	detachWait = 10 * time.Second
 )
 
+// attachCommand is `nbdd attach`: /dev/nbdX on an NBD server without
+// nbd-client.
+//
+// It uses our own code, kernel/nbdkernel, not go-nbd's client package:
+// go-nbd v0.3.2's client (pkg/client) negotiates without
+// NBD_FLAG_C_FIXED_NEWSTYLE, never tells the kernel the transmission flags
+// (so no FLUSH, FUA or TRIM reaches the server and a read-only export
+// looks writable), offers one connection on the ioctl path only, and must
+// stay in NBD_DO_IT for the device's lifetime; nbdkernel's package comment
+// has the full evaluation. nbdkernel speaks fixed newstyle with NBD_OPT_GO
+// through the protocol package and configures the kernel through generic
+// netlink (the default: any number of connections, and the command returns
+// once the kernel holds the sockets) or through ioctls (--ioctl: the
+// command stays in the foreground until the device is detached).
 func attachCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "attach",

@@ -44,5 +44,8 @@
 // sockets and keeps stray signals from tearing the device down.
 // DisconnectIoctl (NBD_DISCONNECT, NBD_CLEAR_SOCK) or Disconnect ends it.
 //
+// TLS is not offered: the kernel takes plain sockets, so a server that
+// requires TLS answers NBD_REP_ERR_TLS_REQD and Handshake reports it.
+//
 // The package is Linux-only and needs CAP_SYS_ADMIN and the nbd module.
 package nbdkernel
