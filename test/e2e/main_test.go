@@ -7,6 +7,23 @@
 // Every data-path scenario runs under each buffer strategy (issue 3), on a
 // unix socket, and the main round trips also on TCP 127.0.0.1. Missing tools
 // skip a test outside CI and fail it in CI, where .ci/run installs them.
+//
+// Scenarios (issue 2 "What must be shown", issue 4 promises):
+//
+//	TestNBDInfo                    nbdinfo --list and --json: exports, sizes, flags, block sizes
+//	TestQEMUImgConvert             256 MiB random image in and out with qemu-img, cmp, qemu-img compare
+//	TestQEMUIOPatterns             qemu-io pattern writes and reads at unaligned offsets
+//	TestNBDCopyRoundTrip           nbdcopy in and out at default parallelism, throughput logged
+//	TestNBDShAIO                   64 concurrent aio reads and writes, flush, trim, zero (testdata/aio.py)
+//	TestNBDShMultiConn             four connections see each other's flushed writes
+//	TestFIOVerify                  fio nbd engine, verify=crc32c, iodepth 32
+//	TestDifferentialNBDKit         same operations against nbdkit memory: same bytes, same flags
+//	TestBadRequests(NBDSh)         out of range, oversized, unknown command or flag, bad magic, read-only
+//	TestDurabilityKill9            flushed and FUA writes survive kill -9 (file and load exports)
+//	TestGracefulShutdown           SIGTERM with fio and a Go client in flight: exit 0, no acked write lost
+//	TestSecondSignal               a second SIGTERM exits at once
+//	TestBackendFaults(SimpleReplies), TestFlushFault   injected EIO reaches only the faulty requests
+//	TestCLIUsageErrors, TestCLIVersion, TestServeDefaults, TestSocketInUse
 package e2e
 
 import (
