@@ -16,6 +16,7 @@
 //	TestNBDCopyRoundTrip           nbdcopy in and out at default parallelism, throughput logged
 //	TestNBDShAIO                   64 concurrent aio reads and writes, flush, trim, zero (testdata/aio.py)
 //	TestNBDShMultiConn             four connections see each other's flushed writes
+//	TestMaxSizeRequestsUnderBudget eight 32 MiB requests in flight under an 8 MiB memory budget
 //	TestFIOVerify                  fio nbd engine, verify=crc32c, iodepth 32
 //	TestDifferentialNBDKit         same operations against nbdkit memory: same bytes, same flags
 //	TestBadRequests(NBDSh)         out of range, oversized, unknown command or flag, bad magic, read-only

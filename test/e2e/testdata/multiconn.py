@@ -7,7 +7,7 @@ import os
 import random
 
 import nbd
-from nbdcheck import fail
+from nbdcheck import complete, fail
 
 if not h.can_multi_conn():
     fail("export does not advertise multi-conn")
@@ -28,18 +28,7 @@ for k, hh in enumerate(handles):
         plan.append((off, rng.randbytes(rng.randrange(1, region // 2))))
     plans.append(plan)
 
-cookies = []
-for hh, plan in zip(handles, plans):
-    cookies += [(hh, hh.aio_pwrite(data, off)) for off, data in plan]
-while cookies:
-    for hh in handles:
-        if hh.aio_in_flight() > 0:
-            hh.poll(0)
-    left = []
-    for hh, c in cookies:
-        if not hh.aio_command_completed(c):
-            left.append((hh, c))
-    cookies = left
+complete(handles, [(hh, hh.aio_pwrite(data, off)) for hh, plan in zip(handles, plans) for off, data in plan])
 for hh in handles:
     hh.flush()
 

@@ -28,3 +28,14 @@ def alive(handle, what, off=8192):
     handle.pwrite(data, off)
     if handle.pread(len(data), off) != data:
         fail("%s: read back differs" % what)
+
+
+def complete(handles, reqs):
+    """Poll handles until every (handle, cookie) in reqs has completed;
+    aio_command_completed raises nbd.Error for a failed command."""
+    pending = list(reqs)
+    while pending:
+        for hh in handles:
+            if hh.aio_in_flight() > 0:
+                hh.poll(0)
+        pending = [(hh, c) for hh, c in pending if not hh.aio_command_completed(c)]
