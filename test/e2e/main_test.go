@@ -24,6 +24,7 @@
 //	TestGracefulShutdown           SIGTERM with fio and a Go client in flight: exit 0, no acked write lost
 //	TestSecondSignal               a second SIGTERM exits at once
 //	TestBackendFaults(SimpleReplies), TestFlushFault   injected EIO reaches only the faulty requests
+//	TestHandshakeTimeout, TestMaxConnections, TestUnknownExport, TestReadOnlyFlag   limits and access
 //	TestCLIUsageErrors, TestCLIVersion, TestServeDefaults, TestSocketInUse
 package e2e
 

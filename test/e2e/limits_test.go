@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbdd/nbdd/protocol"
+)
+
+// TestHandshakeTimeout checks issue 4's slowloris bound: a client that
+// stalls in the handshake, or sends it a byte at a time, is disconnected
+// once --handshake-timeout has passed, and others are still served.
+func TestHandshakeTimeout(t *testing.T) {
+	s := startNBDD(t, "--memory", "disk=1M", "--handshake-timeout", "500ms")
+	for _, tc := range []struct {
+		name string
+		drip bool // send the client flags and an option header a byte every 100 ms
+	}{{"silent", false}, {"byte at a time", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("unix", s.sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			start := time.Now()
+			closed := make(chan error, 1)
+			go func() { // read the greeting, then wait for the close
+				_, err := io.Copy(io.Discard, c)
+				closed <- err
+			}()
+			if tc.drip {
+				var hdr [protocol.OptionHeaderSize]byte
+				protocol.OptionHeader{Opt: protocol.OptList}.Put(&hdr)
+				msg := append(binary.BigEndian.AppendUint32(nil, uint32(protocol.ClientFixedNewstyle|protocol.ClientNoZeroes)), hdr[:]...)
+				go func() { // the client flags and an option header, slowly
+					tick := time.NewTicker(100 * time.Millisecond)
+					defer tick.Stop()
+					for i := range msg {
+						<-tick.C
+						if _, err := c.Write(msg[i : i+1]); err != nil {
+							return
+						}
+					}
+				}()
+			}
+			select {
+			case <-closed:
+				if d := time.Since(start); d < 400*time.Millisecond {
+					t.Errorf("closed after %v; want no sooner than the 500ms timeout", d)
+				}
+				t.Logf("%s: closed after %v", tc.name, time.Since(start).Round(time.Millisecond))
+			case <-time.After(5 * time.Second):
+				t.Fatalf("handshake still open after 5s with --handshake-timeout 500ms")
+			}
+			roundTrip(t, dialRaw(t, s.sock, "disk"), 1, "new client after a timed-out handshake")
+		})
+	}
+}
+
+// TestMaxConnections checks --max-connections: past the limit a client is
+// not served, and once a connection closes a new one is.
+func TestMaxConnections(t *testing.T) {
+	s := startNBDD(t, "--memory", "disk=1M", "--max-connections", "2")
+	a := dialRaw(t, s.sock, "disk")
+	dialRaw(t, s.sock, "disk")
+	if c, err := openRaw(s.sock, "disk"); err == nil {
+		c.conn.Close()
+		t.Fatalf("third connection completed NBD_OPT_GO with --max-connections 2")
+	}
+	a.conn.Close()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		c, err := openRaw(s.sock, "disk")
+		if err == nil {
+			defer c.conn.Close()
+			roundTrip(t, c, 2, "connection after one of two closed")
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection admitted %v after one of two closed: %v", startTimeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestUnknownExport checks that NBD_OPT_GO for a name nbdd does not serve
+// gets NBD_REP_ERR_UNKNOWN, with several exports and no default.
+func TestUnknownExport(t *testing.T) {
+	s := startNBDD(t, "--memory", "a=1M", "--memory", "b=1M")
+	for _, name := range []string{"nope", "", strings.Repeat("x", 4096)} {
+		if _, err := openRaw(s.sock, name); err == nil || !strings.Contains(err.Error(), "NBD_REP_ERR_UNKNOWN") {
+			t.Errorf("NBD_OPT_GO %.20q: %v; want NBD_REP_ERR_UNKNOWN", name, err)
+		}
+	}
+	roundTrip(t, dialRaw(t, s.sock, "b"), 3, "export b after unknown names")
+}
+
+// TestReadOnlyFlag checks --read-only: every export is read-only, says so,
+// and refuses writes with EPERM while reads work.
+func TestReadOnlyFlag(t *testing.T) {
+	s := startNBDD(t, "--read-only", "--memory", "a=1M", "--export", "f="+sparseFile(t, t.TempDir(), 1<<20))
+	for _, name := range []string{"a", "f"} {
+		c := dialRaw(t, s.sock, name)
+		if c.flags&protocol.FlagReadOnly == 0 {
+			t.Errorf("export %s flags %v; want NBD_FLAG_READ_ONLY", name, c.flags)
+		}
+		if errno, _ := c.mustDo(t, protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 512}, make([]byte, 512)); errno != protocol.EPERM {
+			t.Errorf("WRITE to %s under --read-only: %v; want NBD_EPERM", name, errno)
+		}
+		readBack(t, c, 0, make([]byte, 512), "read-only export "+name)
+	}
+}
