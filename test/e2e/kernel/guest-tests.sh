@@ -17,6 +17,8 @@
 #   SERVER=10.0.2.100 PORT=10809      main server (qemu guestfwd → host)
 #   RO_SERVER=10.0.2.101              read-only server ("" = skip)
 #   RO_EXPORT=ro
+#   FAULT_SERVER=10.0.2.102           server whose writes fail with EIO ("" = skip)
+#   FAULT_EXPORT=fault FAULT_OK_OFFSET=N  (writes at N succeed; "" = all fail)
 #   EXPORTS="mem:full file:lite"      export:mode, mode = full|lite
 #   STOP_EXPORT=mem                   export for the graceful-stop step ("" = skip)
 #   ATTACH_CMD / DETACH_CMD           optional hook: attach /dev/nbd1 with a
@@ -267,7 +269,7 @@ st_ext4_reconnect() { # EXPORT: reconnect over ioctl, fsck, mount, checksums
 	disconnect nbd1
 }
 
-st_readonly() { # write to the read-only export: an I/O error, no hang
+st_readonly() { # write to the read-only export: an error, no hang
 	SERVER=$RO_SERVER
 	connect nbd2 "$RO_EXPORT"
 	echo "kernel read-only flag: $(cat /sys/block/nbd2/ro)"
@@ -281,6 +283,28 @@ st_readonly() { # write to the read-only export: an I/O error, no hang
 	dmesg | tail -n 5
 	read_region nbd2 0 4096 >/dev/null || fail "read after the failed write failed: connection lost?"
 	echo "read after the failed write ok"
+	disconnect nbd2
+}
+
+st_fault() { # the server fails writes with EIO: an I/O error in the guest, no hang
+	SERVER=$FAULT_SERVER
+	connect nbd2 "$FAULT_EXPORT"
+	[ "$(cat /sys/block/nbd2/ro)" = 0 ] || fail "the fault export is read-only: the write would not reach the server"
+	head -c 4096 /dev/urandom >/tmp/w4k
+	timeout -s KILL 30 dd if=/tmp/w4k of=/dev/nbd2 bs=4096 count=1 oflag=direct conv=notrunc status=none 2>/tmp/dd.err
+	rc=$?
+	cat /tmp/dd.err
+	[ $rc = 137 ] && fail "a write the server fails hung (killed after 30 s)"
+	[ $rc = 0 ] && fail "a write the server fails succeeded"
+	grep -q 'Input/output error' /tmp/dd.err || fail "want EIO from the failed write"
+	dmesg | grep nbd2 | tail -n 3
+	read_region nbd2 0 4096 >/dev/null || fail "read after the failed write failed: connection lost?"
+	echo "read after the failed write ok"
+	if [ -n "$FAULT_OK_OFFSET" ]; then
+		write_region nbd2 "$FAULT_OK_OFFSET" 4096 /tmp/w4k || fail "write outside the fault range failed"
+		[ "$(read_region nbd2 "$FAULT_OK_OFFSET" 4096 | sha)" = "$(sha </tmp/w4k)" ] || fail "write outside the fault range reads back wrong"
+		echo "write outside the fault range ok"
+	fi
 	disconnect nbd2
 }
 
@@ -372,7 +396,8 @@ for em in $EXPORTS; do
 	step ext4-$e 180 st_ext4 $e
 	step ext4-reconnect-$e 90 st_ext4_reconnect $e
 done
-[ -n "$RO_SERVER" ] && step readonly-write-eio 60 st_readonly
+[ -n "$RO_SERVER" ] && step readonly-write 60 st_readonly
+[ -n "$FAULT_SERVER" ] && step fault-write-eio 60 st_fault
 [ -n "$ATTACH_CMD" ] && step nbdd-attach 90 st_attach
 [ -n "$STOP_EXPORT" ] && step graceful-stop-$STOP_EXPORT 120 st_graceful_stop $STOP_EXPORT
 echo "@@STEPS failed=$FAILED@@"

@@ -347,9 +347,8 @@ func startServer(t *testing.T, name string, port int, argv ...string) *server {
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		err := probeNBD(fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
-			c.Close()
 			return s
 		}
 		select {
@@ -358,10 +357,36 @@ func startServer(t *testing.T, name string, port int, argv ...string) *server {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s not listening on 127.0.0.1:%d after 15 s\n%s", name, port, s.log.String())
+			t.Fatalf("%s not serving NBD on 127.0.0.1:%d after 15 s: %v\n%s", name, port, err, s.log.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// probeNBD waits for the newstyle greeting and leaves with NBD_OPT_ABORT,
+// so the readiness check does not show up as a failed connection in the
+// server's log.
+func probeNBD(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	var g [18]byte
+	if _, err := io.ReadFull(c, g[:]); err != nil {
+		return fmt.Errorf("reading the greeting: %w", err)
+	}
+	if string(g[:16]) != "NBDMAGICIHAVEOPT" {
+		return fmt.Errorf("not a newstyle NBD greeting: %q", g[:16])
+	}
+	// client flags FIXED_NEWSTYLE|NO_ZEROES, then NBD_OPT_ABORT (2), no data
+	if _, err := c.Write([]byte("\x00\x00\x00\x03IHAVEOPT\x00\x00\x00\x02\x00\x00\x00\x00")); err != nil {
+		return err
+	}
+	var ack [20]byte
+	_, _ = io.ReadFull(c, ack[:]) // the server may acknowledge; either way is fine
+	return nil
 }
 
 func (s *server) running() bool {
@@ -408,6 +433,7 @@ type runner struct {
 	dir     string
 	main    *server
 	ro      *server
+	fault   *server
 	files   map[string]string // export → backing file
 	results []result
 	holes   map[string][][2]int64
@@ -430,13 +456,15 @@ func memSize() string {
 
 func (r *runner) startServers() {
 	t := r.t
-	mainPort, roPort := freePort(t), freePort(t)
+	mainPort, roPort, faultPort := freePort(t), freePort(t), freePort(t)
 	r.files = map[string]string{}
 	if !r.cfg.nbdd {
 		r.main = startServer(t, "nbdkit", mainPort, "nbdkit", "-f", "-p", strconv.Itoa(mainPort), "-i", "127.0.0.1",
 			"--exit-with-parent", "memory", "1G")
 		r.ro = startServer(t, "nbdkit-ro", roPort, "nbdkit", "-f", "-r", "-p", strconv.Itoa(roPort), "-i", "127.0.0.1",
 			"--exit-with-parent", "memory", "64M")
+		r.fault = startServer(t, "nbdkit-fault", faultPort, "nbdkit", "-f", "-p", strconv.Itoa(faultPort), "-i", "127.0.0.1",
+			"--exit-with-parent", "--filter=error", "memory", "64M", "error-pwrite=EIO", "error-pwrite-rate=100%")
 		return
 	}
 	args := []string{r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", mainPort), "--strategy", r.cfg.strategy}
@@ -460,6 +488,9 @@ func (r *runner) startServers() {
 	r.main = startServer(t, "nbdd", mainPort, args...)
 	r.ro = startServer(t, "nbdd-ro", roPort, r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", roPort),
 		"--strategy", r.cfg.strategy, "--read-only", "--memory", "ro=64M")
+	// --fault (hidden, for tests) wraps every export of the process.
+	r.fault = startServer(t, "nbdd-fault", faultPort, r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", faultPort),
+		"--strategy", r.cfg.strategy, "--memory", "fault=64M", "--fault", "write:0-1M:eio")
 }
 
 func (r *runner) run() {
@@ -484,8 +515,14 @@ func (r *runner) run() {
 	for _, e := range r.cfg.exports {
 		exports = append(exports, e.name+":"+e.mode)
 	}
-	env := fmt.Sprintf("SERVER=10.0.2.100\nPORT=%d\nRO_SERVER=10.0.2.101\nRO_EXPORT=ro\nEXPORTS=%q\nSTOP_EXPORT=%s\nEXPECT_SIZE=%d\nGUEST_TIMEOUT=%d\n",
-		guestPort, strings.Join(exports, " "), r.cfg.stop, exportSize, int(bootTimeout().Seconds())-20)
+	faultOK := ""
+	if r.cfg.nbdd {
+		faultOK = "2097152" // outside write:0-1M
+	}
+	env := fmt.Sprintf("SERVER=10.0.2.100\nPORT=%d\nRO_SERVER=10.0.2.101\nRO_EXPORT=ro\n"+
+		"FAULT_SERVER=10.0.2.102\nFAULT_EXPORT=fault\nFAULT_OK_OFFSET=%s\n"+
+		"EXPORTS=%q\nSTOP_EXPORT=%s\nEXPECT_SIZE=%d\nGUEST_TIMEOUT=%d\n",
+		guestPort, faultOK, strings.Join(exports, " "), r.cfg.stop, exportSize, int(bootTimeout().Seconds())-20)
 	files := []cpioFile{{name: "test.sh", mode: 0o755, data: guestTests}}
 	if cmd := os.Getenv("NBDD_KERNEL_ATTACH_CMD"); cmd != "" && r.nbdd != "" {
 		env += fmt.Sprintf("ATTACH_CMD=%q\nDETACH_CMD=%q\n", cmd, os.Getenv("NBDD_KERNEL_DETACH_CMD"))
@@ -558,7 +595,7 @@ func (r *runner) boot(initrd string) {
 		"-chardev", "stdio,id=ser0,signal=off", "-serial", "chardev:ser0",
 		"-kernel", r.img.vmlinux, "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet loglevel=4",
-		"-netdev", "user,id=n0,restrict=on,"+fwd("10.0.2.100", r.main, "main")+","+fwd("10.0.2.101", r.ro, "ro"),
+		"-netdev", "user,id=n0,restrict=on,"+fwd("10.0.2.100", r.main, "main")+","+fwd("10.0.2.101", r.ro, "ro")+","+fwd("10.0.2.102", r.fault, "fault"),
 		"-device", "virtio-net-pci,netdev=n0")
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout())
 	defer cancel()
@@ -605,8 +642,11 @@ func (r *runner) boot(initrd string) {
 			msec, _ := strconv.Atoi(m[3])
 			res := result{step: m[1], ok: rc == 0, dur: time.Duration(msec) * time.Millisecond,
 				conns: countConns(socatLog("main")) - b.conns}
-			if m[1] == "readonly-write-eio" {
-				res.conns = -1
+			switch m[1] {
+			case "readonly-write":
+				res.conns = countConns(socatLog("ro"))
+			case "fault-write-eio":
+				res.conns = countConns(socatLog("fault"))
 			}
 			out := lines[min(b.line, len(lines)-1) : len(lines)-1]
 			if rc != 0 {
@@ -650,6 +690,28 @@ func (r *runner) boot(initrd string) {
 	if len(order) == 0 {
 		t.Errorf("%s: the guest ran no steps", r.cfg.name)
 	}
+	if r.cfg.nbdd && !r.main.running() {
+		r.checkServerLog()
+	}
+}
+
+// checkServerLog accounts for every connection in nbdd's log: each one the
+// guest closed with nbd-client -d must end in NBD_CMD_DISC ("client
+// disconnected"), the one left idle for the graceful stop in "connection
+// closed by shutdown", and the server must say it shut down cleanly.
+func (r *runner) checkServerLog() {
+	log := r.main.log.String()
+	n := func(msg string) int { return strings.Count(log, `msg="`+msg+`"`) }
+	c, d, s, e, f := n("client connected"), n("client disconnected"), n("connection closed by shutdown"),
+		n("connection closed"), n("connection failed")
+	res := result{step: "host-server-log", conns: -1,
+		note: fmt.Sprintf("%d connected: %d NBD_CMD_DISC, %d closed by shutdown, %d closed otherwise, %d failed", c, d, s, e, f)}
+	res.ok = c > 0 && c == d+s && s >= 1 && e == 0 && f == 0 && strings.Contains(log, `msg="shut down cleanly"`)
+	if !res.ok {
+		res.detail = res.note + `; want every connection ended by NBD_CMD_DISC except the graceful-stop one, and "shut down cleanly"` +
+			"\n" + tail(log, 60)
+	}
+	r.add(res)
 }
 
 // countConns counts the guest's connections: one socat per connection, each
@@ -678,6 +740,9 @@ func (r *runner) hostChecksAndStop(stopData []string) {
 			res.detail = "nbdinfo not installed"
 		} else {
 			res.detail, res.ok = checkHoles(r.main.port, e.name, holes)
+			if res.ok {
+				res.note = strings.ReplaceAll(res.detail, "\n", "; ")
+			}
 		}
 		res.dur = time.Since(t0)
 		r.add(res)
@@ -788,7 +853,7 @@ func checkHoles(port int, exportName string, holes [][2]int64) (string, bool) {
 			ok = false
 			msgs = append(msgs, fmt.Sprintf("range %d+%d discarded by the guest, still reported as data: %s", a, b-a, strings.Join(bad, ", ")))
 		default:
-			msgs = append(msgs, fmt.Sprintf("range %d+%d: hole/zero", a, b-a))
+			msgs = append(msgs, fmt.Sprintf("%d MiB at %d MiB: hole/zero", (b-a)>>20, a>>20))
 		}
 	}
 	if !ok {
