@@ -23,7 +23,8 @@ type fioIO struct {
 func fio(t *testing.T, uri string, args ...string) []fioJob {
 	t.Helper()
 	requireTool(t, "fio")
-	out := command{name: "fio", args: append([]string{"--ioengine=nbd", "--uri=" + uri, "--output-format=json"}, args...)}.run(t)
+	// fio saves verify state files in its working directory.
+	out := command{name: "fio", dir: t.TempDir(), args: append([]string{"--ioengine=nbd", "--uri=" + uri, "--output-format=json"}, args...)}.run(t)
 	i := strings.IndexByte(out, '{') // fio prints "fio: connected to NBD server" first
 	if i < 0 {
 		t.Fatalf("fio printed no JSON:\n%s", out)

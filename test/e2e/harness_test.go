@@ -279,6 +279,7 @@ type command struct {
 	name string
 	args []string
 	env  []string // nil: the test's environment
+	dir  string   // working directory; "" is the test's
 }
 
 // run runs c and returns its combined output; it fails the test when c
@@ -298,7 +299,7 @@ func (c command) try(t *testing.T) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.name, c.args...)
-	cmd.Env = c.env
+	cmd.Env, cmd.Dir = c.env, c.dir
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {

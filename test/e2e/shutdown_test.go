@@ -44,6 +44,7 @@ func TestGracefulShutdown(t *testing.T) {
 		fio := exec.CommandContext(ctx, "fio", "--ioengine=nbd", "--uri="+s.unixURI(t, "disk"),
 			"--name=load", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--offset=16m", "--size=16m",
 			"--time_based", "--runtime=60")
+		fio.Dir = t.TempDir()
 		fioOut := &syncBuffer{}
 		fio.Stdout, fio.Stderr = fioOut, fioOut
 		if err := fio.Start(); err != nil {
