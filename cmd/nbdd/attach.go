@@ -30,8 +30,10 @@ const (
 // attachCommand is `nbdd attach`: /dev/nbdX on an NBD server without
 // nbd-client.
 //
-// It uses our own code, kernel/nbdkernel, not go-nbd's client package:
-// go-nbd v0.3.2's client (pkg/client) negotiates without
+// It uses our own code, kernel/nbdkernel, not go-nbd's client package.
+// go-nbd v0.3.2's client (pkg/client) cannot attach to nbdd: its NBD_OPT_GO
+// declares an option length of 0 and sends the name after it, which nbdd
+// refuses with NBD_REP_ERR_INVALID. Beyond that it negotiates without
 // NBD_FLAG_C_FIXED_NEWSTYLE, never tells the kernel the transmission flags
 // (so no FLUSH, FUA or TRIM reaches the server and a read-only export
 // looks writable), offers one connection on the ioctl path only, and must

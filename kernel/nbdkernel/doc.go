@@ -8,17 +8,27 @@
 // github.com/pojntfx/go-nbd v0.3.2 has a client (pkg/client, Connect and
 // Disconnect) that does the same job on the ioctl path. It falls short in
 // ways that matter to a kernel attach, so this package is our own code on
-// golang.org/x/sys/unix and the protocol package:
+// golang.org/x/sys/unix and the protocol package.
 //
+//   - It cannot attach to nbdd at all. Its NBD_OPT_GO header declares a
+//     length of 0 and the export name and information count follow it
+//     anyway (pkg/client/nbd.go, Connect); only go-nbd's own server, which
+//     ignores option lengths, accepts that. nbdd reads the option as empty,
+//     answers NBD_REP_ERR_INVALID ("missing string length"), and go-nbd
+//     reports "unknown reply": seen in the qemu guest against nbdd for a
+//     read-write and a read-only export.
 //   - It sends client flags 0, not NBD_FLAG_C_FIXED_NEWSTYLE, and then
 //     NBD_OPT_GO, which proto.md allows only after fixed newstyle was
 //     agreed. nbdd tolerates it; a strict server may not.
 //   - It never calls NBD_SET_FLAGS, so the kernel never learns the
 //     transmission flags: no FLUSH or FUA (fsync does not reach the
 //     server), no TRIM or WRITE_ZEROES, a read-only export shown writable.
-//   - Any error reply except NBD_REP_ERR_UNKNOWN becomes "unknown reply"
-//     without the server's message; an unknown NBD_INFO type (which the spec
-//     says to ignore) is fatal; reply lengths are not bounded.
+//   - Error replies lose the server's message (NBD_REP_ERR_UNKNOWN becomes
+//     ErrUnknownErr, every other one ErrUnknownReply); an unknown NBD_INFO
+//     type, which the spec says to ignore, is fatal; reply lengths are not
+//     bounded. It does parse nbdd's NBD_INFO_BLOCK_SIZE, and with no block
+//     size given it takes the preferred one (4096 from nbdd) as the logical
+//     block size; see ChooseBlockSize for why 512 is the better default.
 //   - One connection only: its NBD_SET_SOCK runs on whatever thread the
 //     goroutine is on, and the kernel refuses a second NBD_SET_SOCK from
 //     another task. There is no netlink path, so the process must stay in
