@@ -18,9 +18,14 @@ func TestNBDCopyRoundTrip(t *testing.T) {
 	requireTool(t, "nbdcopy")
 	src := randomImage(t)
 	forEachStrategy(t, func(t *testing.T, strategy string) {
-		s := startNBDD(t, "--strategy", strategy, "--listen", "tcp://127.0.0.1:0", "--memory", "disk=256M")
+		tcp := strategy == "pool" // the default; TCP for the others is in TestQEMUImgConvert
+		args := []string{"--strategy", strategy, "--memory", "disk=256M"}
+		if tcp {
+			args = append(args, "--listen", "tcp://127.0.0.1:0")
+		}
+		s := startNBDD(t, args...)
 		transports := []struct{ name, uri string }{{"unix", s.unixURI(t, "disk")}}
-		if strategy == "pool" { // the default; TCP for the others is in TestQEMUImgConvert
+		if tcp {
 			transports = append(transports, struct{ name, uri string }{"tcp", s.tcpURI(t, "disk")})
 		}
 		for _, tr := range transports {
