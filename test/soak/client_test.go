@@ -30,7 +30,13 @@ const dialTimeout = 10 * time.Second
 
 // dial connects to addr and negotiates the default export.
 func dial(network, addr string) (*client, error) {
-	nc, err := net.DialTimeout(network, addr, dialTimeout)
+	return dialWith(&net.Dialer{}, network, addr)
+}
+
+// dialWith is dial through d, for example from a chosen local address.
+func dialWith(d *net.Dialer, network, addr string) (*client, error) {
+	d.Timeout = dialTimeout
+	nc, err := d.Dial(network, addr)
 	if err != nil {
 		return nil, err
 	}

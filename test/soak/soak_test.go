@@ -37,7 +37,7 @@ func soakSize(t *testing.T) soakConfig {
 		duration: 10 * time.Second, budget: server.DefaultBudget, seed: 1,
 	}
 	if raceEnabled {
-		c.region, c.maxIO, c.duration = 256<<10, 64<<10, 4*time.Second
+		c.region, c.maxIO, c.duration = 256<<10, 64<<10, 6*time.Second
 	}
 	if s := os.Getenv("NBDD_SOAK_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
