@@ -210,10 +210,15 @@ func drip(nc net.Conn, interval time.Duration) int {
 
 // TestIdleTimeout checks Server.IdleTimeout: an idle connection is closed
 // after it, but one whose request is still running (a READ the backend
-// delays for 4x the timeout) is not; with no IdleTimeout an idle
-// connection stays open.
+// delays for almost 4x the timeout) is not, and after that READ's reply the
+// client has the whole timeout to send its next request: one sent idle/2
+// later must be served. With no IdleTimeout an idle connection stays open.
 func TestIdleTimeout(t *testing.T) {
-	const idle, delay = 500 * time.Millisecond, 2 * time.Second
+	// The delay is not a multiple of idle: the server's idle check that
+	// falls due while the READ runs then comes ~150 ms after its reply, so
+	// a server that counts idleness from before the reply closes the
+	// connection before the follow-up request at idle/2.
+	const idle, delay = 500 * time.Millisecond, 4*500*time.Millisecond - 150*time.Millisecond
 	base := goroutineBaseline()
 	slow := backend.NewFault(backend.NewMemory(limitsExportSize),
 		backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: delay})
@@ -225,10 +230,12 @@ func TestIdleTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer quiet.nc.Close()
 	busy, err := r.dial()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer busy.nc.Close()
 	idleClosed := make(chan time.Duration, 1)
 	go func() {
 		d, ok := waitClosed(quiet.nc, idle+5*time.Second)
@@ -245,14 +252,25 @@ func TestIdleTimeout(t *testing.T) {
 	} else if slowTrip < delay {
 		t.Errorf("delayed READ answered after %v; want >= %v (is the fault rule applied?)", slowTrip, delay)
 	}
+	time.Sleep(idle / 2)
+	followUp := busy.verifyRoundTrip(8192, 4096, 0x43)
+	if followUp != nil {
+		t.Errorf("request sent %v after the slow READ's reply, with IdleTimeout %v: got %v; want it served",
+			idle/2, idle, followUp)
+	}
 	quietAfter := <-idleClosed
 	if quietAfter < 0 || quietAfter < idle-100*time.Millisecond || quietAfter > idle+2*time.Second {
 		t.Errorf("idle connection closed after %v (-1: not within %v); want about IdleTimeout %v",
 			quietAfter, idle+5*time.Second, idle)
 	}
-	busyAfter, ok := waitClosed(busy.nc, idle+5*time.Second)
-	if !ok || busyAfter > idle+2*time.Second {
-		t.Errorf("connection idle after its slow READ: closed %v after it (closed: %v); want about %v", busyAfter, ok, idle)
+	busyClose := "n/a (already closed)"
+	if followUp == nil {
+		busyAfter, ok := waitClosed(busy.nc, idle+5*time.Second)
+		if !ok || busyAfter < idle-100*time.Millisecond || busyAfter > idle+2*time.Second {
+			t.Errorf("connection idle after its last reply: closed %v after it (closed: %v); want about IdleTimeout %v",
+				busyAfter, ok, idle)
+		}
+		busyClose = busyAfter.Round(time.Millisecond).String()
 	}
 	quiet.nc.Close()
 	busy.nc.Close()
@@ -260,11 +278,19 @@ func TestIdleTimeout(t *testing.T) {
 
 	kept := keptIdle(t, 3*idle)
 	goroutines := checkGoroutines(t, base, 5*time.Second)
-	summarize(t, "IdleTimeout=%v: idle connection closed after %v; one with a READ delayed %v kept (answered after %v) "+
-		"and closed %v after going idle; with no IdleTimeout a connection idle %v still served: %v; "+
-		"goroutines %d after shutdown (baseline %d); faults injected %d",
-		idle, quietAfter.Round(time.Millisecond), delay, slowTrip.Round(time.Millisecond),
-		busyAfter.Round(time.Millisecond), 3*idle, kept, goroutines, base, slow.Total())
+	summarize(t, "IdleTimeout=%v: idle connection closed after %v; one with a READ delayed %v kept (answered after %v); "+
+		"request %v after that reply: %v; then closed %v after going idle; with no IdleTimeout a connection idle %v "+
+		"still served: %v; goroutines %d after shutdown (baseline %d); faults injected %d",
+		idle, quietAfter.Round(time.Millisecond), delay, slowTrip.Round(time.Millisecond), idle/2, errOK(followUp),
+		busyClose, 3*idle, kept, goroutines, base, slow.Total())
+}
+
+// errOK is err's text, or "ok".
+func errOK(err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return "ok"
 }
 
 // keptIdle checks that with the default IdleTimeout (none) a connection
