@@ -19,7 +19,9 @@
 // and NBDD_KERNEL_DETACH_CMD (run in the guest with a static nbdd in /extra,
 // default: `nbdd attach --connections 2` then `nbdd detach` on /dev/nbd1 for the
 // nbdd configurations; NBDD_KERNEL_ATTACH=0 leaves it out), NBDD_KERNEL_MEMORY_SIZE (the size syntax for
-// --memory NAME=SIZE, default 1G).
+// --memory NAME=SIZE, default 1G), NBDD_KERNEL_NBDD_ARGS (extra arguments for
+// the main nbdd, e.g. "--log-level debug" or "--fault write:512M-513M:eio" to
+// see the harness report a failing server).
 package kernel
 
 import (
@@ -486,6 +488,7 @@ func (r *runner) startServers() {
 			args = append(args, "--memory", e.name+"="+memSize())
 		}
 	}
+	args = append(args, strings.Fields(os.Getenv("NBDD_KERNEL_NBDD_ARGS"))...)
 	r.main = startServer(t, "nbdd", mainPort, args...)
 	r.ro = startServer(t, "nbdd-ro", roPort, r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", roPort),
 		"--strategy", r.cfg.strategy, "--read-only", "--memory", "ro=64M")
