@@ -235,8 +235,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			// Do not wait for the connections: a request stuck in the
+			// backend would keep Shutdown from returning at all.
 			s.closeAllConns()
-			s.serving.Wait()
 			return ctx.Err()
 		case <-ticker.C:
 		}

@@ -122,8 +122,7 @@ func TestBadClientDoesNotHurtOthers(t *testing.T) {
 // flushes the export, and only then returns.
 func TestShutdownWaitsForInflight(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
-		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: 300 * time.Millisecond})
-		p := &probe{Backend: f, started: make(chan struct{}, 4)}
+		p, release := newGatedProbe(t, nil)
 		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "p", Backend: p}}})
 		st.handshake("p")
 		st.read(1, 0, 4096)
@@ -131,9 +130,17 @@ func TestShutdownWaitsForInflight(t *testing.T) {
 
 		shut := make(chan error, 1)
 		go func() { shut <- st.srv.Shutdown(context.Background()) }()
-		time.Sleep(50 * time.Millisecond) // let Shutdown begin; the READ has 250 ms to go
+		for !st.srv.inShutdown.Load() {
+			time.Sleep(time.Millisecond)
+		}
 		st.read(2, 8192, 512)
 		st.wantReply(2, protocol.ESHUTDOWN)
+		select {
+		case err := <-shut:
+			t.Fatalf("Shutdown returned %v with a request in flight", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		release()
 		st.wantRead(1, make([]byte, 4096))
 		select {
 		case err := <-shut:
@@ -148,18 +155,24 @@ func TestShutdownWaitsForInflight(t *testing.T) {
 }
 
 // TestShutdownDeadline: when ctx ends first, Shutdown closes what is left
-// and returns ctx's error.
+// and returns ctx's error at once, even with a request stuck in the
+// backend.
 func TestShutdownDeadline(t *testing.T) {
-	f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Delay: 500 * time.Millisecond})
-	p := &probe{Backend: f, started: make(chan struct{}, 1)}
+	p, release := newGatedProbe(t, nil)
 	st := newServerTester(t, "pool", &Server{Exports: []Export{{Name: "p", Backend: p}}})
 	st.handshake("p")
 	st.read(1, 0, 512)
 	<-p.started
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
+	begin := time.Now()
 	require.ErrorIs(t, st.srv.Shutdown(ctx), context.DeadlineExceeded)
-	st.wantClosed()
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("Shutdown returned after %v; want soon after its 50ms deadline", d)
+	}
+	st.client.wantClosed()
+	release() // the stuck request ends; then so does ServeConn
+	st.wantServeResult(func(err error) bool { return errors.Is(err, ErrServerClosed) }, "ErrServerClosed")
 }
 
 // TestShutdownClosesHandshakes: connections still negotiating are closed

@@ -848,15 +848,31 @@ func pattern(n int, seed byte) []byte {
 }
 
 // probe wraps a backend and counts what the server does to it: Sync
-// calls, and the peak of concurrent ReadAt calls. It hides every optional
-// capability of the wrapped backend.
+// calls, and the peak of concurrent ReadAt calls. With a gate, ReadAt
+// calls that gated selects (all, if it is nil) wait until the gate is
+// closed, so a test decides when a "slow" request finishes instead of
+// guessing with a delay. A probe hides every optional capability of the
+// wrapped backend.
 type probe struct {
 	backend.Backend
 	syncs   atomic.Int64
 	reads   atomic.Int64
 	cur     atomic.Int64
 	peak    atomic.Int64
-	started chan struct{} // if not nil, gets a token as each ReadAt starts
+	started chan int64 // if not nil, gets each ReadAt's offset as it starts
+	gate    chan struct{}
+	gated   func(off int64) bool
+}
+
+// newGatedProbe returns a probe over a 1 MiB memory export whose reads
+// in gated wait for release, which the test must call (it is also called
+// when the test ends, so no goroutine stays blocked).
+func newGatedProbe(t testing.TB, gated func(off int64) bool) (p *probe, release func()) {
+	p = &probe{Backend: backend.NewMemory(1 << 20), started: make(chan int64, 1024), gate: make(chan struct{}), gated: gated}
+	var once sync.Once
+	release = func() { once.Do(func() { close(p.gate) }) }
+	t.Cleanup(release)
+	return p, release
 }
 
 func (p *probe) ReadAt(b []byte, off int64) (int, error) {
@@ -870,7 +886,10 @@ func (p *probe) ReadAt(b []byte, off int64) (int, error) {
 		}
 	}
 	if p.started != nil {
-		p.started <- struct{}{}
+		p.started <- off
+	}
+	if p.gate != nil && (p.gated == nil || p.gated(off)) {
+		<-p.gate
 	}
 	return p.Backend.ReadAt(b, off)
 }
