@@ -182,8 +182,8 @@ func p5refused(t *testing.T, c command) string {
 // TestTLSRequire serves a file export with --tls require and client
 // certificates verified against the test's CA: nbdinfo (unix and TCP) and
 // qemu-img connect over TLS and read the right bytes; plaintext clients,
-// a client without a certificate and one whose certificate another CA
-// signed are refused.
+// a client without a certificate, a TLS-PSK client and one whose
+// certificate another CA signed are refused.
 func TestTLSRequire(t *testing.T) {
 	requireTool(t, "nbdinfo")
 	requireTool(t, "qemu-img")
@@ -261,6 +261,21 @@ func TestTLSRequire(t *testing.T) {
 		t.Logf("without a client certificate: %s", strings.TrimSpace(out))
 		if !s.stderr.waitFor("didn't provide a certificate", 5*time.Second) {
 			t.Errorf("nbdd did not log the missing client certificate:\n%s", s.stderr)
+		}
+	})
+
+	t.Run("psk-client-refused", func(t *testing.T) {
+		// crypto/tls has no external PSK: a PSK-only client (libnbd's
+		// tls-psk-file) gets a handshake failure, and nbdd says why.
+		psk := filepath.Join(t.TempDir(), "keys.psk")
+		if err := os.WriteFile(psk, []byte("alice:"+strings.Repeat("0123456789abcdef", 4)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		uri := strings.Replace(s.unixURI(t, "disk"), "nbd+unix:///", "nbds+unix://alice@/", 1) + "&tls-psk-file=" + psk
+		out := p5refused(t, command{name: "nbdinfo", args: []string{uri}})
+		t.Logf("TLS-PSK client: %s", strings.TrimSpace(out))
+		if !s.stderr.waitFor("TLS-PSK is not supported", 5*time.Second) {
+			t.Errorf("nbdd did not log that TLS-PSK is not supported:\n%s", s.stderr)
 		}
 	})
 
