@@ -154,19 +154,25 @@ func (m *machine) enter(s State, now time.Time, c Counters) {
 	}
 }
 
-// step advances the machine at a poll; it reports whether the state changed.
+// step advances the machine at a poll; it returns why the state changed
+// ("hold expired" or "profit flat"), or "" if it did not.
 // A level ends when its hold expires or when general_profit has not risen over
 // two full scans, counted from the first scan boundary after entering the level
 // (pages registered mid-scan need one scan for checksums and one to merge).
-func (m *machine) step(now time.Time, c Counters) bool {
-	if m.state == Idle {
-		return false
+func (m *machine) step(now time.Time, c Counters) string {
+	why := ""
+	switch {
+	case m.state == Idle:
+		return ""
+	case !now.Before(m.deadline):
+		why = "hold expired"
+	case m.stalled(c):
+		why = "profit flat"
+	default:
+		return ""
 	}
-	if !now.Before(m.deadline) || m.stalled(c) {
-		m.enter(m.levels[m.state].Next, now, c)
-		return true
-	}
-	return false
+	m.enter(m.levels[m.state].Next, now, c)
+	return why
 }
 
 func (m *machine) stalled(c Counters) bool {

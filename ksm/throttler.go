@@ -330,10 +330,12 @@ func (t *Throttler) tick() {
 	t.readCounters()
 	t.detectForeign()
 	from := t.m.state
-	if !t.m.step(t.clock.Now(), t.counters) {
+	why := t.m.step(t.clock.Now(), t.counters)
+	if why == "" {
 		return
 	}
-	t.log.Info("ksm: level change", "from", from, "to", t.m.state)
+	t.log.Info("ksm: level change", "from", from, "to", t.m.state, "why", why,
+		"full_scans", t.counters.FullScans, "general_profit", t.counters.GeneralProfit)
 	if t.m.state == Idle {
 		t.deactivate("decayed")
 		return

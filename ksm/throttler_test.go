@@ -266,6 +266,9 @@ func TestEarlyDrop(t *testing.T) {
 		scan(14, 8192)
 		scan(15, 4096) // not above 4096 two scans later: drop
 		h.wantState(Standard)
+		if !bytes.Contains([]byte(h.logs.String()), []byte(`why="profit flat"`)) {
+			t.Errorf("no early-drop log:\n%s", h.logs.String())
+		}
 		h.wantKnobs(standardKnobs)
 		// Without new full scans, the standard hold runs its full course.
 		h.advance(119 * time.Second)
