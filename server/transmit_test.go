@@ -652,3 +652,63 @@ func TestSlowStreamedRead(t *testing.T) {
 		require.Equal(t, []uint64{2, 1}, order, "reply order")
 	})
 }
+
+// TestStreamedReadEarlyFailure: a streamed READ whose first chunk fails is
+// answered with a proper error (simple or structured), and the connection
+// survives: nothing of the reply had gone out yet.
+func TestStreamedReadEarlyFailure(t *testing.T) {
+	for _, sr := range []bool{false, true} {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 1})
+		st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "f", Backend: f}}})
+		if sr {
+			st.handshakeSR("f")
+		} else {
+			st.handshake("f")
+		}
+		st.read(1, 0, 16384)
+		if sr {
+			require.Contains(t, st.wantStructuredError(1, protocol.EIO), "injected")
+		} else {
+			st.wantReply(1, protocol.EIO)
+		}
+		data := pattern(16384, 2)
+		st.write(2, 4096, data)
+		st.wantReply(2, protocol.EOK)
+		st.read(3, 4096, 16384)
+		if sr {
+			st.wantStructuredRead(3, 4096, data)
+		} else {
+			st.wantRead(3, data)
+		}
+	}
+}
+
+// TestPipelinedInOneWrite: requests that arrive in one segment are parsed
+// one by one; a payload is never read past its length. (go-nbd v0.3.0 read
+// a WRITE payload into its whole held buffer and swallowed the header of
+// the next request, issue 3.)
+func TestPipelinedInOneWrite(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.handshake("mem")
+		big, small := pattern(100_000, 1), []byte("tiny")
+		var b []byte
+		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Offset: 0, Length: uint32(len(big))}, big)...)
+		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 2, Offset: 200_000, Length: uint32(len(small))}, small)...)
+		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdFlush, Cookie: 3}, nil)...)
+		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 4, Offset: 300_000, Length: uint32(len(small))}, small)...)
+		st.writeRaw(b)
+		got := map[uint64]protocol.Errno{}
+		for range 4 {
+			r := st.readReply()
+			got[r.cookie] = r.errno
+		}
+		require.Equal(t, map[uint64]protocol.Errno{1: 0, 2: 0, 3: 0, 4: 0}, got, "replies")
+		st.read(5, 0, uint32(len(big)))
+		st.wantRead(5, big)
+		st.read(6, 200_000, 4)
+		st.wantRead(6, small)
+		st.read(7, 300_000, 4)
+		st.wantRead(7, small)
+	})
+}

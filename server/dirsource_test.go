@@ -1,0 +1,80 @@
+package server
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/nbdd/nbdd/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// newDirTester serves a directory holding a.img (8 KiB), a subdirectory,
+// a hidden file, a symlink to a.img and a symlink out of the directory.
+func newDirTester(t *testing.T, strategy string, readOnly bool) (*serverTester, string) {
+	t.Helper()
+	base := t.TempDir()
+	dir := filepath.Join(base, "exports")
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "a.img"), make([]byte, 8192), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sub", "x"), make([]byte, 512), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ".hidden"), make([]byte, 512), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(base, "secret"), []byte("do not serve"), 0o644))
+	require.NoError(t, os.Symlink("a.img", filepath.Join(dir, "link")))
+	require.NoError(t, os.Symlink(filepath.Join(base, "secret"), filepath.Join(dir, "escape")))
+	require.NoError(t, os.Symlink("../secret", filepath.Join(dir, "escape-rel")))
+	ds, err := NewDirSource(dir, readOnly)
+	require.NoError(t, err)
+	t.Cleanup(func() { ds.Close() })
+	return newServerTester(t, strategy, &Server{Source: ds}), dir
+}
+
+func TestDirSource(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st, dir := newDirTester(t, strategy, false)
+		st.start()
+		require.ElementsMatch(t, []string{"a.img", "link"}, st.list(), "LIST of a directory")
+		for _, name := range []string{"", ".", "..", "../secret", "/etc/passwd", dir + "/a.img", "sub", "sub/x",
+			".hidden", "escape", "escape-rel", "a.img\x00", "missing"} {
+			_, rep := st.infoOrGoErr(protocol.OptInfo, name)
+			require.Equal(t, protocol.RepErrUnknown, rep.typ, "INFO %q: %q", name, rep.data)
+		}
+		require.Equal(t, uint64(8192), st.info("link").size, "symlink inside the directory")
+
+		// A file added after the server started is visible.
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "later.img"), make([]byte, 4096), 0o644))
+		require.Contains(t, st.list(), "later.img")
+		st.goExport("later.img")
+		require.Equal(t, uint64(4096), st.size)
+		st.write(1, 100, []byte("persisted"))
+		st.wantReply(1, protocol.EOK)
+		st.flush(2)
+		st.wantReply(2, protocol.EOK)
+		got, err := os.ReadFile(filepath.Join(dir, "later.img"))
+		require.NoError(t, err)
+		require.Equal(t, "persisted", string(got[100:109]))
+	})
+}
+
+func TestDirSourceReadOnly(t *testing.T) {
+	st, _ := newDirTester(t, "pool", true)
+	st.start()
+	ei := st.goExport("a.img")
+	require.NotZero(t, ei.flags&protocol.FlagReadOnly, "flags %v", ei.flags)
+	st.write(1, 0, []byte("x"))
+	st.wantReply(1, protocol.EPERM)
+	st.read(2, 0, 8192)
+	st.wantRead(2, make([]byte, 8192))
+}
+
+func TestCheckName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"disk.img": true, "a": true, "a b": true, "a..b": true,
+		"": false, ".": false, "..": false, ".hidden": false, "a/b": false, "/abs": false,
+		"../up": false, "nul\x00": false,
+	} {
+		if err := checkName(name); (err == nil) != ok {
+			t.Errorf("checkName(%q): got %v; want ok=%v", name, err, ok)
+		}
+	}
+}
