@@ -24,7 +24,7 @@ type conn struct {
 	id     uint64
 	rwc    io.ReadWriteCloser // replaced by the TLS conn after STARTTLS
 	raw    io.Closer          // the connection as accepted; closeNow closes it
-	nc     net.Conn // rwc as a net.Conn, or nil
+	nc     net.Conn           // rwc as a net.Conn, or nil
 	br     *bufio.Reader
 	log    *slog.Logger
 	closed atomic.Bool
@@ -43,9 +43,18 @@ type conn struct {
 	slots     chan struct{} // one token per request in flight
 	inflight  sync.WaitGroup
 	nInflight atomic.Int64
-	bytes     *byteGate
-	w         *replyWriter
-	inTrans   atomic.Bool
+	// lastActive is when the last request arrived or reply left, in Unix
+	// nanoseconds; kept only when Server.IdleTimeout is set.
+	lastActive atomic.Int64
+	bytes      *byteGate
+	w          *replyWriter
+	inTrans    atomic.Bool
+	// readerSpare and writerSpare are the fallback buffers of the reader
+	// and the writer when the budget is exhausted (see spare).
+	readerSpare, writerSpare []byte
+	// kernelCopies is set when replies go to a socket through writev, so
+	// backend memory lent for a READ is only ever read by the kernel.
+	kernelCopies bool
 }
 
 func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/protocol"
 )
 
@@ -45,8 +46,17 @@ func (c *conn) exec(ctx context.Context, o *op) {
 // the strategy hands out is marked for streaming, which the reply writer
 // does itself; nothing of the reply is sent before data is in hand.
 func (c *conn) read(ctx context.Context, o *op) error {
+	if c.viewable(o) {
+		var err error
+		o.views, err = c.exp.viewer.AppendView(o.views[:0], int64(o.req.Offset), int64(o.req.Length))
+		return err
+	}
 	n := int(o.req.Length)
 	buf, err := c.bufs.Get(ctx, n)
+	if errors.Is(err, bufstrategy.ErrBudgetExhausted) {
+		o.stream = true // the writer streams it through its own buffer
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -63,6 +73,17 @@ func (c *conn) read(ctx context.Context, o *op) error {
 	}
 	o.data = buf
 	return nil
+}
+
+// viewable reports whether o's data can be sent straight from the
+// backend's memory: the backend lends it, the kernel copies it (a plain
+// socket, not TLS or net.Pipe, whose Go copy would race with writes), and
+// the reply is not a sparse one that needs the data in a buffer.
+func (c *conn) viewable(o *op) bool {
+	if c.exp.viewer == nil || !c.kernelCopies {
+		return false
+	}
+	return !c.structured || c.exp.extenter == nil || o.req.Length < sparseMin || o.req.Flags&protocol.CmdFlagDF != 0
 }
 
 // readFull reads len(p) bytes at off. io.ReaderAt allows io.EOF with a

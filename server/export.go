@@ -51,6 +51,7 @@ type caps struct {
 	minBlock  uint32
 	// nonBlocking backends run small requests inline on the reader.
 	nonBlocking bool
+	viewer      backend.Viewer
 }
 
 // openExport is the export a connection has selected.
@@ -80,6 +81,7 @@ func discoverCaps(e *Export) (caps, error) {
 	c.cacher, _ = e.Backend.(backend.Cacher)
 	c.fua, _ = e.Backend.(backend.FUAWriter)
 	c.extenter, _ = e.Backend.(backend.Extenter)
+	c.viewer, _ = e.Backend.(backend.Viewer)
 	if mc, ok := e.Backend.(backend.MultiConner); ok {
 		c.multiConn = mc.CanMultiConn()
 	}

@@ -27,6 +27,7 @@ type op struct {
 	hdrLen int
 	extra  []byte   // structured payload after hdr: error message, extents
 	iov    [][]byte // a sparse READ's chunks, sent instead of hdr and data
+	views  [][]byte // READ data lent by a Viewer backend, sent after hdr
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -34,9 +35,10 @@ var opPool = sync.Pool{New: func() any { return new(op) }}
 func getOp() *op { return opPool.Get().(*op) }
 
 func putOp(o *op) {
-	extra, iov := o.extra[:0], o.iov[:0]
+	extra, iov, views := o.extra[:0], o.iov[:0], o.views[:0]
 	clear(o.iov)
-	*o = op{extra: extra, iov: iov}
+	clear(o.views)
+	*o = op{extra: extra, iov: iov, views: views}
 	opPool.Put(o)
 }
 
@@ -53,6 +55,7 @@ func (o *op) fail(err error) {
 	o.err = re
 	o.data = nil
 	o.iov = o.iov[:0]
+	o.views = o.views[:0]
 }
 
 // encode builds the reply header (and structured payload) for o; the

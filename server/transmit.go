@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
+	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/protocol"
 )
 
@@ -18,9 +20,15 @@ import (
 func (c *conn) transmit(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Buffers never wait for the budget: a request that finds it full
+	// streams through the connection's own small buffer instead of
+	// queueing behind buffers others may hold forever.
+	ctx = bufstrategy.NoWait(ctx)
 	c.bufs = c.srv.bufs.NewConn()
 	defer c.bufs.Close()
 	c.slots = make(chan struct{}, c.srv.queueDepth())
+	_, sc := c.rwc.(syscall.Conn)
+	c.kernelCopies = sc && !c.tls
 	c.w = newReplyWriter(c)
 	go c.w.loop()
 	c.inTrans.Store(true)
@@ -56,27 +64,36 @@ func (c *conn) readRequests(ctx context.Context) error {
 	}
 }
 
-// readHeader reads the next request header, applying the idle timeout
-// only while nothing is in flight.
+// readHeader reads the next request header, applying the idle timeout:
+// the connection is closed when nothing has been in flight and no reply
+// has gone out for IdleTimeout.
 func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
 	idle := c.srv.IdleTimeout
 	if idle <= 0 || c.nc == nil || c.br.Buffered() >= protocol.RequestSize {
 		_, err := io.ReadFull(c.br, hdr[:])
 		return err
 	}
+	c.touch()
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(idle))
+		c.nc.SetReadDeadline(time.Unix(0, c.lastActive.Load()).Add(idle))
 		_, err := io.ReadFull(c.br, hdr[:])
 		var ne net.Error
 		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
 			c.nc.SetReadDeadline(time.Time{})
 			return err
 		}
-		if c.nInflight.Load() == 0 && c.br.Buffered() == 0 {
+		quiet := time.Since(time.Unix(0, c.lastActive.Load()))
+		if c.nInflight.Load() == 0 && c.br.Buffered() == 0 && quiet >= idle {
 			return fmt.Errorf("idle for %v: %w", idle, err)
+		}
+		if c.nInflight.Load() > 0 {
+			c.touch() // a request in flight is activity
 		}
 	}
 }
+
+// touch records activity for the idle timeout.
+func (c *conn) touch() { c.lastActive.Store(time.Now().UnixNano()) }
 
 // handle validates one request and starts it. Only framing violations
 // and socket errors are returned.

@@ -118,8 +118,12 @@ func (w *replyWriter) send(ops []*op) {
 		if len(o.data) > 0 {
 			iov = append(iov, o.data)
 		}
+		iov = append(iov, o.views...)
 	}
 	w.writev(iov)
+	if w.c.srv.IdleTimeout > 0 {
+		w.c.touch()
+	}
 	clear(iov)
 	w.iov = iov[:0]
 	for _, o := range ops {
@@ -183,21 +187,30 @@ func (w *replyWriter) fail(err error) {
 }
 
 // streamRead sends a READ larger than one buffer chunk by chunk. The first
-// chunk is read before the header goes out, so an early failure still gets
-// a proper error reply. Under simple replies a failure after the header
-// cannot be reported (proto.md "Simple reply message": the server "MUST
-// initiate a hard disconnect"), so the connection is closed; under
-// structured replies it could be reported, but nbdd keeps one behaviour.
+// chunk is read before anything goes out, so an early failure still gets a
+// proper error reply. Under structured replies each chunk is its own
+// OFFSET_DATA chunk and a later failure gets an ERROR_OFFSET chunk. Under
+// simple replies (and for DF reads, which must not be fragmented) a
+// failure after the header cannot be reported (proto.md "Simple reply
+// message": the server "MUST initiate a hard disconnect"), so the
+// connection is closed.
 func (w *replyWriter) streamRead(o *op) {
 	c := w.c
 	off, n := int64(o.req.Offset), int(o.req.Length)
 	chunk := o.buf
+	if chunk == nil { // the budget was exhausted
+		chunk = c.spare(&c.writerSpare)
+	}
 	first := chunk[:min(len(chunk), n)]
 	if err := readFull(c.exp.Backend, first, off); err != nil {
 		o.stream = false
 		o.fail(err)
 		o.encode(c.structured)
 		w.send1(o)
+		return
+	}
+	if c.structured && o.req.Flags&protocol.CmdFlagDF == 0 {
+		w.streamChunks(o, chunk, first)
 		return
 	}
 	w.writev([][]byte{o.hdr[:o.hdrLen], first})
@@ -232,4 +245,38 @@ func (w *replyWriter) send1(o *op) {
 		iov = append(iov, o.extra)
 	}
 	w.writev(iov)
+}
+
+// streamChunks sends a structured READ as one OFFSET_DATA chunk per
+// buffer, each read before it is sent. A failure after the first chunk is
+// reported in an ERROR_OFFSET chunk that ends the reply, and the
+// connection carries on (proto.md "Structured reply chunk message").
+func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
+	c := w.c
+	off, n := int64(o.req.Offset), int64(o.req.Length)
+	var h [maxReplyHeader]byte
+	for done := int64(0); ; {
+		last := done+int64(len(data)) == n
+		flags := protocol.ReplyFlag(0)
+		if last {
+			flags = protocol.ReplyFlagDone
+		}
+		protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetData, Cookie: o.req.Cookie,
+			Length: uint32(protocol.OffsetDataHeaderSize + len(data))}.Put(h[:])
+		putUint64(h[protocol.ChunkHeaderSize:], uint64(off+done))
+		w.writev([][]byte{h[:], data})
+		done += int64(len(data))
+		if last || w.failed {
+			return
+		}
+		data = chunk[:min(int64(len(chunk)), n-done)]
+		if err := readFull(c.exp.Backend, data, off+done); err != nil {
+			c.log.Debug("read failed mid-reply", "offset", off+done, "err", err)
+			msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(off+done))
+			protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
+				Length: uint32(len(msg))}.Put(h[:])
+			w.writev([][]byte{h[:protocol.ChunkHeaderSize], msg})
+			return
+		}
+	}
 }
