@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
+	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/protocol"
 )
 
@@ -30,12 +32,15 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 		return err
 	}
 	buf, err := c.bufs.Get(ctx, n)
+	if errors.Is(err, bufstrategy.ErrBudgetExhausted) {
+		return c.streamWrite(o, c.spare(&c.readerSpare), false)
+	}
 	if err != nil {
 		c.finish(o)
 		return fmt.Errorf("buffer for %d-byte write: %w", n, err)
 	}
 	if len(buf) < n {
-		return c.streamWrite(o, buf)
+		return c.streamWrite(o, buf, true)
 	}
 	o.buf = buf
 	if _, err := io.ReadFull(c.br, buf); err != nil {
@@ -46,11 +51,28 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 	return nil
 }
 
+// spareSize is the connection's own fallback buffer, used when the memory
+// budget has no room: small enough that every connection may have one
+// (MaxConns bounds them), large enough to stream at a useful rate.
+const spareSize = 64 << 10
+
+// spare returns the buffer in *p, allocating it on first use. Each
+// goroutine that streams (the reader for WRITEs, the writer for READs) has
+// its own.
+func (c *conn) spare(p *[]byte) []byte {
+	if *p == nil {
+		*p = make([]byte, spareSize)
+	}
+	return *p
+}
+
 // streamWrite copies a WRITE payload from the socket to the backend one
 // chunk at a time. After a backend error the rest of the payload is still
 // read, so the stream stays in sync and the client gets the error.
-func (c *conn) streamWrite(o *op, chunk []byte) error {
-	defer c.bufs.Put(chunk)
+func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
+	if fromStrategy {
+		defer c.bufs.Put(chunk)
+	}
 	off := int64(o.req.Offset)
 	var werr error
 	for left := int(o.req.Length); left > 0; {
