@@ -221,3 +221,35 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("idle connection closed after %v; want about 100ms", d)
 	}
 }
+
+// TestMaxConns: connections over the limit are closed before the greeting,
+// and a slot is free again once a client leaves.
+func TestMaxConns(t *testing.T) {
+	for name, srv := range map[string]*Server{"MaxConns": {MaxConns: 1}, "MaxConnsPerHost": {MaxConnsPerHost: 1}} {
+		t.Run(name, func(t *testing.T) {
+			checkLeaks(t)
+			srv.Exports = []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}}
+			srv.Logger = testLogger(t)
+			sock, _ := serveUnix(t, srv)
+			first := dialClient(t, sock)
+			first.handshake("mem")
+			second := dialClient(t, sock)
+			second.wantClosed()
+			first.disc()
+			first.wantClosed()
+			deadline := time.Now().Add(ioTimeout)
+			for {
+				c := dialClient(t, sock)
+				c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+				if _, err := c.br.Peek(1); err == nil {
+					c.handshake("mem")
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("no connection admitted after the first client left")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
