@@ -78,3 +78,42 @@ func TestCheckName(t *testing.T) {
 		}
 	}
 }
+
+// countFDs returns the number of open file descriptors of this process.
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count file descriptors: %v", err)
+	}
+	return len(ents)
+}
+
+// TestDirSourceNoFDLeak: a client that selects a directory export and
+// goes away before reading the reply does not leave the file open (GO and
+// EXPORT_NAME), nor does INFO.
+func TestDirSourceNoFDLeak(t *testing.T) {
+	_, dir := newDirTester(t, "pool", false)
+	ds, err := NewDirSource(dir, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { ds.Close() })
+	before := countFDs(t)
+	for range 10 {
+		for _, opt := range []protocol.Opt{protocol.OptGo, protocol.OptInfo, protocol.OptExportName} {
+			t.Run(opt.String(), func(t *testing.T) {
+				st := newServerTester(t, "pool", &Server{Source: ds})
+				st.start()
+				data := []byte("a.img")
+				if opt != protocol.OptExportName {
+					data = protocol.AppendExportRequest(nil, protocol.ExportRequest{Name: "a.img"})
+				}
+				st.sendOption(opt, data)
+				st.nc.Close()
+				st.wantServeResult(func(error) bool { return true }, "any result")
+			})
+		}
+	}
+	if after := countFDs(t); after > before {
+		t.Fatalf("open file descriptors: got %d after 30 abandoned handshakes; want %d as before", after, before)
+	}
+}

@@ -144,14 +144,20 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 	if exp == nil {
 		return false, violation("unknown export %q", data)
 	}
-	c.exp = exp
 	var b [protocol.ExportNameReplySize + protocol.ExportNamePadding]byte
 	protocol.PutExportNameReply((*[protocol.ExportNameReplySize]byte)(b[:]), exp.size, exp.flags(c.structured))
 	n := len(b)
 	if noZeroes {
 		n = protocol.ExportNameReplySize
 	}
-	return true, c.writeAll(b[:n])
+	if err := c.writeAll(b[:n]); err != nil {
+		if exp.close != nil {
+			exp.close() // the handshake failed, so nothing else will close it
+		}
+		return false, err
+	}
+	c.exp = exp
+	return true, nil
 }
 
 // optInfo answers NBD_OPT_INFO and NBD_OPT_GO (proto.md "NBD_OPT_INFO").
@@ -174,6 +180,9 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 		return false, c.optReply(opt, protocol.RepErrUnknown, fmt.Sprintf("unknown export %q", req.Name))
 	}
 	if err := c.sendInfos(opt, exp, req); err != nil {
+		if exp.close != nil {
+			exp.close() // the client is gone: do not leak a directory export's file
+		}
 		return false, err
 	}
 	if opt == protocol.OptInfo {
