@@ -205,15 +205,15 @@ st_discard() { # EXPORT: blkdiscard (TRIM) and blkdiscard -z (WRITE_ZEROES)
 	s=$(devsize nbd0)
 	d=$((s / 2 + 128 * MiB))
 	z=$((s / 2 + 160 * MiB))
-	head -c $((16 * MiB)) /dev/urandom >/tmp/r16
-	dd if=/tmp/r16 of=/dev/nbd0 bs=$MiB seek=$((d / MiB)) oflag=direct conv=notrunc status=none || fail "write before discard"
-	dd if=/tmp/r16 of=/dev/nbd0 bs=$MiB seek=$((z / MiB)) count=8 oflag=direct conv=notrunc status=none || fail "write before zeroout"
+	head -c $((8 * MiB)) /dev/urandom >/tmp/r8
+	dd if=/tmp/r8 of=/dev/nbd0 bs=$MiB seek=$((d / MiB)) oflag=direct conv=notrunc status=none || fail "write before discard"
+	dd if=/tmp/r8 of=/dev/nbd0 bs=$MiB seek=$((z / MiB)) count=4 oflag=direct conv=notrunc status=none || fail "write before zeroout"
 	[ "$(cat /sys/block/nbd0/queue/discard_max_bytes)" != 0 ] || fail "the server does not advertise TRIM (discard_max_bytes=0)"
-	$BLKDISCARD -v -o $d -l $((16 * MiB)) /dev/nbd0 || fail "blkdiscard rc=$?"
-	echo "@@HOLE $1 $d $((16 * MiB))@@"
-	$BLKDISCARD -v -z -o $z -l $((8 * MiB)) /dev/nbd0 || fail "blkdiscard -z rc=$?"
-	zero=$(head -c $((8 * MiB)) /dev/zero | sha)
-	got=$(dd if=/dev/nbd0 bs=$MiB skip=$((z / MiB)) count=8 iflag=direct status=none | sha)
+	$BLKDISCARD -v -o $d -l $((8 * MiB)) /dev/nbd0 || fail "blkdiscard rc=$?"
+	echo "@@HOLE $1 $d $((8 * MiB))@@"
+	$BLKDISCARD -v -z -o $z -l $((4 * MiB)) /dev/nbd0 || fail "blkdiscard -z rc=$?"
+	zero=$(head -c $((4 * MiB)) /dev/zero | sha)
+	got=$(dd if=/dev/nbd0 bs=$MiB skip=$((z / MiB)) count=4 iflag=direct status=none | sha)
 	[ "$got" = "$zero" ] || fail "blkdiscard -z range does not read back as zeros"
 	echo "zeroout range reads back as zeros"
 	disconnect nbd0
@@ -235,24 +235,24 @@ st_ext4() { # EXPORT: mkfs, mount, tree, punch hole, fstrim, umount, fsck
 		i=$((i + 1))
 	done
 	head -c $((2 * MiB)) /dev/urandom >/mnt/t/tree/big2
-	head -c $((16 * MiB)) /dev/urandom >/mnt/t/tree/big16
+	head -c $((8 * MiB)) /dev/urandom >/mnt/t/tree/big8
 	ln -s d0/e0/f0 /mnt/t/tree/link
 	sync
 	# fallocate --punch-hole on a mounted file: ext4 frees the blocks and,
 	# mounted with -o discard, sends TRIM for them at the next commit.
-	ext=$(filefrag -v -b4096 /mnt/t/tree/big16 | awk -F'[:. ]+' '$2 ~ /^[0-9]+$/ && $3 == 0 { print $5; exit }')
-	nex=$(filefrag /mnt/t/tree/big16 | awk '{ print $2 }')
-	blocks0=$(stat -c %b /mnt/t/tree/big16)
-	$FALLOCATE --punch-hole --offset $((4 * MiB)) --length $((8 * MiB)) /mnt/t/tree/big16 || fail "fallocate --punch-hole rc=$?"
-	blocks1=$(stat -c %b /mnt/t/tree/big16)
+	ext=$(filefrag -v -b4096 /mnt/t/tree/big8 | awk -F'[:. ]+' '$2 ~ /^[0-9]+$/ && $3 == 0 { print $5; exit }')
+	nex=$(filefrag /mnt/t/tree/big8 | awk '{ print $2 }')
+	blocks0=$(stat -c %b /mnt/t/tree/big8)
+	$FALLOCATE --punch-hole --offset $((2 * MiB)) --length $((4 * MiB)) /mnt/t/tree/big8 || fail "fallocate --punch-hole rc=$?"
+	blocks1=$(stat -c %b /mnt/t/tree/big8)
 	[ "$blocks1" -lt "$blocks0" ] || fail "punch-hole freed nothing ($blocks0 -> $blocks1 blocks)"
-	zero=$(head -c $((8 * MiB)) /dev/zero | sha)
-	got=$(dd if=/mnt/t/tree/big16 bs=$MiB skip=4 count=8 status=none | sha)
+	zero=$(head -c $((4 * MiB)) /dev/zero | sha)
+	got=$(dd if=/mnt/t/tree/big8 bs=$MiB skip=2 count=4 status=none | sha)
 	[ "$got" = "$zero" ] || fail "punched range does not read as zeros"
 	sync
-	echo "punched 8 MiB: $blocks0 -> $blocks1 sectors (file had $nex extent(s), first physical block $ext)"
+	echo "punched 4 MiB: $blocks0 -> $blocks1 sectors (file had $nex extent(s), first physical block $ext)"
 	if [ "$nex" = 1 ] && [ -n "$ext" ]; then
-		echo "@@HOLE $1 $(((ext + 1024) * 4096)) $((8 * MiB))@@"
+		echo "@@HOLE $1 $(((ext + 512) * 4096)) $((4 * MiB))@@"
 	fi
 	$FSTRIM -v /mnt/t || fail "fstrim rc=$?"
 	(cd /mnt/t && find tree -type f | sort | xargs sha256sum) >/tmp/manifest.$1
