@@ -135,6 +135,10 @@ func TestShutdownWaitsForInflight(t *testing.T) {
 		}
 		st.read(2, 8192, 512)
 		st.wantReply(2, protocol.ESHUTDOWN)
+		st.write(3, 8192, pattern(70000, 1)) // refused, its payload skipped
+		st.wantReply(3, protocol.ESHUTDOWN)
+		st.flush(4)
+		st.wantReply(4, protocol.ESHUTDOWN)
 		select {
 		case err := <-shut:
 			t.Fatalf("Shutdown returned %v with a request in flight", err)

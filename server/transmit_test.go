@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -710,5 +711,78 @@ func TestPipelinedInOneWrite(t *testing.T) {
 		st.wantRead(6, small)
 		st.read(7, 300_000, 4)
 		st.wantRead(7, small)
+	})
+}
+
+// TestFlushAndFUAErrors: a failed Sync reaches the client as EIO, for
+// FLUSH and for a FUA write (issue 4: flush errors are not swallowed).
+func TestFlushAndFUAErrors(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		// bare hides Fault's WriteAtFUA, whose fallback would Sync the
+		// memory directly, past the fault rule.
+		f := bare{backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultSync})}
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+		st.handshake("f")
+		st.flush(1)
+		st.wantReply(1, protocol.EIO)
+		st.write(2, 0, pattern(70000, 1), protocol.CmdFlagFUA)
+		st.wantReply(2, protocol.EIO)
+		st.write(3, 0, []byte("no FUA"))
+		st.wantReply(3, protocol.EOK)
+	})
+}
+
+// TestWriteFailsMidPayload: a WRITE whose backend fails part way (several
+// chunks under a small budget) is answered with the error after its whole
+// payload has been read: the next request parses.
+func TestWriteFailsMidPayload(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultWrite, Offset: 40000, Length: 1, Err: syscall.ENOSPC})
+		srv := &Server{Exports: []Export{{Name: "f", Backend: f}}}
+		st := newServerTester(t, strategy, srv, bufferConfig{budget: 8 << 10})
+		st.handshake("f")
+		st.write(1, 0, pattern(100_000, 1))
+		st.wantReply(1, protocol.ENOSPC)
+		st.write(2, 200_000, []byte("after"))
+		st.wantReply(2, protocol.EOK)
+		st.read(3, 200_000, 5)
+		st.wantRead(3, []byte("after"))
+	})
+}
+
+// sizeless is a backend whose Size fails.
+type sizeless struct{ backend.Backend }
+
+func (sizeless) Size() (int64, error) { return 0, errors.New("device went away") }
+
+func TestExportEdgeCases(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		srv := &Server{Exports: []Export{
+			{Name: "empty", Backend: backend.NewMemory(0)},
+			{Name: "odd", Backend: backend.NewMemory(12345)},
+			{Name: "broken", Backend: sizeless{backend.NewMemory(4096)}},
+		}}
+		st := newServerTester(t, strategy, srv)
+		st.start()
+		_, rep := st.infoOrGoErr(protocol.OptGo, "broken")
+		require.Equal(t, protocol.RepErrPlatform, rep.typ, "GO on an export whose size fails")
+		require.Equal(t, uint64(0), st.info("empty").size)
+		st.goExport("odd")
+		require.Equal(t, uint64(12345), st.size)
+		st.write(1, 12340, []byte("12345"))
+		st.wantReply(1, protocol.EOK)
+		st.read(2, 12340, 5)
+		st.wantRead(2, []byte("12345"))
+		st.read(3, 12340, 6)
+		st.wantReply(3, protocol.EINVAL)
+
+		st2 := newServerTester(t, strategy, srv)
+		st2.handshake("empty")
+		st2.read(1, 0, 1)
+		st2.wantReply(1, protocol.EINVAL)
+		st2.cache(2, 0, 0)
+		st2.wantReply(2, protocol.EOK)
+		st2.flush(3)
+		st2.wantReply(3, protocol.EOK)
 	})
 }
