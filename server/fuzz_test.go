@@ -30,6 +30,10 @@ type transcript struct {
 	r       io.Reader
 	closed  bool
 	written atomic.Int64
+
+	keep bool // keep what the server writes in out
+	omu  sync.Mutex
+	out  bytes.Buffer
 }
 
 func (t *transcript) Read(p []byte) (int, error) {
@@ -43,6 +47,11 @@ func (t *transcript) Read(p []byte) (int, error) {
 
 func (t *transcript) Write(p []byte) (int, error) {
 	t.written.Add(int64(len(p)))
+	if t.keep {
+		t.omu.Lock()
+		t.out.Write(p)
+		t.omu.Unlock()
+	}
 	return len(p), nil
 }
 
@@ -86,9 +95,9 @@ var fuzzServer = sync.OnceValue(func() *Server {
 
 // serveTranscript runs one client byte stream through ServeConn and fails
 // on a hang, or on an allocation out of proportion to the input.
-func serveTranscript(t *testing.T, data []byte) {
+func serveTranscript(t *testing.T, data []byte) []byte {
 	srv := fuzzServer()
-	rwc := &transcript{r: bytes.NewReader(data)}
+	rwc := &transcript{r: bytes.NewReader(data), keep: true}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	done := make(chan struct{})
@@ -108,6 +117,7 @@ func serveTranscript(t *testing.T, data []byte) {
 	if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(fuzzAllocSlack+8*len(data)); got > limit {
 		t.Fatalf("ServeConn allocated %d bytes for a %d-byte transcript; want at most %d", got, len(data), limit)
 	}
+	return rwc.out.Bytes()
 }
 
 // FuzzHandshake feeds arbitrary client bytes to a server: it must not
@@ -118,7 +128,7 @@ func FuzzHandshake(f *testing.F) {
 	for _, s := range handshakeSeeds() {
 		f.Add(s)
 	}
-	f.Fuzz(serveTranscript)
+	f.Fuzz(func(t *testing.T, data []byte) { serveTranscript(t, data) })
 }
 
 // FuzzTransmission fuzzes the request stream after a valid handshake. The
@@ -132,8 +142,125 @@ func FuzzTransmission(f *testing.F) {
 	f.Add(requestBytes(protocol.Request{Type: protocol.CmdWrite, Length: 4}, []byte("abcd")), false, uint8(1))
 	f.Fuzz(func(t *testing.T, requests []byte, structured bool, export uint8) {
 		name := [...]string{"a", "ro", "bare"}[int(export)%3]
-		serveTranscript(t, append(handshakePrefix(name, structured), requests...))
+		requests, sent := renumber(requests)
+		out := serveTranscript(t, append(handshakePrefix(name, structured), requests...))
+		checkReplies(t, out, sent)
 	})
+}
+
+// renumber walks a request stream as the server reads it and gives the
+// requests cookies 1, 2, 3..., so that replies can be matched to them. It
+// returns the new stream and the requests the server reads whole and must
+// answer (DISC excluded); the rest of the stream after the point where the
+// server stops reading (bad magic, DISC, an oversized or truncated WRITE)
+// is kept as it is.
+func renumber(b []byte) ([]byte, map[uint64]protocol.Request) {
+	out := make([]byte, 0, len(b))
+	sent := map[uint64]protocol.Request{}
+	for cookie := uint64(1); len(b) >= protocol.RequestSize; cookie++ {
+		hdr := (*[protocol.RequestSize]byte)(b)
+		req, err := protocol.DecodeRequest(hdr)
+		if err != nil {
+			break
+		}
+		req.Cookie = cookie
+		req.Put(hdr)
+		n := protocol.RequestSize
+		if req.Type == protocol.CmdWrite {
+			n += int(req.Length)
+		}
+		stop := req.Type == protocol.CmdDisc ||
+			req.Type == protocol.CmdWrite && req.Length > fuzzMaxRequest ||
+			n > len(b)
+		if stop {
+			break
+		}
+		sent[cookie] = req
+		out, b = append(out, b[:n]...), b[n:]
+	}
+	return append(out, b...), sent
+}
+
+// checkReplies parses what the server wrote: the option replies up to
+// NBD_OPT_GO's ACK, then one reply per request the server read whole, in
+// any order. No reply may be missing, doubled, or for a request never
+// sent (issue 4: "no reply is written twice or dropped").
+func checkReplies(t *testing.T, out []byte, sent map[uint64]protocol.Request) {
+	t.Helper()
+	if !bytes.HasPrefix(out, []byte(greeting)) {
+		t.Fatalf("server output %.18q does not start with the greeting", out)
+	}
+	out = out[len(greeting):]
+	for {
+		if len(out) < protocol.OptionReplyHeaderSize {
+			t.Fatalf("server output ended in the handshake")
+		}
+		h, err := protocol.DecodeOptionReplyHeader((*[protocol.OptionReplyHeaderSize]byte)(out))
+		if err != nil {
+			t.Fatalf("option reply: %v", err)
+		}
+		out = out[protocol.OptionReplyHeaderSize+int(h.Length):]
+		if h.Opt == protocol.OptGo && h.Type == protocol.RepAck {
+			break
+		}
+		if h.Type.IsError() {
+			t.Fatalf("%v refused with %v in a valid handshake", h.Opt, h.Type)
+		}
+	}
+	answered := map[uint64]bool{}
+	for len(out) > 0 {
+		var cookie uint64
+		var done bool
+		cookie, done, out = nextReply(t, out, sent)
+		req, ok := sent[cookie]
+		switch {
+		case !ok:
+			t.Fatalf("reply for cookie %d, which no request had", cookie)
+		case answered[cookie]:
+			t.Fatalf("second reply for %v %d", req.Type, cookie)
+		}
+		answered[cookie] = done
+	}
+	for cookie, req := range sent {
+		if !answered[cookie] {
+			t.Fatalf("no reply for %v %d (offset %d, length %d, flags %v)", req.Type, cookie, req.Offset, req.Length, req.Flags)
+		}
+	}
+}
+
+// nextReply consumes one simple reply or one structured chunk.
+func nextReply(t *testing.T, out []byte, sent map[uint64]protocol.Request) (cookie uint64, done bool, rest []byte) {
+	t.Helper()
+	if len(out) < 4 {
+		t.Fatalf("%d stray bytes after the replies", len(out))
+	}
+	switch binary.BigEndian.Uint32(out) {
+	case protocol.SimpleReplyMagic:
+		if len(out) < protocol.SimpleReplySize {
+			t.Fatalf("truncated simple reply")
+		}
+		r, _ := protocol.DecodeSimpleReply((*[protocol.SimpleReplySize]byte)(out))
+		n := protocol.SimpleReplySize
+		if req := sent[r.Cookie]; req.Type == protocol.CmdRead && r.Error == 0 {
+			n += int(req.Length)
+		}
+		if n > len(out) {
+			t.Fatalf("READ %d reply cut short", r.Cookie)
+		}
+		return r.Cookie, true, out[n:]
+	case protocol.StructuredReplyMagic:
+		if len(out) < protocol.ChunkHeaderSize {
+			t.Fatalf("truncated chunk header")
+		}
+		h, _ := protocol.DecodeChunkHeader((*[protocol.ChunkHeaderSize]byte)(out))
+		n := protocol.ChunkHeaderSize + int(h.Length)
+		if n > len(out) {
+			t.Fatalf("chunk for %d cut short", h.Cookie)
+		}
+		return h.Cookie, h.Flags&protocol.ReplyFlagDone != 0, out[n:]
+	}
+	t.Fatalf("reply magic %x", out[:4])
+	return 0, false, nil
 }
 
 // handshakePrefix is a client's handshake up to the transmission phase.
