@@ -150,11 +150,12 @@ func (c *conn) newOp(req protocol.Request) *op {
 // own costs more than the memory copy it does (see docs/performance.md).
 var inlineMax uint32 = 128 << 10
 
-// start runs o: inline when the backend never blocks and o is small,
+// start runs o: inline when the backend never blocks and o is small (or
+// a READ whose data is lent, not copied, so its size costs nothing),
 // otherwise on its own goroutine, so a slow request never stalls the ones
 // behind it.
 func (c *conn) start(ctx context.Context, o *op) {
-	if c.exp.nonBlocking && o.req.Length <= inlineMax {
+	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.viewable(o)) {
 		c.exec(ctx, o)
 		c.w.enqueue(o)
 		return
