@@ -209,3 +209,27 @@ func (f *Fault) WriteZeroes(off, length int64, noHole, fast bool) error {
 	}
 	return f.wrapper.WriteZeroes(off, length, noHole, fast)
 }
+
+// Extents reports the wrapped backend's extents, except that ranges a read
+// rule covers are reported as data: a hole there would let a reader skip
+// the ReadAt that is meant to fail (the server answers known holes without
+// reading them).
+func (f *Fault) Extents(off, length int64, fn func(Extent) bool) error {
+	var faulty []FaultRule
+	for _, r := range f.rules {
+		if r.Op == FaultRead && r.matches(FaultRead, off, length) {
+			faulty = append(faulty, r)
+		}
+	}
+	if len(faulty) == 0 {
+		return f.wrapper.Extents(off, length, fn)
+	}
+	return f.wrapper.Extents(off, length, func(e Extent) bool {
+		for _, r := range faulty {
+			if r.matches(FaultRead, e.Offset, e.Length) {
+				e.Flags = 0
+			}
+		}
+		return fn(e)
+	})
+}
