@@ -588,7 +588,7 @@ func bootTimeout() time.Duration {
 			return time.Duration(n) * time.Second
 		}
 	}
-	return 240 * time.Second
+	return 300 * time.Second
 }
 
 func kvmUsable() bool {
