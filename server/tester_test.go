@@ -574,6 +574,18 @@ func (c *client) trySend(req protocol.Request, payload []byte) error {
 // net.Pipe has no buffer, and the server rightly stops reading when a
 // connection is full.
 func (c *client) sendAsync(reqs []protocol.Request, payloads ...[]byte) (wait func()) {
+	errc := c.sendAll(reqs, payloads)
+	return func() {
+		c.t.Helper()
+		if err := <-errc; err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+// sendAll sends reqs (payloads[i] after reqs[i], if given) from a new
+// goroutine and reports the result on the channel returned.
+func (c *client) sendAll(reqs []protocol.Request, payloads [][]byte) <-chan error {
 	errc := make(chan error, 1)
 	go func() {
 		for i, req := range reqs {
@@ -588,12 +600,7 @@ func (c *client) sendAsync(reqs []protocol.Request, payloads ...[]byte) (wait fu
 		}
 		errc <- nil
 	}()
-	return func() {
-		c.t.Helper()
-		if err := <-errc; err != nil {
-			c.t.Fatal(err)
-		}
-	}
+	return errc
 }
 
 // cmd sends a request without payload.
@@ -692,12 +699,18 @@ func (c *client) readReply() reply {
 	return reply{}
 }
 
-func (c *client) readSimple() reply {
-	c.t.Helper()
+// tryReadReply reads one simple reply without failing the test, for
+// goroutines other than the test's.
+func (c *client) tryReadReply() (reply, error) {
 	var hdr [protocol.SimpleReplySize]byte
-	c.readFull(hdr[:])
+	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		return reply{}, err
+	}
 	sr, err := protocol.DecodeSimpleReply(&hdr)
-	require.NoError(c.t, err)
+	if err != nil {
+		return reply{}, err
+	}
 	r := reply{cookie: sr.Cookie, errno: sr.Error}
 	c.mu.Lock()
 	n, isRead := c.readLen[sr.Cookie]
@@ -705,7 +718,16 @@ func (c *client) readSimple() reply {
 	c.mu.Unlock()
 	if isRead && sr.Error == 0 {
 		r.data = make([]byte, n)
-		c.readFull(r.data)
+		_, err = io.ReadFull(c.br, r.data)
+	}
+	return r, err
+}
+
+func (c *client) readSimple() reply {
+	c.t.Helper()
+	r, err := c.tryReadReply()
+	if err != nil {
+		c.t.Fatalf("reading a simple reply: %v", err)
 	}
 	return r
 }

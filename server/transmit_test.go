@@ -786,3 +786,62 @@ func TestExportEdgeCases(t *testing.T) {
 		st2.wantReply(3, protocol.EOK)
 	})
 }
+
+// TestSparseReadError: a structured READ over holes and data whose data
+// part fails is one error reply, not a partial sparse reply.
+func TestSparseReadError(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 65536 + 10, Length: 1})
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+		st.handshakeSR("f")
+		st.write(1, 65536, pattern(1000, 1))
+		st.wantReply(1, protocol.EOK)
+		st.read(2, 0, 3*65536)
+		require.Contains(t, st.wantStructuredError(2, protocol.EIO), "injected")
+		st.read(3, 2*65536, 65536)
+		st.wantStructuredRead(3, 2*65536, make([]byte, 65536))
+	})
+}
+
+// TestFileBackend: nbdd's own file backend under every strategy: large
+// reads (sent with sendfile(2) where the strategy streams), writes, trims
+// and block status from SEEK_DATA/SEEK_HOLE.
+func TestFileBackend(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		path := filepath.Join(t.TempDir(), "img")
+		require.NoError(t, os.WriteFile(path, nil, 0o600))
+		require.NoError(t, os.Truncate(path, 4<<20))
+		f, err := backend.OpenFile(path, false)
+		require.NoError(t, err)
+		t.Cleanup(func() { f.Close() })
+		for _, sr := range []bool{false, true} {
+			st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+			if sr {
+				st.handshakeSR("f")
+			} else {
+				st.handshake("f")
+			}
+			data := pattern(300_000, 1)
+			st.write(1, 1<<20+7, data, protocol.CmdFlagFUA)
+			st.wantReply(1, protocol.EOK)
+			st.read(2, 1<<20+7, uint32(len(data)))
+			if sr {
+				st.wantStructuredRead(2, 1<<20+7, data)
+				st.blockStatus(3, 0, 4<<20)
+				ext := st.wantBlockStatus(3)
+				require.NotEmpty(t, ext)
+				require.Equal(t, protocol.StateHole|protocol.StateZero, ext[0].flags, "first extent of a sparse file: %v", ext)
+			} else {
+				st.wantRead(2, data)
+			}
+			st.trim(4, 1<<20, 1<<20)
+			st.wantReply(4, protocol.EOK)
+			st.read(5, 1<<20+7, 100)
+			if sr {
+				st.wantStructuredRead(5, 1<<20+7, make([]byte, 100))
+			} else {
+				st.wantRead(5, make([]byte, 100))
+			}
+		}
+	})
+}
