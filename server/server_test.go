@@ -332,3 +332,44 @@ func pipelineClient(c *client, base uint64, region, count int, seed byte) error 
 	}
 	return nil
 }
+
+// TestSocketReads: READs on a real socket, where memory exports lend their
+// pages to writev instead of copying, return the right bytes across
+// written and unwritten chunks, simple and structured.
+func TestSocketReads(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		checkLeaks(t)
+		srv := &Server{
+			Exports: []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}},
+			Buffers: newFactory(t, strategy, protocol.DefaultMaxPayload, bufferConfig{}),
+			Logger:  testLogger(t),
+		}
+		sock, _ := serveUnix(t, srv)
+		want := make([]byte, 1<<20)
+		for _, sr := range []bool{false, true} {
+			c := dialClient(t, sock)
+			if sr {
+				c.handshakeSR("mem")
+			} else {
+				c.handshake("mem")
+			}
+			// Data in the second chunk only, crossing into the third.
+			data := pattern(70000, 5)
+			c.write(1, 65536+1000, data)
+			c.wantReply(1, protocol.EOK)
+			copy(want[65536+1000:], data)
+			for i, rng := range [][2]int{{0, 100}, {65000, 2000}, {60000, 200_000}, {131000, 65536}, {1<<20 - 3, 3}} {
+				off, n := rng[0], rng[1]
+				cookie := uint64(10 + i)
+				c.read(cookie, uint64(off), uint32(n))
+				if sr {
+					c.wantStructuredRead(cookie, uint64(off), want[off:off+n])
+				} else {
+					c.wantRead(cookie, want[off:off+n])
+				}
+			}
+			c.disc()
+			c.wantClosed()
+		}
+	})
+}
