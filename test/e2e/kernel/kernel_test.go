@@ -502,7 +502,9 @@ func (r *runner) startServers() {
 			"--exit-with-parent", "--filter=error", "memory", "64M", "error-pwrite=EIO", "error-pwrite-rate=100%")
 		return
 	}
-	args := []string{r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", mainPort), "--strategy", r.cfg.strategy}
+	// debug: nbdd logs "flushed on disconnect" at that level
+	args := []string{r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", mainPort), "--strategy", r.cfg.strategy,
+		"--log-level", "debug"}
 	for _, e := range r.cfg.exports {
 		if e.file {
 			p := filepath.Join(r.dir, e.name+".img")
@@ -743,19 +745,41 @@ func (r *runner) boot(initrd string) {
 
 // checkServerLog accounts for every connection in nbdd's log: each one the
 // guest closed with nbd-client -d must end in NBD_CMD_DISC ("client
-// disconnected"), the one left idle for the graceful stop in "connection
-// closed by shutdown", and the server must say it shut down cleanly.
+// disconnected") after "flushed on disconnect", the one left idle for the
+// graceful stop in "connection closed by shutdown", and the server must say
+// it shut down cleanly.
 func (r *runner) checkServerLog() {
 	log := r.main.log.String()
 	n := func(msg string) int { return strings.Count(log, `msg="`+msg+`"`) }
 	c, d, s, e, f := n("client connected"), n("client disconnected"), n("connection closed by shutdown"),
 		n("connection closed"), n("connection failed")
+	// conn ids of disconnects without a flush
+	flushed := map[string]bool{}
+	var unflushed []string
+	reConn := regexp.MustCompile(` conn=(\d+)`)
+	for _, l := range strings.Split(log, "\n") {
+		m := reConn.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		switch {
+		case strings.Contains(l, `msg="flushed on disconnect"`):
+			flushed[m[1]] = true
+		case strings.Contains(l, `msg="client disconnected"`) && !flushed[m[1]]:
+			unflushed = append(unflushed, m[1])
+		}
+	}
 	res := result{step: "host-server-log", conns: -1,
-		note: fmt.Sprintf("%d connected: %d NBD_CMD_DISC, %d closed by shutdown, %d closed otherwise, %d failed", c, d, s, e, f)}
-	res.ok = c > 0 && c == d+s && s >= 1 && e == 0 && f == 0 && strings.Contains(log, `msg="shut down cleanly"`)
+		note: fmt.Sprintf("%d connected: %d NBD_CMD_DISC (%d flushed), %d closed by shutdown, %d closed otherwise, %d failed",
+			c, d, d-len(unflushed), s, e, f)}
+	res.ok = c > 0 && c == d+s && s >= 1 && e == 0 && f == 0 && len(unflushed) == 0 &&
+		strings.Contains(log, `msg="shut down cleanly"`)
 	if !res.ok {
-		res.detail = res.note + `; want every connection ended by NBD_CMD_DISC except the graceful-stop one, and "shut down cleanly"` +
-			"\n" + tail(log, 60)
+		res.detail = res.note + `; want every connection ended by a flush and NBD_CMD_DISC except the graceful-stop one, and "shut down cleanly"`
+		if len(unflushed) > 0 {
+			res.detail += fmt.Sprintf("; no \"flushed on disconnect\" for conn %s", strings.Join(unflushed, ","))
+		}
+		res.detail += "\n" + tail(log, 60)
 	}
 	r.add(res)
 }
