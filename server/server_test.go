@@ -63,14 +63,20 @@ func dialClient(t *testing.T, sock string) *client {
 	return newClient(t, nc)
 }
 
+// socketServer returns a server for Serve tests: one memory export "mem"
+// of size bytes and the strategy's buffers.
+func socketServer(t *testing.T, strategy string, size int64, bc bufferConfig) *Server {
+	return &Server{
+		Exports: []Export{{Name: "mem", Backend: backend.NewMemory(size)}},
+		Buffers: newFactory(t, strategy, protocol.DefaultMaxPayload, bc),
+		Logger:  testLogger(t),
+	}
+}
+
 func TestServeUnixShutdown(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		checkLeaks(t)
-		srv := &Server{
-			Exports: []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}},
-			Buffers: newFactory(t, strategy, protocol.DefaultMaxPayload, bufferConfig{}),
-			Logger:  testLogger(t),
-		}
+		srv := socketServer(t, strategy, 1<<20, bufferConfig{})
 		sock, served := serveUnix(t, srv)
 		// Two clients at once, each with its own data.
 		a, b := dialClient(t, sock), dialClient(t, sock)
@@ -267,11 +273,7 @@ func TestManyClientsPipelined(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		checkLeaks(t)
 		const clients, perClient, region = 4, 48, 256 << 10
-		srv := &Server{
-			Exports: []Export{{Name: "mem", Backend: backend.NewMemory(clients * region)}},
-			Buffers: newFactory(t, strategy, protocol.DefaultMaxPayload, bufferConfig{budget: 256 << 10}),
-			Logger:  testLogger(t),
-		}
+		srv := socketServer(t, strategy, clients*region, bufferConfig{budget: 256 << 10})
 		sock, _ := serveUnix(t, srv)
 		errc := make(chan error, clients)
 		for i := range clients {
@@ -339,12 +341,7 @@ func pipelineClient(c *client, base uint64, region, count int, seed byte) error 
 func TestSocketReads(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		checkLeaks(t)
-		srv := &Server{
-			Exports: []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}},
-			Buffers: newFactory(t, strategy, protocol.DefaultMaxPayload, bufferConfig{}),
-			Logger:  testLogger(t),
-		}
-		sock, _ := serveUnix(t, srv)
+		sock, _ := serveUnix(t, socketServer(t, strategy, 1<<20, bufferConfig{}))
 		want := make([]byte, 1<<20)
 		for _, sr := range []bool{false, true} {
 			c := dialClient(t, sock)
