@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
@@ -96,8 +97,14 @@ var fuzzServer = sync.OnceValue(func() *Server {
 // serveTranscript runs one client byte stream through ServeConn and fails
 // on a hang, or on an allocation out of proportion to the input.
 func serveTranscript(t *testing.T, data []byte) []byte {
+	return serveTranscriptFrom(t, data, bytes.NewReader(data))
+}
+
+// serveTranscriptFrom is serveTranscript reading data through r, which
+// may deliver it in pieces (iotest.OneByteReader, iotest.HalfReader).
+func serveTranscriptFrom(t *testing.T, data []byte, r io.Reader) []byte {
 	srv := fuzzServer()
-	rwc := &transcript{r: bytes.NewReader(data), keep: true}
+	rwc := &transcript{r: r, keep: true}
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	done := make(chan struct{})
@@ -457,16 +464,27 @@ func TestRecordCorpus(t *testing.T) {
 }
 
 // TestTranscriptSeeds runs every seed once in the ordinary test run, so a
-// regression in a seed shows up without -fuzz.
+// regression in a seed shows up without -fuzz. The request streams are
+// also delivered one byte and half a buffer at a time: however the
+// client's bytes are cut, every request gets its one reply.
 func TestTranscriptSeeds(t *testing.T) {
 	for i, s := range handshakeSeeds() {
 		t.Run(fmt.Sprint("handshake", i), func(t *testing.T) { serveTranscript(t, s) })
 	}
+	readers := map[string]func(io.Reader) io.Reader{
+		"whole":   func(r io.Reader) io.Reader { return r },
+		"onebyte": iotest.OneByteReader,
+		"half":    iotest.HalfReader,
+	}
 	for i, s := range requestSeeds() {
 		for _, structured := range []bool{false, true} {
-			t.Run(fmt.Sprint("requests", i, structured), func(t *testing.T) {
-				serveTranscript(t, append(handshakePrefix("a", structured), s...))
-			})
+			for name, wrap := range readers {
+				t.Run(fmt.Sprint("requests", i, structured, name), func(t *testing.T) {
+					requests, sent := renumber(s)
+					data := append(handshakePrefix("a", structured), requests...)
+					checkReplies(t, serveTranscriptFrom(t, data, wrap(bytes.NewReader(data))), sent)
+				})
+			}
 		}
 	}
 }
