@@ -60,6 +60,7 @@ wait_gone() {
 connect() { # connect DEV EXPORT [nbd-client options]
 	dev=$1 exp=$2
 	shift 2
+	dmesg -c >/dev/null 2>&1 # disconnect looks for I/O errors since here
 	echo "+ nbd-client $SERVER $PORT /dev/$dev -N $exp -b 4096 $*"
 	nbd-client "$SERVER" "$PORT" "/dev/$dev" -N "$exp" -b 4096 "$@" || fail "nbd-client $* rc=$?"
 	i=0
@@ -74,7 +75,11 @@ connect() { # connect DEV EXPORT [nbd-client options]
 		"max_sectors_kb=$(cat /sys/block/$dev/queue/max_sectors_kb)"
 }
 
-disconnect() { # disconnect DEV
+disconnect() { # disconnect DEV (IOERR_OK=1: the step provoked I/O errors)
+	if [ -z "${IOERR_OK:-}" ] && dmesg | grep -q "I/O error, dev $1,"; then
+		dmesg | grep "dev $1," | tail -n 5
+		fail "the kernel logged I/O errors on /dev/$1"
+	fi
 	nbd-client -d "/dev/$1" || fail "nbd-client -d /dev/$1 rc=$?"
 	wait_gone "$1" 10 || fail "/dev/$1 still has a size 10 s after nbd-client -d"
 	# the kernel drops the pid attribute when the configuration goes away
@@ -277,7 +282,7 @@ st_ext4_reconnect() { # EXPORT: reconnect over ioctl, fsck, mount, checksums
 }
 
 st_readonly() { # write to the read-only export: an error, no hang
-	SERVER=$RO_SERVER
+	SERVER=$RO_SERVER IOERR_OK=1
 	connect nbd2 "$RO_EXPORT"
 	echo "kernel read-only flag: $(cat /sys/block/nbd2/ro)"
 	read_region nbd2 0 4096 >/dev/null || fail "read before the write failed"
@@ -294,7 +299,7 @@ st_readonly() { # write to the read-only export: an error, no hang
 }
 
 st_fault() { # the server fails writes with EIO: an I/O error in the guest, no hang
-	SERVER=$FAULT_SERVER
+	SERVER=$FAULT_SERVER IOERR_OK=1
 	connect nbd2 "$FAULT_EXPORT"
 	[ "$(cat /sys/block/nbd2/ro)" = 0 ] || fail "the fault export is read-only: the write would not reach the server"
 	head -c 4096 /dev/urandom >/tmp/w4k
@@ -356,6 +361,7 @@ st_graceful_stop() { # EXPORT: idle ioctl connection; the host SIGTERMs the serv
 	done
 	echo "disconnect seen after $(($(ms) - t0)) ms (incl. host checks)"
 	dmesg | grep -i nbd3 | tail -n 5
+	dmesg | grep -q "I/O error, dev nbd3," && fail "requests failed when the server stopped"
 	timeout -s KILL 15 dd if=/dev/nbd3 of=/dev/null bs=4096 count=1 iflag=direct status=none
 	rc=$?
 	[ $rc = 137 ] && fail "I/O on the stopped device hung"
