@@ -395,8 +395,8 @@ func TestHandshakeTimeout(t *testing.T) {
 
 // TestOptionsDuringShutdown: once the server is shutting down, options
 // get ERR_SHUTDOWN and EXPORT_NAME (which has no error reply) closes.
-// (Shutdown itself closes connections still in the handshake at once;
-// this covers a client whose option races with it.)
+// The flag is set directly, so the test does not depend on Shutdown's
+// grace period (TestShutdownClosesHandshakes goes through Shutdown).
 func TestOptionsDuringShutdown(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		st := newServerTester(t, strategy, nil)

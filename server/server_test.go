@@ -187,16 +187,26 @@ func TestShutdownDeadline(t *testing.T) {
 	st.wantServeResult(func(err error) bool { return errors.Is(err, ErrServerClosed) }, "ErrServerClosed")
 }
 
-// TestShutdownClosesHandshakes: connections still negotiating are closed
-// by Shutdown rather than waited for.
+// TestShutdownClosesHandshakes: a connection still negotiating when
+// Shutdown begins gets NBD_REP_ERR_SHUTDOWN for its options for a short
+// grace period, and is then closed rather than waited for.
 func TestShutdownClosesHandshakes(t *testing.T) {
 	st := newServerTester(t, "pool", nil)
 	st.start()
 	st.list()
-	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
-	defer cancel()
-	require.NoError(t, st.srv.Shutdown(ctx))
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		shut <- st.srv.Shutdown(ctx)
+	}()
+	for !st.srv.inShutdown.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	st.option(protocol.OptList, nil, protocol.RepErrShutdown)
+	st.option(protocol.OptGo, protocol.AppendExportRequest(nil, protocol.ExportRequest{Name: "mem"}), protocol.RepErrShutdown)
 	st.wantClosed()
+	require.NoError(t, <-shut, "Shutdown")
 	// A connection offered after Shutdown is refused at once.
 	c1, c2 := net.Pipe()
 	defer c1.Close()
