@@ -68,7 +68,13 @@ func (d *DirSource) Open(name string) (*Export, func() error, error) {
 		f.Close()
 		return nil, nil, err
 	}
-	return &Export{Name: name, Backend: b, ReadOnly: d.readOnly}, b.Close, nil
+	closeFn := b.Close
+	if !d.readOnly {
+		// A connection that ends without NBD_CMD_DISC (a crash, Shutdown)
+		// still leaves its writes durable once the file is closed.
+		closeFn = func() error { return errors.Join(b.Sync(), b.Close()) }
+	}
+	return &Export{Name: name, Backend: b, ReadOnly: d.readOnly}, closeFn, nil
 }
 
 // List returns the directory's regular files (symlinks that stay inside

@@ -53,7 +53,7 @@ func (c *conn) read(ctx context.Context, o *op) error {
 	}
 	n := int(o.req.Length)
 	buf, err := c.bufs.Get(ctx, n)
-	if errors.Is(err, bufstrategy.ErrBudgetExhausted) {
+	if mustStream(err) {
 		o.stream = true // the writer streams it through its own buffer
 		return nil
 	}
@@ -84,6 +84,14 @@ func (c *conn) viewable(o *op) bool {
 		return false
 	}
 	return !c.structured || c.exp.extenter == nil || o.req.Length < sparseMin || o.req.Flags&protocol.CmdFlagDF != 0
+}
+
+// mustStream reports whether a Get failed for want of room rather than for
+// a broken connection: the budget is full, or the strategy was configured
+// for smaller requests than the server accepts. The request then streams
+// through the connection's own buffer.
+func mustStream(err error) bool {
+	return errors.Is(err, bufstrategy.ErrBudgetExhausted) || errors.Is(err, bufstrategy.ErrRequestSize)
 }
 
 // readFull reads len(p) bytes at off. io.ReaderAt allows io.EOF with a

@@ -2,11 +2,9 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 
-	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/protocol"
 )
 
@@ -32,7 +30,7 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 		return err
 	}
 	buf, err := c.bufs.Get(ctx, n)
-	if errors.Is(err, bufstrategy.ErrBudgetExhausted) {
+	if mustStream(err) {
 		return c.streamWrite(o, c.spare(&c.readerSpare), false)
 	}
 	if err != nil {
