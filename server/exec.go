@@ -62,7 +62,13 @@ func (c *conn) read(ctx context.Context, o *op) error {
 	}
 	o.buf = buf
 	if len(buf) < n {
-		o.stream = true
+		// Streamed: the first chunk is read here, on the request's own
+		// goroutine, so a slow backend does not hold the reply writer (and
+		// every other reply) before anything can be sent.
+		if err := readFull(c.exp.Backend, buf, int64(o.req.Offset)); err != nil {
+			return err
+		}
+		o.stream, o.firstRead = true, true
 		return nil
 	}
 	if sparse, err := c.readSparse(o); sparse {

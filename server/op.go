@@ -22,6 +22,8 @@ type op struct {
 	data   []byte        // READ payload to send after the header
 	weight int64         // bytes held in the connection's byte gate
 	stream bool          // READ too large for one buffer: the writer streams it
+	// firstRead means o.buf already holds the streamed READ's first chunk.
+	firstRead bool
 
 	hdr    [maxReplyHeader]byte
 	hdrLen int

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -115,15 +114,6 @@ func checkLeaks(t testing.TB) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	})
-}
-
-// knownIssue skips a test that shows a known, reported server bug, unless
-// NBDD_KNOWN_ISSUES is set: the test is ready to turn on with the fix.
-func knownIssue(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("NBDD_KNOWN_ISSUES") == "" {
-		t.Skip("known issue: " + why + " (set NBDD_KNOWN_ISSUES=1 to run)")
-	}
 }
 
 // countingConn counts the bytes the server reads from the client, to prove

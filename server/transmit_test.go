@@ -437,15 +437,9 @@ func TestRequestHeaderGolden(t *testing.T) {
 // TestSlowStreamedRead: a slow READ too large for one buffer (streamed)
 // must not hold back the replies behind it either (issue 2: "a slow
 // request must never stall the ones behind it").
-//
-// Known failure: replyWriter.streamRead does the backend reads of a
-// streamed READ on the writer goroutine, so while the first chunk is being
-// read no other reply can go out. Reading the first chunk on the request's
-// own goroutine, before the op is enqueued, would fix the case tested
-// here; later chunks must follow the header on the wire anyway under
-// simple replies.
+// The first chunk is read on the request's own goroutine; later chunks
+// must follow the header on the wire anyway under simple replies.
 func TestSlowStreamedRead(t *testing.T) {
-	knownIssue(t, "a streamed READ's backend reads run on the reply writer and stall every reply")
 	run(t, func(t *testing.T, strategy string) {
 		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: 300 * time.Millisecond})
 		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}}, bufferConfig{budget: 8 << 10})

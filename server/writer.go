@@ -202,12 +202,14 @@ func (w *replyWriter) streamRead(o *op) {
 		chunk = c.spare(&c.writerSpare)
 	}
 	first := chunk[:min(len(chunk), n)]
-	if err := readFull(c.exp.Backend, first, off); err != nil {
-		o.stream = false
-		o.fail(err)
-		o.encode(c.structured)
-		w.send1(o)
-		return
+	if !o.firstRead { // the budget was full: nothing was read yet
+		if err := readFull(c.exp.Backend, first, off); err != nil {
+			o.stream = false
+			o.fail(err)
+			o.encode(c.structured)
+			w.send1(o)
+			return
+		}
 	}
 	if c.structured && o.req.Flags&protocol.CmdFlagDF == 0 {
 		w.streamChunks(o, chunk, first)
