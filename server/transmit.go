@@ -30,6 +30,9 @@ func (c *conn) transmit(ctx context.Context) error {
 	_, sc := c.rwc.(syscall.Conn)
 	c.kernelCopies = sc && !c.tls
 	c.w = newReplyWriter(c)
+	if c.kernelCopies {
+		c.w.raw, _ = c.rwc.(syscall.Conn).SyscallConn()
+	}
 	go c.w.loop()
 	c.inTrans.Store(true)
 	err := c.readRequests(ctx)

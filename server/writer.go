@@ -5,8 +5,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/nbdd/nbdd/protocol"
+	"golang.org/x/sys/unix"
 )
 
 // replyWriter is the one goroutine that writes replies on a connection.
@@ -21,12 +23,20 @@ type replyWriter struct {
 
 	mu    sync.Mutex
 	queue []*op // guarded by mu
+	// busy is set while a goroutine owns the socket: the writer goroutine
+	// sending a batch, or a request goroutine sending its own reply
+	// directly (see direct.go). Guarded by mu.
+	busy bool
 
-	// Owned by the writer goroutine.
+	// Owned by whoever holds busy.
 	spare   []*op
 	iov     [][]byte
 	scratch []byte // coalesces replies over TLS, which has no writev
-	failed  bool
+	carry   [][]byte
+	carryOp *op // a direct reply the socket took only part of; sent first
+	iovecs  []unix.Iovec
+	raw     syscall.RawConn
+	failed  atomic.Bool
 }
 
 // streamAborts counts READs cut off by a hard disconnect because the
@@ -37,11 +47,23 @@ func newReplyWriter(c *conn) *replyWriter {
 	return &replyWriter{c: c, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
-// enqueue hands o to the writer. It never blocks.
+// enqueue hands o to the writer. It never blocks: when the socket is
+// free it tries to send o at once without waiting (see direct.go), and
+// otherwise queues o for the writer goroutine.
 func (w *replyWriter) enqueue(o *op) {
 	w.mu.Lock()
+	if w.raw != nil && !w.busy && len(w.queue) == 0 && !o.stream {
+		w.busy = true
+		w.mu.Unlock()
+		w.direct(o)
+		return
+	}
 	w.queue = append(w.queue, o)
 	w.mu.Unlock()
+	w.kick()
+}
+
+func (w *replyWriter) kick() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -67,20 +89,26 @@ func (w *replyWriter) loop() {
 	}
 }
 
-// drain writes batches until the queue is empty.
+// drain writes batches until the queue is empty. It leaves the socket to
+// a direct sender that holds it; that sender wakes the writer when done.
 func (w *replyWriter) drain() {
 	for {
 		w.mu.Lock()
+		if w.busy || (len(w.queue) == 0 && w.carryOp == nil) {
+			w.mu.Unlock()
+			return
+		}
+		w.busy = true
 		batch := w.queue
 		w.queue = w.spare[:0]
 		w.mu.Unlock()
-		if len(batch) == 0 {
-			w.spare = batch
-			return
-		}
+		w.sendCarry()
 		w.writeBatch(batch)
 		clear(batch)
 		w.spare = batch[:0]
+		w.mu.Lock()
+		w.busy = false
+		w.mu.Unlock()
 	}
 }
 
@@ -107,18 +135,7 @@ func (w *replyWriter) send(ops []*op) {
 	}
 	iov := w.iov[:0]
 	for _, o := range ops {
-		if len(o.iov) > 0 {
-			iov = append(iov, o.iov...)
-			continue
-		}
-		iov = append(iov, o.hdr[:o.hdrLen])
-		if len(o.extra) > 0 {
-			iov = append(iov, o.extra)
-		}
-		if len(o.data) > 0 {
-			iov = append(iov, o.data)
-		}
-		iov = append(iov, o.views...)
+		iov = appendReply(iov, o)
 	}
 	w.writev(iov)
 	if w.c.srv.IdleTimeout > 0 {
@@ -132,7 +149,7 @@ func (w *replyWriter) send(ops []*op) {
 }
 
 func (w *replyWriter) writev(iov [][]byte) {
-	if w.failed {
+	if w.failed.Load() {
 		return
 	}
 	var err error
@@ -179,7 +196,7 @@ func (w *replyWriter) writeCoalesced(iov [][]byte) error {
 // fail marks the connection dead after a socket write error: the reader is
 // woken by closing the socket, and later replies are dropped.
 func (w *replyWriter) fail(err error) {
-	w.failed = true
+	w.failed.Store(true)
 	if !w.c.closed.Load() {
 		w.c.log.Debug("reply write failed", "err", err)
 	}
@@ -217,7 +234,7 @@ func (w *replyWriter) streamRead(o *op) {
 	}
 	w.writev([][]byte{o.hdr[:o.hdrLen], first})
 	done := len(first)
-	if !w.failed && done < n {
+	if !w.failed.Load() && done < n {
 		if sent, err := w.sendfileRange(c.exp.Backend, off+int64(done), int64(n-done)); sent {
 			if err != nil {
 				streamAborts.Add(1)
@@ -227,7 +244,7 @@ func (w *replyWriter) streamRead(o *op) {
 			return
 		}
 	}
-	for done < n && !w.failed {
+	for done < n && !w.failed.Load() {
 		part := chunk[:min(len(chunk), n-done)]
 		if err := readFull(c.exp.Backend, part, off+int64(done)); err != nil {
 			streamAborts.Add(1)
@@ -268,7 +285,7 @@ func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
 		putUint64(h[protocol.ChunkHeaderSize:], uint64(off+done))
 		w.writev([][]byte{h[:], data})
 		done += int64(len(data))
-		if last || w.failed {
+		if last || w.failed.Load() {
 			return
 		}
 		data = chunk[:min(int64(len(chunk)), n-done)]
