@@ -161,7 +161,11 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 		}
 		return b, nil
 	}
-	f, err := backend.OpenFile(spec.value, ro)
+	open := backend.OpenFile
+	if spec.has("direct") {
+		open = backend.OpenFileDirect // O_DIRECT: no page cache; 512-byte minimum block size
+	}
+	f, err := open(spec.value, ro)
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, unwrapPathError(err)), 2)
 	}

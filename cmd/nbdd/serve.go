@@ -37,7 +37,7 @@ func serveCommand() *cli.Command {
 func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
-		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH[,ro][,description=TEXT][,load][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH[,ro][,description=TEXT][,direct][,load][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_EXPORT"}},
 		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE[,ro][,description=TEXT][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_MEMORY"}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
