@@ -24,7 +24,7 @@ const benchExportSize = 256 << 20
 // The client pipelines up to depth requests, as the kernel and libnbd do.
 func BenchmarkTransmission(b *testing.B) {
 	for _, strategy := range bufstrategy.Names() {
-		for _, size := range []int{4 << 10, 128 << 10, 1 << 20} {
+		for _, size := range []int{4 << 10, 128 << 10, 1 << 20, 32 << 20} {
 			for _, depth := range []int{1, 32} {
 				for _, cmd := range []protocol.Cmd{protocol.CmdRead, protocol.CmdWrite} {
 					name := fmt.Sprintf("%s/%s/%dKiB/qd%d", strategy, cmdName(cmd), size>>10, depth)
@@ -32,6 +32,25 @@ func BenchmarkTransmission(b *testing.B) {
 				}
 			}
 		}
+	}
+}
+
+// BenchmarkAlternating writes 128 KiB and 4 KiB requests in turn at queue
+// depth 1, per strategy: the workload that makes resize-on-mismatch
+// reallocate on every request (one op is the pair).
+func BenchmarkAlternating(b *testing.B) {
+	for _, strategy := range bufstrategy.Names() {
+		b.Run(strategy, func(b *testing.B) {
+			cl := startBench(b, strategy, 1)
+			cl.prefill(b, 0)
+			b.SetBytes(132 << 10)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				cl.run(b, protocol.CmdWrite, 128<<10, 1, 1)
+				cl.run(b, protocol.CmdWrite, 4<<10, 1, 1)
+			}
+		})
 	}
 }
 
@@ -43,6 +62,17 @@ func cmdName(c protocol.Cmd) string {
 }
 
 func benchTransmission(b *testing.B, strategy string, cmd protocol.Cmd, size, depth int) {
+	cl := startBench(b, strategy, depth)
+	cl.prefill(b, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	cl.run(b, cmd, size, depth, b.N)
+}
+
+// startBench serves a memory export with strategy on a unix socket and
+// connects a client to it.
+func startBench(b *testing.B, strategy string, depth int) *benchClient {
 	bufs, err := bufstrategy.New(strategy, bufstrategy.Config{})
 	if err != nil {
 		b.Fatal(err)
@@ -61,12 +91,8 @@ func benchTransmission(b *testing.B, strategy string, cmd protocol.Cmd, size, de
 	go srv.Serve(l)
 	b.Cleanup(func() { srv.Close() })
 	cl := dialBench(b, sock)
-	defer cl.Close()
-	cl.prefill(b, size)
-	b.SetBytes(int64(size))
-	b.ReportAllocs()
-	b.ResetTimer()
-	cl.run(b, cmd, size, depth, b.N)
+	b.Cleanup(func() { cl.Close() })
+	return cl
 }
 
 // benchClient is a minimal pipelining NBD client.
