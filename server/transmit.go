@@ -172,6 +172,9 @@ func (c *conn) start(ctx context.Context, o *op) {
 // finish releases everything o holds once its reply is out (or the
 // connection is gone).
 func (c *conn) finish(o *op) {
+	if c.srv.IdleTimeout > 0 {
+		c.touch() // a reply went out: the idle timeout starts again
+	}
 	if o.buf != nil {
 		c.bufs.Put(o.buf)
 	}

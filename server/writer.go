@@ -138,9 +138,6 @@ func (w *replyWriter) send(ops []*op) {
 		iov = appendReply(iov, o)
 	}
 	w.writev(iov)
-	if w.c.srv.IdleTimeout > 0 {
-		w.c.touch()
-	}
 	clear(iov)
 	w.iov = iov[:0]
 	for _, o := range ops {
