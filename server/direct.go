@@ -4,6 +4,7 @@ import (
 	"errors"
 	"unsafe"
 
+	"github.com/nbdd/nbdd/protocol"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,6 +37,16 @@ func (w *replyWriter) direct(o *op) {
 	if pending {
 		w.kick()
 	}
+}
+
+// directMax is the largest reply sent directly. A larger one would rarely
+// fit in the socket buffer at once, and a partial write followed by a
+// hand-off costs more than the hand-off alone.
+const directMax = 64 << 10
+
+// small reports whether o's reply may be sent directly.
+func (o *op) small() bool {
+	return !o.stream && (o.req.Type != protocol.CmdRead || o.err != nil || o.req.Length <= directMax)
 }
 
 // tryWritev writes as much of iov as the socket takes now, without

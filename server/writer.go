@@ -52,7 +52,7 @@ func newReplyWriter(c *conn) *replyWriter {
 // otherwise queues o for the writer goroutine.
 func (w *replyWriter) enqueue(o *op) {
 	w.mu.Lock()
-	if w.raw != nil && !w.busy && len(w.queue) == 0 && w.carryOp == nil && !o.stream {
+	if w.raw != nil && !w.busy && len(w.queue) == 0 && w.carryOp == nil && o.small() {
 		w.busy = true
 		w.mu.Unlock()
 		w.direct(o)
