@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -54,6 +55,7 @@ func serveFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-connections-per-host", Value: 256, Usage: "connections per client host (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
 		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},
+		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},
 		&cli.StringFlag{Name: "fault", Usage: "inject faults into every export (testing): `SPEC`", EnvVars: []string{"NBDD_FAULT"}, Hidden: true},
 	}, append(tlsFlags(), ksmFlags()...)...)
 }
@@ -67,6 +69,13 @@ func serve(c *cli.Context) error {
 	logger, err := newLogger(c.String("log-level"))
 	if err != nil {
 		return usage("%v", err)
+	}
+	if path := c.String("cpuprofile"); path != "" {
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("--cpuprofile: %v", err), 2)
+		}
+		defer stop()
 	}
 	cfg, err := buildServer(c, logger)
 	if err != nil {
@@ -162,4 +171,18 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// startCPUProfile profiles the server until the returned function runs
+// (go tool pprof nbdd FILE).
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
