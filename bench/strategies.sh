@@ -11,12 +11,20 @@
 #
 #   bench/strategies.sh              # every configuration
 #   CONFIGS="pool stream" bench/strategies.sh
+#   EXPORT=file CASES=c bench/strategies.sh   # case (c) on a file export in /dev/shm
+#
+# Memory exports answer READs from their own pages (no buffer at all), so
+# case (c) on a memory export shows no strategy at work; EXPORT=file puts the
+# exports in /dev/shm files, whose READs go through the strategy's buffers
+# (sendfile for stream).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}
 FIO_SECONDS=${FIO_SECONDS:-5}
 SETTLE=${SETTLE:-30}
 CONNS=${CONNS:-384}
+EXPORT=${EXPORT:-memory}
+CASES=${CASES:-"ab c d"}
 
 bench_init
 (cd "$ROOT" && go build -o "$WORK/nbdload" ./bench/nbdload)
@@ -26,21 +34,30 @@ head -c $((1 << 30)) /dev/urandom >"$WORK/src.img"
 serve() {
 	local sock="$WORK/$1.sock"
 	rm -f "$sock"
+	local exp=(--memory "d=$2")
+	if [ "$EXPORT" = file ]; then
+		rm -f /dev/shm/nbdd-strategies.img
+		truncate -s "$2" /dev/shm/nbdd-strategies.img
+		exp=(--export d=/dev/shm/nbdd-strategies.img)
+	fi
 	case $1 in
 	go-nbd) start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" ;;
-	grow-unbudgeted) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" --memory "d=$2" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
-	*) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" --memory "d=$2" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	grow-unbudgeted) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	*) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
 	esac
 	SOCK=$sock
 }
 
-stop() { kill "$PID_srv"; wait "$PID_srv" 2>/dev/null || true; }
+stop() { kill "$PID_srv"; wait "$PID_srv" 2>/dev/null || true; rm -f /dev/shm/nbdd-strategies.img; }
+has() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 row() { printf '| %s | %s |\n' "$1" "$2"; }
 
 printf '| config | seq read MB/s | seq write MB/s | randread IOPS | randwrite IOPS | (a+b) peak RSS MiB | (a+b) RSS +%ss | (c) peak RSS | (c) RSS +%ss | (d) MB/s | (d) peak RSS | (d) RSS +%ss |\n' "$SETTLE" "$SETTLE" "$SETTLE"
 printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for cfg in $CONFIGS; do
+	rd=- wr=- rr=- rw=- abpeak=- abafter=- cpeak=- cafter=- dmb=- dpeak=- dafter=-
+	if has ab; then
 	serve "$cfg" 1G
 	u=$(uri "$SOCK")
 	nbdcopy "$WORK/src.img" "$u"
@@ -52,7 +69,9 @@ for cfg in $CONFIGS; do
 	sleep "$SETTLE"
 	abafter=$(rss_mib "$PID_srv")
 	stop
+	fi
 
+	if has c; then
 	serve "$cfg" 64M
 	"$WORK/nbdload" -socket "$SOCK" -mode conns -conns "$CONNS" -size $((32 << 20)) -hold $((SETTLE + 5))s >/dev/null 2>"$WORK/nbdload.log" &
 	load=$!
@@ -62,7 +81,9 @@ for cfg in $CONFIGS; do
 	cafter=$(rss_mib "$PID_srv")
 	wait $load || echo "nbdload conns failed: $(cat "$WORK/nbdload.log")" >&2
 	stop
+	fi
 
+	if has d; then
 	serve "$cfg" 1G
 	el=$("$WORK/nbdload" -socket "$SOCK" -mode spiky -total $((1 << 30)) -size $((32 << 20)) -every 2s | awk '/elapsed/ {print $2}')
 	dmb=$(awk -v s="$el" 'BEGIN {printf "%d", 1073741824/s/1e6}')
@@ -70,5 +91,6 @@ for cfg in $CONFIGS; do
 	sleep "$SETTLE"
 	dafter=$(rss_mib "$PID_srv")
 	stop
+	fi
 	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$cfg" "$rd" "$wr" "$rr" "$rw" "$abpeak" "$abafter" "$cpeak" "$cafter" "$dmb" "$dpeak" "$dafter"
 done
