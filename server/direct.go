@@ -63,25 +63,31 @@ func (w *replyWriter) tryWritev(iov [][]byte) (int, error) {
 			vecs = append(vecs, v)
 		}
 	}
-	var n uintptr
-	var errno unix.Errno
-	err := w.raw.Write(func(fd uintptr) bool {
-		// The raw system call, not unix.Writev: under the race detector
-		// that one reports the kernel's read of the iovecs as a Go read,
-		// and a READ lent from backend memory is copied by the kernel
-		// alone, like the writev of net.Buffers.
-		n, _, errno = unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&vecs[0])), uintptr(len(vecs)))
-		return true // never wait for the socket to become writable
-	})
+	w.vecs, w.wn, w.werrno = vecs, 0, 0
+	err := w.raw.Write(w.writevFn)
+	n, errno := w.wn, w.werrno
 	clear(vecs)
-	w.iovecs = vecs[:0]
+	w.iovecs, w.vecs = vecs[:0], nil
 	switch {
+	case err != nil:
+		return 0, err
 	case errno == unix.EAGAIN || errno == unix.EINTR:
 		return 0, err
 	case errno != 0:
 		return 0, errors.Join(err, errno)
 	}
 	return int(n), err
+}
+
+// writevNow is the RawConn callback of tryWritev (a method value made
+// once, so a reply allocates nothing). It uses the raw system call, not
+// unix.Writev: under the race detector that one reports the kernel's read
+// of the iovecs as a Go read, and a READ lent from backend memory is copied
+// by the kernel alone, like the writev of net.Buffers.
+func (w *replyWriter) writevNow(fd uintptr) bool {
+	n, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.vecs[0])), uintptr(len(w.vecs)))
+	w.wn, w.werrno = n, errno
+	return true // never wait for the socket to become writable
 }
 
 // sendCarry finishes a direct reply the socket took only part of. It runs

@@ -160,7 +160,9 @@ var inlineMax uint32 = 128 << 10
 func (c *conn) start(ctx context.Context, o *op) {
 	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.viewable(o)) {
 		c.exec(ctx, o)
-		c.w.enqueue(o)
+		// Send at once only when no other request is already in hand:
+		// otherwise its reply is coalesced with theirs in one writev.
+		c.w.enqueueMaybeDirect(o, c.br.Buffered() < protocol.RequestSize)
 		return
 	}
 	go func() {

@@ -35,8 +35,13 @@ type replyWriter struct {
 	carry   [][]byte
 	carryOp *op // a direct reply the socket took only part of; sent first
 	iovecs  []unix.Iovec
-	raw     syscall.RawConn
-	failed  atomic.Bool
+	vecs    []unix.Iovec // the iovecs of the writev in progress
+	wn      uintptr      // its result
+	werrno  unix.Errno
+	// writevFn is writevNow as a method value, made once.
+	writevFn func(fd uintptr) bool
+	raw      syscall.RawConn
+	failed   atomic.Bool
 }
 
 // streamAborts counts READs cut off by a hard disconnect because the
@@ -44,15 +49,22 @@ type replyWriter struct {
 var streamAborts atomic.Int64
 
 func newReplyWriter(c *conn) *replyWriter {
-	return &replyWriter{c: c, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	w := &replyWriter{c: c, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+	w.writevFn = w.writevNow
+	return w
 }
 
 // enqueue hands o to the writer. It never blocks: when the socket is
 // free it tries to send o at once without waiting (see direct.go), and
 // otherwise queues o for the writer goroutine.
-func (w *replyWriter) enqueue(o *op) {
+func (w *replyWriter) enqueue(o *op) { w.enqueueMaybeDirect(o, true) }
+
+// enqueueMaybeDirect is enqueue; with mayDirect false the reply always
+// goes through the writer, which coalesces it with the replies that
+// follow (the reader passes false while more requests wait in its buffer).
+func (w *replyWriter) enqueueMaybeDirect(o *op, mayDirect bool) {
 	w.mu.Lock()
-	if w.raw != nil && !w.busy && len(w.queue) == 0 && w.carryOp == nil && o.small() {
+	if mayDirect && w.raw != nil && !w.busy && len(w.queue) == 0 && w.carryOp == nil && o.small() {
 		w.busy = true
 		w.mu.Unlock()
 		w.direct(o)
