@@ -47,6 +47,9 @@ func (c *conn) exec(ctx context.Context, o *op) {
 // does itself; nothing of the reply is sent before data is in hand.
 func (c *conn) read(ctx context.Context, o *op) error {
 	if c.viewable(o) {
+		if sparse, err := c.readSparse(o, true); sparse {
+			return err
+		}
 		var err error
 		o.views, err = c.exp.viewer.AppendView(o.views[:0], int64(o.req.Offset), int64(o.req.Length))
 		return err
@@ -71,7 +74,7 @@ func (c *conn) read(ctx context.Context, o *op) error {
 		o.stream, o.firstRead = true, true
 		return nil
 	}
-	if sparse, err := c.readSparse(o); sparse {
+	if sparse, err := c.readSparse(o, false); sparse {
 		return err
 	}
 	if err := readFull(c.exp.Backend, buf, int64(o.req.Offset)); err != nil {
@@ -82,14 +85,10 @@ func (c *conn) read(ctx context.Context, o *op) error {
 }
 
 // viewable reports whether o's data can be sent straight from the
-// backend's memory: the backend lends it, the kernel copies it (a plain
-// socket, not TLS or net.Pipe, whose Go copy would race with writes), and
-// the reply is not a sparse one that needs the data in a buffer.
+// backend's memory: the backend lends it and the kernel copies it (a plain
+// socket, not TLS or net.Pipe, whose Go copy would race with writes).
 func (c *conn) viewable(o *op) bool {
-	if c.exp.viewer == nil || !c.kernelCopies {
-		return false
-	}
-	return !c.structured || c.exp.extenter == nil || o.req.Length < sparseMin || o.req.Flags&protocol.CmdFlagDF != 0
+	return c.exp.viewer != nil && c.kernelCopies
 }
 
 // mustStream reports whether a Get failed for want of room rather than for

@@ -30,6 +30,8 @@ type op struct {
 	extra  []byte   // structured payload after hdr: error message, extents
 	iov    [][]byte // a sparse READ's chunks, sent instead of hdr and data
 	views  [][]byte // READ data lent by a Viewer backend, sent after hdr
+	// segViews indexes o.views by data segment of a sparse READ.
+	segViews []int
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
@@ -37,10 +39,10 @@ var opPool = sync.Pool{New: func() any { return new(op) }}
 func getOp() *op { return opPool.Get().(*op) }
 
 func putOp(o *op) {
-	extra, iov, views := o.extra[:0], o.iov[:0], o.views[:0]
+	extra, iov, views, segViews := o.extra[:0], o.iov[:0], o.views[:0], o.segViews[:0]
 	clear(o.iov)
 	clear(o.views)
-	*o = op{extra: extra, iov: iov, views: views}
+	*o = op{extra: extra, iov: iov, views: views, segViews: segViews}
 	opPool.Put(o)
 }
 

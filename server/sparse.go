@@ -26,10 +26,11 @@ type segment struct {
 }
 
 // readSparse answers a structured READ whose range holds holes with
-// OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the wire. It
-// reports false, having done nothing, when the range is all data or the
-// request does not qualify.
-func (c *conn) readSparse(o *op) (bool, error) {
+// OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the wire. The
+// data runs are lent by the backend when lend is set (see viewable), or
+// read into o.buf. It reports false, having done nothing, when the range is
+// all data or the request does not qualify.
+func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 	if !c.structured || c.exp.extenter == nil || o.req.Length < sparseMin || o.req.Flags&protocol.CmdFlagDF != 0 {
 		return false, nil
 	}
@@ -38,14 +39,26 @@ func (c *conn) readSparse(o *op) (bool, error) {
 		return false, nil
 	}
 	base := int64(o.req.Offset)
+	o.views, o.segViews = o.views[:0], o.segViews[:0]
 	for _, s := range segs {
-		if !s.hole {
-			if err := readFull(c.exp.Backend, o.buf[s.off-base:s.off-base+s.n], s.off); err != nil {
+		if s.hole {
+			continue
+		}
+		o.segViews = append(o.segViews, len(o.views))
+		if lend {
+			if o.views, err = c.exp.viewer.AppendView(o.views, s.off, s.n); err != nil {
 				return true, err
 			}
+		} else {
+			part := o.buf[s.off-base : s.off-base+s.n]
+			if err := readFull(c.exp.Backend, part, s.off); err != nil {
+				return true, err
+			}
+			o.views = append(o.views, part)
 		}
 	}
-	o.buildSparse(segs, base)
+	o.segViews = append(o.segViews, len(o.views))
+	o.buildSparse(segs)
 	return true, nil
 }
 
@@ -76,8 +89,9 @@ func (c *conn) segments(off, n int64) ([]segment, error) {
 }
 
 // buildSparse encodes one chunk per segment into o.extra and points o.iov
-// at those headers and the data in o.buf; the last chunk carries DONE.
-func (o *op) buildSparse(segs []segment, base int64) {
+// at those headers and at the data slices in o.views (data segment k is
+// o.views[o.segViews[k]:o.segViews[k+1]]); the last chunk carries DONE.
+func (o *op) buildSparse(segs []segment) {
 	b := o.extra[:0]
 	for i, s := range segs {
 		flags := protocol.ReplyFlag(0)
@@ -95,14 +109,16 @@ func (o *op) buildSparse(segs []segment, base int64) {
 	}
 	o.extra = b
 	o.iov = o.iov[:0]
-	pos := 0
+	pos, k := 0, 0
 	for _, s := range segs {
 		if s.hole {
 			o.iov = append(o.iov, b[pos:pos+chunkHoleLen])
 			pos += chunkHoleLen
 			continue
 		}
-		o.iov = append(o.iov, b[pos:pos+chunkDataHdr], o.buf[s.off-base:s.off-base+s.n])
+		o.iov = append(o.iov, b[pos:pos+chunkDataHdr])
+		o.iov = append(o.iov, o.views[o.segViews[k]:o.segViews[k+1]]...)
 		pos += chunkDataHdr
+		k++
 	}
 }
