@@ -4,6 +4,7 @@ package backend
 
 import (
 	"bytes"
+	"github.com/nbdd/nbdd/internal/testenv"
 	"os"
 	"testing"
 
@@ -69,7 +70,7 @@ func TestFileZeroFallback(t *testing.T) {
 // ZERO_RANGE, so noHole zeroing must fall back for real.
 func TestFileTmpfs(t *testing.T) {
 	if _, err := os.Stat("/dev/shm"); err != nil {
-		t.Skip("no /dev/shm")
+		testenv.SkipOutsideCI(t, "no /dev/shm")
 	}
 	tmp, err := os.CreateTemp("/dev/shm", "nbdd-backend-*")
 	require.NoError(t, err)
@@ -164,7 +165,7 @@ func TestFileBlockDevice(t *testing.T) {
 		}
 	}
 	if f == nil {
-		t.Skipf("cannot open any of %v", devs)
+		testenv.SkipOutsideCI(t, "cannot open any of %v", devs)
 	}
 	t.Cleanup(func() { f.Close() })
 	size, err := f.Size()
@@ -184,7 +185,8 @@ func TestFileBlockDevice(t *testing.T) {
 func TestFileBlockDeviceWrite(t *testing.T) {
 	dev := os.Getenv("NBDD_TEST_BLOCKDEV_RW")
 	if dev == "" {
-		t.Skip("set NBDD_TEST_BLOCKDEV_RW to a scratch block device to run")
+		// Opt-in, also in CI: it overwrites the device it is given.
+		t.Skip("set NBDD_TEST_BLOCKDEV_RW to a scratch block device to run (opt-in in CI too: destructive)")
 	}
 	f, err := OpenFile(dev, false)
 	require.NoError(t, err)

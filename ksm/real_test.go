@@ -27,7 +27,7 @@ func requireRealKSM(t *testing.T) {
 		t.Skip("set NBDD_KSM_REAL=1 to run against the host's KSM (root, /sys/kernel/mm/ksm)")
 	}
 	if os.Geteuid() != 0 || unix.Access(filepath.Join(DefaultRoot, KnobRun), unix.W_OK) != nil {
-		t.Skip("needs root and a writable " + DefaultRoot)
+		t.Fatal("NBDD_KSM_REAL=1 needs root and a writable " + DefaultRoot)
 	}
 	f, err := os.OpenFile(realLock, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
