@@ -186,11 +186,17 @@ func (m *Mapped) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	lo, hi := off>>trackShift, (off+int64(len(p))-1)>>trackShift+1
+	lo, hi := m.blockRange(off, int64(len(p)))
 	m.written.set(lo, hi) // before the copy: Extents may say data early, never zero late
 	copy(m.mem[off:], p)
 	m.markDirty(lo, hi) // after the copy, so a Sync that clears the bit saw the data
 	return len(p), nil
+}
+
+// blockRange returns the tracking blocks [lo, hi) that the n > 0 bytes at
+// off touch.
+func (m *Mapped) blockRange(off, n int64) (lo, hi int64) {
+	return off >> trackShift, (off+n-1)>>trackShift + 1
 }
 
 // markDirty records blocks [lo, hi) for the next Sync of a persistent
@@ -218,7 +224,7 @@ func (m *Mapped) WriteZeroes(off, length int64, noHole, fast bool) error {
 		return nil
 	}
 	m.zero(off, off+length)
-	lo, hi := off>>trackShift, (off+length-1)>>trackShift+1
+	lo, hi := m.blockRange(off, length)
 	if !noHole {
 		m.written.unset(m.fullBlocks(off, off+length))
 	}

@@ -51,12 +51,25 @@ func (l *leafTable) read(j int, dst []byte, o int) {
 func (l *leafTable) write(j int, src []byte, o int) {
 	l.locks[j].Lock()
 	defer l.locks[j].Unlock()
+	copy(l.allocLocked(j)[o:], src)
+}
+
+// chunkForWrite returns chunk j, allocating it first if it is absent.
+func (l *leafTable) chunkForWrite(j int) *chunk {
+	l.locks[j].Lock()
+	defer l.locks[j].Unlock()
+	return l.allocLocked(j)
+}
+
+// allocLocked returns chunk j, allocating it first if it is absent. The
+// caller holds locks[j].
+func (l *leafTable) allocLocked(j int) *chunk {
 	c := l.chunks[j].Load()
 	if c == nil {
 		c = new(chunk)
 		l.chunks[j].Store(c)
 	}
-	copy(c[o:], src)
+	return c
 }
 
 // zero clears n bytes of chunk j from offset o. If drop is set and the

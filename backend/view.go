@@ -18,6 +18,25 @@ type Viewer interface {
 	AppendView(iov [][]byte, off, n int64) ([][]byte, error)
 }
 
+// WriteViewer is implemented by memory backends that lend their own bytes
+// for a WRITE, so the server reads the payload from the socket straight
+// into the export with readv(2): one copy, by the kernel, instead of one
+// into a buffer and a second into the export.
+//
+// AppendWriteView appends to iov slices that together are the n bytes at
+// off, allocating storage where there is none, and returns the extended
+// iov. The caller fills them completely or the connection dies, then calls
+// CommitWriteView with the same range, whatever happened; the range reads
+// as written from then on. As with Viewer, only the kernel may write the
+// slices: a concurrent request to the same range sees old bytes, new bytes
+// or a mix, which NBD leaves undefined (proto.md "Ordering of messages and
+// writes"), and a concurrent Trim of the range may drop the write, as it
+// could drop it if run just after.
+type WriteViewer interface {
+	AppendWriteView(iov [][]byte, off, n int64) ([][]byte, error)
+	CommitWriteView(off, n int64)
+}
+
 // zeroChunk backs views of unwritten memory. Nothing ever writes to it.
 var zeroChunk chunk
 
@@ -38,6 +57,22 @@ func (m *Memory) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 	return iov, nil
 }
 
+// AppendWriteView implements WriteViewer: one slice per 64 KiB chunk
+// touched, each allocated if it was absent.
+func (m *Memory) AppendWriteView(iov [][]byte, off, n int64) ([][]byte, error) {
+	if err := checkRange("write view", off, n, m.size); err != nil {
+		return iov, err
+	}
+	span(off, n, func(i int64, o, lo, hi int) {
+		c := m.leaf(i, true).chunkForWrite(int(i & tableMask))
+		iov = append(iov, c[o:o+hi-lo])
+	})
+	return iov, nil
+}
+
+// CommitWriteView implements WriteViewer: nothing is left to record.
+func (m *Memory) CommitWriteView(off, n int64) {}
+
 // AppendView implements Viewer: one slice of the mapping.
 func (m *Mapped) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 	size, _ := m.Size()
@@ -45,4 +80,24 @@ func (m *Mapped) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 		return iov, err
 	}
 	return append(iov, m.Bytes()[off:off+n]), nil
+}
+
+// AppendWriteView implements WriteViewer: one slice of the mapping. The
+// range counts as data for Extents from now on.
+func (m *Mapped) AppendWriteView(iov [][]byte, off, n int64) ([][]byte, error) {
+	if err := checkRange("write view", off, n, m.size); err != nil {
+		return iov, err
+	}
+	if n > 0 {
+		m.written.set(m.blockRange(off, n))
+	}
+	return append(iov, m.mem[off:off+n:off+n]), nil
+}
+
+// CommitWriteView implements WriteViewer: a persistent export marks the
+// range for the next Sync.
+func (m *Mapped) CommitWriteView(off, n int64) {
+	if n > 0 {
+		m.markDirty(m.blockRange(off, n))
+	}
 }

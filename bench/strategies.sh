@@ -3,24 +3,28 @@
 # go-nbd v0.3.2 server as the baseline, in one run (docs/strategies.md).
 #
 # Per configuration, on a fresh server each time:
-#   (a) nbdcopy sequential read and write of 1 GiB      -> MB/s
-#   (b) fio 4 KiB randread and randwrite at iodepth 32  -> IOPS
+#   (a) nbdcopy sequential read and write of 1 GiB      -> MB/s, median of REPS runs
+#   (b) fio 4 KiB randread and randwrite at iodepth 32  -> IOPS, median of FIO_REPS runs
 #   (c) 384 connections each read 32 MiB once, then idle (64 MiB export)
 #   (d) 1 GiB of 4 KiB I/O with a 32 MiB read every 2 s
 # and for (a+b), (c) and (d): peak RSS and RSS 30 s after the load stops.
 #
 #   bench/strategies.sh              # every configuration
 #   CONFIGS="pool stream" bench/strategies.sh
-#   EXPORT=file CASES=c bench/strategies.sh   # case (c) on a file export in /dev/shm
+#   EXPORT=file bench/strategies.sh   # every case on a file export in /dev/shm
 #
-# Memory exports answer READs from their own pages (no buffer at all), so
-# case (c) on a memory export shows no strategy at work; EXPORT=file puts the
-# exports in /dev/shm files, whose READs go through the strategy's buffers
-# (sendfile for stream).
+# Memory exports answer READs from their own pages and take WRITE payloads
+# straight into them (no buffer at all), so on a memory export the table
+# shows the server, not the strategy. EXPORT=file puts the exports in
+# /dev/shm files, whose payloads all go through the strategy's buffers
+# (sendfile for stream), and serves go-nbd's FileBackend on the same kind
+# of file.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}
 FIO_SECONDS=${FIO_SECONDS:-5}
+REPS=${REPS:-5}
+FIO_REPS=${FIO_REPS:-3}
 SETTLE=${SETTLE:-30}
 CONNS=${CONNS:-384}
 EXPORT=${EXPORT:-memory}
@@ -41,7 +45,11 @@ serve() {
 		exp=(--export d=/dev/shm/nbdd-strategies.img)
 	fi
 	case $1 in
-	go-nbd) start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" ;;
+	go-nbd)
+		local file=()
+		[ "$EXPORT" = file ] && file=(-file /dev/shm/nbdd-strategies.img)
+		start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" "${file[@]}"
+		;;
 	grow-unbudgeted) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
 	*) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
 	esac
@@ -51,7 +59,21 @@ serve() {
 stop() { kill "$PID_srv"; wait "$PID_srv" 2>/dev/null || true; rm -f /dev/shm/nbdd-strategies.img; }
 has() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
-row() { printf '| %s | %s |\n' "$1" "$2"; }
+# mbps CMD...: median MB/s of REPS runs of CMD, each moving 1 GiB.
+mbps() {
+	local all=""
+	for _ in $(seq "$REPS"); do
+		all="$all $(awk -v s="$(seconds "$@")" 'BEGIN {printf "%d", 1073741824/s/1e6}')"
+	done
+	echo "$all" | median
+}
+
+# iops RW: median IOPS of FIO_REPS fio runs.
+iops() {
+	local all=""
+	for _ in $(seq "$FIO_REPS"); do all="$all $(fio_iops "$u" "$1" 4k 32 "$FIO_SECONDS")"; done
+	echo "$all" | median
+}
 
 printf '| config | seq read MB/s | seq write MB/s | randread IOPS | randwrite IOPS | (a+b) peak RSS MiB | (a+b) RSS +%ss | (c) peak RSS | (c) RSS +%ss | (d) MB/s | (d) peak RSS | (d) RSS +%ss |\n' "$SETTLE" "$SETTLE" "$SETTLE"
 printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
@@ -61,10 +83,10 @@ for cfg in $CONFIGS; do
 	serve "$cfg" 1G
 	u=$(uri "$SOCK")
 	nbdcopy "$WORK/src.img" "$u"
-	rd=$(awk -v s="$(seconds nbdcopy "$u" null:)" 'BEGIN {printf "%d", 1073741824/s/1e6}')
-	wr=$(awk -v s="$(seconds nbdcopy "$WORK/src.img" "$u")" 'BEGIN {printf "%d", 1073741824/s/1e6}')
-	rr=$(fio_iops "$u" randread 4k 32 "$FIO_SECONDS")
-	rw=$(fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS")
+	rd=$(mbps nbdcopy "$u" null:)
+	wr=$(mbps nbdcopy "$WORK/src.img" "$u")
+	rr=$(iops randread)
+	rw=$(iops randwrite)
 	abpeak=$(peak_rss_mib "$PID_srv")
 	sleep "$SETTLE"
 	abafter=$(rss_mib "$PID_srv")

@@ -41,6 +41,18 @@ func (g *byteGate) acquire(ctx context.Context, n int64) (int64, error) {
 	return n, nil
 }
 
+// tryAcquire takes n bytes (capped as in acquire) if they are free now.
+func (g *byteGate) tryAcquire(n int64) (int64, bool) {
+	n = min(n, g.limit)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.avail < n {
+		return 0, false
+	}
+	g.avail -= n
+	return n, true
+}
+
 func (g *byteGate) release(n int64) {
 	g.mu.Lock()
 	g.avail += n

@@ -9,9 +9,11 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nbdd/nbdd/bufstrategy"
+	"golang.org/x/sys/unix"
 )
 
 // readBufferSize is the socket read buffer: large enough to hold many
@@ -52,6 +54,20 @@ type conn struct {
 	// readerSpare and writerSpare are the fallback buffers of the reader
 	// and the writer when the budget is exhausted (see spare).
 	readerSpare, writerSpare []byte
+	// held are replies of requests the reader ran inline and has not yet
+	// handed to the writer, so that the replies of a burst of requests go
+	// out together (see hold). Owned by the reader.
+	held      []*op
+	heldBytes int
+	// State of in-place WRITEs (inplace.go), owned by the reader: the raw
+	// socket, nil unless kernelCopies, and the readv in progress.
+	rawIn   syscall.RawConn
+	inIov   [][]byte
+	inVecs  []unix.Iovec
+	rvecs   []unix.Iovec
+	rn      uintptr
+	rerrno  unix.Errno
+	readvFn func(fd uintptr) bool
 	// kernelCopies is set when replies go to a socket through writev, so
 	// backend memory lent for a READ is only ever read by the kernel.
 	kernelCopies bool

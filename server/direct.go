@@ -8,35 +8,51 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// direct sends o's reply from the calling goroutine with one writev that
-// does not wait. When the socket takes all of it, which is the usual case
-// for a reply that fits in the socket buffer, the reply left without a
-// goroutine hand-off (the cost that dominates small requests at low queue
-// depth). Otherwise the rest is left to the writer goroutine, so the
-// caller, often the reader, never waits on a slow client. The caller holds
-// w.busy; direct releases it.
-func (w *replyWriter) direct(o *op) {
-	iov := appendReply(w.iov[:0], o)
+// direct sends the replies of ops from the calling goroutine with one
+// writev that does not wait. When the socket takes all of it, which is the
+// usual case for replies that fit in the socket buffer, they left without a
+// goroutine hand-off (the cost that dominates small requests). Otherwise
+// the rest is left to the writer goroutine, so the caller, often the
+// reader, never waits on a slow client. The caller holds w.busy; direct
+// releases it.
+func (w *replyWriter) direct(ops []*op) {
+	iov := w.iov[:0]
+	for _, o := range ops {
+		iov = appendReply(iov, o)
+	}
 	n, err := w.tryWritev(iov)
-	switch {
-	case err != nil:
+	if err != nil {
 		w.fail(err)
+		n = iovLen(iov) // nothing more will be sent: finish them all
+	}
+	sent := n
+	for i, o := range ops {
+		l := replyLen(o)
+		if sent < l {
+			w.carry = appendRest(w.carry[:0], iov, n)
+			w.carryOps = append(w.carryOps[:0], ops[i:]...)
+			break
+		}
+		sent -= l
 		w.c.finish(o)
-	case n == iovLen(iov):
-		w.c.finish(o)
-	default:
-		w.carry = appendRest(w.carry[:0], iov, n)
-		w.carryOp = o
 	}
 	clear(iov)
 	w.iov = iov[:0]
 	w.mu.Lock()
 	w.busy = false
-	pending := len(w.queue) > 0 || w.carryOp != nil
+	pending := len(w.queue) > 0 || len(w.carryOps) > 0
 	w.mu.Unlock()
 	if pending {
 		w.kick()
 	}
+}
+
+// replyLen is the length of o's reply on the wire.
+func replyLen(o *op) int {
+	if len(o.iov) > 0 {
+		return iovLen(o.iov)
+	}
+	return o.hdrLen + len(o.extra) + len(o.data) + iovLen(o.views)
 }
 
 // directMax is the largest reply sent directly. A larger one would rarely
@@ -47,6 +63,16 @@ const directMax = 64 << 10
 // small reports whether o's reply may be sent directly.
 func (o *op) small() bool {
 	return !o.stream && (o.req.Type != protocol.CmdRead || o.err != nil || o.req.Length <= directMax)
+}
+
+// allSmall reports whether every reply of ops may be sent directly.
+func allSmall(ops []*op) bool {
+	for _, o := range ops {
+		if !o.small() {
+			return false
+		}
+	}
+	return true
 }
 
 // tryWritev writes as much of iov as the socket takes now, without
@@ -90,17 +116,20 @@ func (w *replyWriter) writevNow(fd uintptr) bool {
 	return true // never wait for the socket to become writable
 }
 
-// sendCarry finishes a direct reply the socket took only part of. It runs
-// on the writer goroutine, holding w.busy, before anything else is sent.
+// sendCarry finishes the direct replies the socket took only part of. It
+// runs on the writer goroutine, holding w.busy, before anything else is
+// sent.
 func (w *replyWriter) sendCarry() {
-	if w.carryOp == nil {
+	if len(w.carryOps) == 0 {
 		return
 	}
 	w.writev(w.carry)
-	o := w.carryOp
+	for _, o := range w.carryOps {
+		w.c.finish(o)
+	}
 	clear(w.carry)
-	w.carry, w.carryOp = w.carry[:0], nil
-	w.c.finish(o)
+	clear(w.carryOps)
+	w.carry, w.carryOps = w.carry[:0], w.carryOps[:0]
 }
 
 // appendReply appends the slices of o's reply: header, structured

@@ -52,6 +52,7 @@ type caps struct {
 	// nonBlocking backends run small requests inline on the reader.
 	nonBlocking bool
 	viewer      backend.Viewer
+	writeViewer backend.WriteViewer
 }
 
 // openExport is the export a connection has selected.
@@ -82,6 +83,7 @@ func discoverCaps(e *Export) (caps, error) {
 	c.fua, _ = e.Backend.(backend.FUAWriter)
 	c.extenter, _ = e.Backend.(backend.Extenter)
 	c.viewer, _ = e.Backend.(backend.Viewer)
+	c.writeViewer, _ = e.Backend.(backend.WriteViewer)
 	if mc, ok := e.Backend.(backend.MultiConner); ok {
 		c.multiConn = mc.CanMultiConn()
 	}

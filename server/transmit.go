@@ -32,6 +32,7 @@ func (c *conn) transmit(ctx context.Context) error {
 	c.w = newReplyWriter(c)
 	if c.kernelCopies {
 		c.w.raw, _ = c.rwc.(syscall.Conn).SyscallConn()
+		c.rawIn, c.readvFn = c.w.raw, c.readvNow
 	}
 	go c.w.loop()
 	c.inTrans.Store(true)
@@ -50,6 +51,7 @@ func (c *conn) transmit(ctx context.Context) error {
 // readRequests is the reader loop.
 func (c *conn) readRequests(ctx context.Context) error {
 	var hdr [protocol.RequestSize]byte
+	defer c.release()
 	for {
 		if err := c.readHeader(&hdr); err != nil {
 			return err
@@ -71,6 +73,9 @@ func (c *conn) readRequests(ctx context.Context) error {
 // the connection is closed when nothing has been in flight and no reply
 // has gone out for IdleTimeout.
 func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
+	if c.br.Buffered() < protocol.RequestSize {
+		c.release() // about to wait for the client
+	}
 	idle := c.srv.IdleTimeout
 	if idle <= 0 || c.nc == nil || c.br.Buffered() >= protocol.RequestSize {
 		_, err := io.ReadFull(c.br, hdr[:])
@@ -113,6 +118,7 @@ func (c *conn) handle(ctx context.Context, req protocol.Request) error {
 			return verr
 		}
 		if req.Type == protocol.CmdWrite {
+			c.releaseUnlessBuffered(int(req.Length))
 			if _, err := c.br.Discard(int(req.Length)); err != nil {
 				c.finish(o)
 				return fmt.Errorf("skip rejected write payload: %w", err)
@@ -140,6 +146,9 @@ func (c *conn) handle(ctx context.Context, req protocol.Request) error {
 // the connection is full, so the reader stops reading the socket rather
 // than queueing without bound.
 func (c *conn) newOp(req protocol.Request) *op {
+	if len(c.slots) == cap(c.slots) {
+		c.release() // held replies hold slots too
+	}
 	c.slots <- struct{}{}
 	c.inflight.Add(1)
 	c.nInflight.Add(1)
@@ -160,15 +169,55 @@ var inlineMax uint32 = 128 << 10
 func (c *conn) start(ctx context.Context, o *op) {
 	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.viewable(o)) {
 		c.exec(ctx, o)
-		// Send at once only when no other request is already in hand:
-		// otherwise its reply is coalesced with theirs in one writev.
-		c.w.enqueueMaybeDirect(o, c.br.Buffered() < protocol.RequestSize)
+		c.hold(o)
 		return
 	}
 	go func() {
 		c.exec(ctx, o)
 		c.w.enqueue(o)
 	}()
+}
+
+// Limits of the replies the reader holds back: enough to share one writev
+// among a burst of small requests, small enough that the first reply of a
+// burst does not wait long.
+const (
+	maxHeld      = 64
+	maxHeldBytes = 256 << 10
+)
+
+// hold keeps the reply of a request the reader ran inline, so that the
+// replies of the requests already in the read buffer go out together in
+// one writev, sent by the reader itself when the socket is free: no
+// goroutine hand-off and one system call for the burst. The reader
+// releases them before anything that may wait (see release), so no reply
+// is held while the reader blocks.
+func (c *conn) hold(o *op) {
+	c.held = append(c.held, o)
+	c.heldBytes += replyLen(o)
+	if c.br.Buffered() < protocol.RequestSize || len(c.held) >= maxHeld || c.heldBytes >= maxHeldBytes {
+		c.release()
+	}
+}
+
+// release hands the held replies to the writer. The reader calls it before
+// every step that may wait: reading the socket beyond what is buffered,
+// taking a queue slot or payload bytes, and leaving the loop.
+func (c *conn) release() {
+	if len(c.held) == 0 {
+		return
+	}
+	c.w.enqueueAll(c.held)
+	clear(c.held)
+	c.held, c.heldBytes = c.held[:0], 0
+}
+
+// releaseUnlessBuffered releases the held replies unless the next n bytes
+// are already in the read buffer.
+func (c *conn) releaseUnlessBuffered(n int) {
+	if c.br.Buffered() < n {
+		c.release()
+	}
 }
 
 // finish releases everything o holds once its reply is out (or the

@@ -15,15 +15,27 @@ func (c *conn) reserve(ctx context.Context, o *op) error {
 	if limit := c.srv.bufs.ChunkLimit(); limit > 0 {
 		n = min(n, int64(limit))
 	}
-	w, err := c.bytes.acquire(ctx, n)
+	w, ok := c.bytes.tryAcquire(n)
+	if !ok {
+		c.release() // held replies may hold the bytes it waits for
+		var err error
+		if w, err = c.bytes.acquire(ctx, n); err != nil {
+			return err
+		}
+	}
 	o.weight = w
-	return err
+	return nil
 }
 
-// startWrite reads a validated WRITE's payload and starts it. When the
-// strategy hands out a buffer smaller than the payload, the payload is
-// streamed into the backend chunk by chunk on this goroutine instead.
+// startWrite reads a validated WRITE's payload and starts it. A backend
+// that never blocks is written in place (inplace.go). Otherwise the payload
+// goes into a buffer from the strategy, or, when the strategy hands out a
+// buffer smaller than the payload, it is streamed into the backend chunk
+// by chunk on this goroutine.
 func (c *conn) startWrite(ctx context.Context, o *op) error {
+	if c.writesInPlace(o) {
+		return c.writeInPlace(o)
+	}
 	n := int(o.req.Length)
 	if err := c.reserve(ctx, o); err != nil {
 		c.finish(o)
@@ -41,6 +53,7 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 		return c.streamWrite(o, buf, true)
 	}
 	o.buf = buf
+	c.releaseUnlessBuffered(n)
 	if _, err := io.ReadFull(c.br, buf); err != nil {
 		c.finish(o)
 		return fmt.Errorf("read write payload: %w", err)
@@ -71,6 +84,7 @@ func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
 	if fromStrategy {
 		defer c.bufs.Put(chunk)
 	}
+	c.releaseUnlessBuffered(int(o.req.Length))
 	off := int64(o.req.Offset)
 	var werr error
 	for left := int(o.req.Length); left > 0; {

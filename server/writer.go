@@ -29,15 +29,15 @@ type replyWriter struct {
 	busy bool
 
 	// Owned by whoever holds busy.
-	spare   []*op
-	iov     [][]byte
-	scratch []byte // coalesces replies over TLS, which has no writev
-	carry   [][]byte
-	carryOp *op // a direct reply the socket took only part of; sent first
-	iovecs  []unix.Iovec
-	vecs    []unix.Iovec // the iovecs of the writev in progress
-	wn      uintptr      // its result
-	werrno  unix.Errno
+	spare    []*op
+	iov      [][]byte
+	scratch  []byte // coalesces replies over TLS, which has no writev
+	carry    [][]byte
+	carryOps []*op // direct replies the socket took only part of; sent first
+	iovecs   []unix.Iovec
+	vecs     []unix.Iovec // the iovecs of the writev in progress
+	wn       uintptr      // its result
+	werrno   unix.Errno
 	// writevFn is writevNow as a method value, made once.
 	writevFn func(fd uintptr) bool
 	raw      syscall.RawConn
@@ -54,23 +54,24 @@ func newReplyWriter(c *conn) *replyWriter {
 	return w
 }
 
-// enqueue hands o to the writer. It never blocks: when the socket is
-// free it tries to send o at once without waiting (see direct.go), and
-// otherwise queues o for the writer goroutine.
-func (w *replyWriter) enqueue(o *op) { w.enqueueMaybeDirect(o, true) }
+// enqueue hands o to the writer; see enqueueAll.
+func (w *replyWriter) enqueue(o *op) {
+	one := [1]*op{o}
+	w.enqueueAll(one[:])
+}
 
-// enqueueMaybeDirect is enqueue; with mayDirect false the reply always
-// goes through the writer, which coalesces it with the replies that
-// follow (the reader passes false while more requests wait in its buffer).
-func (w *replyWriter) enqueueMaybeDirect(o *op, mayDirect bool) {
+// enqueueAll hands the replies of ops to the writer. It never blocks:
+// when the socket is free it tries to send them at once without waiting
+// (see direct.go), and otherwise queues them for the writer goroutine.
+func (w *replyWriter) enqueueAll(ops []*op) {
 	w.mu.Lock()
-	if mayDirect && w.raw != nil && !w.busy && len(w.queue) == 0 && w.carryOp == nil && o.small() {
+	if w.raw != nil && !w.busy && len(w.queue) == 0 && len(w.carryOps) == 0 && allSmall(ops) {
 		w.busy = true
 		w.mu.Unlock()
-		w.direct(o)
+		w.direct(ops)
 		return
 	}
-	w.queue = append(w.queue, o)
+	w.queue = append(w.queue, ops...)
 	w.mu.Unlock()
 	w.kick()
 }
@@ -106,7 +107,7 @@ func (w *replyWriter) loop() {
 func (w *replyWriter) drain() {
 	for {
 		w.mu.Lock()
-		if w.busy || (len(w.queue) == 0 && w.carryOp == nil) {
+		if w.busy || (len(w.queue) == 0 && len(w.carryOps) == 0) {
 			w.mu.Unlock()
 			return
 		}

@@ -1,5 +1,5 @@
-// Command gonbd-server serves one go-nbd v0.3.2 memory export on a unix
-// socket. It exists only as the baseline of bench/compare.sh and
+// Command gonbd-server serves one go-nbd v0.3.2 export, memory or a file,
+// on a unix socket. It exists only as the baseline of bench/compare.sh and
 // bench/strategies.sh: go-nbd is the library nbdd's backends stay
 // compatible with, so its server is the reference nbdd must beat.
 package main
@@ -17,13 +17,24 @@ import (
 func main() {
 	sock := flag.String("socket", "", "unix socket path")
 	size := flag.Int64("size", 1<<30, "export size in bytes")
+	file := flag.String("file", "", "serve this file (go-nbd's FileBackend) instead of memory")
 	flag.Parse()
+	var b backend.Backend
+	if *file != "" {
+		f, err := os.OpenFile(*file, os.O_RDWR, 0)
+		if err != nil {
+			log.Fatal(err)
+		}
+		b = backend.NewFileBackend(f)
+	} else {
+		b = backend.NewMemoryBackend(make([]byte, *size))
+	}
 	os.Remove(*sock)
 	l, err := net.Listen("unix", *sock)
 	if err != nil {
 		log.Fatal(err)
 	}
-	exports := []*server.Export{{Name: "", Backend: backend.NewMemoryBackend(make([]byte, *size))}}
+	exports := []*server.Export{{Name: "", Backend: b}}
 	for {
 		c, err := l.Accept()
 		if err != nil {

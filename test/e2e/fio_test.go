@@ -44,8 +44,8 @@ func fio(t *testing.T, uri string, args ...string) []fioJob {
 // fails the job.
 func TestFIOVerify(t *testing.T) {
 	requireTool(t, "fio")
-	forEachStrategy(t, func(t *testing.T, strategy string) {
-		s := startNBDD(t, "--strategy", strategy, "--memory", "disk=64M")
+	forEachStrategyAndExport(t, 64<<20, func(t *testing.T, strategy string, export []string) {
+		s := startNBDD(t, append([]string{"--strategy", strategy}, export...)...)
 		const size = 16 << 20
 		jobs := fio(t, s.unixURI(t, "disk"),
 			"--iodepth=32", "--size=16m", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",

@@ -79,6 +79,23 @@ func forEachStrategy(t *testing.T, f func(t *testing.T, strategy string)) {
 	}
 }
 
+// forEachStrategyAndExport runs f once per buffer strategy and kind of
+// export, with the nbdd arguments for an export named "disk" of size
+// bytes. Both kinds matter: a memory export sends READs from its own pages
+// and takes WRITE payloads straight into them, so only a file export, whose
+// payloads all pass through buffers, puts the strategy to work.
+func forEachStrategyAndExport(t *testing.T, size int64, f func(t *testing.T, strategy string, export []string)) {
+	t.Helper()
+	forEachStrategy(t, func(t *testing.T, strategy string) {
+		t.Run("memory", func(t *testing.T) {
+			f(t, strategy, []string{"--memory", fmt.Sprintf("disk=%d", size)})
+		})
+		t.Run("file", func(t *testing.T) {
+			f(t, strategy, []string{"--export", "disk=" + sparseFile(t, t.TempDir(), size)})
+		})
+	})
+}
+
 // requireTool skips the test when name is not on PATH, unless CI is set:
 // .ci/run installs every peer, so a skip there would hide a broken install.
 func requireTool(t *testing.T, name string) {

@@ -10,12 +10,14 @@ import (
 
 // TestQEMUImgConvert copies a 256 MiB random image into nbdd with
 // qemu-img convert, back out into a new file, and compares the bytes, on
-// the unix socket and on TCP.
+// the unix socket and on TCP. The export is a file, whose payloads all go
+// through the strategy's buffers (TestNBDCopyRoundTrip covers memory).
 func TestQEMUImgConvert(t *testing.T) {
 	requireTool(t, "qemu-img")
 	src := randomImage(t)
 	forEachStrategy(t, func(t *testing.T, strategy string) {
-		s := startNBDD(t, "--strategy", strategy, "--listen", "tcp://127.0.0.1:0", "--memory", "disk=256M")
+		img := sparseFile(t, t.TempDir(), imageSize)
+		s := startNBDD(t, "--strategy", strategy, "--listen", "tcp://127.0.0.1:0", "--export", "disk="+img)
 		for _, uri := range []string{s.unixURI(t, "disk"), s.tcpURI(t, "disk")} {
 			back := filepath.Join(t.TempDir(), "back.img")
 			command{name: "qemu-img", args: []string{"convert", "-n", "-f", "raw", "-O", "raw", src, uri}}.run(t)
@@ -39,8 +41,8 @@ func TestQEMUImgConvert(t *testing.T) {
 // a pattern check fails, so the output is checked line by line.
 func TestQEMUIOPatterns(t *testing.T) {
 	requireTool(t, "qemu-io")
-	forEachStrategy(t, func(t *testing.T, strategy string) {
-		s := startNBDD(t, "--strategy", strategy, "--memory", "disk=64M")
+	forEachStrategyAndExport(t, 64<<20, func(t *testing.T, strategy string, export []string) {
+		s := startNBDD(t, append([]string{"--strategy", strategy}, export...)...)
 		uri := s.unixURI(t, "disk")
 		ops := []struct{ pattern, off, n string }{
 			{"0xab", "1000", "5000"},

@@ -32,8 +32,11 @@ func TestGracefulShutdown(t *testing.T) {
 	requireTool(t, "fio")
 	forEachStrategy(t, func(t *testing.T, strategy string) {
 		img := sparseFile(t, t.TempDir(), 2*shutBlocks*shutBlock)
+		// Each write takes 300 ms, so writes are surely in flight when
+		// SIGTERM arrives even if the client's goroutines are starved of
+		// CPU for a while (go test runs packages in parallel on 2 cores).
 		s := startNBDD(t, "--strategy", strategy, "--export", "disk="+img,
-			"--fault", "write:delay=100ms", "--shutdown-timeout", "5s")
+			"--fault", "write:delay=300ms", "--shutdown-timeout", "5s")
 
 		c := dialRaw(t, s.sock, "disk")
 		w := &blockWriter{c: c, term: make(chan struct{})}
