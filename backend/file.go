@@ -34,7 +34,19 @@ type File struct {
 	noZeroRange atomic.Bool
 	noSeekData  atomic.Bool
 	noDSync     atomic.Bool
+
+	// lastData caches the last run of data found with SEEK_DATA and
+	// SEEK_HOLE, as qemu's file-posix does: on tmpfs, and with the inode
+	// locked, SEEK_HOLE walks the page cache up to the next hole, so a
+	// lookup per READ of a 1 GiB file cost O(file size) each. Writes never
+	// make a hole, so the run stays data until a fallocate clears the
+	// cache; a stale run is still correct, since reporting data claims
+	// nothing (see Extenter).
+	lastData atomic.Pointer[dataRun]
 }
+
+// dataRun is a range [lo, hi) known to hold data.
+type dataRun struct{ lo, hi int64 }
 
 // OpenFile opens the image or block device at path, read-write unless
 // readOnly is set.
@@ -255,6 +267,7 @@ func (f *File) fallocate(mode uint32, missing *atomic.Bool, off, length int64) e
 		return errors.ErrUnsupported
 	}
 	err := f.control(func(fd int) error { return unix.Fallocate(fd, mode, off, length) })
+	f.lastData.Store(nil) // the range may be a hole now
 	if unsupported(err) {
 		missing.Store(true)
 		return errors.ErrUnsupported
@@ -368,6 +381,9 @@ func (f *File) extentAt(pos int64) (int64, ExtentFlags, error) {
 	if f.noSeekData.Load() {
 		return 0, 0, errors.ErrUnsupported
 	}
+	if r := f.lastData.Load(); r != nil && r.lo <= pos && pos < r.hi {
+		return r.hi, 0, nil
+	}
 	data, err := f.seek(pos, unix.SEEK_DATA)
 	if err != nil {
 		return 0, 0, err
@@ -376,5 +392,8 @@ func (f *File) extentAt(pos int64) (int64, ExtentFlags, error) {
 		return data, ExtentHole | ExtentZero, nil
 	}
 	hole, err := f.seek(pos, unix.SEEK_HOLE)
+	if err == nil && hole > pos {
+		f.lastData.Store(&dataRun{lo: pos, hi: hole})
+	}
 	return hole, 0, err
 }

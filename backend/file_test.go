@@ -41,6 +41,23 @@ func TestFileExtents(t *testing.T) {
 	require.Equal(t, []Extent{{0, size, 0}}, collectExtents(t, f, 0, size), "fallback: one data extent")
 }
 
+// TestFileExtentsAfterPunch: a hole punched inside a run of data that an
+// earlier lookup cached (File.lastData) is reported as a hole.
+func TestFileExtentsAfterPunch(t *testing.T) {
+	const size = 1 << 20
+	f := newTestFile(t, size)
+	_, err := f.WriteAt(randBytes(size, 5), 0)
+	require.NoError(t, err)
+	require.Equal(t, []Extent{{0, size, 0}}, collectExtents(t, f, 0, size))
+	require.NotNil(t, f.lastData.Load(), "the data run is cached")
+	require.Equal(t, []Extent{{4096, 8192, 0}}, collectExtents(t, f, 4096, 8192), "answered from the cache")
+	require.NoError(t, f.Trim(256<<10, 256<<10))
+	if f.noPunch.Load() {
+		testenv.SkipOutsideCI(t, "the temporary directory's filesystem cannot punch holes")
+	}
+	require.Contains(t, collectExtents(t, f, 0, size), Extent{256 << 10, 256 << 10, hz})
+}
+
 // TestFileZeroFallback forces the paths taken when fallocate is not
 // supported: ErrNotFast without touching data for fast zeroes, and zeroes
 // written in pieces otherwise.
