@@ -27,6 +27,7 @@ type File struct {
 	size     int64
 	readOnly bool
 	direct   bool // opened with O_DIRECT: see OpenFileDirect
+	inMemory bool // on tmpfs or ramfs: see NonBlocking
 
 	// Capabilities found missing at run time, so the next request goes
 	// straight to the fallback. Written with atomic stores by any request.
@@ -94,7 +95,18 @@ func NewFile(f *os.File, readOnly bool) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", f.Name(), err)
 	}
-	return &File{f: f, rc: rc, size: size, readOnly: readOnly}, nil
+	return &File{f: f, rc: rc, size: size, readOnly: readOnly, inMemory: inMemoryFS(f)}, nil
+}
+
+// inMemoryFS reports whether f is on a filesystem that keeps its data in
+// memory only (tmpfs, ramfs), where reads and writes never wait on a
+// device.
+func inMemoryFS(f *os.File) bool {
+	var st unix.Statfs_t
+	if unix.Fstatfs(int(f.Fd()), &st) != nil {
+		return false
+	}
+	return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
 }
 
 // fileSize returns the size of a regular file, or of a block device, whose

@@ -97,6 +97,7 @@ func TestFileTmpfs(t *testing.T) {
 	f, err := NewFile(tmp, false)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close() })
+	require.True(t, f.NonBlocking(), "a file on tmpfs never waits on a device")
 	_, err = f.WriteAt(bytes.Repeat([]byte{0xff}, size), 0)
 	require.NoError(t, err)
 	require.NoError(t, f.WriteZeroes(4096, 8192, true, false))

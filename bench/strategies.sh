@@ -34,85 +34,112 @@ bench_init
 (cd "$ROOT" && go build -o "$WORK/nbdload" ./bench/nbdload)
 head -c $((1 << 30)) /dev/urandom >"$WORK/src.img"
 
-# serve CONFIG SIZE: start the server for CONFIG with a SIZE-byte export.
+# key CONFIG: CONFIG as a shell variable name.
+key() { echo "${1//-/_}"; }
+
+# serve CONFIG SIZE: start the server for CONFIG with a SIZE-byte export
+# on its own socket ($WORK/CONFIG.sock); its pid is in PID_srv_<key>.
 serve() {
-	local sock="$WORK/$1.sock"
+	local sock="$WORK/$1.sock" img="/dev/shm/nbdd-strategies-$1.img" name
+	name=srv_$(key "$1")
 	rm -f "$sock"
 	local exp=(--memory "d=$2")
 	if [ "$EXPORT" = file ]; then
-		rm -f /dev/shm/nbdd-strategies.img
-		truncate -s "$2" /dev/shm/nbdd-strategies.img
-		exp=(--export d=/dev/shm/nbdd-strategies.img)
+		rm -f "$img"
+		truncate -s "$2" "$img"
+		exp=(--export "d=$img")
 	fi
 	case $1 in
 	go-nbd)
 		local file=()
-		[ "$EXPORT" = file ] && file=(-file /dev/shm/nbdd-strategies.img)
-		start srv "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" "${file[@]}"
+		[ "$EXPORT" = file ] && file=(-file "$img")
+		start "$name" "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" "${file[@]}"
 		;;
-	grow-unbudgeted) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
-	*) start srv "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	grow-unbudgeted) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	*) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
 	esac
-	SOCK=$sock
 }
 
-stop() { kill "$PID_srv"; wait "$PID_srv" 2>/dev/null || true; rm -f /dev/shm/nbdd-strategies.img; }
+pid() { local v="PID_srv_$(key "$1")"; echo "${!v}"; }
+sock() { echo "$WORK/$1.sock"; }
+stop() { local p; p=$(pid "$1"); kill "$p"; wait "$p" 2>/dev/null || true; rm -f "/dev/shm/nbdd-strategies-$1.img"; }
 has() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
-# mbps CMD...: median MB/s of REPS runs of CMD, each moving 1 GiB.
-mbps() {
-	local all=""
-	for _ in $(seq "$REPS"); do
-		all="$all $(awk -v s="$(seconds "$@")" 'BEGIN {printf "%d", 1073741824/s/1e6}')"
-	done
-	echo "$all" | median
-}
+# mbps CMD...: MB/s of one run of CMD moving 1 GiB.
+mbps() { awk -v s="$(seconds "$@")" 'BEGIN {printf "%d", 1073741824/s/1e6}'; }
 
-# iops RW: median IOPS of FIO_REPS fio runs.
-iops() {
-	local all=""
-	for _ in $(seq "$FIO_REPS"); do all="$all $(fio_iops "$u" "$1" 4k 32 "$FIO_SECONDS")"; done
-	echo "$all" | median
+# Cases (a) and (b) run every configuration at once, each on its own
+# server, and take turns: repetition r runs each configuration once before
+# repetition r+1 starts, so a slow spell of this shared machine hits every
+# configuration alike instead of whichever ran during it. Each cell is the
+# median of its runs. Results land in AB_<key>_<metric>.
+run_ab() {
+	local cfg k u
+	for cfg in $CONFIGS; do
+		serve "$cfg" 1G
+		nbdcopy "$WORK/src.img" "$(uri "$(sock "$cfg")")"
+	done
+	for _ in $(seq "$REPS"); do
+		for cfg in $CONFIGS; do
+			k=$(key "$cfg") u=$(uri "$(sock "$cfg")")
+			eval "S_${k}_rd+=\" $(mbps nbdcopy "$u" null:)\""
+			eval "S_${k}_wr+=\" $(mbps nbdcopy "$WORK/src.img" "$u")\""
+		done
+	done
+	for _ in $(seq "$FIO_REPS"); do
+		for cfg in $CONFIGS; do
+			k=$(key "$cfg") u=$(uri "$(sock "$cfg")")
+			eval "S_${k}_rr+=\" $(fio_iops "$u" randread 4k 32 "$FIO_SECONDS")\""
+			eval "S_${k}_rw+=\" $(fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS")\""
+		done
+	done
+	for cfg in $CONFIGS; do
+		k=$(key "$cfg")
+		for m in rd wr rr rw; do
+			local v="S_${k}_$m"
+			eval "AB_${k}_$m=$(echo "${!v}" | median)"
+		done
+		eval "AB_${k}_peak=$(peak_rss_mib "$(pid "$cfg")")"
+	done
+	sleep "$SETTLE"
+	for cfg in $CONFIGS; do
+		k=$(key "$cfg")
+		eval "AB_${k}_after=$(rss_mib "$(pid "$cfg")")"
+		stop "$cfg"
+	done
 }
 
 printf '| config | seq read MB/s | seq write MB/s | randread IOPS | randwrite IOPS | (a+b) peak RSS MiB | (a+b) RSS +%ss | (c) peak RSS | (c) RSS +%ss | (d) MB/s | (d) peak RSS | (d) RSS +%ss |\n' "$SETTLE" "$SETTLE" "$SETTLE"
 printf '|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+has ab && run_ab
 for cfg in $CONFIGS; do
 	rd=- wr=- rr=- rw=- abpeak=- abafter=- cpeak=- cafter=- dmb=- dpeak=- dafter=-
 	if has ab; then
-	serve "$cfg" 1G
-	u=$(uri "$SOCK")
-	nbdcopy "$WORK/src.img" "$u"
-	rd=$(mbps nbdcopy "$u" null:)
-	wr=$(mbps nbdcopy "$WORK/src.img" "$u")
-	rr=$(iops randread)
-	rw=$(iops randwrite)
-	abpeak=$(peak_rss_mib "$PID_srv")
-	sleep "$SETTLE"
-	abafter=$(rss_mib "$PID_srv")
-	stop
+		k=$(key "$cfg")
+		for m in rd wr rr rw peak after; do eval "ab_$m=\$AB_${k}_$m"; done
+		rd=$ab_rd wr=$ab_wr rr=$ab_rr rw=$ab_rw abpeak=$ab_peak abafter=$ab_after
 	fi
 
 	if has c; then
 	serve "$cfg" 64M
-	"$WORK/nbdload" -socket "$SOCK" -mode conns -conns "$CONNS" -size $((32 << 20)) -hold $((SETTLE + 5))s >/dev/null 2>"$WORK/nbdload.log" &
+	"$WORK/nbdload" -socket "$(sock "$cfg")" -mode conns -conns "$CONNS" -size $((32 << 20)) -hold $((SETTLE + 5))s >/dev/null 2>"$WORK/nbdload.log" &
 	load=$!
 	until grep -q idle "$WORK/nbdload.log" 2>/dev/null || ! kill -0 $load 2>/dev/null; do sleep 0.2; done
-	cpeak=$(peak_rss_mib "$PID_srv")
+	cpeak=$(peak_rss_mib "$(pid "$cfg")")
 	sleep "$SETTLE"
-	cafter=$(rss_mib "$PID_srv")
+	cafter=$(rss_mib "$(pid "$cfg")")
 	wait $load || echo "nbdload conns failed: $(cat "$WORK/nbdload.log")" >&2
-	stop
+	stop "$cfg"
 	fi
 
 	if has d; then
 	serve "$cfg" 1G
-	el=$("$WORK/nbdload" -socket "$SOCK" -mode spiky -total $((1 << 30)) -size $((32 << 20)) -every 2s | awk '/elapsed/ {print $2}')
+	el=$("$WORK/nbdload" -socket "$(sock "$cfg")" -mode spiky -total $((1 << 30)) -size $((32 << 20)) -every 2s | awk '/elapsed/ {print $2}')
 	dmb=$(awk -v s="$el" 'BEGIN {printf "%d", 1073741824/s/1e6}')
-	dpeak=$(peak_rss_mib "$PID_srv")
+	dpeak=$(peak_rss_mib "$(pid "$cfg")")
 	sleep "$SETTLE"
-	dafter=$(rss_mib "$PID_srv")
-	stop
+	dafter=$(rss_mib "$(pid "$cfg")")
+	stop "$cfg"
 	fi
 	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$cfg" "$rd" "$wr" "$rr" "$rw" "$abpeak" "$abafter" "$cpeak" "$cafter" "$dmb" "$dpeak" "$dafter"
 done
