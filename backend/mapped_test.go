@@ -150,8 +150,10 @@ func TestNonBlocking(t *testing.T) {
 	require.NoError(t, err)
 	defer m.Close()
 	require.True(t, m.NonBlocking())
-	f := openTempFile(t, 1)
-	require.NotImplements(t, (*NonBlocker)(nil), f, "a File may block on I/O")
+	f := openTempFile(t, 1).(*File)
+	require.Equal(t, inMemoryFS(f.f), f.NonBlocking(), "a File blocks unless it is on tmpfs or ramfs")
+	f.inMemory = false
+	require.False(t, f.NonBlocking(), "a File on a disk may block on I/O")
 }
 
 // TestMappedSyncError checks that a failed write-back is reported and
