@@ -3,11 +3,11 @@
 # v0.3.2 server on the same machine in one run, over unix sockets, each
 # with a 1 GiB export. Prints medians of RUNS runs and nbdd's ratios.
 #
-#   bench/compare.sh            # RUNS=3, FIO_SECONDS=5
+#   bench/compare.sh            # RUNS=5, FIO_SECONDS=5
 #   STRATEGY=stream bench/compare.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 FIO_SECONDS=${FIO_SECONDS:-5}
 STRATEGY=${STRATEGY:-pool}
 SIZE=$((1 << 30))

@@ -19,16 +19,36 @@ import (
 // benchExportSize is the memory export the benchmarks read and write.
 const benchExportSize = 256 << 20
 
+// plain hides every optional capability of a backend, as a backend
+// written for go-nbd has none: every payload then goes through the buffer
+// strategy, which the memory export's lent pages bypass.
+type plain struct{ backend.Backend }
+
+// benchExports are the exports the benchmarks serve: "plain", whose
+// payloads all go through the strategy's buffers, and "memory", a
+// backend.Memory that lends its pages for READs and WRITEs.
+var benchExports = map[string]func() backend.Backend{
+	"plain":  func() backend.Backend { return plain{backend.NewMemory(benchExportSize)} },
+	"memory": func() backend.Backend { return backend.NewMemory(benchExportSize) },
+}
+
 // BenchmarkTransmission measures READ and WRITE throughput and allocations
-// over a unix socket, per buffer strategy, request size and queue depth.
-// The client pipelines up to depth requests, as the kernel and libnbd do.
+// over a unix socket, per buffer strategy, request size and queue depth, on
+// the plain export; and on the memory export under the default strategy
+// (it uses no buffers, so the strategy does not matter there). The client
+// pipelines up to depth requests, as the kernel and libnbd do.
 func BenchmarkTransmission(b *testing.B) {
-	for _, strategy := range bufstrategy.Names() {
-		for _, size := range []int{4 << 10, 128 << 10, 1 << 20, 32 << 20} {
-			for _, depth := range []int{1, 32} {
-				for _, cmd := range []protocol.Cmd{protocol.CmdRead, protocol.CmdWrite} {
-					name := fmt.Sprintf("%s/%s/%dKiB/qd%d", strategy, cmdName(cmd), size>>10, depth)
-					b.Run(name, func(b *testing.B) { benchTransmission(b, strategy, cmd, size, depth) })
+	for _, export := range []string{"plain", "memory"} {
+		for _, strategy := range bufstrategy.Names() {
+			if export == "memory" && strategy != bufstrategy.NamePool {
+				continue
+			}
+			for _, size := range []int{4 << 10, 128 << 10, 1 << 20, 32 << 20} {
+				for _, depth := range []int{1, 32} {
+					for _, cmd := range []protocol.Cmd{protocol.CmdRead, protocol.CmdWrite} {
+						name := fmt.Sprintf("%s/%s/%s/%dKiB/qd%d", export, strategy, cmdName(cmd), size>>10, depth)
+						b.Run(name, func(b *testing.B) { benchTransmission(b, export, strategy, cmd, size, depth) })
+					}
 				}
 			}
 		}
@@ -36,12 +56,12 @@ func BenchmarkTransmission(b *testing.B) {
 }
 
 // BenchmarkAlternating writes 128 KiB and 4 KiB requests in turn at queue
-// depth 1, per strategy: the workload that makes resize-on-mismatch
-// reallocate on every request (one op is the pair).
+// depth 1, per strategy, on the plain export: the workload that makes
+// resize-on-mismatch reallocate on every request (one op is the pair).
 func BenchmarkAlternating(b *testing.B) {
 	for _, strategy := range bufstrategy.Names() {
 		b.Run(strategy, func(b *testing.B) {
-			cl := startBench(b, strategy, 1)
+			cl := startBench(b, "plain", strategy, 1)
 			cl.prefill(b, 0)
 			b.SetBytes(132 << 10)
 			b.ReportAllocs()
@@ -61,8 +81,8 @@ func cmdName(c protocol.Cmd) string {
 	return "write"
 }
 
-func benchTransmission(b *testing.B, strategy string, cmd protocol.Cmd, size, depth int) {
-	cl := startBench(b, strategy, depth)
+func benchTransmission(b *testing.B, export, strategy string, cmd protocol.Cmd, size, depth int) {
+	cl := startBench(b, export, strategy, depth)
 	cl.prefill(b, size)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
@@ -70,15 +90,15 @@ func benchTransmission(b *testing.B, strategy string, cmd protocol.Cmd, size, de
 	cl.run(b, cmd, size, depth, b.N)
 }
 
-// startBench serves a memory export with strategy on a unix socket and
+// startBench serves one of benchExports with strategy on a unix socket and
 // connects a client to it.
-func startBench(b *testing.B, strategy string, depth int) *benchClient {
+func startBench(b *testing.B, export, strategy string, depth int) *benchClient {
 	bufs, err := bufstrategy.New(strategy, bufstrategy.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv := &server.Server{
-		Exports:    []server.Export{{Name: "m", Backend: backend.NewMemory(benchExportSize)}},
+		Exports:    []server.Export{{Name: "m", Backend: benchExports[export]()}},
 		Buffers:    bufs,
 		QueueDepth: max(depth, 1),
 		Logger:     slog.New(slog.DiscardHandler),

@@ -85,18 +85,19 @@ const maxIovecs = 1024
 // readv fills iov from the socket, waiting for data through the runtime's
 // poller.
 func (c *conn) readv(iov [][]byte) error {
-	vecs := c.inVecs[:0]
-	defer func() {
-		clear(vecs)
-		c.inVecs, c.rvecs = vecs[:0], nil
-	}()
+	all := c.inVecs[:0]
 	for _, b := range iov {
 		if len(b) > 0 {
 			v := unix.Iovec{Base: &b[0]}
 			v.SetLen(len(b))
-			vecs = append(vecs, v)
+			all = append(all, v)
 		}
 	}
+	defer func() {
+		clear(all) // the iovecs point into the export
+		c.inVecs, c.rvecs = all[:0], nil
+	}()
+	vecs := all
 	for len(vecs) > 0 {
 		c.rvecs = vecs[:min(len(vecs), maxIovecs)]
 		if err := c.rawIn.Read(c.readvFn); err != nil {
