@@ -9,11 +9,9 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nbdd/nbdd/bufstrategy"
-	"golang.org/x/sys/unix"
 )
 
 // readBufferSize is the socket read buffer: large enough to hold many
@@ -59,15 +57,11 @@ type conn struct {
 	// out together (see hold). Owned by the reader.
 	held      []*op
 	heldBytes int
-	// State of in-place WRITEs (inplace.go), owned by the reader: the raw
-	// socket, nil unless kernelCopies, and the readv in progress.
-	rawIn   syscall.RawConn
-	inIov   [][]byte
-	inVecs  []unix.Iovec
-	rvecs   []unix.Iovec
-	rn      uintptr
-	rerrno  unix.Errno
-	readvFn func(fd uintptr) bool
+	// in reads WRITE payloads straight into a backend's memory
+	// (inplace.go); nil unless kernelCopies. inIov is its scratch. Both
+	// are owned by the reader.
+	in    *vecIO
+	inIov [][]byte
 	// kernelCopies is set when replies go to a socket through writev, so
 	// backend memory lent for a READ is only ever read by the kernel.
 	kernelCopies bool

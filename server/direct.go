@@ -1,11 +1,7 @@
 package server
 
 import (
-	"errors"
-	"unsafe"
-
 	"github.com/nbdd/nbdd/protocol"
-	"golang.org/x/sys/unix"
 )
 
 // direct sends the replies of ops from the calling goroutine with one
@@ -79,41 +75,9 @@ func allSmall(ops []*op) bool {
 // waiting for it to drain.
 func (w *replyWriter) tryWritev(iov [][]byte) (int, error) {
 	if w.failed.Load() {
-		return 0, errors.New("connection already failed")
+		return 0, errFailed
 	}
-	vecs := w.iovecs[:0]
-	for _, b := range iov {
-		if len(b) > 0 {
-			v := unix.Iovec{Base: &b[0]}
-			v.SetLen(len(b))
-			vecs = append(vecs, v)
-		}
-	}
-	w.vecs, w.wn, w.werrno = vecs, 0, 0
-	err := w.raw.Write(w.writevFn)
-	n, errno := w.wn, w.werrno
-	clear(vecs)
-	w.iovecs, w.vecs = vecs[:0], nil
-	switch {
-	case err != nil:
-		return 0, err
-	case errno == unix.EAGAIN || errno == unix.EINTR:
-		return 0, err
-	case errno != 0:
-		return 0, errors.Join(err, errno)
-	}
-	return int(n), err
-}
-
-// writevNow is the RawConn callback of tryWritev (a method value made
-// once, so a reply allocates nothing). It uses the raw system call, not
-// unix.Writev: under the race detector that one reports the kernel's read
-// of the iovecs as a Go read, and a READ lent from backend memory is copied
-// by the kernel alone, like the writev of net.Buffers.
-func (w *replyWriter) writevNow(fd uintptr) bool {
-	n, _, errno := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.vecs[0])), uintptr(len(w.vecs)))
-	w.wn, w.werrno = n, errno
-	return true // never wait for the socket to become writable
+	return w.out.try(iov)
 }
 
 // sendCarry finishes the direct replies the socket took only part of. It

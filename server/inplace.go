@@ -2,11 +2,8 @@ package server
 
 import (
 	"fmt"
-	"io"
-	"unsafe"
 
 	"github.com/nbdd/nbdd/protocol"
-	"golang.org/x/sys/unix"
 )
 
 // WRITEs to backends that never block are done on the reader without a
@@ -32,7 +29,7 @@ func (c *conn) writesInPlace(o *op) bool {
 	if int(o.req.Length) <= c.br.Buffered() {
 		return true
 	}
-	return c.exp.writeViewer != nil && c.rawIn != nil
+	return c.exp.writeViewer != nil && c.in != nil
 }
 
 // writeInPlace writes o's payload into the export and holds its reply. Only
@@ -76,75 +73,5 @@ func (c *conn) readIntoExport(off int64, n int) error {
 	if err != nil {
 		return err // validated already: only a broken backend gets here
 	}
-	return c.readv(iov)
-}
-
-// maxIovecs bounds the iovecs of one readv (IOV_MAX is 1024 on Linux).
-const maxIovecs = 1024
-
-// readv fills iov from the socket, waiting for data through the runtime's
-// poller.
-func (c *conn) readv(iov [][]byte) error {
-	all := c.inVecs[:0]
-	for _, b := range iov {
-		if len(b) > 0 {
-			v := unix.Iovec{Base: &b[0]}
-			v.SetLen(len(b))
-			all = append(all, v)
-		}
-	}
-	defer func() {
-		clear(all) // the iovecs point into the export
-		c.inVecs, c.rvecs = all[:0], nil
-	}()
-	vecs := all
-	for len(vecs) > 0 {
-		c.rvecs = vecs[:min(len(vecs), maxIovecs)]
-		if err := c.rawIn.Read(c.readvFn); err != nil {
-			return err
-		}
-		switch {
-		case c.rerrno != 0:
-			return c.rerrno
-		case c.rn == 0:
-			return io.ErrUnexpectedEOF
-		}
-		vecs = advance(vecs, int(c.rn))
-	}
-	return nil
-}
-
-// readvNow is the RawConn callback of readv (a method value made once, so
-// a WRITE allocates nothing). It returns false on EAGAIN so that the
-// runtime waits for the socket. It uses the raw system call, not
-// unix.Readv: under the race detector that one reports the kernel's write
-// into the export as a Go write, and memory lent by a WriteViewer is
-// written by the kernel alone (see backend.WriteViewer).
-func (c *conn) readvNow(fd uintptr) bool {
-	for {
-		n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&c.rvecs[0])), uintptr(len(c.rvecs)))
-		switch errno {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		c.rn, c.rerrno = n, errno
-		return true
-	}
-}
-
-// advance drops the first n bytes from vecs.
-func advance(vecs []unix.Iovec, n int) []unix.Iovec {
-	for n > 0 && len(vecs) > 0 {
-		l := int(vecs[0].Len)
-		if n < l {
-			vecs[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(vecs[0].Base), n))
-			vecs[0].SetLen(l - n)
-			return vecs
-		}
-		n -= l
-		vecs = vecs[1:]
-	}
-	return vecs
+	return c.in.transfer(iov)
 }

@@ -31,8 +31,9 @@ func (c *conn) transmit(ctx context.Context) error {
 	c.kernelCopies = sc && !c.tls
 	c.w = newReplyWriter(c)
 	if c.kernelCopies {
-		c.w.raw, _ = c.rwc.(syscall.Conn).SyscallConn()
-		c.rawIn, c.readvFn = c.w.raw, c.readvNow
+		if rc, err := c.rwc.(syscall.Conn).SyscallConn(); err == nil {
+			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
+		}
 	}
 	go c.w.loop()
 	c.inTrans.Store(true)

@@ -5,10 +5,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/nbdd/nbdd/protocol"
-	"golang.org/x/sys/unix"
 )
 
 // replyWriter is the one goroutine that writes replies on a connection.
@@ -33,14 +31,10 @@ type replyWriter struct {
 	iov      [][]byte
 	scratch  []byte // coalesces replies over TLS, which has no writev
 	carry    [][]byte
-	carryOps []*op // direct replies the socket took only part of; sent first
-	iovecs   []unix.Iovec
-	vecs     []unix.Iovec // the iovecs of the writev in progress
-	wn       uintptr      // its result
-	werrno   unix.Errno
-	// writevFn is writevNow as a method value, made once.
-	writevFn func(fd uintptr) bool
-	raw      syscall.RawConn
+	carryOps []*op                // direct replies the socket took only part of; sent first
+	iov2     [2][]byte            // scratch of writev2
+	chunkHdr [maxReplyHeader]byte // a streamed READ's chunk header
+	out      *vecIO               // writev on a plain socket, else nil
 	failed   atomic.Bool
 }
 
@@ -50,7 +44,6 @@ var streamAborts atomic.Int64
 
 func newReplyWriter(c *conn) *replyWriter {
 	w := &replyWriter{c: c, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
-	w.writevFn = w.writevNow
 	return w
 }
 
@@ -65,7 +58,7 @@ func (w *replyWriter) enqueue(o *op) {
 // (see direct.go), and otherwise queues them for the writer goroutine.
 func (w *replyWriter) enqueueAll(ops []*op) {
 	w.mu.Lock()
-	if w.raw != nil && !w.busy && len(w.queue) == 0 && len(w.carryOps) == 0 && allSmall(ops) {
+	if w.out != nil && !w.busy && len(w.queue) == 0 && len(w.carryOps) == 0 && allSmall(ops) {
 		w.busy = true
 		w.mu.Unlock()
 		w.direct(ops)
@@ -158,20 +151,40 @@ func (w *replyWriter) send(ops []*op) {
 	}
 }
 
+// writev writes all of iov, waiting for the socket as needed. A plain
+// socket gets raw writev(2) calls, which allocate nothing; TLS gets
+// coalesced records.
 func (w *replyWriter) writev(iov [][]byte) {
 	if w.failed.Load() {
 		return
 	}
 	var err error
-	if w.c.tls {
+	switch {
+	case w.c.tls:
 		err = w.writeCoalesced(iov)
-	} else {
+	case w.out != nil:
+		err = w.out.transfer(iov)
+	default:
 		bufs := net.Buffers(iov)
 		_, err = bufs.WriteTo(w.c.rwc)
 	}
 	if err != nil {
 		w.fail(err)
 	}
+}
+
+// writev2 writes a and b, which may be empty, with one writev. Empty
+// slices are left out: net.Pipe and TLS would send an empty write (see
+// conn.optReplyData).
+func (w *replyWriter) writev2(a, b []byte) {
+	iov := w.iov2[:0]
+	for _, p := range [2][]byte{a, b} {
+		if len(p) > 0 {
+			iov = append(iov, p)
+		}
+	}
+	w.writev(iov)
+	clear(iov)
 }
 
 // writeCoalesced copies small replies into one buffer before writing, so
@@ -242,7 +255,7 @@ func (w *replyWriter) streamRead(o *op) {
 		w.streamChunks(o, chunk, first)
 		return
 	}
-	w.writev([][]byte{o.hdr[:o.hdrLen], first})
+	w.writev2(o.hdr[:o.hdrLen], first)
 	done := len(first)
 	if !w.failed.Load() && done < n {
 		if sent, err := w.sendfileRange(c.exp.Backend, off+int64(done), int64(n-done)); sent {
@@ -262,18 +275,14 @@ func (w *replyWriter) streamRead(o *op) {
 			c.log.Warn("read failed mid-reply; disconnecting", "offset", off+int64(done), "err", err)
 			return
 		}
-		w.writev([][]byte{part})
+		w.writev2(part, nil)
 		done += len(part)
 	}
 }
 
 // send1 writes one op's reply without finishing it.
 func (w *replyWriter) send1(o *op) {
-	iov := [][]byte{o.hdr[:o.hdrLen]}
-	if len(o.extra) > 0 { // no empty Write: see conn.optReplyData
-		iov = append(iov, o.extra)
-	}
-	w.writev(iov)
+	w.writev2(o.hdr[:o.hdrLen], o.extra)
 }
 
 // streamChunks sends a structured READ as one OFFSET_DATA chunk per
@@ -283,7 +292,7 @@ func (w *replyWriter) send1(o *op) {
 func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
 	c := w.c
 	off, n := int64(o.req.Offset), int64(o.req.Length)
-	var h [maxReplyHeader]byte
+	h := &w.chunkHdr
 	for done := int64(0); ; {
 		last := done+int64(len(data)) == n
 		flags := protocol.ReplyFlag(0)
@@ -293,7 +302,7 @@ func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
 		protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetData, Cookie: o.req.Cookie,
 			Length: uint32(protocol.OffsetDataHeaderSize + len(data))}.Put(h[:])
 		putUint64(h[protocol.ChunkHeaderSize:], uint64(off+done))
-		w.writev([][]byte{h[:], data})
+		w.writev2(h[:], data)
 		done += int64(len(data))
 		if last || w.failed.Load() {
 			return
@@ -304,7 +313,7 @@ func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
 			msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(off+done))
 			protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
 				Length: uint32(len(msg))}.Put(h[:])
-			w.writev([][]byte{h[:protocol.ChunkHeaderSize], msg})
+			w.writev2(h[:protocol.ChunkHeaderSize], msg)
 			return
 		}
 	}

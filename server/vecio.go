@@ -1,0 +1,149 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// vecIO moves bytes between a plain socket and a list of slices with raw
+// readv(2) or writev(2) calls. Its state lives in the struct, so that the
+// RawConn callback is a method value made once and a transfer allocates
+// nothing. It uses the raw system calls, not unix.Readv and unix.Writev:
+// under the race detector those report the kernel's access to the slices
+// as a Go access, and memory a backend lends (backend.Viewer,
+// backend.WriteViewer) is read and written by the kernel alone.
+//
+// A vecIO belongs to one goroutine at a time: the reader owns the
+// connection's readv, whoever holds the reply writer's busy flag its
+// writev.
+type vecIO struct {
+	write bool // writev, else readv
+	wait  bool // on EAGAIN, let the runtime wait for the socket
+	rc    syscall.RawConn
+	all   []unix.Iovec // reused between transfers
+	vecs  []unix.Iovec // what the call in progress moves
+	n     uintptr      // its result
+	errno unix.Errno
+	fn    func(fd uintptr) bool
+}
+
+func newVecIO(rc syscall.RawConn, write bool) *vecIO {
+	v := &vecIO{rc: rc, write: write}
+	v.fn = v.call
+	return v
+}
+
+// call is the RawConn callback: one system call, retried on EINTR. It
+// returns false on EAGAIN when v.wait is set, so the runtime waits.
+func (v *vecIO) call(fd uintptr) bool {
+	trap := uintptr(unix.SYS_READV)
+	if v.write {
+		trap = unix.SYS_WRITEV
+	}
+	for {
+		n, _, errno := unix.Syscall(trap, fd, uintptr(unsafe.Pointer(&v.vecs[0])), uintptr(len(v.vecs)))
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN && v.wait:
+			return false
+		}
+		v.n, v.errno = n, errno
+		return true
+	}
+}
+
+// once runs one call on at most maxIovecs iovecs and returns the bytes
+// moved.
+func (v *vecIO) once(vecs []unix.Iovec) (int, error) {
+	v.vecs, v.n, v.errno = vecs[:min(len(vecs), maxIovecs)], 0, 0
+	var err error
+	if v.write {
+		err = v.rc.Write(v.fn)
+	} else {
+		err = v.rc.Read(v.fn)
+	}
+	v.vecs = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case v.errno == unix.EAGAIN: // only when not waiting
+		return 0, nil
+	case v.errno != 0:
+		return 0, v.errno
+	case v.n == 0 && !v.write:
+		return 0, io.ErrUnexpectedEOF
+	}
+	return int(v.n), nil
+}
+
+// transfer moves all of iov, waiting for the socket as needed.
+func (v *vecIO) transfer(iov [][]byte) error {
+	v.wait = true
+	vecs := v.load(iov)
+	defer v.unload()
+	for len(vecs) > 0 {
+		n, err := v.once(vecs)
+		if err != nil {
+			return err
+		}
+		vecs = advance(vecs, n)
+	}
+	return nil
+}
+
+// try moves as much of iov as the socket takes now, in one call.
+func (v *vecIO) try(iov [][]byte) (int, error) {
+	v.wait = false
+	vecs := v.load(iov)
+	defer v.unload()
+	if len(vecs) == 0 {
+		return 0, nil
+	}
+	return v.once(vecs)
+}
+
+// load fills v.all with the iovecs of the non-empty slices of iov.
+func (v *vecIO) load(iov [][]byte) []unix.Iovec {
+	all := v.all[:0]
+	for _, b := range iov {
+		if len(b) > 0 {
+			e := unix.Iovec{Base: &b[0]}
+			e.SetLen(len(b))
+			all = append(all, e)
+		}
+	}
+	v.all = all
+	return all
+}
+
+// unload drops the iovecs, which may point into a backend's memory.
+func (v *vecIO) unload() {
+	clear(v.all)
+	v.all = v.all[:0]
+}
+
+// maxIovecs bounds the iovecs of one call (IOV_MAX is 1024 on Linux).
+const maxIovecs = 1024
+
+// advance drops the first n bytes from vecs.
+func advance(vecs []unix.Iovec, n int) []unix.Iovec {
+	for n > 0 && len(vecs) > 0 {
+		l := int(vecs[0].Len)
+		if n < l {
+			vecs[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(vecs[0].Base), n))
+			vecs[0].SetLen(l - n)
+			return vecs
+		}
+		n -= l
+		vecs = vecs[1:]
+	}
+	return vecs
+}
+
+// errFailed is returned for writes after the connection failed.
+var errFailed = errors.New("connection already failed")
