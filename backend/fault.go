@@ -177,12 +177,31 @@ func (f *Fault) WriteAt(p []byte, off int64) (int, error) {
 	return f.Backend.WriteAt(p, off)
 }
 
-// WriteAtFUA is WriteAt with forced unit access; write rules apply.
+// WriteAtFUA is WriteAt with forced unit access. Write rules apply to the
+// write and sync rules to the flush that FUA implies: a matching sync rule
+// fails the call after the data was written, as a failed flush would.
 func (f *Fault) WriteAtFUA(p []byte, off int64) (int, error) {
 	if err := f.check(FaultWrite, off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	return f.wrapper.WriteAtFUA(p, off)
+	fw, native := f.Backend.(FUAWriter)
+	var n int
+	var err error
+	if native {
+		n, err = fw.WriteAtFUA(p, off)
+	} else {
+		n, err = f.Backend.WriteAt(p, off)
+	}
+	if err != nil {
+		return n, err
+	}
+	if err := f.check(FaultSync, 0, 0); err != nil {
+		return n, err
+	}
+	if native {
+		return n, nil
+	}
+	return n, f.Backend.Sync()
 }
 
 // Sync syncs the wrapped backend unless a sync rule matches.

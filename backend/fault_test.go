@@ -25,7 +25,9 @@ func TestFaultRules(t *testing.T) {
 		{"read open-ended range", FaultRule{Op: FaultRead, Offset: 4096}, readAt(testSize-1, 1), 0, syscall.EIO},
 		{"write is not read", FaultRule{Op: FaultRead}, writeAt(0, 10), 10, nil},
 		{"write custom errno", FaultRule{Op: FaultWrite, Err: enospc}, writeAt(0, 10), 0, enospc},
-		{"fua write", FaultRule{Op: FaultWrite}, func(b *Fault) (int, error) { return b.WriteAtFUA(make([]byte, 4), 0) }, 0, syscall.EIO},
+		{"fua write", FaultRule{Op: FaultWrite}, fuaWriteAt(0, 4), 0, syscall.EIO},
+		{"fua write, sync rule", FaultRule{Op: FaultSync, Err: enospc}, fuaWriteAt(0, 4), 4, enospc},
+		{"fua write, read rule", FaultRule{Op: FaultRead}, fuaWriteAt(0, 4), 4, nil},
 		{"short read", FaultRule{Op: FaultRead, ShortRead: true}, readAt(0, 100), 50, syscall.EIO},
 		{"short read with delay", FaultRule{Op: FaultRead, ShortRead: true, Delay: time.Millisecond}, readAt(0, 100), 50, syscall.EIO},
 		{"short read custom errno", FaultRule{Op: FaultRead, ShortRead: true, Err: enospc}, readAt(0, 100), 50, enospc},
@@ -60,6 +62,10 @@ func readAt(off int64, n int) func(*Fault) (int, error) {
 
 func writeAt(off int64, n int) func(*Fault) (int, error) {
 	return func(b *Fault) (int, error) { return b.WriteAt(make([]byte, n), off) }
+}
+
+func fuaWriteAt(off int64, n int) func(*Fault) (int, error) {
+	return func(b *Fault) (int, error) { return b.WriteAtFUA(make([]byte, n), off) }
 }
 
 func nErr(f func(*Fault) error) func(*Fault) (int, error) {

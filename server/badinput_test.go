@@ -241,17 +241,23 @@ func TestStreamedReadEarlyFailure(t *testing.T) {
 // FLUSH and for a FUA write (issue 4: flush errors are not swallowed).
 func TestFlushAndFUAErrors(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
-		// bare hides Fault's WriteAtFUA, whose fallback would Sync the
-		// memory directly, past the fault rule.
-		f := bare{backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultSync})}
-		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
-		st.handshake("f")
-		st.flush(1)
-		st.wantReply(1, protocol.EIO)
-		st.write(2, 0, pattern(70000, 1), protocol.CmdFlagFUA)
-		st.wantReply(2, protocol.EIO)
-		st.write(3, 0, []byte("no FUA"))
-		st.wantReply(3, protocol.EOK)
+		// Both as it is (FUA through Fault.WriteAtFUA) and bare (FUA as
+		// WriteAt then Sync by the server).
+		for _, f := range []backend.Backend{
+			backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultSync}),
+			bare{backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultSync})},
+		} {
+			st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}})
+			st.handshake("f")
+			st.flush(1)
+			st.wantReply(1, protocol.EIO)
+			st.write(2, 0, pattern(70000, 1), protocol.CmdFlagFUA)
+			st.wantReply(2, protocol.EIO)
+			st.write(3, 0, []byte("small"), protocol.CmdFlagFUA)
+			st.wantReply(3, protocol.EIO)
+			st.write(4, 0, []byte("no FUA"))
+			st.wantReply(4, protocol.EOK)
+		}
 	})
 }
 

@@ -6,11 +6,19 @@
 // The shape of a connection follows nbdkit and x/net/http2: one goroutine
 // reads and validates requests, checking each against the export size and
 // the maximum request size before any buffer is taken; requests run on their
-// own goroutines, bounded by the queue depth; one writer goroutine sends each
-// reply's header and data together with a single vectored write and
-// coalesces replies that are ready at the same time. The reader never waits
-// on the writer: when a connection is full it stops reading the socket, and
-// TCP pushes back on the client.
+// own goroutines, bounded by the queue depth, except small requests to
+// backends that never block (backend.NonBlocker), which the reader runs
+// itself. Each reply's header and data go out together in one vectored
+// write, and replies that are ready together share it: the reader sends the
+// replies of a burst of inline requests itself, without waiting, and one
+// writer goroutine sends the rest. The reader never waits on the writer:
+// when a connection is full it stops reading the socket, and TCP pushes
+// back on the client.
+//
+// Payloads take no buffer where the backend lends its memory: READs are sent
+// from it (backend.Viewer) and WRITE payloads are read into it
+// (backend.WriteViewer). Otherwise buffers come from the buffer strategy
+// (Server.Buffers, package bufstrategy) under a server-wide budget.
 //
 // A Server's zero value is a working server with no exports. Serve,
 // ServeConn and Shutdown follow net/http.

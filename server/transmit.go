@@ -175,7 +175,7 @@ func (c *conn) start(ctx context.Context, o *op) {
 	}
 	go func() {
 		c.exec(ctx, o)
-		c.w.enqueue(o)
+		c.w.sendOwn(o)
 	}()
 }
 

@@ -65,8 +65,11 @@ func (w *replyWriter) enqueueAll(ops []*op) {
 		return
 	}
 	w.queue = append(w.queue, ops...)
+	busy := w.busy
 	w.mu.Unlock()
-	w.kick()
+	if !busy { // a busy holder sends the queue before letting go
+		w.kick()
+	}
 }
 
 func (w *replyWriter) kick() {
@@ -96,15 +99,28 @@ func (w *replyWriter) loop() {
 }
 
 // drain writes batches until the queue is empty. It leaves the socket to
-// a direct sender that holds it; that sender wakes the writer when done.
+// a goroutine that holds it; that one sends the queue before letting go.
 func (w *replyWriter) drain() {
+	w.mu.Lock()
+	if w.busy || (len(w.queue) == 0 && len(w.carryOps) == 0) {
+		w.mu.Unlock()
+		return
+	}
+	w.busy = true
+	w.mu.Unlock()
+	w.drainOwned()
+}
+
+// drainOwned writes batches until the queue is empty, then lets go of the
+// socket. The caller holds w.busy.
+func (w *replyWriter) drainOwned() {
 	for {
 		w.mu.Lock()
-		if w.busy || (len(w.queue) == 0 && len(w.carryOps) == 0) {
+		if len(w.queue) == 0 && len(w.carryOps) == 0 {
+			w.busy = false
 			w.mu.Unlock()
 			return
 		}
-		w.busy = true
 		batch := w.queue
 		w.queue = w.spare[:0]
 		w.mu.Unlock()
@@ -112,10 +128,31 @@ func (w *replyWriter) drain() {
 		w.writeBatch(batch)
 		clear(batch)
 		w.spare = batch[:0]
-		w.mu.Lock()
-		w.busy = false
-		w.mu.Unlock()
 	}
+}
+
+// sendOwn sends o's reply from the calling goroutine, which may block: a
+// request's own goroutine, never the reader. When nobody is writing, the
+// caller becomes the writer: it writes o's reply, waiting for the socket
+// as needed, then whatever was queued meanwhile, without the hand-off to
+// the writer goroutine whose wake-up costs a context switch (it made file
+// READs cost twice go-nbd's CPU). Otherwise o is queued for the writer.
+func (w *replyWriter) sendOwn(o *op) {
+	w.mu.Lock()
+	if w.busy || len(w.queue) > 0 || len(w.carryOps) > 0 {
+		w.queue = append(w.queue, o)
+		busy := w.busy
+		w.mu.Unlock()
+		if !busy { // a busy holder sends the queue before letting go
+			w.kick()
+		}
+		return
+	}
+	w.busy = true
+	w.mu.Unlock()
+	one := [1]*op{o}
+	w.writeBatch(one[:])
+	w.drainOwned()
 }
 
 // writeBatch sends the replies of batch in order. A streamed READ needs the

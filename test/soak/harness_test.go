@@ -30,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/server"
 )
@@ -75,6 +76,23 @@ func skipShort(t *testing.T) {
 
 // strategies are the buffer policies every load test runs under.
 var strategies = bufstrategy.Names()
+
+// plain hides every optional capability of a backend, as a backend written
+// for go-nbd has none. A backend.Memory lends its pages for READs and
+// WRITEs over sockets and so uses no buffers at all; behind plain, every
+// payload goes through the buffer strategy and its budget, which is what
+// the soak tests load.
+type plain struct{ backend.Backend }
+
+// unlent is plain plus TRIM and WRITE_ZEROES, which the soak's clients
+// send: a memory export whose payloads all go through the strategy.
+type unlent struct{ plain }
+
+func (u unlent) Trim(off, n int64) error { return u.Backend.(backend.Trimmer).Trim(off, n) }
+
+func (u unlent) WriteZeroes(off, n int64, noHole, fast bool) error {
+	return u.Backend.(backend.Zeroer).WriteZeroes(off, n, noHole, fast)
+}
 
 // newFactory builds the named policy under a budget of its own, so the
 // test can watch the budget.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/nbdd/nbdd/server"
 )
@@ -82,8 +83,11 @@ func (s *soakStats) problem(format string, args ...any) {
 	}
 }
 
-// TestSoak runs 200 connections of mixed, verified I/O against one memory
-// export for a fixed time under each buffer strategy (issue 4 item 8).
+// TestSoak runs 200 connections of mixed, verified I/O against one export
+// for a fixed time under each buffer strategy (issue 4 item 8), on a memory
+// export with its capabilities hidden so that every payload goes through
+// the strategy; then once more on a plain memory export, whose READs and
+// WRITEs go straight between the socket and its pages.
 // Each connection owns a disjoint region, keeps a shadow copy of it and
 // pipelines several requests whose ranges never overlap (NBD does not
 // order requests in flight): WRITEs of random data and random size,
@@ -99,29 +103,38 @@ func TestSoak(t *testing.T) {
 	var total soakStats
 	var peakHeap uint64
 	start := time.Now()
-	for i, name := range strategies {
+	runs := append(append([]string{}, strategies...), "lent")
+	for i, name := range runs {
 		t.Run(name, func(t *testing.T) {
-			st, heap := runSoak(t, cfg, name, cfg.seed+uint64(i), cfg.duration/time.Duration(len(strategies)))
+			strategy, lent := name, name == "lent"
+			if lent {
+				strategy = bufstrategy.NamePool
+			}
+			st, heap := runSoak(t, cfg, strategy, lent, cfg.seed+uint64(i), cfg.duration/time.Duration(len(runs)))
 			total.add(&st)
 			peakHeap = max(peakHeap, heap)
 		})
 	}
-	summarize(t, "%d connections x %d strategies for %v (race %v): %d requests, %s written, %s verified, "+
+	summarize(t, "%d connections x (%d strategies + memory pages lent) for %v (race %v): %d requests, %s written, %s verified, "+
 		"%d corruptions, %d error replies, peak heap in use %s, VmHWM %s (process lifetime, includes the test client)",
 		cfg.conns, len(strategies), time.Since(start).Round(time.Millisecond), raceEnabled, total.requests,
 		mib(total.bytesWritten), mib(total.bytesVerified), total.corruptions, total.errnos,
 		mib(int64(peakHeap)), mib(procStatus("VmHWM")))
 }
 
-// runSoak is one strategy's share of TestSoak. It returns the counters
-// and the peak heap in use.
-func runSoak(t *testing.T, cfg soakConfig, strategy string, seed uint64, d time.Duration) (soakStats, uint64) {
+// runSoak is one strategy's share of TestSoak, on a plain export unless
+// lent is set. It returns the counters and the peak heap in use.
+func runSoak(t *testing.T, cfg soakConfig, strategy string, lent bool, seed uint64, d time.Duration) (soakStats, uint64) {
 	base := goroutineBaseline()
 	f, budget := newFactory(t, strategy, cfg.budget)
 	logger, warns := quietLogger()
 	exportSize := int64(cfg.conns) * int64(cfg.region)
+	var b backend.Backend = unlent{plain{backend.NewMemory(exportSize)}}
+	if lent {
+		b = backend.NewMemory(exportSize)
+	}
 	srv := &server.Server{
-		Exports: []server.Export{{Name: "soak", Backend: backend.NewMemory(exportSize)}},
+		Exports: []server.Export{{Name: "soak", Backend: b}},
 		Buffers: f,
 		Logger:  logger,
 	}

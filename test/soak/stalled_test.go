@@ -25,7 +25,8 @@ const (
 
 // TestStalledWriters opens 1000 connections that each send the header of
 // a 32 MiB WRITE and a few bytes of its payload, then stall (issue 4 item
-// 8). Under each buffer strategy, with the default 256 MiB budget and the
+// 8). The export hides its capabilities (plain), so every payload needs a
+// buffer: a memory export would read it straight into its pages. Under each buffer strategy, with the default 256 MiB budget and the
 // default per-connection in-flight limit, the heap must stay far below
 // 1000 x 32 MiB (under 512 MiB), and a new client must still complete a
 // verified write and read within a few seconds. Once the stalled clients
@@ -74,7 +75,7 @@ func runStalled(t *testing.T, strategy string, conns int) (uint64, time.Duration
 	f, budget := newFactory(t, strategy, server.DefaultBudget)
 	logger, warns := quietLogger()
 	srv := &server.Server{
-		Exports: []server.Export{{Name: "stalled", Backend: backend.NewMemory(2 * stalledLength)}},
+		Exports: []server.Export{{Name: "stalled", Backend: plain{backend.NewMemory(2 * stalledLength)}}},
 		Buffers: f,
 		Logger:  logger,
 	}
