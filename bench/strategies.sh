@@ -12,6 +12,7 @@
 #   bench/strategies.sh              # every configuration
 #   CONFIGS="pool stream" bench/strategies.sh
 #   EXPORT=file bench/strategies.sh   # every case on a file export in /dev/shm
+#   EXPORT=file EXPORT_DIR=/var/tmp bench/strategies.sh   # ... on disk
 #
 # Memory exports answer READs from their own pages and take WRITE payloads
 # straight into them (no buffer at all), so on a memory export the table
@@ -28,6 +29,7 @@ FIO_REPS=${FIO_REPS:-3}
 SETTLE=${SETTLE:-30}
 CONNS=${CONNS:-384}
 EXPORT=${EXPORT:-memory}
+EXPORT_DIR=${EXPORT_DIR:-/dev/shm} # where EXPORT=file puts the images
 CASES=${CASES:-"ab c d"}
 
 bench_init
@@ -40,7 +42,7 @@ key() { echo "${1//-/_}"; }
 # serve CONFIG SIZE: start the server for CONFIG with a SIZE-byte export
 # on its own socket ($WORK/CONFIG.sock); its pid is in PID_srv_<key>.
 serve() {
-	local sock="$WORK/$1.sock" img="/dev/shm/nbdd-strategies-$1.img" name
+	local sock="$WORK/$1.sock" img="$EXPORT_DIR/nbdd-strategies-$1.img" name
 	name=srv_$(key "$1")
 	rm -f "$sock"
 	local exp=(--memory "d=$2")
@@ -62,7 +64,7 @@ serve() {
 
 pid() { local v="PID_srv_$(key "$1")"; echo "${!v}"; }
 sock() { echo "$WORK/$1.sock"; }
-stop() { local p; p=$(pid "$1"); kill "$p"; wait "$p" 2>/dev/null || true; rm -f "/dev/shm/nbdd-strategies-$1.img"; }
+stop() { local p; p=$(pid "$1"); kill "$p"; wait "$p" 2>/dev/null || true; rm -f "$EXPORT_DIR/nbdd-strategies-$1.img"; }
 has() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # mbps CMD...: MB/s of one run of CMD moving 1 GiB.
