@@ -50,44 +50,47 @@ func inPlaceBackends(t *testing.T, size int64) map[string]struct {
 // them durable in a persistent mapped export.
 func TestInPlaceWrites(t *testing.T) {
 	const size = 4 << 20
-	for name, tc := range inPlaceBackends(t, size) {
-		t.Run(name, func(t *testing.T) {
-			_, ok := tc.b.(backend.WriteViewer)
-			require.True(t, ok, "the backend under test must lend its memory for writes")
-			srv := &Server{Exports: []Export{{Name: "d", Backend: tc.b}}, Logger: testLogger(t)}
-			sock, _ := serveUnix(t, srv)
-			c := dialClient(t, sock)
-			c.handshake("d")
-			want := make([]byte, size)
-			off := 65536 - 3
-			for i, n := range []int{1, 100, 4096, 65536, 65537, 200_000, 1 << 20} {
-				data := pattern(n, byte(i+1))
-				req := protocol.Request{Type: protocol.CmdWrite, Cookie: uint64(i), Offset: uint64(off), Length: uint32(n)}
-				if i%2 == 1 {
-					req.Flags = protocol.CmdFlagFUA
+	run(t, func(t *testing.T, strategy string) {
+		for name, tc := range inPlaceBackends(t, size) {
+			t.Run(name, func(t *testing.T) {
+				_, ok := tc.b.(backend.WriteViewer)
+				require.True(t, ok, "the backend under test must lend its memory for writes")
+				srv := socketServer(t, strategy, size, bufferConfig{})
+				srv.Exports = []Export{{Name: "d", Backend: tc.b}}
+				sock, _ := serveUnix(t, srv)
+				c := dialClient(t, sock)
+				c.handshake("d")
+				want := make([]byte, size)
+				off := 65536 - 3
+				for i, n := range []int{1, 100, 4096, 65536, 65537, 200_000, 1 << 20} {
+					data := pattern(n, byte(i+1))
+					req := protocol.Request{Type: protocol.CmdWrite, Cookie: uint64(i), Offset: uint64(off), Length: uint32(n)}
+					if i%2 == 1 {
+						req.Flags = protocol.CmdFlagFUA
+					}
+					if i >= 3 {
+						sendSlowly(c, req, data)
+					} else {
+						c.send(req, data)
+					}
+					c.wantReply(uint64(i), protocol.EOK)
+					copy(want[off:], data)
+					off += n + 65536 + 5
 				}
-				if i >= 3 {
-					sendSlowly(c, req, data)
-				} else {
-					c.send(req, data)
+				st := srv.BufferStats()
+				require.Zero(t, st.Allocs+st.Hits, "writes in place take no buffer from the strategy: %+v", st)
+				c.read(100, 0, size/2)
+				c.wantRead(100, want[:size/2])
+				c.read(101, size/2, size/2)
+				c.wantRead(101, want[size/2:])
+				if tc.stored != nil {
+					c.flush(102)
+					c.wantReply(102, protocol.EOK)
+					require.True(t, bytes.Equal(want, tc.stored()), "image after FLUSH differs from what was written")
 				}
-				c.wantReply(uint64(i), protocol.EOK)
-				copy(want[off:], data)
-				off += n + 65536 + 5
-			}
-			st := srv.BufferStats()
-			require.Zero(t, st.Allocs+st.Hits, "writes in place take no buffer from the strategy: %+v", st)
-			c.read(100, 0, size/2)
-			c.wantRead(100, want[:size/2])
-			c.read(101, size/2, size/2)
-			c.wantRead(101, want[size/2:])
-			if tc.stored != nil {
-				c.flush(102)
-				c.wantReply(102, protocol.EOK)
-				require.True(t, bytes.Equal(want, tc.stored()), "image after FLUSH differs from what was written")
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 // sendSlowly sends req's header and its payload in three pieces with pauses
@@ -108,24 +111,27 @@ func sendSlowly(c *client, req protocol.Request, payload []byte) {
 // WRITE payload costs its own connection only; the server goes on serving
 // the others.
 func TestInPlaceWriteClientGone(t *testing.T) {
-	checkLeaks(t)
-	srv := &Server{Exports: []Export{{Name: "d", Backend: backend.NewMemory(4 << 20)}}, Logger: testLogger(t)}
-	sock, _ := serveUnix(t, srv)
-	quitter := dialClient(t, sock)
-	quitter.handshake("d")
-	var hdr [protocol.RequestSize]byte
-	protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 1 << 20}.Put(&hdr)
-	quitter.writeRaw(append(hdr[:], make([]byte, 300_000)...))
-	time.Sleep(20 * time.Millisecond)
-	quitter.nc.Close()
+	run(t, func(t *testing.T, strategy string) {
+		checkLeaks(t)
+		srv := socketServer(t, strategy, 4<<20, bufferConfig{})
+		srv.Exports[0].Name = "d"
+		sock, _ := serveUnix(t, srv)
+		quitter := dialClient(t, sock)
+		quitter.handshake("d")
+		var hdr [protocol.RequestSize]byte
+		protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 1 << 20}.Put(&hdr)
+		quitter.writeRaw(append(hdr[:], make([]byte, 300_000)...))
+		time.Sleep(20 * time.Millisecond)
+		quitter.nc.Close()
 
-	other := dialClient(t, sock)
-	other.handshake("d")
-	data := pattern(300_000, 7)
-	other.write(2, 1000, data)
-	other.wantReply(2, protocol.EOK)
-	other.read(3, 1000, uint32(len(data)))
-	other.wantRead(3, data)
+		other := dialClient(t, sock)
+		other.handshake("d")
+		data := pattern(300_000, 7)
+		other.write(2, 1000, data)
+		other.wantReply(2, protocol.EOK)
+		other.read(3, 1000, uint32(len(data)))
+		other.wantRead(3, data)
+	})
 }
 
 func TestAdvance(t *testing.T) {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 
@@ -190,7 +189,9 @@ func (w *replyWriter) send(ops []*op) {
 
 // writev writes all of iov, waiting for the socket as needed. A plain
 // socket gets raw writev(2) calls, which allocate nothing; TLS gets
-// coalesced records.
+// coalesced records; anything else (net.Pipe) a Write per slice. Empty
+// slices are never written: net.Pipe and TLS would send an empty write
+// (see conn.optReplyData).
 func (w *replyWriter) writev(iov [][]byte) {
 	if w.failed.Load() {
 		return
@@ -202,24 +203,23 @@ func (w *replyWriter) writev(iov [][]byte) {
 	case w.out != nil:
 		err = w.out.transfer(iov)
 	default:
-		bufs := net.Buffers(iov)
-		_, err = bufs.WriteTo(w.c.rwc)
+		for _, b := range iov {
+			if len(b) == 0 {
+				continue
+			}
+			if _, err = w.c.rwc.Write(b); err != nil {
+				break
+			}
+		}
 	}
 	if err != nil {
 		w.fail(err)
 	}
 }
 
-// writev2 writes a and b, which may be empty, with one writev. Empty
-// slices are left out: net.Pipe and TLS would send an empty write (see
-// conn.optReplyData).
+// writev2 writes a and b, either of which may be empty, with one writev.
 func (w *replyWriter) writev2(a, b []byte) {
-	iov := w.iov2[:0]
-	for _, p := range [2][]byte{a, b} {
-		if len(p) > 0 {
-			iov = append(iov, p)
-		}
-	}
+	iov := append(w.iov2[:0], a, b)
 	w.writev(iov)
 	clear(iov)
 }
