@@ -13,7 +13,7 @@ STRATEGY=${STRATEGY:-pool}
 SIZE=$((1 << 30))
 
 bench_init
-head -c $SIZE /dev/urandom >"$WORK/src.img"
+make_source $SIZE
 truncate -s $SIZE /dev/shm/nbdd-bench-qemu.img
 trap 'rm -f /dev/shm/nbdd-bench-qemu.img; bench_cleanup' EXIT
 
@@ -22,7 +22,7 @@ start nbdkit "$WORK/nbdkit.sock" nbdkit -f -U "$WORK/nbdkit.sock" memory 1G
 start qemu "$WORK/qemu.sock" qemu-nbd -f raw -t -e 16 --cache=writeback -k "$WORK/qemu.sock" /dev/shm/nbdd-bench-qemu.img
 start gonbd "$WORK/gonbd.sock" "$WORK/gonbd-server" -socket "$WORK/gonbd.sock" -size $SIZE
 SERVERS="nbdd nbdkit qemu gonbd"
-for s in $SERVERS; do nbdcopy "$WORK/src.img" "$(uri "$WORK/$s.sock")"; done
+for s in $SERVERS; do nbdcopy "$SHM/src.img" "$(uri "$WORK/$s.sock")"; done
 
 declare -A R
 run() { # run WORKLOAD SERVER: one measurement
@@ -30,7 +30,7 @@ run() { # run WORKLOAD SERVER: one measurement
 	u=$(uri "$WORK/$2.sock")
 	case $1 in
 	seqread) awk -v s="$(seconds nbdcopy "$u" null:)" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	seqwrite) awk -v s="$(seconds nbdcopy "$WORK/src.img" "$u")" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
+	seqwrite) awk -v s="$(seconds nbdcopy "$SHM/src.img" "$u")" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
 	randread1) fio_iops "$u" randread 4k 1 "$FIO_SECONDS" ;;
 	randread32) fio_iops "$u" randread 4k 32 "$FIO_SECONDS" ;;
 	randwrite32) fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS" ;;

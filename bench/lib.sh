@@ -4,6 +4,10 @@
 bench_init() {
 	ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 	WORK=$(mktemp -d /tmp/nbdd-bench.XXXXXX)
+	# Sources for write benchmarks live in tmpfs: from a disk file nbdcopy
+	# reads through to the disk (it drops the pages it read from the
+	# cache), so every server's write figure measured the disk instead.
+	SHM=$(mktemp -d /dev/shm/nbdd-bench.XXXXXX)
 	PIDS=()
 	trap bench_cleanup EXIT
 	(cd "$ROOT" && go build -o "$WORK/nbdd" ./cmd/nbdd && go build -o "$WORK/gonbd-server" ./bench/gonbd-server)
@@ -12,8 +16,12 @@ bench_init() {
 bench_cleanup() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-	rm -rf "$WORK"
+	rm -rf "$WORK" "$SHM"
 }
+
+# make_source BYTES: random data in $SHM/src.img, the source of the write
+# benchmarks.
+make_source() { head -c "$1" /dev/urandom >"$SHM/src.img"; }
 
 # start NAME SOCKET CMD...: start a server in the background and wait for
 # its socket.

@@ -34,7 +34,7 @@ CASES=${CASES:-"ab c d"}
 
 bench_init
 (cd "$ROOT" && go build -o "$WORK/nbdload" ./bench/nbdload)
-head -c $((1 << 30)) /dev/urandom >"$WORK/src.img"
+make_source $((1 << 30))
 
 # key CONFIG: CONFIG as a shell variable name.
 key() { echo "${1//-/_}"; }
@@ -79,13 +79,13 @@ run_ab() {
 	local cfg k u
 	for cfg in $CONFIGS; do
 		serve "$cfg" 1G
-		nbdcopy "$WORK/src.img" "$(uri "$(sock "$cfg")")"
+		nbdcopy "$SHM/src.img" "$(uri "$(sock "$cfg")")"
 	done
 	for _ in $(seq "$REPS"); do
 		for cfg in $CONFIGS; do
 			k=$(key "$cfg") u=$(uri "$(sock "$cfg")")
 			eval "S_${k}_rd+=\" $(mbps nbdcopy "$u" null:)\""
-			eval "S_${k}_wr+=\" $(mbps nbdcopy "$WORK/src.img" "$u")\""
+			eval "S_${k}_wr+=\" $(mbps nbdcopy "$SHM/src.img" "$u")\""
 		done
 	done
 	for _ in $(seq "$FIO_REPS"); do

@@ -11,7 +11,8 @@ import (
 // so a steady workload allocates nothing after warm-up. Requests on one
 // connection run concurrently, so a connection keeps a small free list
 // (one buffer per concurrently active request, like nbdkit's buffer per
-// worker thread), at most Config.GrowMaxIdle of them. Get takes the
+// worker thread), at most Config.GrowMaxIdle of them (by default as many as
+// a connection may have requests in flight). Get takes the
 // smallest idle buffer that fits; if none does, the largest idle one is
 // too small and is dropped, and a buffer of exactly n bytes is made in its
 // place.

@@ -141,6 +141,35 @@ func TestResizeChurns(t *testing.T) {
 	}
 }
 
+// TestResizeKeepsCurrentSize: concurrent requests of one size reuse
+// buffers (one per request that was in flight), and a change of size
+// frees them all, as go-nbd's resize-on-mismatch does with its one buffer.
+func TestResizeKeepsCurrentSize(t *testing.T) {
+	f := newFactory(t, NameResize, Config{GrowMaxIdle: 3, ReclaimTick: -1})
+	s := newConn(t, f)
+	burst := func(n, count int) {
+		var bufs [][]byte
+		for range count {
+			bufs = append(bufs, mustGet(t, s, n))
+		}
+		for _, b := range bufs {
+			s.Put(b)
+		}
+	}
+	burst(256<<10, 4)
+	if st := f.Stats(); st.Allocs != 4 || st.BytesIdle != 3*256<<10 {
+		t.Fatalf("first burst of 4: %v; want allocs=4, 3 buffers idle", st)
+	}
+	burst(256<<10, 3)
+	if st := f.Stats(); st.Allocs != 4 || st.Hits != 3 {
+		t.Fatalf("second burst of 3: %v; want no new allocs, hits=3", st)
+	}
+	s.Put(mustGet(t, s, 4096))
+	if st := f.Stats(); st.Allocs != 5 || st.BytesIdle != 4096 || st.BytesHeld != 4096 {
+		t.Fatalf("after a 4 KiB request: %v; want allocs=5, only the 4 KiB buffer held", st)
+	}
+}
+
 func TestPoolClasses(t *testing.T) {
 	tests := []struct{ n, class int }{
 		{1, 0}, {4096, 0}, {4097, 1}, {8192, 1}, {128 << 10, 5}, {128<<10 + 1, 6}, {32 << 20, 13},

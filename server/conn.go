@@ -70,6 +70,7 @@ type conn struct {
 func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {
 	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel}
 	c.nc, _ = rwc.(net.Conn)
+	c.sizeSendBuffer()
 	c.br = bufio.NewReaderSize(rwc, readBufferSize)
 	c.bytes = newByteGate(s.maxInflightBytes())
 	attrs := []any{"conn", c.id}
@@ -78,6 +79,22 @@ func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn
 	}
 	c.log = s.logger().With(attrs...)
 	return c
+}
+
+// sizeSendBuffer applies Server.SendBuffer to the socket. A failure
+// costs only speed, so it is logged, not returned.
+func (c *conn) sizeSendBuffer() {
+	n := c.srv.SendBuffer
+	if _, isUnix := c.nc.(*net.UnixConn); n == 0 && isUnix {
+		n = DefaultUnixSendBuffer
+	}
+	sb, ok := c.nc.(interface{ SetWriteBuffer(int) error })
+	if n <= 0 || !ok {
+		return
+	}
+	if err := sb.SetWriteBuffer(n); err != nil {
+		c.srv.logger().Debug("cannot size the socket send buffer", "conn", c.id, "err", err)
+	}
 }
 
 func (c *conn) serve(ctx context.Context) error {

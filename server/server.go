@@ -26,6 +26,14 @@ const (
 	// for larger requests without letting one connection take the whole
 	// budget.
 	DefaultMaxInflightBytes = 64 << 20
+	// DefaultUnixSendBuffer is the send buffer asked for on unix-socket
+	// connections when Server.SendBuffer is zero. The kernel's default
+	// (net.core.wmem_default, 208 KiB) is smaller than one 256 KiB READ
+	// reply of nbdcopy or qemu-img, so each such reply stalled the writer
+	// halfway until the client had read the first part; with 1 MiB
+	// (2 MiB of accounting, as the kernel doubles it) nbdcopy reads a
+	// memory export about 15% faster (docs/performance.md).
+	DefaultUnixSendBuffer = 1 << 20
 )
 
 // TLSMode says whether clients may or must negotiate TLS
@@ -76,6 +84,15 @@ type Server struct {
 	// while none is in flight; 0 means never (the kernel keeps idle
 	// connections for months).
 	IdleTimeout time.Duration
+	// SendBuffer is the socket send buffer (SO_SNDBUF) asked for on each
+	// connection, so that large READ replies queue whole. 0 means
+	// DefaultUnixSendBuffer on unix sockets and the kernel's autotuning
+	// on TCP (setting SO_SNDBUF switches TCP autotuning off, and it
+	// already grows to net.ipv4.tcp_wmem's maximum); a positive value
+	// applies to both; negative leaves every socket as the kernel made
+	// it. The kernel caps the value at net.core.wmem_max.
+	SendBuffer int
+
 	// MaxConns bounds connections server-wide, MaxConnsPerHost per client
 	// host; 0 means no limit.
 	MaxConns, MaxConnsPerHost int

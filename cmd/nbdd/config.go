@@ -50,6 +50,25 @@ func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
 	return cfg, nil
 }
 
+// sendBufferFlag maps --send-buffer to Server.SendBuffer: "auto" is 0
+// (the server's choice per socket type), "0" is negative (the kernel's
+// default), anything else a size up to 1 GiB.
+func sendBufferFlag(v string) (int, error) {
+	if v == "auto" {
+		return 0, nil
+	}
+	n, err := parseSize(v)
+	switch {
+	case err != nil:
+		return 0, usage("--send-buffer: %v (or auto)", err)
+	case n == 0:
+		return -1, nil
+	case n < 4096 || n > 1<<30:
+		return 0, usage("--send-buffer %s: want 4KiB to 1GiB, 0 or auto", v)
+	}
+	return int(n), nil
+}
+
 // limits applies the sizes, timeouts and the buffer strategy.
 func (cfg *config) limits(c *cli.Context) error {
 	s := cfg.srv
@@ -64,6 +83,9 @@ func (cfg *config) limits(c *cli.Context) error {
 	s.MaxRequestSize, s.MaxInflightBytes = uint32(maxReq), inflight
 	if s.QueueDepth = c.Int("queue-depth"); s.QueueDepth < 1 || s.QueueDepth > 4096 {
 		return usage("--queue-depth %d: want 1 to 4096", s.QueueDepth)
+	}
+	if s.SendBuffer, err = sendBufferFlag(c.String("send-buffer")); err != nil {
+		return err
 	}
 	s.HandshakeTimeout, s.IdleTimeout = c.Duration("handshake-timeout"), c.Duration("idle-timeout")
 	s.MaxConns, s.MaxConnsPerHost = c.Int("max-connections"), c.Int("max-connections-per-host")

@@ -46,6 +46,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "max-request-size", Value: "32MiB", Usage: "largest READ or WRITE `SIZE`", EnvVars: []string{"NBDD_MAX_REQUEST_SIZE"}},
 		&cli.IntFlag{Name: "queue-depth", Value: server.DefaultQueueDepth, Usage: "requests in flight per connection", EnvVars: []string{"NBDD_QUEUE_DEPTH"}},
 		&cli.StringFlag{Name: "max-inflight-bytes", Value: "64MiB", Usage: "payload `SIZE` in flight per connection", EnvVars: []string{"NBDD_MAX_INFLIGHT_BYTES"}},
+		&cli.StringFlag{Name: "send-buffer", Value: "auto", Usage: "socket send buffer `SIZE` per connection (auto: 1MiB on unix sockets, autotuned on TCP; 0: the kernel's default)", EnvVars: []string{"NBDD_SEND_BUFFER"}},
 		&cli.StringFlag{Name: "strategy", Value: "pool", Usage: "buffer strategy: grow, resize, pool or stream", EnvVars: []string{"NBDD_STRATEGY"}},
 		&cli.StringFlag{Name: "memory-budget", Value: "256MiB", Usage: "request buffer `SIZE` held across all connections", EnvVars: []string{"NBDD_MEMORY_BUDGET"}},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, Usage: "time a client has to finish the handshake", EnvVars: []string{"NBDD_HANDSHAKE_TIMEOUT"}},

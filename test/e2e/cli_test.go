@@ -58,6 +58,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"bad listen URL", []string{"--listen", "ftp://host:1"}, nil, "ftp://host:1"},
 		{"bad queue depth", []string{"--queue-depth", "0"}, nil, "queue-depth"},
 		{"bad max request size", []string{"--max-request-size", "lots"}, nil, "lots"},
+		{"bad send buffer", []string{"--send-buffer", "big"}, nil, "big"},
+		{"tiny send buffer", []string{"--send-buffer", "12"}, nil, "send-buffer"},
 		{"unknown flag", []string{"--bogus-flag"}, nil, "bogus-flag"},
 		{"stray argument", []string{"disk.img"}, nil, "disk.img"},
 		{"bad log level", []string{"--log-level", "loud"}, nil, "loud"},
