@@ -51,14 +51,18 @@ serve() {
 		truncate -s "$2" "$img"
 		exp=(--export "d=$img")
 	fi
+	# No connection limits, and a handshake timeout long enough for (c):
+	# grow-unbudgeted allocating 12 GiB for 384 connections at once can
+	# keep the last handshakes waiting past the default 10 s.
+	local limits=(--max-connections 0 --max-connections-per-host 0 --handshake-timeout 1m --log-level warn)
 	case $1 in
 	go-nbd)
 		local file=()
 		[ "$EXPORT" = file ] && file=(-file "$img")
 		start "$name" "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" "${file[@]}"
 		;;
-	grow-unbudgeted) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
-	*) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" --max-connections 0 --max-connections-per-host 0 --log-level warn ;;
+	grow-unbudgeted) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB "${limits[@]}" ;;
+	*) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" "${limits[@]}" ;;
 	esac
 }
 

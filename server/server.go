@@ -34,6 +34,11 @@ const (
 	// (2 MiB of accounting, as the kernel doubles it) nbdcopy reads a
 	// memory export about 15% faster (docs/performance.md).
 	DefaultUnixSendBuffer = 1 << 20
+	// DefaultMaxBackendCalls is the server-wide bound on backend calls
+	// running on goroutines of their own when Server.MaxBackendCalls is
+	// zero: a few disks' worth of queue depth, far below the runtime's
+	// 10,000-thread limit.
+	DefaultMaxBackendCalls = 256
 )
 
 // TLSMode says whether clients may or must negotiate TLS
@@ -93,6 +98,18 @@ type Server struct {
 	// it. The kernel caps the value at net.core.wmem_max.
 	SendBuffer int
 
+	// MaxBackendCalls bounds, server-wide, the requests whose backend
+	// calls run at once on goroutines of their own (requests on backends
+	// that may block, and large ones on backends that never do); the
+	// others wait for a turn, parked, holding no thread. Each such call
+	// may hold an OS thread while it blocks in the kernel, and the Go
+	// runtime kills a program that passes 10,000 threads
+	// (runtime/debug.SetMaxThreads): without a bound, 160 kernel-client
+	// connections with 64 requests each on a stalled disk would. nbdkit
+	// bounds the same thing with 16 threads per connection. 0 means
+	// DefaultMaxBackendCalls; negative means no bound.
+	MaxBackendCalls int
+
 	// MaxConns bounds connections server-wide, MaxConnsPerHost per client
 	// host; 0 means no limit.
 	MaxConns, MaxConnsPerHost int
@@ -106,6 +123,7 @@ type Server struct {
 
 	initOnce   sync.Once
 	bufs       bufstrategy.Factory
+	calls      chan struct{} // a token per backend call in progress; nil: no bound
 	inShutdown atomic.Bool
 	nextConnID atomic.Uint64
 
@@ -124,7 +142,26 @@ func (s *Server) init() {
 			budget, _ := bufstrategy.NewBudget(DefaultBudget)
 			s.bufs, _ = bufstrategy.New("pool", bufstrategy.Config{MaxRequest: int(s.maxRequestSize()), Budget: budget})
 		}
+		switch {
+		case s.MaxBackendCalls == 0:
+			s.calls = make(chan struct{}, DefaultMaxBackendCalls)
+		case s.MaxBackendCalls > 0:
+			s.calls = make(chan struct{}, s.MaxBackendCalls)
+		}
 	})
+}
+
+// acquireCall waits for a turn to call the backend (MaxBackendCalls).
+func (s *Server) acquireCall() {
+	if s.calls != nil {
+		s.calls <- struct{}{}
+	}
+}
+
+func (s *Server) releaseCall() {
+	if s.calls != nil {
+		<-s.calls
+	}
 }
 
 func (s *Server) logger() *slog.Logger {

@@ -166,7 +166,7 @@ var inlineMax uint32 = 128 << 10
 // start runs o: inline when the backend never blocks and o is small (or
 // a READ whose data is lent, not copied, so its size costs nothing),
 // otherwise on its own goroutine, so a slow request never stalls the ones
-// behind it.
+// behind it. At most Server.MaxBackendCalls of those run at once.
 func (c *conn) start(ctx context.Context, o *op) {
 	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.viewable(o)) {
 		c.exec(ctx, o)
@@ -174,7 +174,9 @@ func (c *conn) start(ctx context.Context, o *op) {
 		return
 	}
 	go func() {
+		c.srv.acquireCall()
 		c.exec(ctx, o)
+		c.srv.releaseCall()
 		c.w.sendOwn(o)
 	}()
 }

@@ -53,6 +53,7 @@ func serveFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "idle-timeout", Usage: "close connections idle this long (0: never)", EnvVars: []string{"NBDD_IDLE_TIMEOUT"}},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, Usage: "time in-flight requests get to finish on SIGTERM", EnvVars: []string{"NBDD_SHUTDOWN_TIMEOUT"}},
 		&cli.IntFlag{Name: "max-connections", Value: 1024, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
+		&cli.IntFlag{Name: "max-backend-calls", Value: server.DefaultMaxBackendCalls, Usage: "backend calls running at once on their own goroutines, server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_BACKEND_CALLS"}},
 		&cli.IntFlag{Name: "max-connections-per-host", Value: 256, Usage: "connections per client host (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
 		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},

@@ -59,6 +59,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"bad queue depth", []string{"--queue-depth", "0"}, nil, "queue-depth"},
 		{"bad max request size", []string{"--max-request-size", "lots"}, nil, "lots"},
 		{"bad send buffer", []string{"--send-buffer", "big"}, nil, "big"},
+		{"negative backend calls", []string{"--max-backend-calls", "-3"}, nil, "max-backend-calls"},
 		{"tiny send buffer", []string{"--send-buffer", "12"}, nil, "send-buffer"},
 		{"unknown flag", []string{"--bogus-flag"}, nil, "bogus-flag"},
 		{"stray argument", []string{"disk.img"}, nil, "disk.img"},
