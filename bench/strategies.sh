@@ -17,9 +17,11 @@
 # Memory exports answer READs from their own pages and take WRITE payloads
 # straight into them (no buffer at all), so on a memory export the table
 # shows the server, not the strategy. EXPORT=file puts the exports in
-# /dev/shm files, whose payloads all go through the strategy's buffers
-# (sendfile for stream), and serves go-nbd's FileBackend on the same kind
-# of file.
+# /dev/shm files and serves go-nbd's FileBackend on the same kind of file:
+# there READs of 64 KiB or more go out with sendfile(2) whatever the
+# strategy, and WRITEs and small READs go through the strategy's buffers.
+# EXPORT=file EXPORT_DIR=/var/tmp puts them on disk (in the page cache
+# after the first fill), where every payload goes through the strategy.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}

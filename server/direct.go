@@ -48,7 +48,11 @@ func replyLen(o *op) int {
 	if len(o.iov) > 0 {
 		return iovLen(o.iov)
 	}
-	return o.hdrLen + len(o.extra) + len(o.data) + iovLen(o.views)
+	n := o.hdrLen + len(o.extra) + len(o.data) + iovLen(o.views)
+	if o.sendfile {
+		n += int(o.req.Length)
+	}
+	return n
 }
 
 // directMax is the largest reply sent directly. A larger one would rarely
@@ -58,7 +62,7 @@ const directMax = 64 << 10
 
 // small reports whether o's reply may be sent directly.
 func (o *op) small() bool {
-	return !o.stream && (o.req.Type != protocol.CmdRead || o.err != nil || o.req.Length <= directMax)
+	return !o.stream && !o.sendfile && (o.req.Type != protocol.CmdRead || o.err != nil || o.req.Length <= directMax)
 }
 
 // allSmall reports whether every reply of ops may be sent directly.

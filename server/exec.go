@@ -54,6 +54,10 @@ func (c *conn) read(ctx context.Context, o *op) error {
 		o.views, err = c.exp.viewer.AppendView(o.views[:0], int64(o.req.Offset), int64(o.req.Length))
 		return err
 	}
+	if c.sendsFile(o) {
+		o.sendfile = true
+		return nil
+	}
 	n := int(o.req.Length)
 	buf, err := c.bufs.Get(ctx, n)
 	if mustStream(err) {
@@ -89,6 +93,38 @@ func (c *conn) read(ctx context.Context, o *op) error {
 // socket, not TLS or net.Pipe, whose Go copy would race with writes).
 func (c *conn) viewable(o *op) bool {
 	return c.exp.viewer != nil && c.kernelCopies
+}
+
+// lendsReads reports whether READs of the export are sent without a copy
+// in user space: from a Viewer's pages, or from its file with sendfile.
+func (c *conn) lendsReads() bool {
+	return c.kernelCopies && (c.exp.viewer != nil || c.exp.file != nil)
+}
+
+// sendfileMin is the smallest READ sent with sendfile(2). Below it, a
+// pread into a pooled buffer and a writev shared with the replies around
+// it cost less than the two system calls of a header and a sendfile.
+const sendfileMin = 64 << 10
+
+// sendsFile reports whether READ o goes from the export's file straight
+// to the socket with sendfile(2): no buffer, and no copy in user space,
+// the file counterpart of a Viewer's lent pages. It needs a file in
+// memory (so that sendfile never waits on a disk while it holds the
+// socket, and cannot fail on a bad sector after the header is out), a
+// plain socket, a READ of at least sendfileMin, and, when the reply may be
+// sparse, no hole in the range: holes go out as OFFSET_HOLE chunks through
+// the buffered path. A sendfile that fails after the header is out (the
+// file shrank under the export) can only end in a disconnect, as for
+// streamed READs.
+func (c *conn) sendsFile(o *op) bool {
+	if c.exp.file == nil || !c.kernelCopies || o.req.Length < sendfileMin {
+		return false
+	}
+	if !c.mayBeSparse(o) {
+		return true
+	}
+	segs, err := c.segments(int64(o.req.Offset), int64(o.req.Length))
+	return err == nil && len(segs) == 1 && !segs[0].hole
 }
 
 // mustStream reports whether a Get failed for want of room rather than for

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
@@ -53,6 +54,9 @@ type caps struct {
 	nonBlocking bool
 	viewer      backend.Viewer
 	writeViewer backend.WriteViewer
+	// file is the export's file when it lives in memory (tmpfs), so that
+	// sendfile(2) from it never waits on a disk; nil otherwise.
+	file *os.File
 }
 
 // openExport is the export a connection has selected.
@@ -89,6 +93,9 @@ func discoverCaps(e *Export) (caps, error) {
 	}
 	if nb, ok := e.Backend.(backend.NonBlocker); ok {
 		c.nonBlocking = nb.NonBlocking()
+	}
+	if fb, ok := e.Backend.(fileBacked); ok && c.nonBlocking {
+		c.file = fb.File()
 	}
 	if bs, ok := e.Backend.(backend.BlockSizer); ok && bs.MinBlockSize() > 1 {
 		c.minBlock = bs.MinBlockSize()

@@ -24,6 +24,9 @@ type op struct {
 	stream bool          // READ too large for one buffer: the writer streams it
 	// firstRead means o.buf already holds the streamed READ's first chunk.
 	firstRead bool
+	// sendfile means the READ's data goes from the export's file to the
+	// socket with sendfile(2) after the header (see conn.sendsFile).
+	sendfile bool
 
 	hdr    [maxReplyHeader]byte
 	hdrLen int

@@ -42,6 +42,27 @@ func (w *replyWriter) sendfileRange(b any, off, n int64) (bool, error) {
 	return true, errors.Join(cerr, serr)
 }
 
+// sendFile sends a READ reply marked by conn.sendsFile: the header (simple,
+// or one OFFSET_DATA chunk), then the data with sendfile(2). The data was
+// not read beforehand, so a failure can only end in a disconnect.
+func (w *replyWriter) sendFile(o *op) {
+	c := w.c
+	w.writev2(o.hdr[:o.hdrLen], nil)
+	if w.failed.Load() {
+		return
+	}
+	off, n := int64(o.req.Offset), int64(o.req.Length)
+	sent, err := w.sendfileRange(c.exp.Backend, off, n)
+	if !sent {
+		err = errors.New("sendfile not possible on this connection")
+	}
+	if err != nil {
+		streamAborts.Add(1)
+		w.fail(err)
+		c.log.Warn("sendfile failed mid-reply; disconnecting", "offset", off, "len", n, "err", err)
+	}
+}
+
 // sendfileAll loops sendfile until n bytes are out, waiting for the socket
 // to drain when it is full.
 func sendfileAll(out syscall.RawConn, infd int, off, n int64) error {

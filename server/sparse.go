@@ -31,7 +31,7 @@ type segment struct {
 // read into o.buf. It reports false, having done nothing, when the range is
 // all data or the request does not qualify.
 func (c *conn) readSparse(o *op, lend bool) (bool, error) {
-	if !c.structured || c.exp.extenter == nil || o.req.Length < sparseMin || o.req.Flags&protocol.CmdFlagDF != 0 {
+	if !c.mayBeSparse(o) {
 		return false, nil
 	}
 	segs, err := c.segments(int64(o.req.Offset), int64(o.req.Length))
@@ -60,6 +60,13 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 	o.segViews = append(o.segViews, len(o.views))
 	o.buildSparse(segs)
 	return true, nil
+}
+
+// mayBeSparse reports whether o's reply may be sent as data and hole
+// chunks: a structured READ, without DF, large enough to be worth asking
+// the backend for extents.
+func (c *conn) mayBeSparse(o *op) bool {
+	return c.structured && c.exp.extenter != nil && o.req.Length >= sparseMin && o.req.Flags&protocol.CmdFlagDF == 0
 }
 
 // segments splits [off, off+n) into data and hole runs.

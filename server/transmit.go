@@ -164,11 +164,12 @@ func (c *conn) newOp(req protocol.Request) *op {
 var inlineMax uint32 = 128 << 10
 
 // start runs o: inline when the backend never blocks and o is small (or
-// a READ whose data is lent, not copied, so its size costs nothing),
+// a READ whose data is lent or sent with sendfile, not copied, so its size
+// costs nothing),
 // otherwise on its own goroutine, so a slow request never stalls the ones
 // behind it. At most Server.MaxBackendCalls of those run at once.
 func (c *conn) start(ctx context.Context, o *op) {
-	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.viewable(o)) {
+	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.lendsReads()) {
 		c.exec(ctx, o)
 		c.hold(o)
 		return

@@ -154,16 +154,20 @@ func (w *replyWriter) sendOwn(o *op) {
 	w.drainOwned()
 }
 
-// writeBatch sends the replies of batch in order. A streamed READ needs the
-// socket to itself, so what precedes it is sent first.
+// writeBatch sends the replies of batch in order. A streamed or sendfile
+// READ needs the socket to itself, so what precedes it is sent first.
 func (w *replyWriter) writeBatch(batch []*op) {
 	start := 0
 	for i, o := range batch {
-		if !o.stream {
+		if !o.stream && !o.sendfile {
 			continue
 		}
 		w.send(batch[start:i])
-		w.streamRead(o)
+		if o.sendfile {
+			w.sendFile(o)
+		} else {
+			w.streamRead(o)
+		}
 		w.c.finish(o)
 		start = i + 1
 	}
