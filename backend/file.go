@@ -35,6 +35,7 @@ type File struct {
 	noZeroRange atomic.Bool
 	noSeekData  atomic.Bool
 	noDSync     atomic.Bool
+	noCachestat atomic.Bool
 
 	// lastData caches the last run of data found with SEEK_DATA and
 	// SEEK_HOLE, as qemu's file-posix does: on tmpfs, and with the inode
@@ -134,6 +135,33 @@ func fileSize(f *os.File) (int64, error) {
 // explicit offset). The caller must not close it or use its file offset,
 // which Extents moves.
 func (f *File) File() *os.File { return f.f }
+
+// Cached reports whether all n bytes at off are in the page cache, so
+// that reading them (with sendfile, say) waits on no device and meets no
+// bad sector. It is always true for a file in memory (tmpfs, ramfs),
+// false with O_DIRECT, and otherwise asks cachestat(2) (Linux 6.5), false
+// where that is missing. Pages may be evicted right after the answer: it
+// is a hint for choosing a path, not a promise.
+func (f *File) Cached(off, n int64) bool {
+	switch {
+	case f.direct || n <= 0:
+		return false
+	case f.inMemory:
+		return true
+	case f.noCachestat.Load():
+		return false
+	}
+	page := int64(os.Getpagesize())
+	roundUp := func(x int64) int64 { return (x + page - 1) / page * page }
+	first, end := off/page*page, min(roundUp(off+n), roundUp(f.size))
+	r := unix.CachestatRange{Off: uint64(first), Len: uint64(end - first)}
+	var st unix.Cachestat_t
+	err := f.control(func(fd int) error { return unix.Cachestat(uint(fd), &r, &st, 0) })
+	if errors.Is(err, unix.ENOSYS) {
+		f.noCachestat.Store(true)
+	}
+	return err == nil && int64(st.Cache) == (end-first)/page
+}
 
 // Close closes the file. Requests must not be in flight.
 func (f *File) Close() error { return f.f.Close() }

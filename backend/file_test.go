@@ -4,11 +4,13 @@ package backend
 
 import (
 	"bytes"
-	"github.com/nbdd/nbdd/internal/testenv"
 	"os"
+	"path/filepath"
 	"testing"
 
+	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func newTestFile(t *testing.T, size int64) *File {
@@ -226,4 +228,28 @@ func TestFileBlockDeviceWrite(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, want[:128<<10], got[:128<<10])
 	require.Equal(t, want[192<<10:], got[192<<10:])
+}
+
+// TestFileCached: Cached tells a range in the page cache from one that is
+// not, so that the server sends only cached data with sendfile.
+func TestFileCached(t *testing.T) {
+	const size = 1 << 20
+	path := filepath.Join(t.TempDir(), "disk.img")
+	require.NoError(t, os.WriteFile(path, bytes.Repeat([]byte{0x5a}, size/2), 0o600))
+	require.NoError(t, os.Truncate(path, size))
+	f, err := OpenFile(path, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	require.True(t, f.Cached(0, size/2), "data just written is in the page cache")
+	require.True(t, f.Cached(4095, 3), "a range within one cached page")
+	require.False(t, f.Cached(size/2, 4096), "a hole was never cached")
+	require.False(t, f.Cached(0, size), "a range that is half hole")
+	require.NoError(t, f.Sync())
+	require.NoError(t, unix.Fadvise(int(f.File().Fd()), 0, 0, unix.FADV_DONTNEED))
+	require.False(t, f.Cached(0, size/2), "pages dropped from the cache")
+
+	d, err := OpenFileDirect(path, true)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	require.False(t, d.Cached(0, 4096), "O_DIRECT reads bypass the cache")
 }

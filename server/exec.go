@@ -108,22 +108,24 @@ const sendfileMin = 64 << 10
 
 // sendsFile reports whether READ o goes from the export's file straight
 // to the socket with sendfile(2): no buffer, and no copy in user space,
-// the file counterpart of a Viewer's lent pages. It needs a file in
-// memory (so that sendfile never waits on a disk while it holds the
-// socket, and cannot fail on a bad sector after the header is out), a
-// plain socket, a READ of at least sendfileMin, and, when the reply may be
-// sparse, no hole in the range: holes go out as OFFSET_HOLE chunks through
-// the buffered path. A sendfile that fails after the header is out (the
-// file shrank under the export) can only end in a disconnect, as for
-// streamed READs.
+// the file counterpart of a Viewer's lent pages. It needs a plain socket,
+// a READ of at least sendfileMin, a range wholly in the page cache (always
+// so for a file in memory), so that sendfile waits on no disk while it
+// holds the socket and meets no bad sector after the header is out, and,
+// when the reply may be sparse, no hole in the range: holes go out as
+// OFFSET_HOLE chunks through the buffered path. A sendfile that fails
+// after the header is out (the file shrank under the export, or pages
+// evicted since the check met a disk error) can only end in a disconnect,
+// as for streamed READs.
 func (c *conn) sendsFile(o *op) bool {
-	if c.exp.file == nil || !c.kernelCopies || o.req.Length < sendfileMin {
+	off, n := int64(o.req.Offset), int64(o.req.Length)
+	if c.exp.file == nil || !c.kernelCopies || n < sendfileMin || !c.exp.file.Cached(off, n) {
 		return false
 	}
 	if !c.mayBeSparse(o) {
 		return true
 	}
-	segs, err := c.segments(int64(o.req.Offset), int64(o.req.Length))
+	segs, err := c.segments(off, n)
 	return err == nil && len(segs) == 1 && !segs[0].hole
 }
 

@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
@@ -54,9 +53,10 @@ type caps struct {
 	nonBlocking bool
 	viewer      backend.Viewer
 	writeViewer backend.WriteViewer
-	// file is the export's file when it lives in memory (tmpfs), so that
-	// sendfile(2) from it never waits on a disk; nil otherwise.
-	file *os.File
+	// file is the export's file, whose READs go out with sendfile(2) when
+	// their range is in the page cache (see conn.sendsFile); nil if the
+	// backend is not a file.
+	file cachedFile
 }
 
 // openExport is the export a connection has selected.
@@ -94,9 +94,7 @@ func discoverCaps(e *Export) (caps, error) {
 	if nb, ok := e.Backend.(backend.NonBlocker); ok {
 		c.nonBlocking = nb.NonBlocking()
 	}
-	if fb, ok := e.Backend.(fileBacked); ok && c.nonBlocking {
-		c.file = fb.File()
-	}
+	c.file, _ = e.Backend.(cachedFile)
 	if bs, ok := e.Backend.(backend.BlockSizer); ok && bs.MinBlockSize() > 1 {
 		c.minBlock = bs.MinBlockSize()
 	}

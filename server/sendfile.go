@@ -15,6 +15,14 @@ type fileBacked interface {
 	File() *os.File
 }
 
+// cachedFile is a file backend that tells whether a range is in the page
+// cache (backend.File): such READs are sent with sendfile without waiting
+// on a device.
+type cachedFile interface {
+	fileBacked
+	Cached(off, n int64) bool
+}
+
 // sendfileRange sends n bytes of f at off to the socket with sendfile(2),
 // the zero-copy path of the stream strategy. It reports false, having sent
 // nothing, when either side does not allow it (TLS, net.Pipe, wrappers).

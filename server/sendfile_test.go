@@ -10,16 +10,18 @@ import (
 	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
-// tmpfsFile returns a file export of size bytes in /dev/shm, whose first
-// len(data) bytes are data and the rest a hole, and the file's path.
-func tmpfsFile(t *testing.T, size int64, data []byte) (*backend.File, string) {
+// fileExport returns a file export of size bytes in dir, whose first
+// len(data) bytes are data (in the page cache, as just written) and the
+// rest a hole, and the file's path. dir "/dev/shm" gives a file in memory.
+func fileExport(t *testing.T, dir string, size int64, data []byte) (*backend.File, string) {
 	t.Helper()
-	if _, err := os.Stat("/dev/shm"); err != nil {
-		testenv.SkipOutsideCI(t, "no /dev/shm")
+	if _, err := os.Stat(dir); err != nil {
+		testenv.SkipOutsideCI(t, "no %s", dir)
 	}
-	tmp, err := os.CreateTemp("/dev/shm", "nbdd-server-*")
+	tmp, err := os.CreateTemp(dir, "nbdd-server-*")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.Remove(tmp.Name()) })
 	_, err = tmp.WriteAt(data, 0)
@@ -28,58 +30,91 @@ func tmpfsFile(t *testing.T, size int64, data []byte) (*backend.File, string) {
 	f, err := backend.NewFile(tmp, false)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close() })
-	require.True(t, f.NonBlocking(), "/dev/shm must be tmpfs for this test")
+	if dir == "/dev/shm" {
+		require.True(t, f.NonBlocking(), "/dev/shm must be tmpfs for this test")
+	}
 	return f, tmp.Name()
 }
 
-// TestSendfileReads: large READs of a file export in memory go from the
-// file to the socket with sendfile(2), taking no buffer from the strategy,
-// and arrive intact under simple and structured replies (one OFFSET_DATA
-// chunk); a READ that covers a hole takes the buffered path and still gets
-// an OFFSET_HOLE chunk.
+// TestSendfileReads: large READs of a file export whose data is in the
+// page cache (a file in memory, or on disk after it was written) go from
+// the file to the socket with sendfile(2), taking no buffer from the
+// strategy, and arrive intact under simple and structured replies (one
+// OFFSET_DATA chunk); a READ that covers a hole takes the buffered path
+// and still gets an OFFSET_HOLE chunk.
 func TestSendfileReads(t *testing.T) {
 	const size, dataLen = 4 << 20, 3 << 20
-	run(t, func(t *testing.T, strategy string) {
-		data := pattern(dataLen, 9)
-		f, _ := tmpfsFile(t, size, data)
-		srv := socketServer(t, strategy, size, bufferConfig{})
-		srv.Exports = []Export{{Name: "d", Backend: f}}
-		sock, _ := serveUnix(t, srv)
-		reads := []struct{ off, n int }{{0, 64 << 10}, {4095, 256 << 10}, {100_001, 1<<20 + 3}, {dataLen - 70_000, 70_000}}
-		for _, structured := range []bool{false, true} {
-			c := dialClient(t, sock)
-			if structured {
-				c.handshakeSR("d")
-			} else {
-				c.handshake("d")
-			}
-			for i, r := range reads {
-				c.read(uint64(i), uint64(r.off), uint32(r.n))
-			}
-			for i, r := range reads {
-				want := data[r.off : r.off+r.n]
-				if !structured {
-					c.wantRead(uint64(i), want)
-					continue
+	for _, where := range []struct{ name, dir string }{{"memory", "/dev/shm"}, {"disk", ""}} {
+		t.Run(where.name, func(t *testing.T) {
+			run(t, func(t *testing.T, strategy string) {
+				dir := where.dir
+				if dir == "" {
+					dir = t.TempDir()
 				}
-				got := c.wantStructuredRead(uint64(i), uint64(r.off), want)
-				require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData}, got.types, "READ %d: one data chunk", i)
-			}
-			c.disc()
-		}
-		st := srv.BufferStats()
-		require.Zero(t, st.Allocs+st.Hits, "sendfile READs take no buffer from the strategy: %+v", st)
+				testSendfileReads(t, strategy, dir, size, dataLen)
+			})
+		})
+	}
+}
 
+func testSendfileReads(t *testing.T, strategy, dir string, size, dataLen int) {
+	data := pattern(dataLen, 9)
+	f, _ := fileExport(t, dir, int64(size), data)
+	srv := socketServer(t, strategy, int64(size), bufferConfig{})
+	srv.Exports = []Export{{Name: "d", Backend: f}}
+	sock, _ := serveUnix(t, srv)
+	reads := []struct{ off, n int }{{0, 64 << 10}, {4095, 256 << 10}, {100_001, 1<<20 + 3}, {dataLen - 70_000, 70_000}}
+	for _, structured := range []bool{false, true} {
 		c := dialClient(t, sock)
-		c.handshakeSR("d")
-		const off, n = dataLen - 65536, 256 << 10
-		c.read(1, off, n)
-		want := append(slices.Clone(data[off:]), make([]byte, n-65536)...)
-		got := c.wantStructuredRead(1, off, want)
-		if strategy != "stream" { // which sends READs larger than its chunk as data chunks
-			require.Contains(t, got.types, protocol.ReplyTypeOffsetHole, "a READ over a hole keeps its hole chunk")
+		if structured {
+			c.handshakeSR("d")
+		} else {
+			c.handshake("d")
 		}
-	})
+		for i, r := range reads { // one at a time: replies may come in any order
+			c.read(uint64(i), uint64(r.off), uint32(r.n))
+			want := data[r.off : r.off+r.n]
+			if !structured {
+				c.wantRead(uint64(i), want)
+				continue
+			}
+			got := c.wantStructuredRead(uint64(i), uint64(r.off), want)
+			require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData}, got.types, "READ %d: one data chunk", i)
+		}
+		c.disc()
+	}
+	st := srv.BufferStats()
+	require.Zero(t, st.Allocs+st.Hits, "sendfile READs take no buffer from the strategy: %+v", st)
+
+	c := dialClient(t, sock)
+	c.handshakeSR("d")
+	off, n := dataLen-65536, 256<<10
+	c.read(1, uint64(off), uint32(n))
+	want := append(slices.Clone(data[off:]), make([]byte, n-65536)...)
+	got := c.wantStructuredRead(1, uint64(off), want)
+	if strategy != "stream" { // which sends READs larger than its chunk as data chunks
+		require.Contains(t, got.types, protocol.ReplyTypeOffsetHole, "a READ over a hole keeps its hole chunk")
+	}
+}
+
+// TestUncachedFileReadsUseBuffers: a READ of a file on disk whose pages
+// are not in the page cache is read into a buffer first (pread), so that
+// the wait for the disk and any error come before the reply's header.
+func TestUncachedFileReadsUseBuffers(t *testing.T) {
+	data := pattern(1<<20, 5)
+	f, _ := fileExport(t, t.TempDir(), 1<<20, data)
+	require.NoError(t, f.Sync())
+	require.NoError(t, unix.Fadvise(int(f.File().Fd()), 0, 0, unix.FADV_DONTNEED))
+	require.False(t, f.Cached(0, 1<<20), "the pages were just dropped from the page cache")
+	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
+	srv.Exports = []Export{{Name: "d", Backend: f}}
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	c.handshake("d")
+	c.read(1, 0, 256<<10)
+	c.wantRead(1, data[:256<<10])
+	st := srv.BufferStats()
+	require.NotZero(t, st.Allocs+st.Hits, "an uncached READ takes a buffer: %+v", st)
 }
 
 // TestSendfileFileShrank: when the file under a sendfile READ is shorter
@@ -87,7 +122,7 @@ func TestSendfileReads(t *testing.T) {
 // out and the data cannot follow: the server disconnects, as it must after
 // a failed simple reply (proto.md "Simple reply message").
 func TestSendfileFileShrank(t *testing.T) {
-	f, path := tmpfsFile(t, 1<<20, pattern(1<<20, 3))
+	f, path := fileExport(t, "/dev/shm", 1<<20, pattern(1<<20, 3))
 	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
 	srv.Exports = []Export{{Name: "d", Backend: f}}
 	sock, _ := serveUnix(t, srv)

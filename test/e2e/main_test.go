@@ -81,9 +81,11 @@ func forEachStrategy(t *testing.T, f func(t *testing.T, strategy string)) {
 
 // forEachStrategyAndExport runs f once per buffer strategy and kind of
 // export, with the nbdd arguments for an export named "disk" of size
-// bytes. Both kinds matter: a memory export sends READs from its own pages
-// and takes WRITE payloads straight into them, so only a file export, whose
-// payloads all pass through buffers, puts the strategy to work.
+// bytes. Every kind matters: a memory export sends READs from its own
+// pages and takes WRITE payloads straight into them, a file in memory
+// (/dev/shm) sends large READs with sendfile(2), and only a file on disk,
+// whose payloads all pass through buffers, puts the strategy to work on
+// every request.
 func forEachStrategyAndExport(t *testing.T, size int64, f func(t *testing.T, strategy string, export []string)) {
 	t.Helper()
 	forEachStrategy(t, func(t *testing.T, strategy string) {
@@ -93,7 +95,26 @@ func forEachStrategyAndExport(t *testing.T, size int64, f func(t *testing.T, str
 		t.Run("file", func(t *testing.T) {
 			f(t, strategy, []string{"--export", "disk=" + sparseFile(t, t.TempDir(), size)})
 		})
+		// A file in memory: its large READs go out with sendfile(2).
+		t.Run("shm-file", func(t *testing.T) {
+			f(t, strategy, []string{"--export", "disk=" + sparseFile(t, shmDir(t), size)})
+		})
 	})
+}
+
+// shmDir returns a temporary directory on tmpfs (/dev/shm), removed after
+// the test.
+func shmDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "nbdd-e2e-*")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("no /dev/shm: %v", err)
+		}
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // requireTool skips the test when name is not on PATH, unless CI is set:
