@@ -20,8 +20,9 @@
 # /dev/shm files and serves go-nbd's FileBackend on the same kind of file:
 # there READs of 64 KiB or more go out with sendfile(2) whatever the
 # strategy, and WRITEs and small READs go through the strategy's buffers.
-# EXPORT=file EXPORT_DIR=/var/tmp puts them on disk (in the page cache
-# after the first fill), where every payload goes through the strategy.
+# EXPORT=file EXPORT_DIR=/var/tmp puts them on disk: the same, since the
+# data filled in stays in the page cache, except for what is not cached
+# (case (c) reads a sparse file, so every READ there takes a buffer).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}
