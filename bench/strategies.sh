@@ -13,6 +13,7 @@
 #   CONFIGS="pool stream" bench/strategies.sh
 #   EXPORT=file bench/strategies.sh   # every case on a file export in /dev/shm
 #   EXPORT=file EXPORT_DIR=/var/tmp bench/strategies.sh   # ... on disk
+#   EXPORT=direct EXPORT_DIR=/var/tmp CASES="c d" bench/strategies.sh
 #
 # Memory exports answer READs from their own pages and take WRITE payloads
 # straight into them (no buffer at all), so on a memory export the table
@@ -22,7 +23,11 @@
 # strategy, and WRITEs and small READs go through the strategy's buffers.
 # EXPORT=file EXPORT_DIR=/var/tmp puts them on disk: the same, since the
 # data filled in stays in the page cache, except for what is not cached
-# (case (c) reads a sparse file, so every READ there takes a buffer).
+# yet. EXPORT=direct EXPORT_DIR=/var/tmp opens nbdd's files with O_DIRECT,
+# which never uses the page cache, so every payload goes through the
+# strategy's buffers (go-nbd, which has no O_DIRECT, reads the same file
+# through the page cache): the configuration that compares the strategies
+# on large READs, for example CASES="c d".
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}
@@ -49,10 +54,11 @@ serve() {
 	name=srv_$(key "$1")
 	rm -f "$sock"
 	local exp=(--memory "d=$2")
-	if [ "$EXPORT" = file ]; then
+	if [ "$EXPORT" = file ] || [ "$EXPORT" = direct ]; then
 		rm -f "$img"
 		truncate -s "$2" "$img"
 		exp=(--export "d=$img")
+		[ "$EXPORT" = direct ] && exp=(--export "d=$img,direct")
 	fi
 	# No connection limits, and a handshake timeout long enough for (c):
 	# grow-unbudgeted allocating 12 GiB for 384 connections at once can
@@ -61,7 +67,7 @@ serve() {
 	case $1 in
 	go-nbd)
 		local file=()
-		[ "$EXPORT" = file ] && file=(-file "$img")
+		[ "$EXPORT" != memory ] && file=(-file "$img")
 		start "$name" "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" "${file[@]}"
 		;;
 	grow-unbudgeted) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB "${limits[@]}" ;;
