@@ -441,13 +441,17 @@ func TestRequestHeaderGolden(t *testing.T) {
 // must follow the header on the wire anyway under simple replies.
 func TestSlowStreamedRead(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
-		f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 4096, Delay: 300 * time.Millisecond})
-		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: f}}}, bufferConfig{budget: 8 << 10})
+		// The first piece of READ 1 waits until READ 2 has been answered
+		// (a gate, not a delay, so a starved CI machine cannot reorder
+		// them); if READ 2 had to wait for it, its reply would time out.
+		p, release := newGatedProbe(t, func(off int64) bool { return off == 0 })
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: p}}}, bufferConfig{budget: 8 << 10})
 		st.handshake("f")
 		st.read(1, 0, 64<<10) // streamed in 4 or 8 KiB pieces; the first is slow
 		st.read(2, 512<<10, 512)
-		order := []uint64{st.readReply().cookie, st.readReply().cookie}
-		require.Equal(t, []uint64{2, 1}, order, "reply order")
+		require.Equal(t, uint64(2), st.readReply().cookie, "the fast READ's reply comes first")
+		release()
+		require.Equal(t, uint64(1), st.readReply().cookie, "then the slow READ's")
 	})
 }
 
