@@ -6,9 +6,9 @@
 // The shape of a connection follows nbdkit and x/net/http2: one goroutine
 // reads and validates requests, checking each against the export size and
 // the maximum request size before any buffer is taken; requests run on their
-// own goroutines, bounded by the queue depth, except small requests to
-// backends that never block (backend.NonBlocker), which the reader runs
-// itself. Each reply's header and data go out together in one vectored
+// own goroutines, bounded by the queue depth per connection and by
+// Server.MaxBackendCalls server-wide, except small requests to backends
+// that never block (backend.NonBlocker), which the reader runs itself. Each reply's header and data go out together in one vectored
 // write, and replies that are ready together share it: the reader sends the
 // replies of a burst of inline requests itself, without waiting, and one
 // writer goroutine sends the rest. The reader never waits on the writer:
@@ -17,7 +17,8 @@
 //
 // Payloads take no buffer where the backend lends its memory: READs are sent
 // from it (backend.Viewer) and WRITE payloads are read into it
-// (backend.WriteViewer). Otherwise buffers come from the buffer strategy
+// (backend.WriteViewer), and large READs of file data in the page cache are
+// sent with sendfile(2). Otherwise buffers come from the buffer strategy
 // (Server.Buffers, package bufstrategy) under a server-wide budget.
 //
 // A Server's zero value is a working server with no exports. Serve,
