@@ -65,6 +65,17 @@ func TestGracefulShutdown(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+		// All shutDepth writes take the same 300 ms, so they complete in
+		// batches, with a moment between two batches when nothing is in
+		// flight and Shutdown rightly closes the connection at once.
+		// SIGTERM must land inside a batch: wait for one to complete,
+		// then 100 ms into the next.
+		for n := w.acks(); w.acks() == n; time.Sleep(2 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no write acknowledged for %v", startTimeout)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 		close(w.term)
 		s.terminate(t)
 		if !s.stderr.waitFor("shutting down", stopTimeout) {
