@@ -62,6 +62,14 @@ type conn struct {
 	// are owned by the reader.
 	in    *vecIO
 	inIov [][]byte
+	// pipe takes large WRITE payloads for file exports with splice
+	// (splice.go); made on first use, owned by the reader. noSplice is set
+	// once splicing failed on this connection.
+	pipe     *pipeIn
+	noSplice bool
+	// exactHeader asks for the next header to be read alone (see
+	// headerSource). Owned by the reader.
+	exactHeader bool
 	// kernelCopies is set when replies go to a socket through writev, so
 	// backend memory lent for a READ is only ever read by the kernel.
 	kernelCopies bool

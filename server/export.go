@@ -57,6 +57,8 @@ type caps struct {
 	// their range is in the page cache (see conn.sendsFile); nil if the
 	// backend is not a file.
 	file cachedFile
+	// pipeWriter takes large WRITE payloads with splice(2) (splice.go).
+	pipeWriter backend.PipeWriter
 }
 
 // openExport is the export a connection has selected.
@@ -95,6 +97,9 @@ func discoverCaps(e *Export) (caps, error) {
 		c.nonBlocking = nb.NonBlocking()
 	}
 	c.file, _ = e.Backend.(cachedFile)
+	if pw, ok := e.Backend.(backend.PipeWriter); ok && pw.CanWriteFromPipe() {
+		c.pipeWriter = pw
+	}
 	if bs, ok := e.Backend.(backend.BlockSizer); ok && bs.MinBlockSize() > 1 {
 		c.minBlock = bs.MinBlockSize()
 	}

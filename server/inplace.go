@@ -16,6 +16,9 @@ import (
 //     and the connection is a plain socket, what is buffered is written as
 //     above and the rest is read with readv(2) straight into the export's
 //     pages: one copy, made by the kernel, whatever the payload's size.
+//   - Otherwise, when the backend is a file (backend.PipeWriter), a large
+//     payload is spliced into it through a pipe (splice.go): one copy, into
+//     the page cache.
 //
 // Either way the write is complete before the next request is read, like
 // the inline requests of start.
@@ -29,7 +32,7 @@ func (c *conn) writesInPlace(o *op) bool {
 	if int(o.req.Length) <= c.br.Buffered() {
 		return true
 	}
-	return c.exp.writeViewer != nil && c.in != nil
+	return c.exp.writeViewer != nil && c.in != nil || c.splices(o)
 }
 
 // writeInPlace writes o's payload into the export and holds its reply. Only
@@ -46,19 +49,34 @@ func (c *conn) writeInPlace(o *op) error {
 	}
 	if k < n {
 		c.release() // about to wait for the client
-		rerr := c.readIntoExport(off+int64(k), n-k)
+		werr, rerr := c.payloadIntoExport(off+int64(k), n-k)
 		if rerr != nil {
 			c.finish(o)
-			return fmt.Errorf("read write payload: %w", rerr)
+			return rerr
 		}
 		if err == nil {
-			err = c.afterFUA(nil, fua)
+			err = c.afterFUA(werr, fua)
 		}
 	}
 	o.fail(err)
 	o.encode(c.structured)
 	c.hold(o)
 	return nil
+}
+
+// payloadIntoExport moves the next n payload bytes from the socket into
+// the export at off: with readv into its memory, or with splice into its
+// file. A backend error (werr) leaves the stream in step; a socket error
+// (rerr) does not.
+func (c *conn) payloadIntoExport(off int64, n int) (werr, rerr error) {
+	c.exactHeader = true
+	if c.exp.writeViewer == nil {
+		return c.spliceIntoExport(off, n)
+	}
+	if err := c.readIntoExport(off, n); err != nil {
+		return nil, fmt.Errorf("read write payload: %w", err)
+	}
+	return nil, nil
 }
 
 // readIntoExport reads n bytes from the socket into the export at off.

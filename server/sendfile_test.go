@@ -44,6 +44,14 @@ func fileExport(t *testing.T, dir string, size int64, data []byte) (*backend.Fil
 // and still gets an OFFSET_HOLE chunk.
 func TestSendfileReads(t *testing.T) {
 	const size, dataLen = 4 << 20, 3 << 20
+	runFileDirs(t, func(t *testing.T, strategy, dir string, _ bool) {
+		testSendfileReads(t, strategy, dir, size, dataLen)
+	})
+}
+
+// runFileDirs runs f per strategy for a file export in memory (dir
+// /dev/shm) and on disk (a test directory; onDisk set).
+func runFileDirs(t *testing.T, f func(t *testing.T, strategy, dir string, onDisk bool)) {
 	for _, where := range []struct{ name, dir string }{{"memory", "/dev/shm"}, {"disk", ""}} {
 		t.Run(where.name, func(t *testing.T) {
 			run(t, func(t *testing.T, strategy string) {
@@ -51,7 +59,7 @@ func TestSendfileReads(t *testing.T) {
 				if dir == "" {
 					dir = t.TempDir()
 				}
-				testSendfileReads(t, strategy, dir, size, dataLen)
+				f(t, strategy, dir, where.dir == "")
 			})
 		})
 	}

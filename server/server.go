@@ -126,6 +126,9 @@ type Server struct {
 	calls      chan struct{} // a token per backend call in progress; nil: no bound
 	inShutdown atomic.Bool
 	nextConnID atomic.Uint64
+	// splicedBytes counts WRITE payload bytes taken with splice (splice.go),
+	// for tests.
+	splicedBytes atomic.Int64
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}

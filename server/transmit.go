@@ -46,6 +46,9 @@ func (c *conn) transmit(ctx context.Context) error {
 	cancel()
 	c.inflight.Wait()
 	c.w.stop()
+	if c.pipe != nil {
+		c.pipe.close()
+	}
 	return err
 }
 
@@ -77,15 +80,16 @@ func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
 	if c.br.Buffered() < protocol.RequestSize {
 		c.release() // about to wait for the client
 	}
+	src := c.headerSource()
 	idle := c.srv.IdleTimeout
 	if idle <= 0 || c.nc == nil || c.br.Buffered() >= protocol.RequestSize {
-		_, err := io.ReadFull(c.br, hdr[:])
+		_, err := io.ReadFull(src, hdr[:])
 		return err
 	}
 	c.touch()
 	for {
 		c.nc.SetReadDeadline(time.Unix(0, c.lastActive.Load()).Add(idle))
-		_, err := io.ReadFull(c.br, hdr[:])
+		_, err := io.ReadFull(src, hdr[:])
 		var ne net.Error
 		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
 			c.nc.SetReadDeadline(time.Time{})
@@ -99,6 +103,22 @@ func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
 			c.touch() // a request in flight is activity
 		}
 	}
+}
+
+// headerSource is where the next header is read from. Usually the read
+// buffer, which brings in whatever the socket holds, several requests at
+// a time. Right after a payload taken from the socket by the kernel
+// (readv into a backend's memory, splice into its file), the next request
+// is likely another such WRITE: reading its header alone keeps its
+// payload in the socket for the kernel to move, where a buffered read
+// would copy up to 64 KiB of it through the read buffer first.
+func (c *conn) headerSource() io.Reader {
+	exact := c.exactHeader && c.br.Buffered() == 0
+	c.exactHeader = false
+	if exact {
+		return c.rwc
+	}
+	return c.br
 }
 
 // touch records activity for the idle timeout.

@@ -78,11 +78,15 @@ func (c *conn) spare(p *[]byte) []byte {
 }
 
 // streamWrite copies a WRITE payload from the socket to the backend one
-// chunk at a time. After a backend error the rest of the payload is still
+// chunk at a time, or splices it into a file export (splice.go): either
+// way on the reader, as streaming does. After a backend error the rest of the payload is still
 // read, so the stream stays in sync and the client gets the error.
 func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
 	if fromStrategy {
 		defer c.bufs.Put(chunk)
+	}
+	if c.splices(o) {
+		return c.writeInPlace(o) // no chunk needed
 	}
 	c.releaseUnlessBuffered(int(o.req.Length))
 	off := int64(o.req.Offset)
