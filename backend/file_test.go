@@ -197,6 +197,7 @@ func TestFileBlockDevice(t *testing.T) {
 	require.Equal(t, []Extent{{0, 4096, 0}}, collectExtents(t, f, 0, 4096), "block devices have no SEEK_DATA")
 	_, err = f.ReadAt(make([]byte, 4096), size-4096)
 	require.NoError(t, err)
+	require.False(t, f.serialWrites, "the kernel writes to a block device in parallel")
 }
 
 // TestFileBlockDeviceWrite runs the write, zeroing and sync paths on the

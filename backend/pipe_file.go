@@ -16,13 +16,17 @@ func (f *File) CanWriteFromPipe() bool { return !f.direct }
 
 // WriteFromPipe implements PipeWriter with splice(2) from the pipe into the
 // file (iter_file_splice_write: one copy into the page cache). Like WriteAt
-// it never grows the file.
+// it never grows the file, and it takes writeMu as WriteAt does.
 func (f *File) WriteFromPipe(pipe int, off int64, n int) (int, error) {
 	if err := f.checkWrite("write", off, int64(n)); err != nil {
 		return 0, err
 	}
 	if f.direct {
 		return 0, fmt.Errorf("write from pipe: %w", errors.ErrUnsupported)
+	}
+	if f.serialWrites {
+		f.writeMu.Lock()
+		defer f.writeMu.Unlock()
 	}
 	done := 0
 	err := f.control(func(fd int) error {

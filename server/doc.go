@@ -8,8 +8,8 @@
 // the maximum request size before any buffer is taken; requests run on their
 // own goroutines, bounded by the queue depth per connection and by
 // Server.MaxBackendCalls server-wide, except small requests to backends
-// that never block (backend.NonBlocker), which the reader runs itself. Each reply's header and data go out together in one vectored
-// write, and replies that are ready together share it: the reader sends the
+// that never block (backend.NonBlocker), which the reader runs itself.
+// Each reply's header and data go out together in one vectored write, and replies that are ready together share it: the reader sends the
 // replies of a burst of inline requests itself, without waiting, and one
 // writer goroutine sends the rest. The reader never waits on the writer:
 // when a connection is full it stops reading the socket, and TCP pushes
@@ -17,8 +17,10 @@
 //
 // Payloads take no buffer where the backend lends its memory: READs are sent
 // from it (backend.Viewer) and WRITE payloads are read into it
-// (backend.WriteViewer), and large READs of file data in the page cache are
-// sent with sendfile(2). Otherwise buffers come from the buffer strategy
+// (backend.WriteViewer); large READs of file data in the page cache are
+// sent with sendfile(2), and large WRITE payloads for files on tmpfs, or
+// streamed to any file, are spliced into the file through a pipe
+// (backend.PipeWriter). Otherwise buffers come from the buffer strategy
 // (Server.Buffers, package bufstrategy) under a server-wide budget.
 //
 // A Server's zero value is a working server with no exports. Serve,
