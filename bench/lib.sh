@@ -42,9 +42,17 @@ start() {
 
 uri() { echo "nbd+unix:///?socket=$1"; }
 
-# seconds CMD...: wall seconds of one run.
+# quiesce writes back every dirty page before a timed run, so that no run
+# pays for another's writeback: nbdd makes a file export durable when a
+# client disconnects, go-nbd leaves the writeback to the kernel, and
+# either would otherwise land in whichever run comes next. Free for
+# memory and tmpfs exports.
+quiesce() { sync; }
+
+# seconds CMD...: wall seconds of one run, started on a quiet page cache.
 seconds() {
 	local t0 t1
+	quiesce
 	t0=$(date +%s.%N)
 	"$@" >/dev/null 2>&1
 	t1=$(date +%s.%N)
@@ -53,6 +61,7 @@ seconds() {
 
 # fio_iops URI RW BS DEPTH SECONDS: IOPS of one fio run with the nbd engine.
 fio_iops() {
+	quiesce
 	fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
 		--runtime="$5" --time_based --size=1G --output-format=json --output="$WORK/fio.json" >/dev/null 2>&1
 	python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(round(j["read"]["iops"]+j["write"]["iops"]))' "$WORK/fio.json"
