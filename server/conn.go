@@ -52,6 +52,9 @@ type conn struct {
 	// readerSpare and writerSpare are the fallback buffers of the reader
 	// and the writer when the budget is exhausted (see spare).
 	readerSpare, writerSpare []byte
+	// readSpare holds the fallback buffer of READs that run on their own
+	// goroutine (see takeReadSpare): one at a time has it.
+	readSpare chan []byte
 	// held are replies of requests the reader ran inline and has not yet
 	// handed to the writer, so that the replies of a burst of requests go
 	// out together (see hold). Owned by the reader.
@@ -146,6 +149,18 @@ func (c *conn) closeNow() {
 		c.cancel()
 		c.bytes.close()
 		c.raw.Close()
+	}
+}
+
+// hangUp closes the connection at the end of an orderly disconnect,
+// through the TLS session if there is one, so that it ends with
+// close_notify (proto.md "NBD_CMD_DISC": the server shuts down the TLS
+// session and closes the connection).
+func (c *conn) hangUp() {
+	if c.closed.CompareAndSwap(false, true) {
+		c.cancel()
+		c.bytes.close()
+		c.rwc.Close()
 	}
 }
 

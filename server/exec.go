@@ -61,8 +61,14 @@ func (c *conn) read(ctx context.Context, o *op) error {
 	n := int(o.req.Length)
 	buf, err := c.bufs.Get(ctx, n)
 	if mustStream(err) {
-		o.stream = true // the writer streams it through its own buffer
-		return nil
+		if !o.ownGoroutine {
+			o.stream = true // the writer streams it through its own buffer
+			return nil
+		}
+		if buf, err = c.takeReadSpare(ctx); err != nil {
+			return err
+		}
+		buf, o.spare = buf[:min(len(buf), n)], true
 	}
 	if err != nil {
 		return err
@@ -86,6 +92,33 @@ func (c *conn) read(ctx context.Context, o *op) error {
 	}
 	o.data = buf
 	return nil
+}
+
+// takeReadSpare waits for the connection's READ spare, the buffer a READ
+// on its own goroutine uses when the budget has no room, so that it still
+// reads its first chunk here rather than on the reply writer: a slow
+// backend read there would hold back every other reply of the connection.
+// It gives up its turn at the backend (Server.MaxBackendCalls) while it
+// waits, so a connection stalled on a client that does not read holds no
+// turns. The spare goes back to the connection in finish.
+func (c *conn) takeReadSpare(ctx context.Context) ([]byte, error) {
+	var b []byte
+	select {
+	case b = <-c.readSpare:
+	default:
+		c.srv.releaseCall()
+		select {
+		case b = <-c.readSpare:
+		case <-ctx.Done():
+			c.srv.acquireCall()
+			return nil, ctx.Err()
+		}
+		c.srv.acquireCall()
+	}
+	if b == nil {
+		b = make([]byte, spareSize)
+	}
+	return b, nil
 }
 
 // viewable reports whether o's data can be sent straight from the

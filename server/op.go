@@ -24,6 +24,12 @@ type op struct {
 	stream bool          // READ too large for one buffer: the writer streams it
 	// firstRead means o.buf already holds the streamed READ's first chunk.
 	firstRead bool
+	// spare means buf is the connection's READ spare (conn.takeReadSpare),
+	// returned to it instead of to the strategy.
+	spare bool
+	// ownGoroutine means the request runs on a goroutine of its own, not
+	// inline on the reader.
+	ownGoroutine bool
 	// sendfile means the READ's data goes from the export's file to the
 	// socket with sendfile(2) after the header (see conn.sendsFile).
 	sendfile bool

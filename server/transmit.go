@@ -27,6 +27,8 @@ func (c *conn) transmit(ctx context.Context) error {
 	c.bufs = c.srv.bufs.NewConn()
 	defer c.bufs.Close()
 	c.slots = make(chan struct{}, c.srv.queueDepth())
+	c.readSpare = make(chan []byte, 1)
+	c.readSpare <- nil // allocated on first use
 	_, sc := c.rwc.(syscall.Conn)
 	c.kernelCopies = sc && !c.tls
 	c.w = newReplyWriter(c)
@@ -38,8 +40,9 @@ func (c *conn) transmit(ctx context.Context) error {
 	go c.w.loop()
 	c.inTrans.Store(true)
 	err := c.readRequests(ctx)
-	if errors.Is(err, errDisconnect) {
-		c.flushOnDisconnect()
+	disconnect := errors.Is(err, errDisconnect)
+	if disconnect {
+		c.inflight.Wait() // the requests before DISC finish and are answered
 	} else {
 		c.closeNow() // unblock anything waiting on the socket
 	}
@@ -48,6 +51,10 @@ func (c *conn) transmit(ctx context.Context) error {
 	c.w.stop()
 	if c.pipe != nil {
 		c.pipe.close()
+	}
+	if disconnect {
+		c.hangUp()
+		c.syncOnDisconnect()
 	}
 	return err
 }
@@ -194,6 +201,7 @@ func (c *conn) start(ctx context.Context, o *op) {
 		c.hold(o)
 		return
 	}
+	o.ownGoroutine = true
 	go func() {
 		c.srv.acquireCall()
 		c.exec(ctx, o)
@@ -250,7 +258,10 @@ func (c *conn) finish(o *op) {
 	if c.srv.IdleTimeout > 0 {
 		c.touch() // a reply went out: the idle timeout starts again
 	}
-	if o.buf != nil {
+	switch {
+	case o.spare:
+		c.readSpare <- o.buf
+	case o.buf != nil:
 		c.bufs.Put(o.buf)
 	}
 	if o.weight > 0 {
@@ -262,10 +273,14 @@ func (c *conn) finish(o *op) {
 	c.inflight.Done()
 }
 
-// flushOnDisconnect waits for the requests in flight and syncs a writable
-// export, so that an orderly disconnect leaves the data durable.
-func (c *conn) flushOnDisconnect() {
-	c.inflight.Wait()
+// syncOnDisconnect syncs a writable export after an orderly disconnect,
+// so that data the client wrote without a FLUSH is durable soon after it
+// leaves. The socket is already closed: a client that waits for the
+// server to hang up after NBD_CMD_DISC (libnbd does) is not kept waiting
+// for a sync it never asked for (proto.md "NBD_CMD_DISC" requires only
+// that outstanding requests are handled first). The connection counts as
+// open until the sync ends, so Server.Shutdown and Close wait for it.
+func (c *conn) syncOnDisconnect() {
 	if c.exp.readOnly {
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,6 +147,45 @@ func TestFlushTrimZeroCache(t *testing.T) {
 		st2.wantClosed()
 		require.Equal(t, int64(3), p.syncs.Load(), "syncs after DISC (flush on disconnect)")
 	})
+}
+
+// TestDiscClosesBeforeSync: after DISC the client sees the connection
+// close while the flush on disconnect is still running (libnbd waits for
+// that close, so a slow sync would hold up every nbdcopy and qemu-img),
+// and ServeConn returns only once the sync is done.
+func TestDiscClosesBeforeSync(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		b := &slowSync{Backend: backend.NewMemory(1 << 20), entered: make(chan struct{}), release: make(chan struct{})}
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "s", Backend: b}}})
+		st.handshake("s")
+		st.write(1, 0, []byte("data"))
+		st.wantReply(1, protocol.EOK)
+		st.disc()
+		<-b.entered
+		st.client.wantClosed()
+		select {
+		case err := <-st.done:
+			t.Fatalf("ServeConn returned (%v) before the flush on disconnect ended", err)
+		default:
+		}
+		close(b.release)
+		st.wantClosed()
+		require.Equal(t, int64(1), b.syncs.Load())
+	})
+}
+
+// slowSync is a backend whose Sync signals entered and waits for release.
+type slowSync struct {
+	backend.Backend
+	entered, release chan struct{}
+	syncs            atomic.Int64
+}
+
+func (b *slowSync) Sync() error {
+	b.syncs.Add(1)
+	close(b.entered)
+	<-b.release
+	return b.Backend.Sync()
 }
 
 // TestBareBackend: a backend with nothing but the core interface gets
@@ -452,6 +492,27 @@ func TestSlowStreamedRead(t *testing.T) {
 		require.Equal(t, uint64(2), st.readReply().cookie, "the fast READ's reply comes first")
 		release()
 		require.Equal(t, uint64(1), st.readReply().cookie, "then the slow READ's")
+	})
+}
+
+// TestSlowReadOnSpare: a READ that finds the budget full still reads its
+// first chunk on its own goroutine (through the connection's READ spare),
+// not on the reply writer, so a slow backend read there holds back no
+// other reply.
+func TestSlowReadOnSpare(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		p, release := newGatedProbe(t, func(off int64) bool { return off == 0 || off == 256<<10 })
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: p}}}, bufferConfig{budget: 8 << 10})
+		st.handshake("f")
+		st.read(1, 0, 8<<10) // takes the whole budget, then waits in the backend
+		require.Equal(t, int64(0), <-p.started)
+		st.read(2, 256<<10, 64<<10) // budget full: on the spare, and slow
+		require.Equal(t, int64(256<<10), <-p.started)
+		st.flush(3)
+		require.Equal(t, uint64(3), st.readReply().cookie, "the FLUSH is answered while both READs wait")
+		release()
+		got := map[uint64]bool{st.readReply().cookie: true, st.readReply().cookie: true}
+		require.Equal(t, map[uint64]bool{1: true, 2: true}, got)
 	})
 }
 

@@ -68,8 +68,9 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 const spareSize = 64 << 10
 
 // spare returns the buffer in *p, allocating it on first use. Each
-// goroutine that streams (the reader for WRITEs, the writer for READs) has
-// its own.
+// goroutine that streams (the reader for WRITEs, the writer for READs run
+// inline) has its own, and READs on their own goroutines share a third
+// (conn.takeReadSpare).
 func (c *conn) spare(p *[]byte) []byte {
 	if *p == nil {
 		*p = make([]byte, spareSize)
