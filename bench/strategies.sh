@@ -15,6 +15,11 @@
 #   EXPORT=file EXPORT_DIR=/var/tmp bench/strategies.sh   # ... on disk
 #   EXPORT=direct EXPORT_DIR=/var/tmp CASES="c d" bench/strategies.sh
 #
+# pool-simple is pool with --no-structured-replies: go-nbd has no
+# structured replies, and a libnbd client (nbdcopy, fio) reads each
+# structured READ reply in more pieces than a simple one, so this row
+# compares the two servers on the same protocol.
+#
 # Memory exports answer READs from their own pages and take WRITE payloads
 # straight into them (no buffer at all), so on a memory export the table
 # shows the server, not the strategy. EXPORT=file puts the exports in
@@ -30,7 +35,7 @@
 # on large READs, for example CASES="c d".
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted go-nbd"}
+CONFIGS=${CONFIGS:-"grow resize pool stream grow-unbudgeted pool-simple go-nbd"}
 FIO_SECONDS=${FIO_SECONDS:-5}
 REPS=${REPS:-5}
 FIO_REPS=${FIO_REPS:-3}
@@ -70,6 +75,7 @@ serve() {
 		[ "$EXPORT" != memory ] && file=(-file "$img")
 		start "$name" "$sock" "$WORK/gonbd-server" -socket "$sock" -size "$(numfmt --from=iec "$2")" "${file[@]}"
 		;;
+	pool-simple) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy pool --no-structured-replies "${limits[@]}" ;;
 	grow-unbudgeted) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy grow --memory-budget 64TiB "${limits[@]}" ;;
 	*) start "$name" "$sock" "$WORK/nbdd" serve --listen "unix://$sock" "${exp[@]}" --strategy "$1" "${limits[@]}" ;;
 	esac
@@ -137,6 +143,9 @@ for cfg in $CONFIGS; do
 
 	if has c; then
 	serve "$cfg" 64M
+	# A fresh log, so the wait below cannot see the last configuration's
+	# "idle" before this nbdload has opened (and truncated) the file.
+	rm -f "$WORK/nbdload.log"
 	"$WORK/nbdload" -socket "$(sock "$cfg")" -mode conns -conns "$CONNS" -size $((32 << 20)) -hold $((SETTLE + 5))s >/dev/null 2>"$WORK/nbdload.log" &
 	load=$!
 	until grep -q idle "$WORK/nbdload.log" 2>/dev/null || ! kill -0 $load 2>/dev/null; do sleep 0.2; done

@@ -251,6 +251,9 @@ func (c *conn) optStructuredReply(data []byte) error {
 	if len(data) != 0 {
 		return c.optReply(protocol.OptStructuredReply, protocol.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
 	}
+	if c.srv.NoStructuredReplies {
+		return c.optReply(protocol.OptStructuredReply, protocol.RepErrUnsup, "structured replies are turned off")
+	}
 	c.structured = true
 	return c.optReply(protocol.OptStructuredReply, protocol.RepAck, "")
 }

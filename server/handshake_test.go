@@ -286,6 +286,29 @@ func TestStructuredReplyOption(t *testing.T) {
 	})
 }
 
+// TestNoStructuredReplies: with Server.NoStructuredReplies the option is
+// refused with NBD_REP_ERR_UNSUP, meta contexts stay unavailable, and a
+// READ gets a simple reply.
+func TestNoStructuredReplies(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, &Server{NoStructuredReplies: true})
+		st.start()
+		st.option(protocol.OptStructuredReply, nil, protocol.RepErrUnsup)
+		st.option(protocol.OptSetMetaContext,
+			protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: "mem", Queries: []string{"base:allocation"}}),
+			protocol.RepErrInvalid)
+		ei := st.goExport("mem")
+		require.Zero(t, ei.flags&protocol.FlagSendDF, "SEND_DF without structured replies: %v", ei.flags)
+		data := bytes.Repeat([]byte{0x5a}, 4096)
+		st.write(1, 0, data)
+		st.wantReply(1, protocol.EOK)
+		st.read(2, 0, 4096)
+		r := st.wantReply(2, protocol.EOK)
+		require.False(t, r.structured, "READ reply without structured replies")
+		require.Equal(t, data, r.data)
+	})
+}
+
 func TestMetaContext(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		st := newServerTester(t, strategy, nil)

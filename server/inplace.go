@@ -64,12 +64,21 @@ func (c *conn) writeInPlace(o *op) error {
 	return nil
 }
 
+// exactHeaderMin is the smallest payload taken from the socket by the
+// kernel after which the next header is read alone (headerSource). After
+// a smaller one, the next header is read through the read buffer, which
+// brings in the next small payload with it: copying a few KiB from the
+// buffer costs far less than the system call it saves (4 KiB random
+// writes made three system calls each, not two: a header, a readv, a
+// writev).
+const exactHeaderMin = readBufferSize / 2
+
 // payloadIntoExport moves the next n payload bytes from the socket into
 // the export at off: with readv into its memory, or with splice into its
 // file. A backend error (werr) leaves the stream in step; a socket error
 // (rerr) does not.
 func (c *conn) payloadIntoExport(off int64, n int) (werr, rerr error) {
-	c.exactHeader = true
+	c.exactHeader = n >= exactHeaderMin
 	if c.exp.writeViewer == nil {
 		return c.spliceIntoExport(off, n)
 	}

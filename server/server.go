@@ -114,6 +114,15 @@ type Server struct {
 	// host; 0 means no limit.
 	MaxConns, MaxConnsPerHost int
 
+	// NoStructuredReplies refuses NBD_OPT_STRUCTURED_REPLY with
+	// NBD_REP_ERR_UNSUP, so every reply is a simple reply (proto.md
+	// "Structured reply chunk message"; nbdkit's --no-sr). Structured
+	// replies carry holes, block status and error messages, but a client
+	// reads each READ reply in more pieces (libnbd: four receives for a
+	// 4 KiB READ instead of two), which costs a client-bound workload such
+	// as fio's 4 KiB random reads. False, the zero value, offers them.
+	NoStructuredReplies bool
+
 	// TLSConfig enables NBD_OPT_STARTTLS when TLSMode is not TLSOff.
 	TLSConfig *tls.Config
 	TLSMode   TLSMode

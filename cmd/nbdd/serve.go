@@ -55,6 +55,7 @@ func serveFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-connections", Value: 1024, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
 		&cli.IntFlag{Name: "max-backend-calls", Value: server.DefaultMaxBackendCalls, Usage: "backend calls running at once on their own goroutines, server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_BACKEND_CALLS"}},
 		&cli.IntFlag{Name: "max-connections-per-host", Value: 256, Usage: "connections per client host (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
+		&cli.BoolFlag{Name: "no-structured-replies", Usage: "refuse structured replies, so every reply is simple (like nbdkit --no-sr); clients lose sparse reads, block status and error messages", EnvVars: []string{"NBDD_NO_STRUCTURED_REPLIES"}},
 		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},
 		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},

@@ -991,3 +991,37 @@ func p5allZero(b []byte) bool {
 	}
 	return true
 }
+
+// TestNoStructuredReplies: with --no-structured-replies, libnbd asks for
+// structured replies and is refused, then reads and writes with simple
+// replies, on a memory export and on a file export (whose READs of
+// 64 KiB or more go out with sendfile).
+func TestNoStructuredReplies(t *testing.T) {
+	forEachStrategy(t, func(t *testing.T, strategy string) {
+		img := filepath.Join(t.TempDir(), "f.img")
+		if err := os.WriteFile(img, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		s := startNBDD(t, "--strategy", strategy, "--no-structured-replies", "--memory", "mem=8M", "--export", "file="+img)
+		for _, name := range []string{"mem", "file"} {
+			p5nbdsh(t, noSRScript, "URI="+s.unixURI(t, name))
+		}
+	})
+}
+
+const noSRScript = `
+import os
+c = nbd.NBD()
+c.connect_uri(os.environ["URI"])
+assert not c.get_structured_replies_negotiated()
+for off, n in ((0, 4096), (1 << 20, 256 << 10)):
+    data = os.urandom(n)
+    c.pwrite(data, off)
+    assert c.pread(n, off) == data, (off, n)
+assert c.pread(4096, 4 << 20) == bytes(4096)
+c.shutdown()
+print("OK")
+`
