@@ -49,6 +49,7 @@ func (c *conn) writeInPlace(o *op) error {
 	}
 	if k < n {
 		c.release() // about to wait for the client
+		c.exactHeader = n >= exactHeaderMin
 		werr, rerr := c.payloadIntoExport(off+int64(k), n-k)
 		if rerr != nil {
 			c.finish(o)
@@ -64,8 +65,10 @@ func (c *conn) writeInPlace(o *op) error {
 	return nil
 }
 
-// exactHeaderMin is the smallest payload taken from the socket by the
-// kernel after which the next header is read alone (headerSource). After
+// exactHeaderMin is the smallest WRITE whose payload, once taken from the
+// socket by the kernel, has the next header read alone (headerSource):
+// the request's length, not what was left in the socket, predicts the
+// next request's. After
 // a smaller one, the next header is read through the read buffer, which
 // brings in the next small payload with it: copying a few KiB from the
 // buffer costs far less than the system call it saves (4 KiB random
@@ -78,7 +81,6 @@ const exactHeaderMin = readBufferSize / 2
 // file. A backend error (werr) leaves the stream in step; a socket error
 // (rerr) does not.
 func (c *conn) payloadIntoExport(off int64, n int) (werr, rerr error) {
-	c.exactHeader = n >= exactHeaderMin
 	if c.exp.writeViewer == nil {
 		return c.spliceIntoExport(off, n)
 	}
@@ -100,5 +102,9 @@ func (c *conn) readIntoExport(off int64, n int) error {
 	if err != nil {
 		return err // validated already: only a broken backend gets here
 	}
-	return c.in.transfer(iov)
+	if err := c.in.transfer(iov); err != nil {
+		return err
+	}
+	c.srv.viewedBytes.Add(int64(n))
+	return nil
 }

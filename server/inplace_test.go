@@ -163,3 +163,39 @@ func TestAdvance(t *testing.T) {
 		}
 	}
 }
+
+// TestHeaderAfterInPlaceWrite: after a small payload read straight into
+// the export, the next request is read through the read buffer, so a
+// small WRITE sent whole arrives with its payload and takes no readv;
+// after a large one the next header is read alone and its payload is
+// read into the export.
+func TestHeaderAfterInPlaceWrite(t *testing.T) {
+	const size = 4 << 20
+	run(t, func(t *testing.T, strategy string) {
+		srv := socketServer(t, strategy, size, bufferConfig{})
+		srv.Exports = []Export{{Name: "d", Backend: backend.NewMemory(size)}}
+		sock, _ := serveUnix(t, srv)
+		c := dialClient(t, sock)
+		c.handshake("d")
+		small := pattern(4096, 1)
+		cookie := uint64(0)
+		// writeAfter sends a WRITE of n bytes in slow pieces (so its
+		// payload is read into the export), then a 4 KiB WRITE in one
+		// piece, and returns the bytes the second one took with readv.
+		writeAfter := func(n int) int64 {
+			cookie++
+			sendSlowly(c, protocol.Request{Type: protocol.CmdWrite, Cookie: cookie, Length: uint32(n)}, pattern(n, 2))
+			c.wantReply(cookie, protocol.EOK)
+			before := srv.viewedBytes.Load()
+			require.Positive(t, before, "the slow WRITE's payload was read into the export")
+			cookie++
+			c.write(cookie, 1<<20, small)
+			c.wantReply(cookie, protocol.EOK)
+			return srv.viewedBytes.Load() - before
+		}
+		require.Zero(t, writeAfter(4096), "a 4 KiB WRITE after a small one came through the read buffer")
+		require.EqualValues(t, len(small), writeAfter(exactHeaderMin), "a 4 KiB WRITE after a large one was read into the export")
+		c.read(99, 1<<20, 4096)
+		c.wantRead(99, small)
+	})
+}

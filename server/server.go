@@ -138,6 +138,9 @@ type Server struct {
 	// splicedBytes counts WRITE payload bytes taken with splice (splice.go),
 	// for tests.
 	splicedBytes atomic.Int64
+	// viewedBytes counts WRITE payload bytes read with readv straight into
+	// a backend's memory (inplace.go), for tests.
+	viewedBytes atomic.Int64
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
