@@ -65,23 +65,31 @@ func TestHandshakeTimeout(t *testing.T) {
 // not served, and once a connection closes a new one is.
 func TestMaxConnections(t *testing.T) {
 	s := startNBDD(t, "--memory", "disk=1M", "--max-connections", "2")
-	a := dialRaw(t, s.sock, "disk")
-	dialRaw(t, s.sock, "disk")
+	// startNBDD's readiness probe holds a slot until nbdd sees it close,
+	// so the first two clients may have to try again.
+	a := admitted(t, s.sock, "a first connection")
+	admitted(t, s.sock, "a second connection")
 	if c, err := openRaw(s.sock, "disk"); err == nil {
 		c.conn.Close()
 		t.Fatalf("third connection completed NBD_OPT_GO with --max-connections 2")
 	}
 	a.conn.Close()
+	roundTrip(t, admitted(t, s.sock, "a connection after one of two closed"), 2, "connection after one of two closed")
+}
+
+// admitted opens a raw client on export "disk", trying again until nbdd
+// admits it or startTimeout passes.
+func admitted(t *testing.T, sock, what string) *rawClient {
+	t.Helper()
 	deadline := time.Now().Add(startTimeout)
 	for {
-		c, err := openRaw(s.sock, "disk")
+		c, err := openRaw(sock, "disk")
 		if err == nil {
-			defer c.conn.Close()
-			roundTrip(t, c, 2, "connection after one of two closed")
-			return
+			t.Cleanup(func() { c.conn.Close() })
+			return c
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no connection admitted %v after one of two closed: %v", startTimeout, err)
+			t.Fatalf("%s not admitted after %v: %v", what, startTimeout, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
