@@ -260,7 +260,7 @@ func (c *conn) finish(o *op) {
 	}
 	switch {
 	case o.spare:
-		c.readSpare <- o.buf
+		c.readSpare <- o.buf[:cap(o.buf)] // a short READ cut it down
 	case o.buf != nil:
 		c.bufs.Put(o.buf)
 	}

@@ -516,6 +516,40 @@ func TestSlowReadOnSpare(t *testing.T) {
 	})
 }
 
+// TestReadSpareKeepsItsSize: a short READ on the READ spare uses only a
+// slice of it; the spare goes back whole, so a later READ on it is not
+// streamed in pieces of the short READ's length.
+func TestReadSpareKeepsItsSize(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		p, release := newGatedProbe(t, func(off int64) bool { return off == 0 })
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "f", Backend: p}}}, bufferConfig{budget: 8 << 10})
+		st.handshake("f")
+		st.read(1, 0, 8<<10) // takes the whole budget, then waits in the backend
+		require.Equal(t, int64(0), <-p.started)
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for { // a spare cut short would start thousands of reads
+				select {
+				case <-p.started:
+				case <-stop:
+					return
+				}
+			}
+		}()
+		st.read(2, 64<<10, 1) // budget full: on the spare, cut to one byte
+		require.Equal(t, uint64(2), st.readReply().cookie)
+		before := p.reads.Load()
+		st.read(3, 128<<10, 16<<10) // on the spare again
+		require.Equal(t, uint64(3), st.readReply().cookie)
+		// One read on the 64 KiB spare; at most four where the stream
+		// strategy found 4 KiB of budget free; 16384 on a one-byte spare.
+		require.LessOrEqual(t, p.reads.Load()-before, int64(4), "backend reads of a 16 KiB READ")
+		release()
+		require.Equal(t, uint64(1), st.readReply().cookie)
+	})
+}
+
 // TestPipelinedInOneWrite: requests that arrive in one segment are parsed
 // one by one; a payload is never read past its length. (go-nbd v0.3.0 read
 // a WRITE payload into its whole held buffer and swallowed the header of
