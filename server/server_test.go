@@ -244,6 +244,22 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestIdleTimeoutKeepsPartialHeader: when the idle deadline fires in the
+// middle of a header while a request is in flight, the bytes already read
+// are kept, and the header is completed, not read afresh out of step.
+func TestIdleTimeoutKeepsPartialHeader(t *testing.T) {
+	f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 0, Length: 512, Delay: 400 * time.Millisecond})
+	st := newServerTester(t, "pool", &Server{IdleTimeout: 100 * time.Millisecond, Exports: []Export{{Name: "f", Backend: f}}})
+	st.handshake("f")
+	st.read(1, 0, 512) // in flight while the deadline fires
+	hdr := requestBytes(protocol.Request{Type: protocol.CmdFlush, Cookie: 2}, nil)
+	st.writeRaw(hdr[:10])
+	time.Sleep(250 * time.Millisecond)
+	st.writeRaw(hdr[10:])
+	st.wantReply(2, protocol.EOK)
+	st.wantRead(1, make([]byte, 512))
+}
+
 // TestMaxConns: connections over the limit are closed before the greeting,
 // and a slot is free again once a client leaves.
 func TestMaxConns(t *testing.T) {

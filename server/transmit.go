@@ -94,9 +94,10 @@ func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
 		return err
 	}
 	c.touch()
-	for {
+	for got := 0; ; {
 		c.nc.SetReadDeadline(time.Unix(0, c.lastActive.Load()).Add(idle))
-		_, err := io.ReadFull(src, hdr[:])
+		n, err := io.ReadFull(src, hdr[got:])
+		got += n // a deadline may cut a header in two: keep the first part
 		var ne net.Error
 		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
 			c.nc.SetReadDeadline(time.Time{})
