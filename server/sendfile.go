@@ -43,6 +43,7 @@ func (w *replyWriter) sendfileRange(b any, off, n int64) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
+	w.armStallDeadline()
 	var serr error
 	cerr := in.Control(func(infd uintptr) {
 		serr = sendfileAll(out, int(infd), off, n)

@@ -86,8 +86,10 @@ type Server struct {
 	// DefaultHandshakeTimeout, negative means none.
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection that sends no request for this long
-	// while none is in flight; 0 means never (the kernel keeps idle
-	// connections for months).
+	// while none is in flight, and one whose client reads none of its
+	// replies for this long (a client that stops reading would otherwise
+	// hold its requests' buffers for good); 0 means never (the kernel
+	// keeps idle connections for months).
 	IdleTimeout time.Duration
 	// SendBuffer is the socket send buffer (SO_SNDBUF) asked for on each
 	// connection, so that large READ replies queue whole. 0 means

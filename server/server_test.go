@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -258,6 +260,35 @@ func TestIdleTimeoutKeepsPartialHeader(t *testing.T) {
 	st.writeRaw(hdr[10:])
 	st.wantReply(2, protocol.EOK)
 	st.wantRead(1, make([]byte, 512))
+}
+
+// TestIdleTimeoutClosesStalledReader: a client that stops reading replies
+// is closed after IdleTimeout too, rather than holding its requests and
+// their buffers for good.
+func TestIdleTimeoutClosesStalledReader(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		checkLeaks(t)
+		const size = 16 << 20 // more than the socket buffers hold
+		path := filepath.Join(t.TempDir(), "img")
+		require.NoError(t, os.WriteFile(path, pattern(size, 3), 0o600)) // cached: sent with sendfile
+		f, err := backend.OpenFile(path, true)
+		require.NoError(t, err)
+		t.Cleanup(func() { f.Close() })
+		srv := socketServer(t, strategy, size, bufferConfig{})
+		srv.Exports = append(srv.Exports, Export{Name: "file", Backend: f})
+		srv.IdleTimeout = 100 * time.Millisecond
+		sock, _ := serveUnix(t, srv)
+		for _, export := range []string{"mem", "file"} {
+			c := dialClient(t, sock)
+			c.handshake(export)
+			c.read(1, 0, size)
+			time.Sleep(500 * time.Millisecond) // read nothing
+			c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+			n, err := io.Copy(io.Discard, c.br)
+			require.NoError(t, err, "%s: the server closed the connection (EOF)", export)
+			require.Less(t, n, int64(size), "%s: only part of the reply was sent", export)
+		}
+	})
 }
 
 // TestMaxConns: connections over the limit are closed before the greeting,

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sync"
+	"time"
 	"sync/atomic"
 
 	"github.com/nbdd/nbdd/protocol"
@@ -34,6 +37,7 @@ type replyWriter struct {
 	iov2     [2][]byte            // scratch of writev2
 	chunkHdr [maxReplyHeader]byte // a streamed READ's chunk header
 	out      *vecIO               // writev on a plain socket, else nil
+	armed    bool                 // a stall deadline is set (armStallDeadline)
 	failed   atomic.Bool
 }
 
@@ -116,6 +120,7 @@ func (w *replyWriter) drainOwned() {
 	for {
 		w.mu.Lock()
 		if len(w.queue) == 0 && len(w.carryOps) == 0 {
+			w.disarmStallDeadline() // before direct writes may start
 			w.busy = false
 			w.mu.Unlock()
 			return
@@ -127,6 +132,30 @@ func (w *replyWriter) drainOwned() {
 		w.writeBatch(batch)
 		clear(batch)
 		w.spare = batch[:0]
+	}
+}
+
+// armStallDeadline bounds, when Server.IdleTimeout is set, how long the
+// write about to start may wait for a client that reads no replies: the
+// write then fails and the connection closes. Without it such a client
+// would hold its requests' slots and buffers, and its share of the
+// memory budget, for good. Each write that may wait arms it afresh, so a
+// long streamed reply to a client that keeps reading never trips it.
+func (w *replyWriter) armStallDeadline() {
+	idle := w.c.srv.IdleTimeout
+	if idle <= 0 || w.c.nc == nil {
+		return
+	}
+	w.c.nc.SetWriteDeadline(time.Now().Add(idle))
+	w.armed = true
+}
+
+// disarmStallDeadline clears the deadline before the socket is let go:
+// a stale one would fail the next direct write, which never waits.
+func (w *replyWriter) disarmStallDeadline() {
+	if w.armed {
+		w.c.nc.SetWriteDeadline(time.Time{})
+		w.armed = false
 	}
 }
 
@@ -200,6 +229,7 @@ func (w *replyWriter) writev(iov [][]byte) {
 	if w.failed.Load() {
 		return
 	}
+	w.armStallDeadline()
 	var err error
 	switch {
 	case w.c.tls:
@@ -261,7 +291,11 @@ func (w *replyWriter) writeCoalesced(iov [][]byte) error {
 // woken by closing the socket, and later replies are dropped.
 func (w *replyWriter) fail(err error) {
 	w.failed.Store(true)
-	if !w.c.closed.Load() {
+	switch {
+	case w.c.closed.Load():
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		w.c.log.Warn("client read no reply for the idle timeout; closing", "timeout", w.c.srv.IdleTimeout)
+	default:
 		w.c.log.Debug("reply write failed", "err", err)
 	}
 	w.c.closeNow()
