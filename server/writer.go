@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"time"
 	"sync/atomic"
+	"time"
 
 	"github.com/nbdd/nbdd/protocol"
 )
