@@ -207,6 +207,32 @@ func TestStreamedReadFailsAfterHeader(t *testing.T) {
 	st.wantClosed()
 }
 
+// TestStreamedDFReadFailsAfterHeader: under structured replies a DF READ
+// is one data chunk, which the server does not mark final while it may
+// still fail; when the backend fails part way, the chunk is padded with
+// zeros, an ERROR_OFFSET chunk says where, and the connection carries on
+// (proto.md "NBD_CMD_READ").
+func TestStreamedDFReadFailsAfterHeader(t *testing.T) {
+	mem := backend.NewMemory(1 << 20)
+	data := pattern(16384, 5)
+	_, err := mem.WriteAt(data, 0)
+	require.NoError(t, err)
+	f := backend.NewFault(mem, backend.FaultRule{Op: backend.FaultRead, Offset: 8192, Length: 4096})
+	st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "f", Backend: f}}})
+	st.handshakeSR("f")
+	before := streamAborts.Load()
+	st.read(1, 0, 16384, protocol.CmdFlagDF)
+	r := st.readReply()
+	require.Equal(t, uint64(1), r.cookie)
+	require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData, protocol.ReplyTypeErrorOffset}, r.types)
+	require.Equal(t, protocol.EIO, r.errno)
+	require.Equal(t, uint64(8192), r.errOffset)
+	require.Equal(t, append(append([]byte{}, data[:8192]...), make([]byte, 8192)...), r.data, "the data, then zeros")
+	require.Equal(t, before, streamAborts.Load(), "no disconnect")
+	st.read(2, 0, 4096)
+	st.wantStructuredRead(2, 0, data[:4096])
+}
+
 // TestStreamedReadEarlyFailure: a streamed READ whose first chunk fails is
 // answered with a proper error (simple or structured), and the connection
 // survives: nothing of the reply had gone out yet.

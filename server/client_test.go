@@ -463,6 +463,7 @@ type reply struct {
 	data       []byte               // READ data (OFFSET_DATA and OFFSET_HOLE assembled)
 	dataOff    uint64               // offset of data[0]
 	msg        string               // structured error message
+	errOffset  uint64               // an ERROR_OFFSET chunk's offset
 	contextID  uint32
 	extents    []extent
 }
@@ -571,6 +572,10 @@ func (c *client) parseChunk(r *reply, typ protocol.ReplyType, p []byte) {
 		n := int(binary.BigEndian.Uint16(p[4:]))
 		require.LessOrEqual(c.t, 6+n, len(p), "error message length")
 		r.msg = string(p[6 : 6+n])
+		if typ == protocol.ReplyTypeErrorOffset {
+			require.Len(c.t, p, 6+n+8, "ERROR_OFFSET payload")
+			r.errOffset = binary.BigEndian.Uint64(p[6+n:])
+		}
 	default:
 		c.t.Fatalf("unexpected chunk type %v", typ)
 	}
@@ -625,6 +630,18 @@ func (c *client) wantStructuredRead(cookie, off uint64, want []byte) reply {
 		c.t.Fatalf("READ %d: got %d bytes at %d; want %d bytes at %d (equal: %v)", cookie, len(r.data), r.dataOff, len(want), off, bytes.Equal(r.data, want))
 	}
 	return r
+}
+
+// contentChunks drops the NONE chunks from types: a reply whose data may
+// still fail as it goes out ends with one.
+func contentChunks(types []protocol.ReplyType) []protocol.ReplyType {
+	var out []protocol.ReplyType
+	for _, t := range types {
+		if t != protocol.ReplyTypeNone {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // wantStructuredError reads a structured error reply and returns its

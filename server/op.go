@@ -84,11 +84,21 @@ func (o *op) encode(structured bool) {
 		o.encodeErrorChunk()
 	case len(o.iov) > 0: // sparse READ, chunks already built
 	case typ == protocol.CmdRead:
-		o.encodeChunk(protocol.ReplyTypeOffsetData, uint32(protocol.OffsetDataHeaderSize+int(o.req.Length)))
+		// Data the writer has yet to read (streamed) or send (sendfile)
+		// may still fail, so its chunk is not final: the writer ends the
+		// reply with a NONE chunk, or an error chunk (proto.md
+		// "Structured reply chunk message": a server "MUST NOT mark a
+		// chunk as final if there is still a possibility of detecting an
+		// error before transmission of that chunk completes").
+		flags := protocol.ReplyFlagDone
+		if o.stream || o.sendfile {
+			flags = 0
+		}
+		o.encodeChunk(flags, protocol.ReplyTypeOffsetData, uint32(protocol.OffsetDataHeaderSize+int(o.req.Length)))
 		putUint64(o.hdr[protocol.ChunkHeaderSize:], o.req.Offset)
 		o.hdrLen = maxReplyHeader
 	default: // block status, o.extra already filled
-		o.encodeChunk(protocol.ReplyTypeBlockStatus, uint32(len(o.extra)))
+		o.encodeChunk(protocol.ReplyFlagDone, protocol.ReplyTypeBlockStatus, uint32(len(o.extra)))
 	}
 }
 
@@ -102,8 +112,8 @@ func (o *op) encodeSimple() {
 	o.extra = o.extra[:0]
 }
 
-func (o *op) encodeChunk(typ protocol.ReplyType, length uint32) {
-	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: typ, Cookie: o.req.Cookie, Length: length}.Put(o.hdr[:])
+func (o *op) encodeChunk(flags protocol.ReplyFlag, typ protocol.ReplyType, length uint32) {
+	protocol.ChunkHeader{Flags: flags, Type: typ, Cookie: o.req.Cookie, Length: length}.Put(o.hdr[:])
 	o.hdrLen = protocol.ChunkHeaderSize
 }
 
@@ -111,7 +121,7 @@ func (o *op) encodeChunk(typ protocol.ReplyType, length uint32) {
 // (proto.md "NBD_REPLY_TYPE_ERROR").
 func (o *op) encodeErrorChunk() {
 	o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, o.err.Error(), false, 0)
-	o.encodeChunk(protocol.ReplyTypeError, uint32(len(o.extra)))
+	o.encodeChunk(protocol.ReplyFlagDone, protocol.ReplyTypeError, uint32(len(o.extra)))
 }
 
 func putUint64(b []byte, v uint64) {

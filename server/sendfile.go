@@ -24,62 +24,59 @@ type cachedFile interface {
 }
 
 // sendfileRange sends n bytes of f at off to the socket with sendfile(2),
-// the zero-copy path of the stream strategy. It reports false, having sent
-// nothing, when either side does not allow it (TLS, net.Pipe, wrappers).
-func (w *replyWriter) sendfileRange(b any, off, n int64) (bool, error) {
+// the zero-copy path of the stream strategy. It reports how many bytes
+// went out, and ok false, having sent nothing, when either side does not
+// allow it (TLS, net.Pipe, wrappers).
+func (w *replyWriter) sendfileRange(b any, off, n int64) (sent int64, ok bool, err error) {
 	fb, ok := b.(fileBacked)
 	if !ok || w.c.tls {
-		return false, nil
+		return 0, false, nil
 	}
 	sc, ok := w.c.rwc.(syscall.Conn)
 	if !ok {
-		return false, nil
+		return 0, false, nil
 	}
 	out, err := sc.SyscallConn()
 	if err != nil {
-		return false, nil
+		return 0, false, nil
 	}
 	in, err := fb.File().SyscallConn()
 	if err != nil {
-		return false, nil
+		return 0, false, nil
 	}
 	w.armStallDeadline()
 	var serr error
 	cerr := in.Control(func(infd uintptr) {
-		serr = sendfileAll(out, int(infd), off, n)
+		sent, serr = sendfileAll(out, int(infd), off, n)
 	})
-	return true, errors.Join(cerr, serr)
+	return sent, true, errors.Join(cerr, serr)
 }
 
 // sendFile sends a READ reply marked by conn.sendsFile: the header (simple,
-// or one OFFSET_DATA chunk), then the data with sendfile(2). The data was
-// not read beforehand, so a failure can only end in a disconnect.
+// or an OFFSET_DATA chunk not yet final), then the data with sendfile(2).
+// The data was not read beforehand, so it may still fail: endData ends
+// the reply either way.
 func (w *replyWriter) sendFile(o *op) {
-	c := w.c
 	w.writev2(o.hdr[:o.hdrLen], nil)
 	if w.failed.Load() {
 		return
 	}
-	off, n := int64(o.req.Offset), int64(o.req.Length)
-	sent, err := w.sendfileRange(c.exp.Backend, off, n)
-	if !sent {
+	sent, ok, err := w.sendfileRange(w.c.exp.Backend, int64(o.req.Offset), int64(o.req.Length))
+	if !ok {
 		err = errors.New("sendfile not possible on this connection")
 	}
-	if err != nil {
-		streamAborts.Add(1)
-		w.fail(err)
-		c.log.Warn("sendfile failed mid-reply; disconnecting", "offset", off, "len", n, "err", err)
-	}
+	w.endData(o, sent, err)
 }
 
 // sendfileAll loops sendfile until n bytes are out, waiting for the socket
-// to drain when it is full.
-func sendfileAll(out syscall.RawConn, infd int, off, n int64) error {
+// to drain when it is full. It returns the bytes sent.
+func sendfileAll(out syscall.RawConn, infd int, off, n int64) (int64, error) {
 	var serr error
+	left := n
 	werr := out.Write(func(outfd uintptr) bool {
-		for n > 0 {
-			sent, err := unix.Sendfile(int(outfd), infd, &off, int(min(n, 1<<30)))
-			n -= int64(max(sent, 0))
+		for left > 0 {
+			sent, err := unix.Sendfile(int(outfd), infd, &off, int(min(left, 1<<30)))
+			left -= int64(max(sent, 0))
 			switch {
 			case errors.Is(err, unix.EAGAIN):
 				return false // wait until the socket is writable
@@ -95,5 +92,5 @@ func sendfileAll(out syscall.RawConn, infd int, off, n int64) error {
 		}
 		return true
 	})
-	return errors.Join(werr, serr)
+	return n - left, errors.Join(werr, serr)
 }

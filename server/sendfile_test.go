@@ -40,7 +40,7 @@ func fileExport(t *testing.T, dir string, size int64, data []byte) (*backend.Fil
 // page cache (a file in memory, or on disk after it was written) go from
 // the file to the socket with sendfile(2), taking no buffer from the
 // strategy, and arrive intact under simple and structured replies (one
-// OFFSET_DATA chunk); a READ that covers a hole takes the buffered path
+// OFFSET_DATA chunk, then a NONE chunk); a READ that covers a hole takes the buffered path
 // and still gets an OFFSET_HOLE chunk.
 func TestSendfileReads(t *testing.T) {
 	const size, dataLen = 4 << 20, 3 << 20
@@ -87,7 +87,9 @@ func testSendfileReads(t *testing.T, strategy, dir string, size, dataLen int) {
 				continue
 			}
 			got := c.wantStructuredRead(uint64(i), uint64(r.off), want)
-			require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData}, got.types, "READ %d: one data chunk", i)
+			// The data chunk is not final while sendfile may still fail:
+			// a NONE chunk ends the reply.
+			require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData, protocol.ReplyTypeNone}, got.types, "READ %d: one data chunk, then NONE", i)
 		}
 		c.disc()
 	}
@@ -127,9 +129,13 @@ func TestUncachedFileReadsUseBuffers(t *testing.T) {
 
 // TestSendfileFileShrank: when the file under a sendfile READ is shorter
 // than the export (someone truncated it), the reply's header is already
-// out and the data cannot follow: the server disconnects, as it must after
-// a failed simple reply (proto.md "Simple reply message").
+// out and the data cannot follow: under simple replies the server
+// disconnects, as it must after a failed simple reply (proto.md "Simple
+// reply message"); under structured replies it pads the data chunk, which
+// it had not marked final, reports the error in an ERROR_OFFSET chunk and
+// carries on (proto.md "NBD_CMD_READ").
 func TestSendfileFileShrank(t *testing.T) {
+	t.Run("structured", testSendfileFileShrankStructured)
 	f, path := fileExport(t, "/dev/shm", 1<<20, pattern(1<<20, 3))
 	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
 	srv.Exports = []Export{{Name: "d", Backend: f}}
@@ -143,4 +149,31 @@ func TestSendfileFileShrank(t *testing.T) {
 	require.Equal(t, uint32(protocol.SimpleReplyMagic), binary.BigEndian.Uint32(hdr[:4]))
 	require.Equal(t, uint64(7), binary.BigEndian.Uint64(hdr[8:]))
 	c.wantClosed()
+}
+
+func testSendfileFileShrankStructured(t *testing.T) {
+	data := pattern(1<<20, 3)
+	f, path := fileExport(t, "/dev/shm", 1<<20, data)
+	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
+	srv.Exports = []Export{{Name: "d", Backend: f}}
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	c.handshakeSR("d")
+	// A READ first, so that the backend has cached the data run (see
+	// backend.File's SEEK_HOLE cache) and the next one, after the
+	// truncation, goes out with sendfile instead of finding the hole.
+	c.read(6, 0, 256<<10)
+	c.wantStructuredRead(6, 0, data[:256<<10])
+	const kept = 100_000
+	require.NoError(t, os.Truncate(path, kept))
+	c.read(7, 0, 256<<10)
+	r := c.readReply()
+	require.Equal(t, uint64(7), r.cookie)
+	require.Equal(t, []protocol.ReplyType{protocol.ReplyTypeOffsetData, protocol.ReplyTypeErrorOffset}, r.types)
+	require.NotZero(t, r.errno)
+	require.Equal(t, uint64(kept), r.errOffset, "the error is where the file ends")
+	want := append(append([]byte{}, data[:kept]...), make([]byte, 256<<10-kept)...)
+	require.Equal(t, want, r.data, "the data, then zeros padding the chunk")
+	c.flush(8)
+	c.wantReply(8, protocol.EOK) // the connection carries on
 }

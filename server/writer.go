@@ -38,6 +38,12 @@ type replyWriter struct {
 	chunkHdr [maxReplyHeader]byte // a streamed READ's chunk header
 	out      *vecIO               // writev on a plain socket, else nil
 	armed    bool                 // a stall deadline is set (armStallDeadline)
+	// trailer is the NONE chunk that ends a READ whose data chunk went
+	// out unfinished (endData); trailerDue until it is sent, with the
+	// next writev. withTrailer is that writev's scratch.
+	trailer     [protocol.ChunkHeaderSize]byte
+	trailerDue  bool
+	withTrailer [][]byte
 	failed   atomic.Bool
 }
 
@@ -201,6 +207,7 @@ func (w *replyWriter) writeBatch(batch []*op) {
 		start = i + 1
 	}
 	w.send(batch[start:])
+	w.flushTrailer()
 }
 
 // send writes the replies of ops with one writev and finishes them.
@@ -227,7 +234,13 @@ func (w *replyWriter) send(ops []*op) {
 // (see conn.optReplyData).
 func (w *replyWriter) writev(iov [][]byte) {
 	if w.failed.Load() {
+		w.trailerDue = false
 		return
+	}
+	if w.trailerDue {
+		w.trailerDue = false
+		iov = append(append(w.withTrailer[:0], w.trailer[:]), iov...)
+		defer func() { clear(iov); w.withTrailer = iov[:0] }()
 	}
 	w.armStallDeadline()
 	var err error
@@ -304,8 +317,9 @@ func (w *replyWriter) fail(err error) {
 // streamRead sends a READ larger than one buffer chunk by chunk. The first
 // chunk is read before anything goes out, so an early failure still gets a
 // proper error reply. Under structured replies each chunk is its own
-// OFFSET_DATA chunk and a later failure gets an ERROR_OFFSET chunk. Under
-// simple replies (and for DF reads, which must not be fragmented) a
+// OFFSET_DATA chunk and a later failure gets an ERROR_OFFSET chunk. A DF
+// read, which must not be fragmented, is one chunk: a later failure pads
+// it and is reported after it (see endData). Under simple replies a
 // failure after the header cannot be reported (proto.md "Simple reply
 // message": the server "MUST initiate a hard disconnect"), so the
 // connection is closed.
@@ -333,25 +347,75 @@ func (w *replyWriter) streamRead(o *op) {
 	w.writev2(o.hdr[:o.hdrLen], first)
 	done := len(first)
 	if !w.failed.Load() && done < n {
-		if sent, err := w.sendfileRange(c.exp.Backend, off+int64(done), int64(n-done)); sent {
-			if err != nil {
-				streamAborts.Add(1)
-				w.fail(err)
-				c.log.Warn("sendfile failed mid-reply; disconnecting", "offset", off+int64(done), "err", err)
-			}
+		if sent, ok, err := w.sendfileRange(c.exp.Backend, off+int64(done), int64(n-done)); ok {
+			w.endData(o, int64(done)+sent, err)
 			return
 		}
 	}
 	for done < n && !w.failed.Load() {
 		part := chunk[:min(len(chunk), n-done)]
 		if err := readFull(c.exp.Backend, part, off+int64(done)); err != nil {
-			streamAborts.Add(1)
-			w.fail(fmt.Errorf("streamed %v failed after its header was sent: %w", protocol.CmdRead, err))
-			c.log.Warn("read failed mid-reply; disconnecting", "offset", off+int64(done), "err", err)
+			w.endData(o, int64(done), err)
 			return
 		}
 		w.writev2(part, nil)
 		done += len(part)
+	}
+	w.endData(o, int64(done), nil)
+}
+
+// endData ends a READ reply whose data went out after its header, once
+// done bytes of it are out, or the data failed there with err.
+//
+// Under structured replies the data chunk was not marked final (see
+// op.encode): on success a NONE chunk ends the reply; on failure the
+// rest of the chunk is padded with zeros and an ERROR_OFFSET chunk ends
+// it, and the connection carries on (proto.md "NBD_CMD_READ": the server
+// "MUST still complete the transmission of any current chunk"). Under
+// simple replies a failure can only end in a hard disconnect.
+func (w *replyWriter) endData(o *op, done int64, err error) {
+	c := w.c
+	off, n := int64(o.req.Offset), int64(o.req.Length)
+	switch {
+	case w.failed.Load():
+	case err == nil:
+		if c.structured {
+			protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeNone, Cookie: o.req.Cookie}.Put(w.trailer[:])
+			w.trailerDue = true // sent with whatever is written next
+		}
+	case errors.Is(err, os.ErrDeadlineExceeded): // sendfile met the stall deadline
+		w.fail(err)
+	case c.structured:
+		c.log.Debug("read failed mid-reply", "offset", off+done, "err", err)
+		w.pad(n - done)
+		msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(off+done))
+		protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
+			Length: uint32(len(msg))}.Put(w.chunkHdr[:])
+		w.writev2(w.chunkHdr[:protocol.ChunkHeaderSize], msg)
+	default:
+		streamAborts.Add(1)
+		w.fail(fmt.Errorf("%v failed after its reply header was sent: %w", protocol.CmdRead, err))
+		c.log.Warn("read failed mid-reply; disconnecting", "offset", off+done, "err", err)
+	}
+}
+
+// zeros pads a data chunk that failed part way (endData).
+var zeros [64 << 10]byte
+
+// pad writes n zero bytes.
+func (w *replyWriter) pad(n int64) {
+	for n > 0 && !w.failed.Load() {
+		part := zeros[:min(n, int64(len(zeros)))]
+		w.writev2(part, nil)
+		n -= int64(len(part))
+	}
+}
+
+// flushTrailer sends a reply's final NONE chunk if nothing written since
+// has carried it (see endData and writev).
+func (w *replyWriter) flushTrailer() {
+	if w.trailerDue {
+		w.writev(nil)
 	}
 }
 
