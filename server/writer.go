@@ -44,7 +44,7 @@ type replyWriter struct {
 	trailer     [protocol.ChunkHeaderSize]byte
 	trailerDue  bool
 	withTrailer [][]byte
-	failed   atomic.Bool
+	failed      atomic.Bool
 }
 
 // streamAborts counts READs cut off by a hard disconnect because the
