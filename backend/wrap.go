@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"errors"
 	"fmt"
 )
 
@@ -14,13 +13,16 @@ type wrapper struct {
 	Backend
 }
 
-// Trim delegates, or returns errors.ErrUnsupported if the wrapped backend
-// is not a Trimmer.
+// Trim delegates, or does nothing if the wrapped backend is not a
+// Trimmer. A decorator always has this method, so the server advertises
+// NBD_FLAG_SEND_TRIM for it; TRIM is a hint that a server "MAY" act on
+// (proto.md "NBD_CMD_TRIM"), so ignoring it is correct, where an error
+// would be NBD_ENOTSUP, which the spec keeps for fast zeroes.
 func (w wrapper) Trim(off, length int64) error {
 	if t, ok := w.Backend.(Trimmer); ok {
 		return t.Trim(off, length)
 	}
-	return fmt.Errorf("trim: %w", errors.ErrUnsupported)
+	return nil
 }
 
 // WriteZeroes delegates, or writes zeroes with WriteAt (ErrNotFast when

@@ -70,7 +70,8 @@ type Server struct {
 	DefaultExport string
 
 	// MaxRequestSize bounds READ and WRITE lengths; 0 means
-	// protocol.DefaultMaxPayload (32 MiB).
+	// protocol.DefaultMaxPayload (32 MiB). Values above
+	// MaxRequestSizeLimit (1 GiB) are taken as that.
 	MaxRequestSize uint32
 	// QueueDepth bounds requests in flight per connection; 0 means
 	// DefaultQueueDepth.
@@ -190,10 +191,16 @@ func (s *Server) logger() *slog.Logger {
 
 func (s *Server) maxRequestSize() uint32 {
 	if s.MaxRequestSize != 0 {
-		return s.MaxRequestSize
+		return min(s.MaxRequestSize, MaxRequestSizeLimit)
 	}
 	return protocol.DefaultMaxPayload
 }
+
+// MaxRequestSizeLimit caps Server.MaxRequestSize: a READ's data must fit
+// in one OFFSET_DATA chunk, whose 32-bit length also counts the 8-byte
+// offset (proto.md "NBD_CMD_READ"), and no sane client asks for more than
+// a few MiB at once (nbdkit and qemu-nbd cap requests at 32 MiB).
+const MaxRequestSizeLimit = 1 << 30
 
 func (s *Server) queueDepth() int {
 	if s.QueueDepth > 0 {

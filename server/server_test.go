@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -426,4 +427,17 @@ func TestSocketReads(t *testing.T) {
 			c.wantClosed()
 		}
 	})
+}
+
+// TestMaxRequestSizeLimit: the zero value means 32 MiB, and values beyond
+// what one OFFSET_DATA chunk can carry are capped.
+func TestMaxRequestSizeLimit(t *testing.T) {
+	for _, tc := range []struct{ set, want uint32 }{
+		{0, protocol.DefaultMaxPayload},
+		{1 << 20, 1 << 20},
+		{MaxRequestSizeLimit, MaxRequestSizeLimit},
+		{math.MaxUint32, MaxRequestSizeLimit},
+	} {
+		require.Equal(t, tc.want, (&Server{MaxRequestSize: tc.set}).maxRequestSize(), "MaxRequestSize %d", tc.set)
+	}
 }
