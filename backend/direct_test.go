@@ -4,11 +4,13 @@ package backend
 
 import (
 	"errors"
-	"github.com/nbdd/nbdd/internal/testenv"
+	"os"
 	"syscall"
 	"testing"
 
+	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func openDirect(t *testing.T, size int64) *File {
@@ -25,7 +27,8 @@ func openDirect(t *testing.T, size int64) *File {
 func TestFileDirect(t *testing.T) {
 	const size = 1 << 20
 	f := openDirect(t, size)
-	require.Equal(t, uint32(512), f.MinBlockSize())
+	require.Contains(t, []int64{512, 1024, 2048, 4096}, f.align, "O_DIRECT alignment")
+	require.Equal(t, uint32(f.align), f.MinBlockSize())
 
 	backing := make([]byte, 8192+1)
 	for _, p := range [][]byte{backing[:4096], backing[1 : 4096+1]} { // aligned or not
@@ -58,4 +61,30 @@ func TestFileDirectErrors(t *testing.T) {
 	require.NoError(t, err)
 	defer f.Close()
 	require.Equal(t, uint32(1), f.MinBlockSize())
+}
+
+// TestDirectAlign: the O_DIRECT alignment is what statx reports for the
+// file where it reports one, and 512 bytes where it does not (tmpfs).
+func TestDirectAlign(t *testing.T) {
+	f, err := OpenFile(tempImage(t, 4096), false)
+	require.NoError(t, err)
+	defer f.Close()
+	var st unix.Statx_t
+	require.NoError(t, unix.Statx(unix.AT_FDCWD, f.File().Name(), 0, unix.STATX_DIOALIGN, &st))
+	want := int64(defaultDirectAlign)
+	if st.Mask&unix.STATX_DIOALIGN != 0 && st.Dio_offset_align != 0 {
+		want = int64(max(st.Dio_offset_align, st.Dio_mem_align))
+	}
+	require.Equal(t, want, directAlign(f))
+
+	if _, err := os.Stat("/dev/shm"); err != nil {
+		testenv.SkipOutsideCI(t, "no /dev/shm")
+	}
+	shm, err := os.CreateTemp("/dev/shm", "nbdd-align-*")
+	require.NoError(t, err)
+	defer os.Remove(shm.Name())
+	g, err := NewFile(shm, false)
+	require.NoError(t, err)
+	defer g.Close()
+	require.Equal(t, int64(defaultDirectAlign), directAlign(g), "tmpfs reports no alignment")
 }

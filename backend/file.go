@@ -38,6 +38,10 @@ type File struct {
 	noDSync     atomic.Bool
 	noCachestat atomic.Bool
 
+	// syncFailed is the first failed write-back (fdatasync, or the sync
+	// part of an RWF_DSYNC write): see Sync.
+	syncFailed atomic.Pointer[error]
+
 	// lastData caches the last run of data found with SEEK_DATA and
 	// SEEK_HOLE, as qemu's file-posix does: on tmpfs, and with the inode
 	// locked, SEEK_HOLE walks the page cache up to the next hole, so a
@@ -58,7 +62,9 @@ type File struct {
 	// it; nor do FUA writes, whose sync runs after the kernel drops the
 	// lock.
 	writeMu      sync.Mutex
-	serialWrites bool // a regular file: see writeMu
+	serialWrites bool  // a regular file: see writeMu
+	blockDev     bool  // a block device: see WriteZeroes
+	align        int64 // O_DIRECT alignment (see OpenFileDirect)
 }
 
 // dataRun is a range [lo, hi) known to hold data.
@@ -113,6 +119,7 @@ func NewFile(f *os.File, readOnly bool) (*File, error) {
 	b := &File{f: f, rc: rc, size: size, readOnly: readOnly, inMemory: inMemoryFS(f)}
 	if st, err := f.Stat(); err == nil {
 		b.serialWrites = st.Mode().IsRegular()
+		b.blockDev = st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
 	}
 	return b, nil
 }
@@ -289,6 +296,9 @@ func (f *File) writeDSync(p []byte, off int64) (int, error) {
 		return nil
 	})
 	if err != nil {
+		if errors.Is(err, unix.EIO) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			f.failSync(err) // the sync may have met other writes' failed write-back
+		}
 		return done, fmt.Errorf("pwritev2 RWF_DSYNC at offset %d: %w", off, err)
 	}
 	return done, nil
@@ -296,11 +306,27 @@ func (f *File) writeDSync(p []byte, off int64) (int, error) {
 
 // Sync calls fdatasync and returns its error: a failed fdatasync means
 // written data may be lost, and the client must hear about it.
+//
+// The failure is kept, and every later Sync fails with it. Linux reports
+// a failed writeback once per open file and may drop the pages it could
+// not write (PostgreSQL's "fsyncgate"); every connection shares this
+// file, so without that the next FLUSH, from any client, would succeed
+// over writes that were lost. qemu's file-posix does the same. A FUA
+// write's own durability is unaffected: RWF_DSYNC covers only its data.
 func (f *File) Sync() error {
-	if err := f.control(unix.Fdatasync); err != nil {
+	if err := f.syncFailed.Load(); err != nil {
+		return fmt.Errorf("an earlier write-back of %s failed, written data may be lost: %w", f.f.Name(), *err)
+	}
+	if err := f.control(fdatasync); err != nil {
+		f.failSync(err)
 		return fmt.Errorf("fdatasync %s: %w", f.f.Name(), err)
 	}
 	return nil
+}
+
+// failSync keeps the first write-back failure for Sync.
+func (f *File) failSync(err error) {
+	f.syncFailed.CompareAndSwap(nil, &err)
 }
 
 // Cache asks the kernel to read [off, off+length) ahead
@@ -328,7 +354,7 @@ func (f *File) fallocate(mode uint32, missing *atomic.Bool, off, length int64) e
 	if missing.Load() {
 		return errors.ErrUnsupported
 	}
-	err := f.control(func(fd int) error { return unix.Fallocate(fd, mode, off, length) })
+	err := f.control(func(fd int) error { return fallocate(fd, mode, off, length) })
 	f.lastData.Store(nil) // the range may be a hole now
 	if unsupported(err) {
 		missing.Store(true)
@@ -338,6 +364,18 @@ func (f *File) fallocate(mode uint32, missing *atomic.Bool, off, length int64) e
 		return fmt.Errorf("fallocate %#x at offset %d length %d: %w", mode, off, length, err)
 	}
 	return nil
+}
+
+// fallocate is unix.Fallocate; tests replace it to make it fail.
+var fallocate = unix.Fallocate
+
+// cannotOffload reports whether a fallocate error means only that this
+// range cannot be deallocated or zeroed without writing: the mode is
+// unsupported (errors.ErrUnsupported, see File.fallocate), or the range
+// is refused (EINVAL: a block device takes only ranges aligned to its
+// logical block size).
+func cannotOffload(err error) bool {
+	return errors.Is(err, errors.ErrUnsupported) || errors.Is(err, unix.EINVAL)
 }
 
 // punch deallocates a range, which then reads as zeroes.
@@ -352,14 +390,15 @@ func (f *File) zeroRange(off, length int64) error {
 
 // Trim punches a hole (fallocate PUNCH_HOLE|KEEP_SIZE), after which the
 // range reads as zeroes. TRIM is advisory (proto.md "NBD_CMD_TRIM"), so
-// where the filesystem or device cannot punch holes Trim succeeds without
-// changing anything rather than writing zeroes, which for a whole-device
-// discard from mkfs would mean writing the whole device.
+// where the filesystem or device cannot punch holes, or not this range
+// (a block device's unaligned one), Trim succeeds without changing
+// anything rather than writing zeroes, which for a whole-device discard
+// from mkfs would mean writing the whole device.
 func (f *File) Trim(off, length int64) error {
 	if err := f.checkWrite("trim", off, length); err != nil || length == 0 {
 		return err
 	}
-	if err := f.punch(off, length); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+	if err := f.punch(off, length); err != nil && !cannotOffload(err) {
 		return err
 	}
 	return nil
@@ -368,20 +407,22 @@ func (f *File) Trim(off, length int64) error {
 // WriteZeroes zeroes [off, off+length). It punches a hole unless noHole is
 // set, then tries fallocate ZERO_RANGE, and finally writes zeroes in
 // 256 KiB pieces. With fast set it returns ErrNotFast instead of writing
-// zeroes, leaving the data untouched.
+// zeroes, leaving the data untouched. On a block device ZERO_RANGE is not
+// tried when fast is set: the kernel quietly writes zeroes itself where
+// the device cannot (only PUNCH_HOLE refuses to fall back).
 func (f *File) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if err := f.checkWrite("write zeroes", off, length); err != nil || length == 0 {
 		return err
 	}
-	err := errors.ErrUnsupported
 	if !noHole {
-		err = f.punch(off, length)
+		if err := f.punch(off, length); !cannotOffload(err) {
+			return err
+		}
 	}
-	if errors.Is(err, errors.ErrUnsupported) {
-		err = f.zeroRange(off, length)
-	}
-	if !errors.Is(err, errors.ErrUnsupported) {
-		return err
+	if !(fast && f.blockDev) {
+		if err := f.zeroRange(off, length); !cannotOffload(err) {
+			return err
+		}
 	}
 	if fast {
 		return fmt.Errorf("write zeroes: %w", ErrNotFast)

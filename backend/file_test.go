@@ -254,3 +254,49 @@ func TestFileCached(t *testing.T) {
 	t.Cleanup(func() { d.Close() })
 	require.False(t, d.Cached(0, 4096), "O_DIRECT reads bypass the cache")
 }
+
+// TestFileSyncFailureSticks: after a failed fdatasync every later Sync
+// fails too, since Linux reports a failed write-back only once and the
+// data may be gone; a FUA write's own durability is unaffected.
+func TestFileSyncFailureSticks(t *testing.T) {
+	f := newTestFile(t, 8192)
+	_, err := f.WriteAt([]byte("lost?"), 0)
+	require.NoError(t, err)
+	restore := failFdatasync(t)
+	require.ErrorIs(t, f.Sync(), unix.EIO)
+	restore()
+	require.ErrorIs(t, f.Sync(), unix.EIO, "the next Sync still reports the failure")
+	require.ErrorIs(t, f.Sync(), unix.EIO, "and every one after")
+	_, err = f.WriteAtFUA([]byte("new"), 100)
+	require.NoError(t, err, "RWF_DSYNC makes this write durable on its own")
+}
+
+// TestFileZeroingFallbacks: a range fallocate refuses (EINVAL, as a block
+// device does for unaligned ranges) is a hint ignored by Trim and zeroed
+// by writing for WriteZeroes, or ErrNotFast when fast; and a block
+// device's fast zero never takes ZERO_RANGE, which the kernel would turn
+// into writes.
+func TestFileZeroingFallbacks(t *testing.T) {
+	f := newTestFile(t, 8192)
+	ones := bytes.Repeat([]byte{1}, 8192)
+	_, err := f.WriteAt(ones, 0)
+	require.NoError(t, err)
+
+	real := fallocate
+	t.Cleanup(func() { fallocate = real })
+	fallocate = func(int, uint32, int64, int64) error { return unix.EINVAL }
+	require.NoError(t, f.Trim(1, 511), "TRIM of a refused range is ignored")
+	require.ErrorIs(t, f.WriteZeroes(1, 511, false, true), ErrNotFast)
+	require.NoError(t, f.WriteZeroes(1, 511, false, false))
+	got := make([]byte, 8192)
+	_, err = f.ReadAt(got, 0)
+	require.NoError(t, err)
+	want := append(append([]byte{1}, make([]byte, 511)...), ones[512:]...)
+	require.Equal(t, want, got, "zeroes written where fallocate refused")
+
+	fallocate = real
+	f.blockDev = true
+	f.noPunch.Store(true) // a device without a zeroing offload
+	require.ErrorIs(t, f.WriteZeroes(0, 4096, true, true), ErrNotFast, "no ZERO_RANGE for a block device's fast zero")
+	require.NoError(t, f.WriteZeroes(0, 4096, true, false))
+}

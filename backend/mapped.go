@@ -41,9 +41,13 @@ type Mapped struct {
 	written  bitmap // blocks that may hold data, for Extents
 
 	// Persistence; file is nil for an ephemeral export.
-	file   *os.File
-	dirty  bitmap     // blocks changed since the last Sync
-	syncMu sync.Mutex // serialises Sync, so each fdatasync covers its own writeback
+	file  *os.File
+	dirty bitmap // blocks changed since the last Sync
+	// unsynced are blocks written back to the image but not yet covered
+	// by a successful fdatasync: if it fails they are dirty again, for
+	// the kernel may have dropped the pages it failed to write.
+	unsynced bitmap
+	syncMu   sync.Mutex // serialises Sync, so each fdatasync covers its own writeback
 }
 
 // NewMapped maps size bytes of zeroed anonymous memory (MAP_NORESERVE, so
@@ -96,6 +100,7 @@ func LoadMapped(path string, mergeable, persist bool) (*Mapped, error) {
 	}
 	m.file = f
 	m.dirty = newBitmap(blocks(m.size))
+	m.unsynced = newBitmap(blocks(m.size))
 	return m, nil
 }
 
@@ -271,8 +276,11 @@ func (m *Mapped) Extents(off, length int64, fn func(Extent) bool) error {
 
 // Sync writes the blocks changed since the last Sync back to the image
 // with pwrite, then calls fdatasync, returning the first error. Blocks that
-// failed to write stay dirty for the next Sync. For an ephemeral export Sync
-// does nothing.
+// failed to write stay dirty for the next Sync, and so do all the blocks
+// written back since the last successful fdatasync when fdatasync fails:
+// Linux reports a failed writeback once and may drop the pages, so the
+// next Sync writes them again from memory, which still holds them. For an
+// ephemeral export Sync does nothing.
 func (m *Mapped) Sync() error {
 	if m.file == nil {
 		return nil
@@ -284,16 +292,25 @@ func (m *Mapped) Sync() error {
 		if _, err := m.file.WriteAt(m.mem[lo:hi], lo); err != nil {
 			return fmt.Errorf("write back mapped export: %w", err)
 		}
+		m.unsynced.set(r.lo, r.hi)
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if err := unix.Fdatasync(int(m.file.Fd())); err != nil {
+	if err := fdatasync(int(m.file.Fd())); err != nil {
+		m.unsynced.drain(maxWriteBack, func(r blockRun) error {
+			m.dirty.set(r.lo, r.hi)
+			return nil
+		})
 		return fmt.Errorf("fdatasync %s: %w", m.file.Name(), err)
 	}
+	m.unsynced.drain(maxWriteBack, func(blockRun) error { return nil })
 	return nil
 }
+
+// fdatasync is unix.Fdatasync; tests replace it to make it fail.
+var fdatasync = unix.Fdatasync
 
 // Close writes a persistent export back (see Sync), closes its image and
 // unmaps the memory. The Mapped must not be used afterwards, but Close may

@@ -180,3 +180,35 @@ func TestMappedSyncError(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "retry", string(onDisk[trackSize:trackSize+5]))
 }
+
+// failFdatasync makes fdatasync fail with EIO until the returned function
+// (also run at cleanup) restores it. Tests that use it must not run in
+// parallel with others that sync.
+func failFdatasync(t *testing.T) (restore func()) {
+	real := fdatasync
+	fdatasync = func(int) error { return unix.EIO }
+	restore = func() { fdatasync = real }
+	t.Cleanup(restore)
+	return restore
+}
+
+// TestMappedFdatasyncError: when fdatasync fails after the write-back,
+// the blocks written back are dirty again, so the next Sync writes them
+// from memory once more instead of trusting pages the kernel may have
+// dropped.
+func TestMappedFdatasyncError(t *testing.T) {
+	path := tempImage(t, 3*trackSize)
+	m, err := LoadMapped(path, false, true)
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	_, err = m.WriteAt([]byte("again"), trackSize)
+	require.NoError(t, err)
+
+	restore := failFdatasync(t)
+	require.ErrorIs(t, m.Sync(), unix.EIO)
+	require.True(t, m.dirty.get(1), "the block is dirty again after the failed fdatasync")
+	restore()
+	require.NoError(t, m.Sync())
+	require.False(t, m.dirty.get(1), "written back and synced")
+	require.False(t, m.unsynced.get(1))
+}
