@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"strings"
 
 	"github.com/nbdd/nbdd/backend"
@@ -77,15 +78,27 @@ func (c *conn) blockStatus(o *op) error {
 		o.extra = protocol.AppendBlockDescriptor(b, uint32(n), 0)
 		return nil
 	}
-	count := 0
+	count, last := 0, 0 // last: where the last descriptor starts in b
 	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
 		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
 		if stop <= start {
 			return stop < end
 		}
-		b = protocol.AppendBlockDescriptor(b, uint32(stop-start), stateFlags(e.Flags))
+		flags := stateFlags(e.Flags)
+		if count > 0 && binary.BigEndian.Uint32(b[last+4:]) == flags {
+			// A backend may split a run (Extenter asks it not to): one
+			// descriptor for it, which also makes REQ_ONE's answer longer.
+			grown := binary.BigEndian.Uint32(b[last:]) + uint32(stop-start)
+			binary.BigEndian.PutUint32(b[last:], grown)
+			return stop < end
+		}
+		if count == limit {
+			return false
+		}
+		last = len(b)
+		b = protocol.AppendBlockDescriptor(b, uint32(stop-start), flags)
 		count++
-		return count < limit && stop < end
+		return stop < end
 	})
 	if err == nil && count == 0 {
 		b = protocol.AppendBlockDescriptor(b, uint32(n), 0)

@@ -269,6 +269,37 @@ func TestSparseStructuredRead(t *testing.T) {
 	})
 }
 
+// splitExtents reports every 4 KiB as an extent of its own: data for
+// the first 8 KiB, a hole for the next 8 KiB, data after.
+type splitExtents struct{ backend.Backend }
+
+func (splitExtents) Extents(off, length int64, fn func(backend.Extent) bool) error {
+	for pos := off - off%4096; pos < off+length; pos += 4096 {
+		var f backend.ExtentFlags
+		if pos >= 8192 && pos < 16384 {
+			f = backend.ExtentHole | backend.ExtentZero
+		}
+		if !fn(backend.Extent{Offset: pos, Length: 4096, Flags: f}) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// TestBlockStatusMergesExtents: runs a backend reports in pieces go out as
+// one descriptor each, so REQ_ONE answers with the whole run.
+func TestBlockStatusMergesExtents(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "s", Backend: splitExtents{backend.NewMemory(64 << 10)}}}})
+		st.handshakeSR("s")
+		const hz = protocol.StateHole | protocol.StateZero
+		st.blockStatus(1, 100, 32<<10)
+		require.Equal(t, []extent{{8192 - 100, 0}, {8192, hz}, {16384 + 100, 0}}, st.wantBlockStatus(1))
+		st.blockStatus(2, 0, 64<<10, protocol.CmdFlagReqOne)
+		require.Equal(t, []extent{{8192, 0}}, st.wantBlockStatus(2), "REQ_ONE")
+	})
+}
+
 func TestBlockStatus(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		const chunk = 64 << 10
