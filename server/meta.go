@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/binary"
 	"strings"
 
 	"github.com/nbdd/nbdd/backend"
@@ -78,25 +77,26 @@ func (c *conn) blockStatus(o *op) error {
 		o.extra = protocol.AppendBlockDescriptor(b, uint32(n), 0)
 		return nil
 	}
+	// A backend may report one run in pieces (Extenter asks it not to):
+	// they go out as one descriptor, so REQ_ONE's answer covers the run.
 	count, last := 0, 0 // last: where the last descriptor starts in b
+	var lastLen, lastFlags uint32
 	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
 		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
 		if stop <= start {
 			return stop < end
 		}
 		flags := stateFlags(e.Flags)
-		if count > 0 && binary.BigEndian.Uint32(b[last+4:]) == flags {
-			// A backend may split a run (Extenter asks it not to): one
-			// descriptor for it, which also makes REQ_ONE's answer longer.
-			grown := binary.BigEndian.Uint32(b[last:]) + uint32(stop-start)
-			binary.BigEndian.PutUint32(b[last:], grown)
+		if count > 0 && flags == lastFlags {
+			lastLen += uint32(stop - start)
+			b = protocol.AppendBlockDescriptor(b[:last], lastLen, flags)
 			return stop < end
 		}
 		if count == limit {
 			return false
 		}
-		last = len(b)
-		b = protocol.AppendBlockDescriptor(b, uint32(stop-start), flags)
+		last, lastLen, lastFlags = len(b), uint32(stop-start), flags
+		b = protocol.AppendBlockDescriptor(b, lastLen, flags)
 		count++
 		return stop < end
 	})

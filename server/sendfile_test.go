@@ -107,6 +107,15 @@ func testSendfileReads(t *testing.T, strategy, dir string, size, dataLen int) {
 	}
 }
 
+// serveFile serves f as export "d" (strategy pool, 1 MiB) on a unix
+// socket and dials it.
+func serveFile(t *testing.T, f *backend.File) (*Server, *client) {
+	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
+	srv.Exports = []Export{{Name: "d", Backend: f}}
+	sock, _ := serveUnix(t, srv)
+	return srv, dialClient(t, sock)
+}
+
 // TestUncachedFileReadsUseBuffers: a READ of a file on disk whose pages
 // are not in the page cache is read into a buffer first (pread), so that
 // the wait for the disk and any error come before the reply's header.
@@ -116,10 +125,7 @@ func TestUncachedFileReadsUseBuffers(t *testing.T) {
 	require.NoError(t, f.Sync())
 	require.NoError(t, unix.Fadvise(int(f.File().Fd()), 0, 0, unix.FADV_DONTNEED))
 	require.False(t, f.Cached(0, 1<<20), "the pages were just dropped from the page cache")
-	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
-	srv.Exports = []Export{{Name: "d", Backend: f}}
-	sock, _ := serveUnix(t, srv)
-	c := dialClient(t, sock)
+	srv, c := serveFile(t, f)
 	c.handshake("d")
 	c.read(1, 0, 256<<10)
 	c.wantRead(1, data[:256<<10])
@@ -137,10 +143,7 @@ func TestUncachedFileReadsUseBuffers(t *testing.T) {
 func TestSendfileFileShrank(t *testing.T) {
 	t.Run("structured", testSendfileFileShrankStructured)
 	f, path := fileExport(t, "/dev/shm", 1<<20, pattern(1<<20, 3))
-	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
-	srv.Exports = []Export{{Name: "d", Backend: f}}
-	sock, _ := serveUnix(t, srv)
-	c := dialClient(t, sock)
+	_, c := serveFile(t, f)
 	c.handshake("d")
 	require.NoError(t, os.Truncate(path, 0))
 	c.read(7, 0, 256<<10)
@@ -154,10 +157,7 @@ func TestSendfileFileShrank(t *testing.T) {
 func testSendfileFileShrankStructured(t *testing.T) {
 	data := pattern(1<<20, 3)
 	f, path := fileExport(t, "/dev/shm", 1<<20, data)
-	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
-	srv.Exports = []Export{{Name: "d", Backend: f}}
-	sock, _ := serveUnix(t, srv)
-	c := dialClient(t, sock)
+	_, c := serveFile(t, f)
 	c.handshakeSR("d")
 	// A READ first, so that the backend has cached the data run (see
 	// backend.File's SEEK_HOLE cache) and the next one, after the

@@ -240,7 +240,7 @@ func (w *replyWriter) writev(iov [][]byte) {
 	if w.trailerDue {
 		w.trailerDue = false
 		iov = append(append(w.withTrailer[:0], w.trailer[:]), iov...)
-		defer func() { clear(iov); w.withTrailer = iov[:0] }()
+		w.withTrailer = iov
 	}
 	w.armStallDeadline()
 	var err error
@@ -258,6 +258,10 @@ func (w *replyWriter) writev(iov [][]byte) {
 				break
 			}
 		}
+	}
+	if len(w.withTrailer) > 0 { // drop its references to replies' memory
+		clear(w.withTrailer)
+		w.withTrailer = w.withTrailer[:0]
 	}
 	if err != nil {
 		w.fail(err)
@@ -386,17 +390,24 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 	case errors.Is(err, os.ErrDeadlineExceeded): // sendfile met the stall deadline
 		w.fail(err)
 	case c.structured:
-		c.log.Debug("read failed mid-reply", "offset", off+done, "err", err)
 		w.pad(n - done)
-		msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(off+done))
-		protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
-			Length: uint32(len(msg))}.Put(w.chunkHdr[:])
-		w.writev2(w.chunkHdr[:protocol.ChunkHeaderSize], msg)
+		w.sendErrorOffset(o, off+done, err)
 	default:
 		streamAborts.Add(1)
 		w.fail(fmt.Errorf("%v failed after its reply header was sent: %w", protocol.CmdRead, err))
 		c.log.Warn("read failed mid-reply; disconnecting", "offset", off+done, "err", err)
 	}
+}
+
+// sendErrorOffset ends o's structured READ reply with an ERROR_OFFSET
+// chunk saying the data failed at offset at (proto.md
+// "NBD_REPLY_TYPE_ERROR_OFFSET"); the connection carries on.
+func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
+	w.c.log.Debug("read failed mid-reply", "offset", at, "err", err)
+	msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(at))
+	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
+		Length: uint32(len(msg))}.Put(w.chunkHdr[:])
+	w.writev2(w.chunkHdr[:protocol.ChunkHeaderSize], msg)
 }
 
 // zeros pads a data chunk that failed part way (endData).
@@ -448,11 +459,7 @@ func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
 		}
 		data = chunk[:min(int64(len(chunk)), n-done)]
 		if err := readFull(c.exp.Backend, data, off+done); err != nil {
-			c.log.Debug("read failed mid-reply", "offset", off+done, "err", err)
-			msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(off+done))
-			protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
-				Length: uint32(len(msg))}.Put(h[:])
-			w.writev2(h[:protocol.ChunkHeaderSize], msg)
+			w.sendErrorOffset(o, off+done, err)
 			return
 		}
 	}
