@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -11,6 +12,11 @@ import (
 // structure. The server answers NBD_REP_ERR_INVALID and keeps the connection
 // (the whole option was already read, so the stream is in sync).
 var ErrMalformedOption = errors.New("nbd: malformed option data")
+
+// ErrTooManyQueries means a meta context option has more queries than
+// MaxMetaContextQueries. The server answers NBD_REP_ERR_TOO_BIG (proto.md
+// "NBD_OPT_LIST_META_CONTEXT").
+var ErrTooManyQueries = errors.New("nbd: too many meta context queries")
 
 // ExportRequest is the data of NBD_OPT_INFO and NBD_OPT_GO: an export name
 // and the information types the client asks for (proto.md "NBD_OPT_INFO").
@@ -80,7 +86,7 @@ func DecodeMetaContextRequest(data []byte) (MetaContextRequest, error) {
 	n := binary.BigEndian.Uint32(rest)
 	rest = rest[4:]
 	if n > MaxMetaContextQueries {
-		return MetaContextRequest{}, fmt.Errorf("%w: %d queries, at most %d", ErrMalformedOption, n, MaxMetaContextQueries)
+		return MetaContextRequest{}, fmt.Errorf("%w: %d, at most %d", ErrTooManyQueries, n, MaxMetaContextQueries)
 	}
 	req := MetaContextRequest{Name: name}
 	for i := uint32(0); i < n; i++ {
@@ -209,15 +215,7 @@ func AppendOffsetHole(b []byte, offset uint64, size uint32) []byte {
 // most MaxErrorMessageLen bytes, at a UTF-8 character boundary: proto.md
 // "Conventions" makes it a UTF-8 string, so a cut must not split a character.
 func AppendErrorChunk(b []byte, errno Errno, msg string, withOffset bool, offset uint64) []byte {
-	if len(msg) > MaxErrorMessageLen {
-		n := MaxErrorMessageLen
-		// msg[n] is the first byte dropped; if it continues a character,
-		// drop that character's leading bytes too (at most UTFMax-1).
-		for i := 1; i < utf8.UTFMax && n > 0 && !utf8.RuneStart(msg[n]); i++ {
-			n--
-		}
-		msg = msg[:n]
-	}
+	msg = Message(msg, MaxErrorMessageLen)
 	b = binary.BigEndian.AppendUint32(b, uint32(errno))
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
 	b = append(b, msg...)
@@ -225,6 +223,26 @@ func AppendErrorChunk(b []byte, errno Errno, msg string, withOffset bool, offset
 		b = binary.BigEndian.AppendUint64(b, offset)
 	}
 	return b
+}
+
+// Message returns msg as a string the wire accepts (proto.md
+// "Conventions": UTF-8, at most 4096 bytes): invalid UTF-8 replaced, and
+// cut to at most max bytes without splitting a character. A message may
+// carry text from elsewhere (an export name, a backend's error).
+func Message(msg string, max int) string {
+	if !utf8.ValidString(msg) {
+		msg = strings.ToValidUTF8(msg, "\uFFFD")
+	}
+	if len(msg) <= max {
+		return msg
+	}
+	n := max
+	// msg[n] is the first byte dropped; if it continues a character, drop
+	// that character's leading bytes too (at most UTFMax-1).
+	for i := 1; i < utf8.UTFMax && n > 0 && !utf8.RuneStart(msg[n]); i++ {
+		n--
+	}
+	return msg[:n]
 }
 
 // AppendBlockDescriptor appends one extent of a BLOCK_STATUS chunk.

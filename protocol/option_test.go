@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestAppenders checks every append-style encoder against bytes written from
@@ -277,9 +278,22 @@ func TestDecodeMetaContextRequestMalformed(t *testing.T) {
 		{"count 0, trailing bytes", "\x00\x00\x00\x00" + "\x00\x00\x00\x00" + "x"},
 		{"count 1, trailing bytes", "\x00\x00\x00\x00" + "\x00\x00\x00\x01" + queries(1) + "\x00"},
 		{"count 1, two queries", "\x00\x00\x00\x00" + "\x00\x00\x00\x01" + queries(2)},
-		{"MaxMetaContextQueries+1 queries", "\x00\x00\x00\x00" + be32(MaxMetaContextQueries+1) + queries(MaxMetaContextQueries+1)},
-		{"count 2^32-1", "\x00\x00\x00\x00" + "\xff\xff\xff\xff" + queries(1)},
 	})
+}
+
+// TestDecodeMetaContextRequestTooMany: more than MaxMetaContextQueries is
+// refused before anything is allocated for them, with ErrTooManyQueries
+// (NBD_REP_ERR_TOO_BIG), not as malformed data.
+func TestDecodeMetaContextRequestTooMany(t *testing.T) {
+	queries := func(n int) string { return strings.Repeat("\x00\x00\x00\x05base:", n) }
+	for _, data := range []string{
+		"\x00\x00\x00\x00" + be32(MaxMetaContextQueries+1) + queries(MaxMetaContextQueries+1),
+		"\x00\x00\x00\x00" + "\xff\xff\xff\xff" + queries(1),
+	} {
+		if _, err := DecodeMetaContextRequest([]byte(data)); !errors.Is(err, ErrTooManyQueries) {
+			t.Errorf("decode %d bytes: got %v; want ErrTooManyQueries", len(data), err)
+		}
+	}
 }
 
 // TestDecodeMetaContextRequestMaxQueries checks the boundary the malformed
@@ -289,5 +303,29 @@ func TestDecodeMetaContextRequestMaxQueries(t *testing.T) {
 	got, err := DecodeMetaContextRequest(AppendMetaContextRequest(nil, want))
 	if err != nil || !metaContextRequestCodec.equal(got, want) {
 		t.Errorf("got %d queries, %v; want %d, nil", len(got.Queries), err, MaxMetaContextQueries)
+	}
+}
+
+// TestMessage: messages on the wire are valid UTF-8 of at most the given
+// length, cut between characters.
+func TestMessage(t *testing.T) {
+	tests := []struct {
+		name, in string
+		max      int
+		want     string
+	}{
+		{"short", "unknown export", 4096, "unknown export"},
+		{"cut", "abcdef", 4, "abcd"},
+		{"cut before a 2-byte character", "abcé", 4, "abc"},
+		{"cut before a 4-byte character", "a😀", 4, "a"},
+		{"invalid bytes replaced", "a\xffb", 4096, "a\uFFFDb"},
+		{"replaced, then cut", "\xff\xffxy", 4, "\uFFFDx"},
+		{"empty", "", 0, ""},
+	}
+	for _, tt := range tests {
+		got := Message(tt.in, tt.max)
+		if got != tt.want || len(got) > tt.max || !utf8.ValidString(got) {
+			t.Errorf("%s: Message(%q, %d) = %q; want %q", tt.name, tt.in, tt.max, got, tt.want)
+		}
 	}
 }

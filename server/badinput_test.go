@@ -34,6 +34,9 @@ func TestBadRequests(t *testing.T) {
 		{"write past end", protocol.Request{Type: protocol.CmdWrite, Offset: size, Length: 4096}, payload, protocol.ENOSPC},
 		{"write straddling end", protocol.Request{Type: protocol.CmdWrite, Offset: size - 100, Length: 4096}, payload, protocol.ENOSPC},
 		{"write empty", protocol.Request{Type: protocol.CmdWrite, Length: 0}, nil, protocol.EINVAL},
+		// Over the maximum but not over 32 MiB: a clean error, for a client
+		// that never asked for the constraints (proto.md "Size constraints").
+		{"write too long", protocol.Request{Type: protocol.CmdWrite, Length: maxReq + 4096}, pattern(maxReq+4096, 7), protocol.EINVAL},
 		{"trim past end", protocol.Request{Type: protocol.CmdTrim, Offset: size - 1, Length: 2}, nil, protocol.EINVAL},
 		{"zero past end", protocol.Request{Type: protocol.CmdWriteZeroes, Offset: size - 1, Length: 2}, nil, protocol.ENOSPC},
 		{"cache past end", protocol.Request{Type: protocol.CmdCache, Offset: size + 1}, nil, protocol.EINVAL},
@@ -64,24 +67,29 @@ func TestBadRequests(t *testing.T) {
 	})
 }
 
-// TestOversizedWriteCloses: a WRITE longer than the maximum is a framing
-// violation; the server closes without reading (or allocating) its
-// payload.
+// TestOversizedWriteCloses: a WRITE longer than both the maximum and
+// 32 MiB is a framing violation; the server closes without reading (or
+// allocating) its payload.
 func TestOversizedWriteCloses(t *testing.T) {
-	run(t, func(t *testing.T, strategy string) {
-		srv := memExport(1 << 20)
-		srv.MaxRequestSize = 64 << 10
-		st := newServerTester(t, strategy, srv)
-		st.handshake("mem")
-		before := st.sc.n.Load()
-		var hdr [protocol.RequestSize]byte
-		protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 64<<10 + 1}.Put(&hdr)
-		st.writeRaw(hdr[:])
-		st.wantClosed()
-		if got := st.sc.n.Load() - before; got != protocol.RequestSize {
-			t.Fatalf("server read %d bytes after the handshake; want %d (the header only)", got, protocol.RequestSize)
-		}
-	})
+	for _, tc := range []struct{ max, length uint32 }{
+		{64 << 10, protocol.DefaultMaxPayload + 1},
+		{48 << 20, 48<<20 + 1},
+	} {
+		run(t, func(t *testing.T, strategy string) {
+			srv := memExport(1 << 20)
+			srv.MaxRequestSize = tc.max
+			st := newServerTester(t, strategy, srv)
+			st.handshake("mem")
+			before := st.sc.n.Load()
+			var hdr [protocol.RequestSize]byte
+			protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: tc.length}.Put(&hdr)
+			st.writeRaw(hdr[:])
+			st.wantClosed()
+			if got := st.sc.n.Load() - before; got != protocol.RequestSize {
+				t.Fatalf("max %d: server read %d bytes after the handshake; want %d (the header only)", tc.max, got, protocol.RequestSize)
+			}
+		})
+	}
 }
 
 func TestBadMagicCloses(t *testing.T) {

@@ -31,9 +31,11 @@ type conn struct {
 	cancel context.CancelFunc // ends the connection's context: budget waits give up
 
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
+	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
 	tls        bool
 	structured bool
-	metaBase   bool // base:allocation selected with NBD_OPT_SET_META_CONTEXT
+	metaBase   bool   // base:allocation selected with NBD_OPT_SET_META_CONTEXT
+	metaExport string // ... for this export
 	optBuf     []byte
 	replyBuf   []byte
 

@@ -95,9 +95,13 @@ func TestValidate(t *testing.T) {
 		{"read NO_HOLE", req(protocol.CmdRead, protocol.CmdFlagNoHole, 0, 1), rw, false, false, protocol.EINVAL},
 		{"read read-only", req(protocol.CmdRead, 0, 0, 1), ro, false, false, ok},
 		{"write", req(protocol.CmdWrite, protocol.CmdFlagFUA, 0, 1), rw, false, false, ok},
-		{"write over max", req(protocol.CmdWrite, 0, 0, maxReq+1), rw, false, false, violation},
-		{"write over max past end", req(protocol.CmdWrite, 0, size, maxReq+1), rw, false, false, violation},
-		{"write over max read-only", req(protocol.CmdWrite, 0, 0, maxReq+1), ro, false, false, violation},
+		// Over the maximum but within 32 MiB: an error reply, the payload
+		// drained; beyond both, a framing violation.
+		{"write over max", req(protocol.CmdWrite, 0, 0, maxReq+1), rw, false, false, protocol.EINVAL},
+		{"write over max read-only", req(protocol.CmdWrite, 0, 0, maxReq+1), ro, false, false, protocol.EPERM},
+		{"write over 32 MiB", req(protocol.CmdWrite, 0, 0, protocol.DefaultMaxPayload+1), rw, false, false, violation},
+		{"write over 32 MiB past end", req(protocol.CmdWrite, 0, size, protocol.DefaultMaxPayload+1), rw, false, false, violation},
+		{"write over 32 MiB read-only", req(protocol.CmdWrite, 0, 0, protocol.DefaultMaxPayload+1), ro, false, false, violation},
 		{"write past end", req(protocol.CmdWrite, 0, size, 1), rw, false, false, protocol.ENOSPC},
 		{"write straddling", req(protocol.CmdWrite, 0, size-1, 2), rw, false, false, protocol.ENOSPC},
 		{"write empty", req(protocol.CmdWrite, 0, 0, 0), rw, false, false, protocol.EINVAL},

@@ -38,6 +38,12 @@ func (c *conn) handshake() error {
 		return violation("unknown client flags %v", flags)
 	}
 	noZeroes := flags&protocol.ClientNoZeroes != 0
+	c.fixed = flags&protocol.ClientFixedNewstyle != 0
+	if !c.fixed && c.srv.TLSMode == TLSRequire {
+		// Such a client can only be served without TLS (proto.md "TLS
+		// support"), which this server refuses to do.
+		return violation("client did not set NBD_FLAG_C_FIXED_NEWSTYLE, so cannot start the TLS this server requires")
+	}
 	for range maxOptions {
 		done, err := c.option(noZeroes)
 		if err != nil || done {
@@ -59,7 +65,7 @@ func (c *conn) option(noZeroes bool) (done bool, err error) {
 		return false, err
 	}
 	if oh.Length > protocol.MaxOptionLen {
-		return false, c.refuseLongOption(oh)
+		return c.refuseLongOption(oh)
 	}
 	c.optBuf = grow(c.optBuf, int(oh.Length))
 	if _, err := io.ReadFull(c.br, c.optBuf); err != nil {
@@ -73,17 +79,26 @@ func (c *conn) option(noZeroes bool) (done bool, err error) {
 }
 
 // refuseLongOption answers an option longer than MaxOptionLen without
-// reading it into memory: its data is skipped and NBD_REP_ERR_TOO_BIG
-// sent, or, past maxDrainedOption or for NBD_OPT_EXPORT_NAME (which has no
-// error reply), the connection is closed.
-func (c *conn) refuseLongOption(oh protocol.OptionHeader) error {
+// reading it into memory: its data is skipped, then it is answered as any
+// other option would be by ABORT (ACK, whatever the data: proto.md
+// "NBD_OPT_ABORT") or by the TLS and shutdown policies, and otherwise
+// with NBD_REP_ERR_TOO_BIG. Past maxDrainedOption, or for
+// NBD_OPT_EXPORT_NAME (which has no error reply), the connection is
+// closed.
+func (c *conn) refuseLongOption(oh protocol.OptionHeader) (done bool, err error) {
 	if oh.Opt == protocol.OptExportName || oh.Length > maxDrainedOption {
-		return violation("%v of %d bytes", oh.Opt, oh.Length)
+		return false, violation("%v of %d bytes", oh.Opt, oh.Length)
 	}
 	if _, err := io.CopyN(io.Discard, c.br, int64(oh.Length)); err != nil {
-		return fmt.Errorf("skip %v data: %w", oh.Opt, err)
+		return false, fmt.Errorf("skip %v data: %w", oh.Opt, err)
 	}
-	return c.optReply(oh.Opt, protocol.RepErrTooBig, fmt.Sprintf("option data longer than %d bytes", protocol.MaxOptionLen))
+	if oh.Opt == protocol.OptAbort {
+		return c.dispatchOption(oh.Opt, nil, false)
+	}
+	if refused, err := c.refuseByPolicy(oh.Opt); refused || err != nil {
+		return false, err
+	}
+	return false, c.optReply(oh.Opt, protocol.RepErrTooBig, fmt.Sprintf("option data longer than %d bytes", protocol.MaxOptionLen))
 }
 
 // refuseByPolicy answers options refused because of shutdown or a TLS
@@ -98,7 +113,7 @@ func (c *conn) refuseByPolicy(opt protocol.Opt) (bool, error) {
 		}
 		return true, c.optReply(opt, protocol.RepErrShutdown, "server is shutting down")
 	}
-	if c.srv.TLSMode == TLSRequire && !c.tls && opt != protocol.OptStartTLS {
+	if c.tlsMode() == TLSRequire && !c.tls && opt != protocol.OptStartTLS {
 		if opt == protocol.OptExportName {
 			return true, violation("NBD_OPT_EXPORT_NAME before TLS")
 		}
@@ -156,6 +171,7 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 		}
 		return false, err
 	}
+	c.selectMetaFor(exp)
 	c.exp = exp
 	return true, nil
 }
@@ -170,6 +186,9 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 	}
 	exp, err := c.openExport(req.Name)
 	if errors.Is(err, errTLSRequired) {
+		if c.tlsMode() == TLSOff { // NOTLS: never NBD_REP_ERR_TLS_REQD
+			return false, c.optReply(opt, protocol.RepErrPolicy, fmt.Sprintf("export %q requires TLS, which this connection cannot use", req.Name))
+		}
 		return false, c.optReply(opt, protocol.RepErrTLSReqd, fmt.Sprintf("export %q requires TLS", req.Name))
 	}
 	if err != nil {
@@ -191,6 +210,7 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 		}
 		return false, nil
 	}
+	c.selectMetaFor(exp)
 	c.exp = exp
 	return true, nil
 }
@@ -262,8 +282,8 @@ func (c *conn) optStructuredReply(data []byte) error {
 // discards all state negotiated before it.
 func (c *conn) optStartTLS(data []byte) error {
 	switch {
-	case c.srv.TLSMode == TLSOff || c.srv.TLSConfig == nil:
-		return c.optReply(protocol.OptStartTLS, protocol.RepErrPolicy, "TLS is not configured")
+	case c.tlsMode() == TLSOff || c.srv.TLSConfig == nil:
+		return c.optReply(protocol.OptStartTLS, protocol.RepErrPolicy, "TLS is not available on this connection")
 	case c.tls:
 		return c.optReply(protocol.OptStartTLS, protocol.RepErrInvalid, "TLS is already active")
 	case len(data) != 0:
@@ -295,7 +315,7 @@ func (c *conn) optReply(opt protocol.Opt, typ protocol.Rep, msg string) error {
 	if typ.IsError() {
 		c.log.Debug("option refused", "opt", opt, "reply", typ, "msg", msg)
 	}
-	c.replyBuf = append(c.replyBuf[:0], msg...)
+	c.replyBuf = append(c.replyBuf[:0], protocol.Message(msg, protocol.MaxStringLen)...)
 	return c.optReplyData(opt, typ, c.replyBuf)
 }
 
@@ -371,6 +391,16 @@ func (c *conn) listExports() ([]Export, error) {
 	}
 	more, err := c.srv.Source.List()
 	return append(exports, more...), err
+}
+
+// tlsMode is the TLS mode of this connection: the server's, unless the
+// client did not set NBD_FLAG_C_FIXED_NEWSTYLE, which leaves it NOTLS
+// (proto.md "Server-side requirements").
+func (c *conn) tlsMode() TLSMode {
+	if !c.fixed {
+		return TLSOff
+	}
+	return c.srv.TLSMode
 }
 
 // grow returns b resized to n bytes, reusing its storage when it can.

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
@@ -314,6 +315,8 @@ func TestMetaContext(t *testing.T) {
 		st := newServerTester(t, strategy, nil)
 		st.start()
 		base := map[string]uint32{protocol.MetaContextBaseAllocation: baseAllocationID}
+		// LIST's replies carry ID 0: "reserved and SHOULD be set to zero".
+		listed := map[string]uint32{protocol.MetaContextBaseAllocation: 0}
 		none := map[string]uint32{}
 
 		// SET before STRUCTURED_REPLY is refused (proto.md "NBD_OPT_SET_META_CONTEXT").
@@ -322,9 +325,9 @@ func TestMetaContext(t *testing.T) {
 			protocol.RepErrInvalid)
 
 		// LIST works before structured replies.
-		require.Equal(t, base, st.listMeta("mem"), "LIST with no queries")
-		require.Equal(t, base, st.listMeta("mem", "base:"), "LIST base:")
-		require.Equal(t, base, st.listMeta("mem", "qemu:dirty-bitmap:x", "base:allocation"), "LIST with an unknown namespace")
+		require.Equal(t, listed, st.listMeta("mem"), "LIST with no queries")
+		require.Equal(t, listed, st.listMeta("mem", "base:"), "LIST base:")
+		require.Equal(t, listed, st.listMeta("mem", "qemu:dirty-bitmap:x", "base:allocation"), "LIST with an unknown namespace")
 		require.Equal(t, none, st.listMeta("mem", "qemu:dirty-bitmap:x"), "LIST of unknown namespaces only")
 		st.option(protocol.OptListMetaContext, []byte{0, 0}, protocol.RepErrInvalid)
 		_ = st.option(protocol.OptListMetaContext,
@@ -353,6 +356,88 @@ func TestSetMetaContextReset(t *testing.T) {
 		st.blockStatus(1, 0, 512)
 		st.wantStructuredError(1, protocol.EINVAL)
 	})
+}
+
+// TestSetMetaContextFailureDeselects: a SET that fails still replaces the
+// selection ("including when this command fails").
+func TestSetMetaContextFailureDeselects(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		st := newServerTester(t, strategy, nil)
+		st.start()
+		st.structuredReply()
+		st.setMeta("mem", protocol.MetaContextBaseAllocation)
+		st.option(protocol.OptSetMetaContext,
+			protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: "missing", Queries: []string{"base:allocation"}}),
+			protocol.RepErrUnknown)
+		st.goExport("mem")
+		st.blockStatus(1, 0, 512)
+		st.wantStructuredError(1, protocol.EINVAL)
+	})
+}
+
+// TestMetaContextOtherExport: contexts selected for one export do not
+// carry over to another chosen with GO.
+func TestMetaContextOtherExport(t *testing.T) {
+	srv := func() *Server {
+		return &Server{Exports: []Export{{Name: "a", Backend: backend.NewMemory(4096)}, {Name: "b", Backend: backend.NewMemory(4096)}}}
+	}
+	for _, tc := range []struct {
+		set, selected string
+		want          protocol.Errno
+	}{
+		{"a", "b", protocol.EINVAL},
+		{"a", "a", protocol.EOK},
+	} {
+		st := newServerTester(t, "", srv())
+		st.start()
+		st.structuredReply()
+		st.setMeta(tc.set, protocol.MetaContextBaseAllocation)
+		st.goExport(tc.selected)
+		st.blockStatus(1, 0, 512)
+		if tc.want != protocol.EOK {
+			st.wantStructuredError(1, tc.want)
+			continue
+		}
+		require.Len(t, st.wantBlockStatus(1), 1, "SET on %q, GO %q", tc.set, tc.selected)
+	}
+}
+
+// TestMetaContextTooManyQueries: more queries than nbdd takes is
+// NBD_REP_ERR_TOO_BIG, not a malformed option.
+func TestMetaContextTooManyQueries(t *testing.T) {
+	st := newServerTester(t, "", nil)
+	st.start()
+	q := make([]string, protocol.MaxMetaContextQueries+1)
+	for i := range q {
+		q[i] = protocol.MetaContextBaseAllocation
+	}
+	st.option(protocol.OptListMetaContext,
+		protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: "mem", Queries: q}),
+		protocol.RepErrTooBig)
+	st.goExport("mem")
+}
+
+// TestOptionErrorMessageBounded: an error message that quotes what the
+// client sent stays a valid string of at most 4096 bytes.
+func TestOptionErrorMessageBounded(t *testing.T) {
+	st := newServerTester(t, "", nil)
+	st.start()
+	name := strings.Repeat("\xff", protocol.MaxStringLen) // %q makes each byte 4
+	_, rep := st.infoOrGoErr(protocol.OptInfo, name)
+	require.Equal(t, protocol.RepErrUnknown, rep.typ)
+	require.LessOrEqual(t, len(rep.data), protocol.MaxStringLen)
+	require.True(t, utf8.Valid(rep.data))
+	st.goExport("mem")
+}
+
+// TestMaxPayloadNotBelowPreferred: the advertised maximum payload is never
+// below the preferred block size, whatever MaxRequestSize asks.
+func TestMaxPayloadNotBelowPreferred(t *testing.T) {
+	st := newServerTester(t, "", &Server{MaxRequestSize: 1024})
+	st.start()
+	bs := st.info("mem", protocol.InfoBlockSize).blockSize
+	require.NotNil(t, bs)
+	require.GreaterOrEqual(t, bs.Max, bs.Preferred, "%+v", *bs)
 }
 
 func TestStartTLSWithoutConfig(t *testing.T) {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"strings"
 
 	"github.com/nbdd/nbdd/backend"
@@ -20,10 +21,17 @@ const maxExtents = 1024
 // context, base:allocation; queries in other namespaces are ignored.
 func (c *conn) optMetaContext(opt protocol.Opt, data []byte) error {
 	set := opt == protocol.OptSetMetaContext
+	if set {
+		// SET replaces the selection even when it fails.
+		c.metaBase, c.metaExport = false, ""
+	}
 	if set && !c.structured {
 		return c.optReply(opt, protocol.RepErrInvalid, "structured replies must be negotiated first")
 	}
 	req, err := protocol.DecodeMetaContextRequest(data)
+	if errors.Is(err, protocol.ErrTooManyQueries) {
+		return c.optReply(opt, protocol.RepErrTooBig, err.Error())
+	}
 	if err != nil {
 		return c.optReply(opt, protocol.RepErrInvalid, err.Error())
 	}
@@ -35,16 +43,27 @@ func (c *conn) optMetaContext(opt protocol.Opt, data []byte) error {
 		exp.close()
 	}
 	match := matchesBaseAllocation(req.Queries, set)
+	id := uint32(0) // LIST's replies carry no ID ("reserved, SHOULD be zero")
 	if set {
-		c.metaBase = match
+		c.metaBase, c.metaExport, id = match, exp.Name, baseAllocationID
 	}
 	if match {
-		c.replyBuf = protocol.AppendMetaContext(c.replyBuf[:0], baseAllocationID, protocol.MetaContextBaseAllocation)
+		c.replyBuf = protocol.AppendMetaContext(c.replyBuf[:0], id, protocol.MetaContextBaseAllocation)
 		if err := c.optReplyData(opt, protocol.RepMetaContext, c.replyBuf); err != nil {
 			return err
 		}
 	}
 	return c.optReply(opt, protocol.RepAck, "")
+}
+
+// selectMetaFor keeps the contexts selected with SET only if exp is the
+// export they were selected for: a client MUST NOT use BLOCK_STATUS
+// otherwise (proto.md "NBD_CMD_BLOCK_STATUS"), and nbdd then answers it
+// with EINVAL, as nbdkit and qemu-nbd do.
+func (c *conn) selectMetaFor(exp *openExport) {
+	if c.metaExport != exp.Name {
+		c.metaBase = false
+	}
 }
 
 // matchesBaseAllocation reports whether the queries select base:allocation.

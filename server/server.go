@@ -70,8 +70,11 @@ type Server struct {
 	DefaultExport string
 
 	// MaxRequestSize bounds READ and WRITE lengths; 0 means
-	// protocol.DefaultMaxPayload (32 MiB). Values above
-	// MaxRequestSizeLimit (1 GiB) are taken as that.
+	// protocol.DefaultMaxPayload (32 MiB). Values outside
+	// [MinRequestSizeLimit, MaxRequestSizeLimit] (64 KiB, 1 GiB) are
+	// taken as the nearer bound. A WRITE above it but within 32 MiB gets
+	// an EINVAL reply, its payload read and dropped; only a larger one
+	// ends the connection (proto.md "Size constraints").
 	MaxRequestSize uint32
 	// QueueDepth bounds requests in flight per connection; 0 means
 	// DefaultQueueDepth.
@@ -191,7 +194,7 @@ func (s *Server) logger() *slog.Logger {
 
 func (s *Server) maxRequestSize() uint32 {
 	if s.MaxRequestSize != 0 {
-		return min(s.MaxRequestSize, MaxRequestSizeLimit)
+		return min(max(s.MaxRequestSize, MinRequestSizeLimit), MaxRequestSizeLimit)
 	}
 	return protocol.DefaultMaxPayload
 }
@@ -201,6 +204,12 @@ func (s *Server) maxRequestSize() uint32 {
 // offset (proto.md "NBD_CMD_READ"), and no sane client asks for more than
 // a few MiB at once (nbdkit and qemu-nbd cap requests at 32 MiB).
 const MaxRequestSizeLimit = 1 << 30
+
+// MinRequestSizeLimit is the smallest Server.MaxRequestSize: the largest
+// minimum block size the spec allows (2^16), so that the advertised
+// maximum payload is never below the preferred block size, as it must
+// not be (proto.md "Size constraints").
+const MinRequestSizeLimit = 64 << 10
 
 func (s *Server) queueDepth() int {
 	if s.QueueDepth > 0 {

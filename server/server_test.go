@@ -429,11 +429,15 @@ func TestSocketReads(t *testing.T) {
 	})
 }
 
-// TestMaxRequestSizeLimit: the zero value means 32 MiB, and values beyond
-// what one OFFSET_DATA chunk can carry are capped.
+// TestMaxRequestSizeLimit: the zero value means 32 MiB, values beyond
+// what one OFFSET_DATA chunk can carry are capped, and values below the
+// largest preferred block size are raised to it.
 func TestMaxRequestSizeLimit(t *testing.T) {
 	for _, tc := range []struct{ set, want uint32 }{
 		{0, protocol.DefaultMaxPayload},
+		{1, MinRequestSizeLimit},
+		{1024, MinRequestSizeLimit},
+		{MinRequestSizeLimit, MinRequestSizeLimit},
 		{1 << 20, 1 << 20},
 		{MaxRequestSizeLimit, MaxRequestSizeLimit},
 		{math.MaxUint32, MaxRequestSizeLimit},

@@ -126,3 +126,57 @@ func TestTLSHandshakeFailure(t *testing.T) {
 	}
 	st.wantServeResult(func(err error) bool { return err != nil }, "a TLS handshake error")
 }
+
+// TestTLSModePerConnection: a client that did not set
+// NBD_FLAG_C_FIXED_NEWSTYLE is served in NOTLS mode (proto.md
+// "Server-side requirements"), and in NOTLS mode no option is answered
+// with NBD_REP_ERR_TLS_REQD.
+func TestTLSModePerConnection(t *testing.T) {
+	t.Run("require closes a non-fixed client", func(t *testing.T) {
+		st := newServerTester(t, "", tlsServer(TLSRequire))
+		st.wantGreeting()
+		st.sendClientFlags(0)
+		st.wantClosed()
+	})
+	t.Run("on serves a non-fixed client without TLS", func(t *testing.T) {
+		st := newServerTester(t, "", tlsServer(TLSOn))
+		st.wantGreeting()
+		st.sendClientFlags(0)
+		st.option(protocol.OptStartTLS, nil, protocol.RepErrPolicy)
+		st.option(protocol.OptInfo, protocol.AppendExportRequest(nil, protocol.ExportRequest{Name: "secret"}), protocol.RepErrPolicy)
+		st.goExport("pub")
+	})
+	t.Run("off never answers TLS_REQD", func(t *testing.T) {
+		srv := tlsServer(TLSOff)
+		srv.TLSConfig = nil
+		st := newServerTester(t, "", srv)
+		st.start()
+		st.option(protocol.OptGo, protocol.AppendExportRequest(nil, protocol.ExportRequest{Name: "secret"}), protocol.RepErrPolicy)
+		st.goExport("pub")
+	})
+}
+
+// TestOversizedOptionPolicies: an option too long to read is skipped, then
+// answered as its kind would be: TLS_REQD before TLS under FORCEDTLS, ACK
+// for ABORT, TOO_BIG otherwise.
+func TestOversizedOptionPolicies(t *testing.T) {
+	long := make([]byte, protocol.MaxOptionLen+1)
+	t.Run("forced TLS", func(t *testing.T) {
+		st := newServerTester(t, "", tlsServer(TLSRequire))
+		st.start()
+		st.option(protocol.OptInfo, long, protocol.RepErrTLSReqd)
+		st.option(999, long, protocol.RepErrTLSReqd)
+	})
+	t.Run("abort", func(t *testing.T) {
+		st := newServerTester(t, "", nil)
+		st.start()
+		st.option(protocol.OptAbort, long, protocol.RepAck)
+		st.wantClosed()
+	})
+	t.Run("too big", func(t *testing.T) {
+		st := newServerTester(t, "", nil)
+		st.start()
+		st.option(protocol.OptInfo, long, protocol.RepErrTooBig)
+		st.goExport("mem")
+	})
+}

@@ -29,8 +29,12 @@ var cmdRules = [...]cmdRule{
 // validate checks a request against the export before anything is
 // allocated for it (proto.md "Request types" and "Error values"). It
 // returns nil for a valid request, a *requestError to answer, or a
-// protocolError for a WRITE whose payload is too large to skip: reading
-// it would mean trusting a length the client had no right to send.
+// protocolError for a WRITE whose payload is too large to skip: above
+// both the maximum payload and 32 MiB, the length the spec says is never
+// to be taken for a denial of service (proto.md "Size constraints").
+// Below that, a WRITE over the maximum is answered with EINVAL and its
+// payload is read and dropped: a client that never asked for the block
+// size constraints must get a clean error.
 func validate(req protocol.Request, exp *openExport, maxPayload uint32, structured, metaBase bool) error {
 	var rule cmdRule
 	if int(req.Type) < len(cmdRules) {
@@ -39,7 +43,7 @@ func validate(req protocol.Request, exp *openExport, maxPayload uint32, structur
 	if !rule.known {
 		return reject(protocol.EINVAL, "unknown command %v", req.Type)
 	}
-	if rule.payload && req.Length > maxPayload {
+	if rule.payload && req.Length > max(maxPayload, protocol.DefaultMaxPayload) {
 		return violation("%v of %d bytes exceeds the maximum of %d", req.Type, req.Length, maxPayload)
 	}
 	if bad := req.Flags &^ (rule.flags | protocol.CmdFlagFUA); bad != 0 {

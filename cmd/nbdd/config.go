@@ -72,7 +72,7 @@ func sendBufferFlag(v string) (int, error) {
 // limits applies the sizes, timeouts and the buffer strategy.
 func (cfg *config) limits(c *cli.Context) error {
 	s := cfg.srv
-	maxReq, err := sizeFlag(c, "max-request-size", 512, 1<<30)
+	maxReq, err := sizeFlag(c, "max-request-size", server.MinRequestSizeLimit, server.MaxRequestSizeLimit)
 	if err != nil {
 		return err
 	}
@@ -157,6 +157,9 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 		if e.Name == spec.name {
 			return usage("export %q is configured twice", spec.name)
 		}
+	}
+	if spec.has("tls-only") && cfg.srv.TLSMode == server.TLSOff {
+		return usage("export %q is tls-only, which needs --tls on or --tls require", spec.name)
 	}
 	b, err := open(spec)
 	if err != nil {

@@ -48,8 +48,11 @@ func TestBadRequests(t *testing.T) {
 			{name: "write to read-only", export: "ro", req: protocol.Request{Type: protocol.CmdWrite, Length: 4096}, payload: big, want: protocol.EPERM},
 			{name: "trim read-only", export: "ro", req: protocol.Request{Type: protocol.CmdTrim, Length: 4096}, want: protocol.EPERM},
 			{name: "zero read-only", export: "ro", req: protocol.Request{Type: protocol.CmdWriteZeroes, Length: 4096}, want: protocol.EPERM},
-			// A WRITE longer than the maximum is a framing violation: the
-			// server must close without reading (or allocating) it.
+			// A WRITE longer than the maximum but within 32 MiB gets EINVAL,
+			// its payload drained (proto.md "Size constraints"); a longer one
+			// is a framing violation: the server must close without reading
+			// (or allocating) it.
+			{name: "write over the maximum", req: protocol.Request{Type: protocol.CmdWrite, Length: 2 * badMaxRequest}, payload: make([]byte, 2*badMaxRequest), want: protocol.EINVAL},
 			{name: "oversized write", req: protocol.Request{Type: protocol.CmdWrite, Length: 64 << 20}},
 			{name: "bad magic", raw: badMagic()},
 			{name: "truncated header", raw: []byte{0x25, 0x60, 0x95, 0x13, 0, 0}},

@@ -58,6 +58,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"bad listen URL", []string{"--listen", "ftp://host:1"}, nil, "ftp://host:1"},
 		{"bad queue depth", []string{"--queue-depth", "0"}, nil, "queue-depth"},
 		{"bad max request size", []string{"--max-request-size", "lots"}, nil, "lots"},
+		{"max request size below 64 KiB", []string{"--max-request-size", "1KiB"}, nil, "max-request-size"},
+		{"tls-only export without TLS", []string{"--memory", "s=1M,tls-only"}, nil, "tls-only"},
 		{"bad send buffer", []string{"--send-buffer", "big"}, nil, "big"},
 		{"negative backend calls", []string{"--max-backend-calls", "-3"}, nil, "max-backend-calls"},
 		{"tiny send buffer", []string{"--send-buffer", "12"}, nil, "send-buffer"},

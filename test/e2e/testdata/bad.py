@@ -1,8 +1,11 @@
 # Run by nbdsh against an export whose maximum request size is
 # $MAX_REQUEST. With libnbd's strict mode off, out-of-range and oversized
 # requests reach the server: reads past the end and oversized reads get
-# EINVAL, writes past the end ENOSPC, and the connection survives; an
-# oversized write is a framing violation and the server disconnects. A
+# EINVAL, writes past the end ENOSPC, and the connection survives; so does
+# a write over the maximum but within 32 MiB, which gets EINVAL (proto.md
+# "Size constraints": a client that did not negotiate sizes gets a clean
+# error); a write over 32 MiB too is a framing violation and the server
+# disconnects. A
 # second connection to $URI must then be served. Prints "OK" on success.
 import errno
 import os
@@ -23,8 +26,11 @@ alive(h, "after zero past end")
 expect_errno("oversized read", errno.EINVAL, lambda: h.pread(2 * maxreq, 0))
 alive(h, "after oversized read")
 
+expect_errno("write over the maximum", errno.EINVAL, lambda: h.pwrite(bytes(2 * maxreq), 0))
+alive(h, "after write over the maximum")
+
 try:
-    h.pwrite(bytes(2 * maxreq), 0)
+    h.pwrite(bytes(32 * 1024 * 1024 + 4096), 0)
     fail("oversized write succeeded; want a disconnect")
 except nbd.Error as e:
     print("oversized write:", e)
