@@ -87,6 +87,16 @@ func (cfg *config) limits(c *cli.Context) error {
 	if s.SendBuffer, err = sendBufferFlag(c.String("send-buffer")); err != nil {
 		return err
 	}
+	for _, name := range []string{"handshake-timeout", "idle-timeout", "shutdown-timeout"} {
+		if d := c.Duration(name); d < 0 {
+			return usage("--%s %v: want 0 or more", name, d)
+		}
+	}
+	for _, name := range []string{"max-connections", "max-connections-per-host"} {
+		if n := c.Int(name); n < 0 {
+			return usage("--%s %d: want 0 (no limit) or more", name, n)
+		}
+	}
 	s.HandshakeTimeout, s.IdleTimeout = c.Duration("handshake-timeout"), c.Duration("idle-timeout")
 	s.MaxConns, s.MaxConnsPerHost = c.Int("max-connections"), c.Int("max-connections-per-host")
 	s.NoStructuredReplies = c.Bool("no-structured-replies")
@@ -158,6 +168,9 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 			return usage("export %q is configured twice", spec.name)
 		}
 	}
+	if readOnly {
+		spec.opts["ro"] = "" // --read-only: opened read-only too, not only served so
+	}
 	if spec.has("tls-only") && cfg.srv.TLSMode == server.TLSOff {
 		return usage("export %q is tls-only, which needs --tls on or --tls require", spec.name)
 	}
@@ -175,7 +188,7 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 		Name:        spec.name,
 		Description: spec.opts["description"],
 		Backend:     b,
-		ReadOnly:    readOnly || spec.has("ro"),
+		ReadOnly:    spec.has("ro"),
 		TLSOnly:     spec.has("tls-only"),
 	})
 	return nil

@@ -6,8 +6,8 @@ import (
 )
 
 // exportSpec is one --export or --memory value: NAME=VALUE followed by
-// comma-separated options, each key or key=value. A description may hold
-// commas only as the last option.
+// comma-separated options, each a bare key, or description=TEXT, which
+// takes the rest of the value, commas and all, so it must come last.
 type exportSpec struct {
 	name, value string
 	opts        map[string]string
@@ -41,6 +41,9 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 		}
 		if !contains(knownExportOpts[kind], key) {
 			return exportSpec{}, fmt.Errorf("--%s %q: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
+		}
+		if key != "description" && strings.Contains(parts[i], "=") {
+			return exportSpec{}, fmt.Errorf("--%s %q: option %q takes no value", kind, s, key)
 		}
 		spec.opts[key] = val
 	}

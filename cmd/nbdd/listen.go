@@ -22,11 +22,15 @@ type listener struct {
 }
 
 // uri is the NBD URI of export name on l (doc/uri.md in the nbd repository).
-func (l *listener) uri(name string) string {
-	if l.network == "unix" {
-		return "nbd+unix:///" + url.PathEscape(name) + "?socket=" + l.addr
+func (l *listener) uri(name string, tls bool) string {
+	scheme := "nbd"
+	if tls {
+		scheme = "nbds" // doc/uri.md: the client must use TLS
 	}
-	return "nbd://" + l.Addr().String() + "/" + url.PathEscape(name)
+	if l.network == "unix" {
+		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + l.addr
+	}
+	return scheme + "://" + l.Addr().String() + "/" + url.PathEscape(name)
 }
 
 func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, error) {

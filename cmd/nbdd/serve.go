@@ -38,8 +38,8 @@ func serveCommand() *cli.Command {
 func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
-		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH[,ro][,description=TEXT][,direct][,load][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_EXPORT"}},
-		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE[,ro][,description=TEXT][,ksm][,tls-only]` (repeatable)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,tls-only][,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,tls-only][,description=TEXT] (repeatable; description last)", EnvVars: []string{"NBDD_MEMORY"}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
 		&cli.BoolFlag{Name: "read-only", Usage: "make every export read-only", EnvVars: []string{"NBDD_READ_ONLY"}},
@@ -51,7 +51,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "memory-budget", Value: "256MiB", Usage: "request buffer `SIZE` held across all connections", EnvVars: []string{"NBDD_MEMORY_BUDGET"}},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, Usage: "time a client has to finish the handshake", EnvVars: []string{"NBDD_HANDSHAKE_TIMEOUT"}},
 		&cli.DurationFlag{Name: "idle-timeout", Usage: "close connections idle, or whose client reads no reply, this long (0: never)", EnvVars: []string{"NBDD_IDLE_TIMEOUT"}},
-		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, Usage: "time in-flight requests get to finish on SIGTERM", EnvVars: []string{"NBDD_SHUTDOWN_TIMEOUT"}},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, Usage: "time in-flight requests get to finish on SIGTERM, SIGINT or SIGHUP", EnvVars: []string{"NBDD_SHUTDOWN_TIMEOUT"}},
 		&cli.IntFlag{Name: "max-connections", Value: 1024, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
 		&cli.IntFlag{Name: "max-backend-calls", Value: server.DefaultMaxBackendCalls, Usage: "backend calls running at once on their own goroutines, server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_BACKEND_CALLS"}},
 		&cli.IntFlag{Name: "max-connections-per-host", Value: 256, Usage: "connections per client host (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
@@ -63,7 +63,7 @@ func serveFlags() []cli.Flag {
 	}, append(tlsFlags(), ksmFlags()...)...)
 }
 
-// serve runs the server until a signal: the first SIGINT or SIGTERM
+// serve runs the server until a signal: the first SIGINT, SIGTERM or SIGHUP
 // shuts down gracefully within --shutdown-timeout, a second exits at once.
 func serve(c *cli.Context) error {
 	if c.NArg() > 0 {
@@ -112,12 +112,13 @@ func announce(c *cli.Context, cfg *config, listeners []*listener) {
 	for _, e := range cfg.srv.Exports {
 		size, _ := e.Backend.Size()
 		for _, l := range listeners {
-			fmt.Fprintf(c.App.Writer, "nbdd: export %q (%s%s) at %s\n", e.Name, formatSize(size), roSuffix(e.ReadOnly), l.uri(e.Name))
+			tls := cfg.srv.TLSMode == server.TLSRequire || e.TLSOnly
+			fmt.Fprintf(c.App.Writer, "nbdd: export %q (%s%s) at %s\n", e.Name, formatSize(size), roSuffix(e.ReadOnly), l.uri(e.Name, tls))
 		}
 	}
 	if cfg.dir != "" {
 		for _, l := range listeners {
-			fmt.Fprintf(c.App.Writer, "nbdd: files of %s at %s\n", cfg.dir, l.uri("FILENAME"))
+			fmt.Fprintf(c.App.Writer, "nbdd: files of %s at %s\n", cfg.dir, l.uri("FILENAME", cfg.srv.TLSMode == server.TLSRequire))
 		}
 	}
 }
@@ -131,7 +132,8 @@ func roSuffix(ro bool) string {
 
 func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger) error {
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a closed terminal must not lose unflushed writes.
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	errs := make(chan error, len(listeners))
 	var wg sync.WaitGroup

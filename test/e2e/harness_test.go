@@ -142,11 +142,13 @@ func announcements(args []string) int {
 }
 
 // uri returns the announced URI of export name whose scheme starts with
-// scheme ("nbd+unix" or "nbd:").
+// scheme ("nbd+unix" or "nbd:"), or with its TLS form ("nbds+unix",
+// "nbds:"), which nbdd announces for exports that need TLS.
 func (s *nbdd) uri(t *testing.T, name, scheme string) string {
 	t.Helper()
+	tlsScheme := strings.Replace(scheme, "nbd", "nbds", 1)
 	for _, u := range s.uris[name] {
-		if strings.HasPrefix(u, scheme) {
+		if strings.HasPrefix(u, scheme) || strings.HasPrefix(u, tlsScheme) {
 			return u
 		}
 	}

@@ -1,10 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,7 +116,13 @@ func TestUnknownExport(t *testing.T) {
 // TestReadOnlyFlag checks --read-only: every export is read-only, says so,
 // and refuses writes with EPERM while reads work.
 func TestReadOnlyFlag(t *testing.T) {
-	s := startNBDD(t, "--read-only", "--memory", "a=1M", "--export", "f="+sparseFile(t, t.TempDir(), 1<<20))
+	file := sparseFile(t, t.TempDir(), 1<<20)
+	s := startNBDD(t, "--read-only", "--memory", "a=1M", "--export", "f="+file)
+	// The file is opened read-only, not only served so: a file the
+	// server may not write can be exported with --read-only.
+	if mode := openMode(t, s.cmd.Process.Pid, file); mode != os.O_RDONLY {
+		t.Errorf("--read-only: %s opened with access mode %d; want O_RDONLY", file, mode)
+	}
 	for _, name := range []string{"a", "f"} {
 		c := dialRaw(t, s.sock, name)
 		if c.flags&protocol.FlagReadOnly == 0 {
@@ -120,5 +132,73 @@ func TestReadOnlyFlag(t *testing.T) {
 			t.Errorf("WRITE to %s under --read-only: %v; want NBD_EPERM", name, errno)
 		}
 		readBack(t, c, 0, make([]byte, 512), "read-only export "+name)
+	}
+}
+
+// openMode returns the access mode (O_RDONLY, O_WRONLY or O_RDWR) with
+// which process pid holds path open, from /proc/PID/fdinfo.
+func openMode(t *testing.T, pid int, path string) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil || target != path {
+			continue
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return int(flags) & syscall.O_ACCMODE
+			}
+		}
+	}
+	t.Fatalf("process %d does not hold %s open", pid, path)
+	return -1
+}
+
+// TestSIGHUPShutsDownCleanly: a hangup (the terminal of a foreground nbdd
+// closed) shuts down like SIGTERM, so a load export's unflushed writes
+// reach its file and the socket is removed.
+func TestSIGHUPShutsDownCleanly(t *testing.T) {
+	img := sparseFile(t, t.TempDir(), 1<<20)
+	s := startNBDD(t, "--export", "a="+img+",load")
+	c := dialRaw(t, s.sock, "a")
+	data := make([]byte, 4096)
+	for i := range data {
+		data[i] = byte(i*7 + 1)
+	}
+	if errno, _ := c.mustDo(t, protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Offset: 8192, Length: 4096}, data); errno != protocol.EOK {
+		t.Fatalf("WRITE: %v", errno)
+	}
+	c.conn.Close() // no FLUSH, no DISC
+	s.exited = true // checked here
+	if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	if !s.exitedWithin(stopTimeout) {
+		t.Fatalf("nbdd still running %v after SIGHUP", stopTimeout)
+	}
+	if err := s.wait(); err != nil {
+		t.Fatalf("nbdd after SIGHUP: %v; want exit status 0\nstderr:\n%s", err, s.stderr)
+	}
+	got, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[8192:8192+4096], data) {
+		t.Errorf("the write before SIGHUP did not reach %s", img)
+	}
+	if _, err := os.Stat(s.sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket %s left behind after SIGHUP: %v", s.sock, err)
 	}
 }

@@ -146,6 +146,13 @@ func (p *p5pki) serverArgs(mode string, verify bool) []string {
 	return args
 }
 
+// plainURI is the plaintext form of an announced URI, for a client that
+// tries without TLS.
+func plainURI(uri string) string {
+	uri = strings.Replace(uri, "nbds+unix://", "nbd+unix://", 1)
+	return strings.Replace(uri, "nbds://", "nbd://", 1)
+}
+
 // p5tlsURI turns an announced nbd:// or nbd+unix:// URI into its nbds
 // form with tls-certificates=dir.
 func p5tlsURI(uri, dir string) string {
@@ -193,6 +200,11 @@ func TestTLSRequire(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := startNBDD(t, append([]string{"--listen", "tcp://127.0.0.1:0", "--export", "disk=" + img}, pki.serverArgs("require", true)...)...)
+	for _, u := range []string{s.unixURI(t, "disk"), s.tcpURI(t, "disk")} {
+		if !strings.HasPrefix(u, "nbds") {
+			t.Errorf("announced %s under --tls require; want an nbds URI (doc/uri.md)", u)
+		}
+	}
 	unixTLS := p5tlsURI(s.unixURI(t, "disk"), pki.dir)
 	tcpTLS := p5tlsURI(s.tcpURI(t, "disk"), pki.dir)
 
@@ -233,9 +245,9 @@ func TestTLSRequire(t *testing.T) {
 
 	t.Run("plaintext-refused", func(t *testing.T) {
 		for _, c := range []command{
-			{name: "nbdinfo", args: []string{s.unixURI(t, "disk")}},
-			{name: "nbdinfo", args: []string{s.tcpURI(t, "disk")}},
-			{name: "nbdinfo", args: []string{"--list", s.unixURI(t, "disk")}},
+			{name: "nbdinfo", args: []string{plainURI(s.unixURI(t, "disk"))}},
+			{name: "nbdinfo", args: []string{plainURI(s.tcpURI(t, "disk"))}},
+			{name: "nbdinfo", args: []string{"--list", plainURI(s.unixURI(t, "disk"))}},
 		} {
 			out := p5refused(t, c)
 			if strings.Contains(out, "export-size") {
@@ -243,7 +255,7 @@ func TestTLSRequire(t *testing.T) {
 			}
 			t.Logf("%s: %s", c, strings.TrimSpace(out))
 		}
-		out := p5refused(t, command{name: "qemu-img", args: []string{"info", "-f", "raw", s.tcpURI(t, "disk")}})
+		out := p5refused(t, command{name: "qemu-img", args: []string{"info", "-f", "raw", plainURI(s.tcpURI(t, "disk"))}})
 		if !strings.Contains(out, "TLS") {
 			t.Errorf("qemu-img without TLS: %q; want a message about TLS", out)
 		}
@@ -271,7 +283,7 @@ func TestTLSRequire(t *testing.T) {
 		if err := os.WriteFile(psk, []byte("alice:"+strings.Repeat("0123456789abcdef", 4)+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		uri := strings.Replace(s.unixURI(t, "disk"), "nbd+unix:///", "nbds+unix://alice@/", 1) + "&tls-psk-file=" + psk
+		uri := strings.Replace(plainURI(s.unixURI(t, "disk")), "nbd+unix:///", "nbds+unix://alice@/", 1) + "&tls-psk-file=" + psk
 		out := p5refused(t, command{name: "nbdinfo", args: []string{uri}})
 		t.Logf("TLS-PSK client: %s", strings.TrimSpace(out))
 		if !s.stderr.waitFor("TLS-PSK is not supported", 5*time.Second) {
@@ -312,7 +324,11 @@ func TestTLSSelective(t *testing.T) {
 	if info := nbdinfo(t, plain); info.TLS || len(info.Exports) != 1 || info.Exports[0].Size != 1<<20 {
 		t.Errorf("plaintext nbdinfo pub: TLS %v, %+v; want a plaintext 1 MiB export", info.TLS, info.Exports)
 	}
-	out := p5refused(t, command{name: "nbdinfo", args: []string{s.unixURI(t, "secret")}})
+	secret := s.unixURI(t, "secret")
+	if !strings.HasPrefix(secret, "nbds+unix://") || !strings.HasPrefix(plain, "nbd+unix://") {
+		t.Errorf("announced %s and %s; want nbds for the tls-only export only", plain, secret)
+	}
+	out := p5refused(t, command{name: "nbdinfo", args: []string{plainURI(secret)}})
 	if strings.Contains(out, "export-size") {
 		t.Errorf("plaintext nbdinfo secret showed the export:\n%s", out)
 	}
