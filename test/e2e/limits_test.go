@@ -180,7 +180,7 @@ func TestSIGHUPShutsDownCleanly(t *testing.T) {
 	if errno, _ := c.mustDo(t, protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Offset: 8192, Length: 4096}, data); errno != protocol.EOK {
 		t.Fatalf("WRITE: %v", errno)
 	}
-	c.conn.Close() // no FLUSH, no DISC
+	c.conn.Close()  // no FLUSH, no DISC
 	s.exited = true // checked here
 	if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
