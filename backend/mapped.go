@@ -309,6 +309,10 @@ func (m *Mapped) Sync() error {
 	return nil
 }
 
+// SyncWaits reports whether Sync writes to a file (a persistent export,
+// see LoadMapped), which may wait on its device.
+func (m *Mapped) SyncWaits() bool { return m.file != nil }
+
 // fdatasync is unix.Fdatasync; tests replace it to make it fail.
 var fdatasync = unix.Fdatasync
 

@@ -10,6 +10,14 @@ type NonBlocker interface {
 	NonBlocking() bool
 }
 
+// SyncWaiter is implemented by NonBlocker backends whose Sync may still
+// wait on I/O: a memory image written back to a file on FLUSH. The server
+// then runs their FLUSH and FUA requests on goroutines of their own, so a
+// write-back never stalls the requests behind it.
+type SyncWaiter interface {
+	SyncWaits() bool
+}
+
 // NonBlocking reports true: Memory never waits on I/O.
 func (m *Memory) NonBlocking() bool { return true }
 

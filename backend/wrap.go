@@ -99,6 +99,12 @@ func (w wrapper) NonBlocking() bool {
 	return ok && nb.NonBlocking()
 }
 
+// SyncWaits delegates, or reports false.
+func (w wrapper) SyncWaits() bool {
+	sw, ok := w.Backend.(SyncWaiter)
+	return ok && sw.SyncWaits()
+}
+
 // readOnly is the decorator returned by ReadOnly.
 type readOnly struct {
 	wrapper
@@ -106,7 +112,7 @@ type readOnly struct {
 
 // ReadOnly returns b with every write refused with ErrReadOnly: WriteAt,
 // WriteAtFUA, Trim and WriteZeroes. Reads, Sync and the other capabilities
-// (Extents, Cache, CanMultiConn, MinBlockSize, NonBlocking) pass through to
+// (Extents, Cache, CanMultiConn, MinBlockSize, NonBlocking, SyncWaits) pass through to
 // b, so type assertions on the result find them; where b lacks one, the
 // result answers with a safe default: one data extent, a no-op Cache, no
 // multi-conn, a block size of 1, possibly blocking. ReadOnly reports true.

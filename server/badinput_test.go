@@ -4,11 +4,13 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -363,5 +365,30 @@ func TestSparseReadError(t *testing.T) {
 		require.Contains(t, st.wantStructuredError(2, protocol.EIO), "injected")
 		st.read(3, 2*65536, 65536)
 		st.wantStructuredRead(3, 2*65536, make([]byte, 65536))
+	})
+}
+
+// TestUnalignedRefusedOnDirectExport: an O_DIRECT export's minimum block
+// size binds READ and WRITE even for a client that did not ask for block
+// sizes: an unaligned request gets EINVAL before any of it is done, even
+// when it would be streamed (so a READ's header never goes out ahead of a
+// failure, and a WRITE never lands in part).
+func TestUnalignedRefusedOnDirectExport(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		path := filepath.Join(t.TempDir(), "img")
+		require.NoError(t, os.WriteFile(path, make([]byte, 1<<20), 0o600))
+		f, err := backend.OpenFileDirect(path, false)
+		if err != nil {
+			testenv.SkipOutsideCI(t, "filesystem of %s lacks O_DIRECT: %v", path, err)
+		}
+		t.Cleanup(func() { f.Close() })
+		st := newServerTester(t, strategy, &Server{Exports: []Export{{Name: "d", Backend: f}}})
+		st.handshake("d") // GO without NBD_INFO_BLOCK_SIZE
+		st.read(1, 0, 4096+100)
+		st.wantReply(1, protocol.EINVAL)
+		st.write(2, 0, pattern(4096+100, 9))
+		st.wantReply(2, protocol.EINVAL)
+		st.read(3, 0, 4096)
+		st.wantRead(3, make([]byte, 4096))
 	})
 }

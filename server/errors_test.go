@@ -66,6 +66,8 @@ func TestValidate(t *testing.T) {
 	rw := &openExport{Export: &Export{Name: "rw"}, caps: caps{size: size, trimmer: backend.NewMemory(size)}}
 	ro := &openExport{Export: &Export{Name: "ro"}, caps: caps{size: size, readOnly: true}}
 	noTrim := &openExport{Export: &Export{Name: "notrim"}, caps: caps{size: size}}
+	direct := &openExport{Export: &Export{Name: "direct"}, caps: caps{size: size, minBlock: 512}}
+	fast := &openExport{Export: &Export{Name: "fast"}, caps: caps{size: size, fastZero: true}}
 	req := func(typ protocol.Cmd, flags protocol.CmdFlag, off uint64, n uint32) protocol.Request {
 		return protocol.Request{Type: typ, Flags: flags, Offset: off, Length: n}
 	}
@@ -93,6 +95,14 @@ func TestValidate(t *testing.T) {
 		{"read DF simple", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, false, false, protocol.EINVAL},
 		{"read DF structured", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, true, false, ok},
 		{"read NO_HOLE", req(protocol.CmdRead, protocol.CmdFlagNoHole, 0, 1), rw, false, false, protocol.EINVAL},
+		// A minimum block size binds READ and WRITE even for a client that
+		// never asked for it: an error reply, not a failure half way.
+		{"read aligned", req(protocol.CmdRead, 0, 512, 4096), direct, false, false, ok},
+		{"read unaligned length", req(protocol.CmdRead, 0, 0, 4096+100), direct, false, false, protocol.EINVAL},
+		{"read unaligned offset", req(protocol.CmdRead, 0, 100, 512), direct, false, false, protocol.EINVAL},
+		{"write unaligned", req(protocol.CmdWrite, 0, 0, 4096+100), direct, false, false, protocol.EINVAL},
+		{"write aligned", req(protocol.CmdWrite, 0, 4096, 1024), direct, false, false, ok},
+		{"trim unaligned", req(protocol.CmdTrim, 0, 100, 100), &openExport{Export: &Export{}, caps: caps{size: size, minBlock: 512, trimmer: backend.NewMemory(size)}}, false, false, ok},
 		{"read read-only", req(protocol.CmdRead, 0, 0, 1), ro, false, false, ok},
 		{"write", req(protocol.CmdWrite, protocol.CmdFlagFUA, 0, 1), rw, false, false, ok},
 		// Over the maximum but within 32 MiB: an error reply, the payload
@@ -120,8 +130,11 @@ func TestValidate(t *testing.T) {
 		{"cache empty", req(protocol.CmdCache, 0, size, 0), rw, false, false, ok},
 		{"cache past end", req(protocol.CmdCache, 0, size, 1), rw, false, false, protocol.EINVAL},
 		{"zero", req(protocol.CmdWriteZeroes, protocol.CmdFlagNoHole, 0, size), rw, false, false, ok},
-		{"zero fast", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), rw, false, false, ok},
-		{"zero fast no-hole", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), rw, false, false, protocol.ENOTSUP},
+		{"zero fast", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), fast, false, false, ok},
+		{"zero fast no-hole", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), fast, false, false, protocol.ENOTSUP},
+		// Not advertised: EINVAL, not ENOTSUP (proto.md "NBD_CMD_WRITE_ZEROES").
+		{"zero fast not advertised", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), rw, false, false, protocol.EINVAL},
+		{"zero fast read-only", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), ro, false, false, protocol.EPERM},
 		{"zero past end", req(protocol.CmdWriteZeroes, 0, size, 1), rw, false, false, protocol.ENOSPC},
 		{"zero read-only", req(protocol.CmdWriteZeroes, 0, 0, 1), ro, false, false, protocol.EPERM},
 		{"zero empty", req(protocol.CmdWriteZeroes, 0, 0, 0), rw, false, false, protocol.EINVAL},
@@ -153,6 +166,30 @@ func TestValidate(t *testing.T) {
 		}
 		if got != tt.want {
 			t.Errorf("%s: validate(%+v): got %v (%v); want %v", tt.name, tt.req, got, err, tt.want)
+		}
+	}
+}
+
+// TestReplyErrno: a backend's ENOTSUP and EOVERFLOW reach the client only
+// where proto.md "Error values" allows them; elsewhere they are EINVAL.
+func TestReplyErrno(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		req  protocol.Request
+		in   protocol.Errno
+		want protocol.Errno
+	}{
+		{"fast zero ENOTSUP", protocol.Request{Type: protocol.CmdWriteZeroes, Flags: protocol.CmdFlagFastZero}, protocol.ENOTSUP, protocol.ENOTSUP},
+		{"zero ENOTSUP", protocol.Request{Type: protocol.CmdWriteZeroes}, protocol.ENOTSUP, protocol.EINVAL},
+		{"trim ENOTSUP", protocol.Request{Type: protocol.CmdTrim}, protocol.ENOTSUP, protocol.EINVAL},
+		{"DF read EOVERFLOW", protocol.Request{Type: protocol.CmdRead, Flags: protocol.CmdFlagDF}, protocol.EOVERFLOW, protocol.EOVERFLOW},
+		{"read EOVERFLOW", protocol.Request{Type: protocol.CmdRead}, protocol.EOVERFLOW, protocol.EINVAL},
+		{"write EOVERFLOW", protocol.Request{Type: protocol.CmdWrite}, protocol.EOVERFLOW, protocol.EINVAL},
+		{"write EIO", protocol.Request{Type: protocol.CmdWrite}, protocol.EIO, protocol.EIO},
+		{"flush ENOSPC", protocol.Request{Type: protocol.CmdFlush}, protocol.ENOSPC, protocol.ENOSPC},
+	} {
+		if got := replyErrno(tc.req, tc.in); got != tc.want {
+			t.Errorf("%s: replyErrno(%v) = %v; want %v", tc.name, tc.in, got, tc.want)
 		}
 	}
 }

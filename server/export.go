@@ -49,8 +49,10 @@ type caps struct {
 	extenter  backend.Extenter
 	multiConn bool
 	minBlock  uint32
-	// nonBlocking backends run small requests inline on the reader.
+	// nonBlocking backends run small requests inline on the reader;
+	// syncWaits ones (backend.SyncWaiter) except FLUSH and FUA writes.
 	nonBlocking bool
+	syncWaits   bool
 	viewer      backend.Viewer
 	writeViewer backend.WriteViewer
 	// file is the export's file, whose READs go out with sendfile(2) when
@@ -95,6 +97,9 @@ func discoverCaps(e *Export) (caps, error) {
 	}
 	if nb, ok := e.Backend.(backend.NonBlocker); ok {
 		c.nonBlocking = nb.NonBlocking()
+	}
+	if sw, ok := e.Backend.(backend.SyncWaiter); ok {
+		c.syncWaits = sw.SyncWaits()
 	}
 	c.file, _ = e.Backend.(cachedFile)
 	if pw, ok := e.Backend.(backend.PipeWriter); ok && pw.CanWriteFromPipe() {

@@ -26,7 +26,7 @@ import (
 // writesInPlace reports whether o's payload can be written without a
 // buffer.
 func (c *conn) writesInPlace(o *op) bool {
-	if !c.exp.nonBlocking {
+	if !c.exp.nonBlocking || c.exp.syncWaits && syncs(o.req) {
 		return false
 	}
 	if int(o.req.Length) <= c.br.Buffered() {

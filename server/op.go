@@ -65,10 +65,27 @@ func (o *op) fail(err error) {
 	if !errors.As(err, &re) {
 		re = &requestError{errno: Errno(err), err: err}
 	}
+	if errno := replyErrno(o.req, re.errno); errno != re.errno {
+		re = &requestError{errno: errno, err: err}
+	}
 	o.err = re
 	o.data = nil
 	o.iov = o.iov[:0]
 	o.views = o.views[:0]
+}
+
+// replyErrno narrows errno to what proto.md "Error values" lets a reply
+// to req carry: ENOTSUP only for WRITE_ZEROES with FAST_ZERO, EOVERFLOW
+// only for a READ with DF. A backend's ENOTSUP or EOVERFLOW elsewhere
+// becomes EINVAL.
+func replyErrno(req protocol.Request, errno protocol.Errno) protocol.Errno {
+	switch {
+	case errno == protocol.ENOTSUP && !(req.Type == protocol.CmdWriteZeroes && req.Flags&protocol.CmdFlagFastZero != 0):
+		return protocol.EINVAL
+	case errno == protocol.EOVERFLOW && !(req.Type == protocol.CmdRead && req.Flags&protocol.CmdFlagDF != 0):
+		return protocol.EINVAL
+	}
+	return errno
 }
 
 // encode builds the reply header (and structured payload) for o; the

@@ -47,7 +47,7 @@ func (w *replyWriter) sendfileRange(b any, off, n int64) (sent int64, ok bool, e
 	w.armStallDeadline()
 	var serr error
 	cerr := in.Control(func(infd uintptr) {
-		sent, serr = sendfileAll(out, int(infd), off, n)
+		sent, serr = sendfileAll(out, int(infd), off, n, w.rearmStallDeadline)
 	})
 	return sent, true, errors.Join(cerr, serr)
 }
@@ -69,8 +69,9 @@ func (w *replyWriter) sendFile(o *op) {
 }
 
 // sendfileAll loops sendfile until n bytes are out, waiting for the socket
-// to drain when it is full. It returns the bytes sent.
-func sendfileAll(out syscall.RawConn, infd int, off, n int64) (int64, error) {
+// to drain when it is full, with onBlock run before each wait. It returns
+// the bytes sent.
+func sendfileAll(out syscall.RawConn, infd int, off, n int64, onBlock func()) (int64, error) {
 	var serr error
 	left := n
 	werr := out.Write(func(outfd uintptr) bool {
@@ -79,6 +80,7 @@ func sendfileAll(out syscall.RawConn, infd int, off, n int64) (int64, error) {
 			left -= int64(max(sent, 0))
 			switch {
 			case errors.Is(err, unix.EAGAIN):
+				onBlock()
 				return false // wait until the socket is writable
 			case errors.Is(err, unix.EINTR):
 				continue

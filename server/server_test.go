@@ -292,6 +292,39 @@ func TestIdleTimeoutClosesStalledReader(t *testing.T) {
 	})
 }
 
+// TestIdleTimeoutSparesSlowReader: the stall deadline bounds how long a
+// client reads nothing, not how long a reply takes: a client that reads
+// a large reply slowly but steadily gets all of it, whether it goes out
+// with writev (memory) or sendfile (a cached file).
+func TestIdleTimeoutSparesSlowReader(t *testing.T) {
+	const size = 2 << 20
+	path := filepath.Join(t.TempDir(), "img")
+	require.NoError(t, os.WriteFile(path, pattern(size, 4), 0o600))
+	f, err := backend.OpenFile(path, true)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	srv := socketServer(t, "pool", size, bufferConfig{})
+	srv.Exports = append(srv.Exports, Export{Name: "file", Backend: f})
+	srv.IdleTimeout = 150 * time.Millisecond
+	srv.SendBuffer = 64 << 10
+	sock, _ := serveUnix(t, srv)
+	for _, export := range []string{"mem", "file"} {
+		c := dialClient(t, sock)
+		c.handshake(export)
+		c.read(1, 0, size)
+		var hdr [protocol.SimpleReplySize]byte
+		c.readFull(hdr[:])
+		buf := make([]byte, 64<<10)
+		for got := 0; got < size; {
+			c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+			k, err := io.ReadFull(c.br, buf[:min(len(buf), size-got)])
+			got += k
+			require.NoError(t, err, "%s: cut off after %d of %d bytes, though the client kept reading", export, got, size)
+			time.Sleep(20 * time.Millisecond) // about 3 MiB/s: the reply takes 4 idle timeouts
+		}
+	}
+}
+
 // TestMaxConns: connections over the limit are closed before the greeting,
 // and a slot is free again once a client leaves.
 func TestMaxConns(t *testing.T) {

@@ -35,6 +35,7 @@ func (c *conn) transmit(ctx context.Context) error {
 	if c.kernelCopies {
 		if rc, err := c.rwc.(syscall.Conn).SyscallConn(); err == nil {
 			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
+			c.w.out.onBlock = c.w.rearmStallDeadline
 		}
 	}
 	go c.w.loop()
@@ -191,13 +192,12 @@ func (c *conn) newOp(req protocol.Request) *op {
 // own costs more than the memory copy it does (see docs/performance.md).
 var inlineMax uint32 = 128 << 10
 
-// start runs o: inline when the backend never blocks and o is small (or
-// a READ whose data is lent or sent with sendfile, not copied, so its size
-// costs nothing),
+// start runs o: inline when runsInline says so (a READ whose data is lent
+// or sent with sendfile is not copied, so its size costs nothing),
 // otherwise on its own goroutine, so a slow request never stalls the ones
 // behind it. At most Server.MaxBackendCalls of those run at once.
 func (c *conn) start(ctx context.Context, o *op) {
-	if c.exp.nonBlocking && (o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.lendsReads()) {
+	if c.runsInline(o) {
 		c.exec(ctx, o)
 		c.hold(o)
 		return
@@ -209,6 +209,22 @@ func (c *conn) start(ctx context.Context, o *op) {
 		c.srv.releaseCall()
 		c.w.sendOwn(o)
 	}()
+}
+
+// runsInline reports whether the reader runs o itself: when the backend
+// never blocks and o is small (or a READ whose data is lent or sent with
+// sendfile), unless o syncs a backend whose Sync may wait
+// (backend.SyncWaiter).
+func (c *conn) runsInline(o *op) bool {
+	if !c.exp.nonBlocking || c.exp.syncWaits && syncs(o.req) {
+		return false
+	}
+	return o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.lendsReads()
+}
+
+// syncs reports whether req makes the backend sync: FLUSH, or FUA.
+func syncs(req protocol.Request) bool {
+	return req.Type == protocol.CmdFlush || req.Flags&protocol.CmdFlagFUA != 0
 }
 
 // Limits of the replies the reader holds back: enough to share one writev

@@ -204,7 +204,7 @@ func TestBareBackend(t *testing.T) {
 		st.write(1, 0, pattern(8192, 3))
 		st.wantReply(1, protocol.EOK)
 		st.zero(2, 100, 5000, protocol.CmdFlagFastZero)
-		st.wantReply(2, protocol.ENOTSUP)
+		st.wantReply(2, protocol.EINVAL) // not advertised: "SHOULD fail with NBD_EINVAL"
 		st.zero(3, 100, 5000)
 		st.wantReply(3, protocol.EOK)
 		st.trim(4, 0, 4096)
@@ -652,4 +652,79 @@ func TestFileBackend(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestDiscWaitsForTrailer: a READ whose data chunk went out unfinished
+// (DF, streamed) counts as in flight until its NONE chunk is sent, so a
+// DISC right behind it does not hang up before the reply is complete
+// (proto.md "NBD_CMD_DISC": the server MUST handle all outstanding
+// requests).
+func TestDiscWaitsForTrailer(t *testing.T) {
+	p := &probe{Backend: backend.NewMemory(1 << 20)} // blocking: READs on goroutines of their own
+	st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "p", Backend: p}}})
+	st.handshakeSR("p")
+	const n = 16 << 10 // more than the stream chunk: streamed
+	st.read(1, 0, n, protocol.CmdFlagDF)
+	st.disc()
+	var hdr [protocol.ChunkHeaderSize + 8]byte
+	st.readFull(hdr[:])
+	require.Equal(t, protocol.ReplyTypeOffsetData, protocol.ReplyType(binary.BigEndian.Uint16(hdr[6:])))
+	require.Zero(t, protocol.ReplyFlag(binary.BigEndian.Uint16(hdr[4:]))&protocol.ReplyFlagDone, "data chunk marked final")
+	st.readFull(make([]byte, n))
+	time.Sleep(100 * time.Millisecond) // a slow client: the hang-up would have come by now
+	var tr [protocol.ChunkHeaderSize]byte
+	st.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+	st.readFull(tr[:])
+	require.Equal(t, protocol.ReplyTypeNone, protocol.ReplyType(binary.BigEndian.Uint16(tr[6:])))
+	require.NotZero(t, protocol.ReplyFlag(binary.BigEndian.Uint16(tr[4:]))&protocol.ReplyFlagDone, "NONE chunk ends the reply")
+	st.wantClosed()
+}
+
+// delayedSync is a memory export whose Sync waits, as a persistent
+// backend.Mapped's write-back does.
+type delayedSync struct {
+	*backend.Memory
+	delay time.Duration
+}
+
+func (b delayedSync) Sync() error     { time.Sleep(b.delay); return nil }
+func (b delayedSync) SyncWaits() bool { return true }
+
+// TestSlowSyncNotInline: on a backend that never blocks but whose Sync may
+// wait (backend.SyncWaiter), FLUSH and FUA writes run on goroutines of
+// their own: the replies of requests before them, and the requests after
+// them, do not wait for the write-back.
+func TestSlowSyncNotInline(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		syncer protocol.Request
+	}{
+		{"flush", protocol.Request{Type: protocol.CmdFlush, Cookie: 2}},
+		{"fua write", protocol.Request{Type: protocol.CmdWrite, Flags: protocol.CmdFlagFUA, Cookie: 2, Length: 4096}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := delayedSync{backend.NewMemory(1 << 20), 500 * time.Millisecond}
+			st := newServerTester(t, "", &Server{Exports: []Export{{Name: "m", Backend: b}}})
+			st.handshake("m")
+			var raw []byte
+			raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 4096}, make([]byte, 4096))...)
+			var payload []byte
+			if tc.syncer.Type == protocol.CmdWrite {
+				payload = make([]byte, 4096)
+			}
+			raw = append(raw, requestBytes(tc.syncer, payload)...)
+			raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdRead, Cookie: 3, Length: 4096}, nil)...)
+			begin := time.Now()
+			st.writeRaw(raw)
+			for _, want := range []uint64{1, 3} {
+				r := st.readReply()
+				require.Equal(t, want, r.cookie, "replies before the sync's")
+				if r.cookie == 3 {
+					st.readFull(make([]byte, 4096))
+				}
+			}
+			require.Less(t, time.Since(begin), b.delay, "a reply waited for the write-back")
+			st.wantReply(2, protocol.EOK)
+		})
+	}
 }

@@ -11,14 +11,15 @@ type cmdRule struct {
 	payload    bool             // length bytes of payload follow the header
 	bounded    bool             // length must not exceed the maximum request size
 	writes     bool             // refused on a read-only export
+	aligned    bool             // offset and length must be multiples of the minimum block size
 	known      bool
 	outOfRange protocol.Errno // errno for a range past the end
 }
 
 // cmdRules is indexed by command; commands not listed are unknown.
 var cmdRules = [...]cmdRule{
-	protocol.CmdRead:        {known: true, flags: protocol.CmdFlagDF, ranged: true, nonEmpty: true, bounded: true, outOfRange: protocol.EINVAL},
-	protocol.CmdWrite:       {known: true, ranged: true, nonEmpty: true, payload: true, bounded: true, writes: true, outOfRange: protocol.ENOSPC},
+	protocol.CmdRead:        {known: true, flags: protocol.CmdFlagDF, ranged: true, nonEmpty: true, bounded: true, aligned: true, outOfRange: protocol.EINVAL},
+	protocol.CmdWrite:       {known: true, ranged: true, nonEmpty: true, payload: true, bounded: true, writes: true, aligned: true, outOfRange: protocol.ENOSPC},
 	protocol.CmdFlush:       {known: true},
 	protocol.CmdTrim:        {known: true, ranged: true, nonEmpty: true, writes: true, outOfRange: protocol.EINVAL},
 	protocol.CmdCache:       {known: true, ranged: true, outOfRange: protocol.EINVAL},
@@ -52,11 +53,6 @@ func validate(req protocol.Request, exp *openExport, maxPayload uint32, structur
 	if req.Flags&protocol.CmdFlagDF != 0 && !structured {
 		return reject(protocol.EINVAL, "NBD_CMD_FLAG_DF without structured replies")
 	}
-	if req.Flags&protocol.CmdFlagFastZero != 0 && req.Flags&protocol.CmdFlagNoHole != 0 {
-		// Allowed by the spec, but zeroing while keeping the range
-		// allocated is never faster than writing zeroes here.
-		return reject(protocol.ENOTSUP, "FAST_ZERO with NO_HOLE is not fast")
-	}
 	if req.Type == protocol.CmdBlockStatus && !metaBase {
 		return reject(protocol.EINVAL, "NBD_CMD_BLOCK_STATUS without a meta context")
 	}
@@ -75,5 +71,41 @@ func validate(req protocol.Request, exp *openExport, maxPayload uint32, structur
 	if rule.ranged && (req.Offset > exp.size || uint64(req.Length) > exp.size-req.Offset) {
 		return reject(rule.outOfRange, "%v at %d+%d past the end (%d)", req.Type, req.Offset, req.Length, exp.size)
 	}
+	if err := checkFastZero(req, exp); err != nil {
+		return err
+	}
+	if rule.aligned && !alignedTo(req, exp.minBlock) {
+		// A client that did not ask for the block size constraints (the
+		// kernel's never does) must get a clean error, not a READ cut off
+		// part way or a WRITE done in part (proto.md "Size constraints").
+		return reject(protocol.EINVAL, "%v at %d+%d is not aligned to the minimum block size %d", req.Type, req.Offset, req.Length, exp.minBlock)
+	}
 	return nil
+}
+
+// checkFastZero refuses NBD_CMD_FLAG_FAST_ZERO where it cannot be
+// honoured: EINVAL when the export did not advertise it (proto.md
+// "NBD_CMD_WRITE_ZEROES": the server SHOULD NOT fail with ENOTSUP then),
+// ENOTSUP with NO_HOLE, which the spec allows but which zeroing while
+// keeping the range allocated never makes faster than writing zeroes.
+func checkFastZero(req protocol.Request, exp *openExport) error {
+	if req.Flags&protocol.CmdFlagFastZero == 0 {
+		return nil
+	}
+	if !exp.fastZero {
+		return reject(protocol.EINVAL, "NBD_CMD_FLAG_FAST_ZERO was not advertised for this export")
+	}
+	if req.Flags&protocol.CmdFlagNoHole != 0 {
+		return reject(protocol.ENOTSUP, "FAST_ZERO with NO_HOLE is not fast")
+	}
+	return nil
+}
+
+// alignedTo reports whether req's offset and length are multiples of
+// minBlock, a power of 2 (or 0 or 1: no constraint).
+func alignedTo(req protocol.Request, minBlock uint32) bool {
+	if minBlock <= 1 {
+		return true
+	}
+	return (req.Offset|uint64(req.Length))&uint64(minBlock-1) == 0
 }

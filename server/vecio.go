@@ -29,6 +29,9 @@ type vecIO struct {
 	n     uintptr      // its result
 	errno unix.Errno
 	fn    func(fd uintptr) bool
+	// onBlock, if set, runs each time a waiting call finds the socket
+	// full (or empty), just before the runtime waits for it.
+	onBlock func()
 }
 
 func newVecIO(rc syscall.RawConn, write bool) *vecIO {
@@ -50,6 +53,9 @@ func (v *vecIO) call(fd uintptr) bool {
 		case errno == unix.EINTR:
 			continue
 		case errno == unix.EAGAIN && v.wait:
+			if v.onBlock != nil {
+				v.onBlock()
+			}
 			return false
 		}
 		v.n, v.errno = n, errno

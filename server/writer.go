@@ -43,6 +43,7 @@ type replyWriter struct {
 	// next writev. withTrailer is that writev's scratch.
 	trailer     [protocol.ChunkHeaderSize]byte
 	trailerDue  bool
+	trailerOp   *op // the READ the trailer ends: finished once it is sent
 	withTrailer [][]byte
 	failed      atomic.Bool
 }
@@ -143,7 +144,8 @@ func (w *replyWriter) drainOwned() {
 
 // armStallDeadline bounds, when Server.IdleTimeout is set, how long the
 // write about to start may wait for a client that reads no replies: the
-// write then fails and the connection closes. Without it such a client
+// write then fails and the connection closes (rearmStallDeadline moves it
+// on while the client reads). Without it such a client
 // would hold its requests' slots and buffers, and its share of the
 // memory budget, for good. Each write that may wait arms it afresh, so a
 // long streamed reply to a client that keeps reading never trips it.
@@ -154,6 +156,16 @@ func (w *replyWriter) armStallDeadline() {
 	}
 	w.c.nc.SetWriteDeadline(time.Now().Add(idle))
 	w.armed = true
+}
+
+// rearmStallDeadline moves an armed stall deadline to IdleTimeout from
+// now. A write runs it each time it finds the socket full, having sent
+// what the client made room for, so the deadline bounds how long a
+// client reads nothing, not how long a large reply takes.
+func (w *replyWriter) rearmStallDeadline() {
+	if w.armed {
+		w.c.nc.SetWriteDeadline(time.Now().Add(w.c.srv.IdleTimeout))
+	}
 }
 
 // disarmStallDeadline clears the deadline before the socket is let go:
@@ -203,7 +215,13 @@ func (w *replyWriter) writeBatch(batch []*op) {
 		} else {
 			w.streamRead(o)
 		}
-		w.c.finish(o)
+		if w.trailerDue {
+			// Not finished until its NONE chunk is out: a DISC or a
+			// shutdown waits for finished requests, then hangs up.
+			w.trailerOp = o
+		} else {
+			w.c.finish(o)
+		}
 		start = i + 1
 	}
 	w.send(batch[start:])
@@ -235,6 +253,7 @@ func (w *replyWriter) send(ops []*op) {
 func (w *replyWriter) writev(iov [][]byte) {
 	if w.failed.Load() {
 		w.trailerDue = false
+		w.finishTrailerOp()
 		return
 	}
 	if w.trailerDue {
@@ -259,12 +278,25 @@ func (w *replyWriter) writev(iov [][]byte) {
 			}
 		}
 	}
-	if len(w.withTrailer) > 0 { // drop its references to replies' memory
+	trailer := len(w.withTrailer) > 0
+	if trailer { // drop its references to replies' memory
 		clear(w.withTrailer)
 		w.withTrailer = w.withTrailer[:0]
 	}
 	if err != nil {
 		w.fail(err)
+	}
+	if trailer {
+		w.finishTrailerOp()
+	}
+}
+
+// finishTrailerOp finishes the READ whose trailer has just been written
+// (or will never be: the connection failed).
+func (w *replyWriter) finishTrailerOp() {
+	if o := w.trailerOp; o != nil {
+		w.trailerOp = nil
+		w.c.finish(o)
 	}
 }
 
