@@ -54,8 +54,8 @@ type Mapped struct {
 // untouched pages cost nothing) and, if mergeable, marks it MADV_MERGEABLE
 // for KSM.
 func NewMapped(size int64, mergeable bool) (*Mapped, error) {
-	if size < 0 {
-		return nil, fmt.Errorf("mapped export: negative size %d", size)
+	if size < 0 || size > maxMappedSize {
+		return nil, fmt.Errorf("mapped export: size %d out of range (0 to %d)", size, int64(maxMappedSize))
 	}
 	ps := int64(unix.Getpagesize())
 	length := max((size+ps-1)/ps*ps, ps) // mmap refuses length 0
@@ -76,6 +76,12 @@ func NewMapped(size int64, mergeable bool) (*Mapped, error) {
 	}
 	return m, nil
 }
+
+// maxMappedSize bounds NewMapped's size far below 2^63, where rounding it
+// up to whole pages or tracking blocks would overflow; no address space
+// holds that much anyway (x86-64 user space is 2^47 bytes), so mmap fails
+// cleanly below it.
+const maxMappedSize = 1 << 62
 
 // blocks returns how many tracking blocks cover size bytes.
 func blocks(size int64) int64 { return (size + trackSize - 1) >> trackShift }

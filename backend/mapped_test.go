@@ -212,3 +212,16 @@ func TestMappedFdatasyncError(t *testing.T) {
 	require.False(t, m.dirty.get(1), "written back and synced")
 	require.False(t, m.unsynced.get(1))
 }
+
+// TestMappedSizeBounds: sizes near 2^63, where rounding up to pages and
+// tracking blocks would overflow, are refused with an error, never a
+// panic; so are negative ones.
+func TestMappedSizeBounds(t *testing.T) {
+	for _, size := range []int64{-1, 1<<63 - 1, 1<<63 - 100, 1<<63 - 5000, maxMappedSize + 1} {
+		m, err := NewMapped(size, false)
+		if err == nil {
+			m.Close()
+			t.Errorf("NewMapped(%d) succeeded; want an error", size)
+		}
+	}
+}

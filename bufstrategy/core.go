@@ -94,6 +94,24 @@ func (c *core) idleFull(size int) bool {
 // the reclaimer runs.
 func (c *core) retained(size int) {
 	c.cnt.idle.Add(int64(size))
+	c.kickReclaimer()
+}
+
+// reserveIdle counts size bytes as idle unless that would hold more idle
+// memory than the budget (the bound idleFull checks, here taken
+// atomically, so that concurrent Puts to the shared free lists cannot
+// overshoot it together).
+func (c *core) reserveIdle(size int64) bool {
+	n := c.cnt.idle.Add(size)
+	if c.budget != nil && n > c.budget.Size() {
+		c.cnt.idle.Add(-size)
+		return false
+	}
+	return true
+}
+
+// kickReclaimer makes sure the reclaimer runs.
+func (c *core) kickReclaimer() {
 	if c.rec != nil {
 		c.rec.kick()
 	}
@@ -189,17 +207,17 @@ func (a *acct) uncharge(b []byte) bool {
 	}
 	key := &b[:1][0]
 	a.mu.Lock()
-	if a.closed.Load() {
-		a.mu.Unlock()
-		a.f.drop(size) // handed out before Close, still counted as held
-		return false
-	}
 	if _, ok := a.out[key]; !ok {
 		a.mu.Unlock()
 		a.reject()
 		return false
 	}
 	delete(a.out, key)
+	if a.closed.Load() {
+		a.mu.Unlock()
+		a.f.drop(size) // handed out before Close, still counted as held
+		return false
+	}
 	a.inUse -= int64(size)
 	a.mu.Unlock()
 	a.f.budget.Release(int64(size))
@@ -220,7 +238,7 @@ func (a *acct) closeAcct() bool {
 		return false
 	}
 	n := a.inUse
-	a.inUse, a.out = 0, nil
+	a.inUse = 0 // a.out stays: a Put after Close must still be one of ours
 	a.mu.Unlock()
 	a.f.budget.Release(n)
 	a.f.cnt.inUse.Add(-n)

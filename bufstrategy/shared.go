@@ -58,13 +58,22 @@ func (c *sharedConn) Put(b []byte) {
 // it returns the budget of the buffers still out.
 func (c *sharedConn) Close() { c.closeAcct() }
 
-// recycle retains b on st if there is room, or drops it.
+// recycle retains b on st if there is room, in its class and within the
+// budget (see idleFull), or drops it.
 func (c *core) recycle(st *stack, b []byte) {
-	if c.closed.Load() || !st.push(b, now()) {
+	size := int64(cap(b))
+	// Counted idle before it is on the list: a Get may pop it the moment
+	// it is, and must not take the count below zero.
+	if c.closed.Load() || !c.reserveIdle(size) {
 		c.drop(cap(b))
 		return
 	}
-	c.retained(cap(b))
+	if !st.push(b, now()) {
+		c.cnt.idle.Add(-size)
+		c.drop(cap(b))
+		return
+	}
+	c.kickReclaimer()
 	if c.closed.Load() {
 		// The factory closed between the check and the push: drain
 		// again so nothing stays retained without a reclaimer.
