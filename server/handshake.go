@@ -1,11 +1,13 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 
 	"github.com/nbdd/nbdd/protocol"
@@ -313,7 +315,13 @@ func (c *conn) optStartTLS(data []byte) error {
 // message for error replies; empty for ACK).
 func (c *conn) optReply(opt protocol.Opt, typ protocol.Rep, msg string) error {
 	if typ.IsError() {
-		c.log.Debug("option refused", "opt", opt, "reply", typ, "msg", msg)
+		// A refused GO is a client that will not be served: worth a line
+		// at the default level. Other refusals are part of negotiating.
+		level := slog.LevelDebug
+		if opt == protocol.OptGo {
+			level = slog.LevelInfo
+		}
+		c.log.Log(context.Background(), level, "option refused", "opt", opt, "reply", typ, "msg", msg)
 	}
 	c.replyBuf = append(c.replyBuf[:0], protocol.Message(msg, protocol.MaxStringLen)...)
 	return c.optReplyData(opt, typ, c.replyBuf)

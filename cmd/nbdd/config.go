@@ -219,8 +219,11 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 
 func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 	size, err := parseSize(spec.value)
-	if err != nil || size <= 0 {
-		return nil, usage("--memory %s: invalid size %q", spec.name, spec.value)
+	switch {
+	case err != nil:
+		return nil, usage("--memory %s: %v", spec.name, err)
+	case size <= 0:
+		return nil, usage("--memory %s: size %q must be more than 0", spec.name, spec.value)
 	}
 	if spec.has("ksm") {
 		b, err := backend.NewMapped(size, true)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -54,10 +55,26 @@ func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, err
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("--ksm: %v", err), 1)
 	}
+	// The control socket and the watched directory fail here, not in
+	// the log after nbdd has started.
+	var sock net.Listener
+	if path := c.String("ksm-socket"); path != "" {
+		if sock, err = ksm.ListenSocket(path); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("--ksm-socket: %v", err), 1)
+		}
+	}
+	if dir := c.String("ksm-watch"); dir != "" {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			if sock != nil {
+				sock.Close()
+			}
+			return nil, usage("--ksm-watch %s: not a directory", dir)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &ksmRunner{t: t, cancel: cancel, done: make(chan error, 1), sigs: make(chan os.Signal, 1)}
 	go func() { r.done <- t.Run(ctx) }()
-	r.feed(ctx, c, logger)
+	r.feed(ctx, c, sock, logger)
 	for _, e := range cfg.srv.Exports {
 		if m, ok := e.Backend.(*backend.Mapped); ok && cfg.mergeable[e.Name] {
 			t.RegisterMapping(e.Name, m.Base(), uintptr(m.Len()))
@@ -69,8 +86,8 @@ func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, err
 }
 
 // feed starts the optional event sources: SIGUSR1, inotify and the
-// control socket.
-func (r *ksmRunner) feed(ctx context.Context, c *cli.Context, logger *slog.Logger) {
+// control socket (sock, if not nil).
+func (r *ksmRunner) feed(ctx context.Context, c *cli.Context, sock net.Listener, logger *slog.Logger) {
 	signal.Notify(r.sigs, syscall.SIGUSR1)
 	go func() {
 		for range r.sigs {
@@ -85,10 +102,10 @@ func (r *ksmRunner) feed(ctx context.Context, c *cli.Context, logger *slog.Logge
 			}
 		}()
 	}
-	if path := c.String("ksm-socket"); path != "" {
+	if sock != nil {
 		go func() {
-			if err := ksm.ServeSocket(ctx, path, r.t); err != nil {
-				logger.Error("KSM control socket stopped", "path", path, "err", err)
+			if err := ksm.Serve(ctx, sock, r.t); err != nil {
+				logger.Error("KSM control socket stopped", "path", sock.Addr().String(), "err", err)
 			}
 		}()
 	}
@@ -120,6 +137,12 @@ func ksmCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "ksm",
 		Usage: "inspect the KSM throttler",
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usage("ksm: unknown command %q (commands: status)", c.Args().First())
+			}
+			return cli.ShowSubcommandHelp(c)
+		},
 		Subcommands: []*cli.Command{{
 			Name:  "status",
 			Usage: "print the KSM knobs, counters, the throttler's state and per-export merged bytes",

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -46,6 +47,9 @@ func newApp() *cli.App {
 		DisableSliceFlagSeparator: true,
 		HideHelpCommand:           true,
 		OnUsageError:              usageError,
+		// run prints the error, as "nbdd: ..." on one line, and exits.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Action:         topLevel,
 		Commands: []*cli.Command{
 			serveCommand(),
 			ksmCommand(),
@@ -62,9 +66,34 @@ func newApp() *cli.App {
 	}
 }
 
-// usageError turns a flag parsing error into one line and status 2.
+// topLevel runs for a command line with no known command: help for
+// "nbdd" or "nbdd help [COMMAND]", a usage error for anything else.
+func topLevel(c *cli.Context) error {
+	switch {
+	case c.NArg() == 0:
+		return cli.ShowAppHelp(c)
+	case c.Args().First() == "help" && c.NArg() == 1:
+		return cli.ShowAppHelp(c)
+	case c.Args().First() == "help" && c.App.Command(c.Args().Get(1)) != nil:
+		return cli.ShowCommandHelp(c, c.Args().Get(1))
+	case c.Args().First() == "help":
+		return usage("no command %q (see nbdd --help)", c.Args().Get(1))
+	}
+	return usage("unknown command %q (see nbdd --help)", c.Args().First())
+}
+
+// usageError turns a flag parsing error into one line and status 2, with
+// flags spelled as they are typed (the flag package writes "-export").
 func usageError(_ *cli.Context, err error, _ bool) error {
-	return usage("%v", err)
+	msg := err.Error()
+	for _, r := range [][2]string{
+		{"flag provided but not defined: -", "unknown flag --"},
+		{"flag needs an argument: -", "a value is needed after --"},
+		{" for flag -", " for --"},
+	} {
+		msg = strings.Replace(msg, r[0], r[1], 1)
+	}
+	return usage("%s", msg)
 }
 
 // usage is a command-line mistake: exit status 2.

@@ -23,7 +23,7 @@ const defaultListen = "tcp://127.0.0.1:10809"
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "serve",
-		Usage:     "serve exports until SIGINT or SIGTERM",
+		Usage:     "serve exports until SIGINT, SIGTERM or SIGHUP",
 		UsageText: "nbdd serve [--listen URL]... [--export NAME=PATH[,ro]]... [--memory NAME=SIZE[,ro]]...",
 		Description: "With no export, nbdd serves a 1 GiB in-memory export named \"default\".\n" +
 			"Every flag can also be set through the environment variable shown.",

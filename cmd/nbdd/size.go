@@ -8,7 +8,7 @@ import (
 )
 
 // parseSize parses a byte count with an optional binary unit: 4096, 64k,
-// 512MiB, 4G, 1TiB. K, M, G and T (with or without "iB" or "B") are
+// 512MiB, 4G, 1TiB. K, M, G, T and P (with or without "iB" or "B") are
 // powers of 1024, as in qemu-img.
 func parseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
@@ -18,7 +18,7 @@ func parseSize(s string) (int64, error) {
 	shift, ok := map[string]uint{"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}[unit]
 	n, err := strconv.ParseInt(num, 10, 64)
 	if !ok || err != nil || num == "" {
-		return 0, fmt.Errorf("invalid size %q (want bytes or a number with K, M, G or T)", s)
+		return 0, fmt.Errorf("invalid size %q (want bytes or a number with K, M, G, T or P)", s)
 	}
 	if n > math.MaxInt64>>shift {
 		return 0, fmt.Errorf("size %q is too large", s)

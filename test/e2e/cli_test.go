@@ -91,6 +91,9 @@ func TestCLIUsageErrors(t *testing.T) {
 			if !strings.Contains(stderr, tc.want) {
 				t.Errorf("stderr %q does not mention %q", stderr, tc.want)
 			}
+			if !strings.HasPrefix(stderr, "nbdd: ") {
+				t.Errorf("stderr %q does not start with \"nbdd: \"", stderr)
+			}
 			if stdout != "" {
 				t.Errorf("stdout %q; want nothing (no help dump, no export announced)", stdout)
 			}
@@ -159,5 +162,33 @@ func TestSocketInUse(t *testing.T) {
 	}
 	if info := nbdinfo(t, s.unixURI(t, "disk")); len(info.Exports) != 1 || info.Exports[0].Size != 1<<20 {
 		t.Errorf("first server after the refused start: %+v; want export disk of 1 MiB", info.Exports)
+	}
+}
+
+// TestCLICommands: "nbdd help [COMMAND]" prints help; an unknown command,
+// at the top or under ksm, is one line and status 2.
+func TestCLICommands(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		status int
+		want   string // in stdout for status 0, else in the one stderr line
+	}{
+		{[]string{"help"}, 0, "serve"},
+		{[]string{"help", "serve"}, 0, "--memory-budget"},
+		{[]string{"help", "nope"}, 2, "nope"},
+		{[]string{"bogus"}, 2, "bogus"},
+		{[]string{"ksm", "bogus"}, 2, "bogus"},
+	} {
+		stdout, stderr, status := runNBDD(t, nil, tc.args...)
+		out := stdout
+		if tc.status != 0 {
+			out = stderr
+			if lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n"); len(lines) != 1 || !strings.HasPrefix(stderr, "nbdd: ") {
+				t.Errorf("nbdd %v: stderr %q; want one line starting \"nbdd: \"", tc.args, stderr)
+			}
+		}
+		if status != tc.status || !strings.Contains(out, tc.want) {
+			t.Errorf("nbdd %v: status %d, output %q; want status %d and %q", tc.args, status, out, tc.status, tc.want)
+		}
 	}
 }
