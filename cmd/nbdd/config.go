@@ -24,6 +24,14 @@ type config struct {
 	dir       string
 	closers   []io.Closer
 	mergeable map[string]bool // exports marked ksm
+	files     []exportedFile  // the files of --export, to catch one exported twice
+}
+
+// exportedFile is a file of an --export.
+type exportedFile struct {
+	name     string
+	info     os.FileInfo
+	copyBack bool // a writable load export: a copy in memory written back
 }
 
 func (c *config) close() {
@@ -196,6 +204,9 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 
 func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 	ro := spec.has("ro")
+	if err := cfg.checkExportedTwice(spec, spec.has("load") && !ro); err != nil {
+		return nil, err
+	}
 	if spec.has("ksm") && !spec.has("load") {
 		return nil, usage("--export %s: ksm needs load (only anonymous memory can be merged)", spec.name)
 	}
@@ -215,6 +226,23 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 		return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, unwrapPathError(err)), 2)
 	}
 	return f, nil
+}
+
+// checkExportedTwice refuses a file exported a second time when either
+// export is a writable load export: its copy in memory, written back on
+// FLUSH, and the other export would overwrite each other's writes.
+func (cfg *config) checkExportedTwice(spec exportSpec, copyBack bool) error {
+	info, err := os.Stat(spec.value)
+	if err != nil {
+		return nil // reported by the open that follows
+	}
+	for _, f := range cfg.files {
+		if os.SameFile(f.info, info) && (copyBack || f.copyBack) {
+			return usage("exports %q and %q are the same file, and a writable load export's copy would overwrite the other's writes (make them ro, or export it once)", f.name, spec.name)
+		}
+	}
+	cfg.files = append(cfg.files, exportedFile{name: spec.name, info: info, copyBack: copyBack})
+	return nil
 }
 
 func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {

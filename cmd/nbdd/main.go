@@ -39,6 +39,7 @@ func run(args []string) int {
 }
 
 func newApp() *cli.App {
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, "nbdd", version) }
 	return &cli.App{
 		Name:    "nbdd",
 		Usage:   "serve block devices over the NBD protocol",

@@ -162,6 +162,9 @@ func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Dura
 	defer cancel()
 	err := srv.Shutdown(ctx)
 	wg.Wait()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("shutdown: requests were still running after --shutdown-timeout %v; their connections were closed", timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
