@@ -38,14 +38,19 @@ func TestKSMReal(t *testing.T) {
 	requireRealKSM(t)
 	before := readKnobs(t)
 	dir := t.TempDir()
-	img := filepath.Join(dir, "base.img")
+	// Two images with the same content, as two VMs cloned from one base:
+	// one file as two writable load exports is refused (each would write
+	// its copy back over the other's).
+	imgA, imgB := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
 	const size = 128 << 20
 	data := make([]byte, size)
 	rand.Read(data)
-	if err := os.WriteFile(img, data, 0o644); err != nil {
-		t.Fatal(err)
+	for _, img := range []string{imgA, imgB} {
+		if err := os.WriteFile(img, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	s := startNBDD(t, "--export", "a="+img+",load,ksm", "--export", "b="+img+",load,ksm",
+	s := startNBDD(t, "--export", "a="+imgA+",load,ksm", "--export", "b="+imgB+",load,ksm",
 		"--ksm", "--ksm-state-file", filepath.Join(dir, "ksm.state"))
 	a, b := dialRaw(t, s.sock, "a"), dialRaw(t, s.sock, "b")
 	checkSample(t, a, data, "a before merging")
