@@ -75,6 +75,9 @@ type conn struct {
 	// exactHeader asks for the next header to be read alone (see
 	// headerSource). Owned by the reader.
 	exactHeader bool
+	// payloadArmed is set while a WRITE payload is read under the idle
+	// timeout (payload.go). Owned by the reader.
+	payloadArmed bool
 	// kernelCopies is set when replies go to a socket through writev, so
 	// backend memory lent for a READ is only ever read by the kernel.
 	kernelCopies bool

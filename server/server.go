@@ -90,10 +90,11 @@ type Server struct {
 	// DefaultHandshakeTimeout, negative means none.
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection that sends no request for this long
-	// while none is in flight, and one whose client reads none of its
-	// replies for this long (a client that stops reading would otherwise
-	// hold its requests' buffers for good); 0 means never (the kernel
-	// keeps idle connections for months).
+	// while none is in flight, one whose client reads none of its replies
+	// for this long, and one whose client sends nothing more of a WRITE's
+	// payload for this long (either would otherwise hold its requests'
+	// buffers for good); 0 means never (the kernel keeps idle connections
+	// for months).
 	IdleTimeout time.Duration
 	// SendBuffer is the socket send buffer (SO_SNDBUF) asked for on each
 	// connection, so that large READ replies queue whole. 0 means

@@ -325,6 +325,60 @@ func TestIdleTimeoutSparesSlowReader(t *testing.T) {
 	}
 }
 
+// payloadExports serves a memory export (payloads read into its pages),
+// a file in /dev/shm (spliced) and a file on disk (read into buffers) on
+// srv, as "mem", "shm" and "disk".
+func payloadExports(t *testing.T, srv *Server, size int64) {
+	shm, _ := fileExport(t, "/dev/shm", size, nil)
+	disk, _ := fileExport(t, t.TempDir(), size, nil)
+	srv.Exports = append(srv.Exports, Export{Name: "shm", Backend: shm}, Export{Name: "disk", Backend: disk})
+}
+
+// TestIdleTimeoutClosesStalledWriter: a client that stops part way
+// through a WRITE's payload is as idle as one that sends nothing, and is
+// closed after IdleTimeout, whichever way the payload is read.
+func TestIdleTimeoutClosesStalledWriter(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		const size = 4 << 20
+		srv := socketServer(t, strategy, size, bufferConfig{})
+		payloadExports(t, srv, size)
+		srv.IdleTimeout = 100 * time.Millisecond
+		sock, _ := serveUnix(t, srv)
+		for _, export := range []string{"mem", "shm", "disk"} {
+			c := dialClient(t, sock)
+			c.handshake(export)
+			hdr := requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 1 << 20}, nil)
+			c.writeRaw(append(hdr, make([]byte, 100<<10)...)) // then nothing
+			begin := time.Now()
+			c.wantClosed()
+			require.GreaterOrEqual(t, time.Since(begin), 50*time.Millisecond, "%s: closed before the client was idle", export)
+		}
+	})
+}
+
+// TestIdleTimeoutSparesSlowWriter: a payload sent slowly but steadily,
+// taking several idle timeouts in all, is read to the end and written.
+func TestIdleTimeoutSparesSlowWriter(t *testing.T) {
+	const size = 4 << 20
+	srv := socketServer(t, "pool", size, bufferConfig{})
+	payloadExports(t, srv, size)
+	srv.IdleTimeout = 150 * time.Millisecond
+	sock, _ := serveUnix(t, srv)
+	for _, export := range []string{"mem", "shm", "disk"} {
+		c := dialClient(t, sock)
+		c.handshake(export)
+		data := pattern(1<<20, 7)
+		c.writeRaw(requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: uint32(len(data))}, nil))
+		for off := 0; off < len(data); off += 64 << 10 {
+			c.writeRaw(data[off : off+64<<10])
+			time.Sleep(40 * time.Millisecond) // the whole payload takes 0.64 s
+		}
+		c.wantReply(1, protocol.EOK)
+		c.read(2, 0, uint32(len(data)))
+		c.wantRead(2, data)
+	}
+}
+
 // TestMaxConns: connections over the limit are closed before the greeting,
 // and a slot is free again once a client leaves.
 func TestMaxConns(t *testing.T) {

@@ -61,6 +61,9 @@ type pipeIn struct {
 	n    int // its result
 	err  error
 	fn   func(fd uintptr) bool
+	// onBlock runs each time the socket is found empty, before the runtime
+	// waits for it (see vecIO.onBlock).
+	onBlock func()
 }
 
 // openPipe makes the connection's pipe on first use; transmit closes it.
@@ -72,7 +75,7 @@ func (c *conn) openPipe() (*pipeIn, error) {
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("pipe for splice: %w", err)
 	}
-	p := &pipeIn{rc: c.in.rc, r: fds[0], w: fds[1]}
+	p := &pipeIn{rc: c.in.rc, r: fds[0], w: fds[1], onBlock: c.rearmPayloadDeadline}
 	p.fn = p.call
 	size, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize)
 	if err != nil {
@@ -101,6 +104,7 @@ func (p *pipeIn) call(fd uintptr) bool {
 		case errors.Is(err, unix.EINTR):
 			continue
 		case errors.Is(err, unix.EAGAIN):
+			p.onBlock()
 			return false
 		}
 		p.n, p.err = int(n), err
@@ -172,7 +176,7 @@ func (c *conn) discardAfter(werr, rerr error, rest int) (error, error) {
 	if rerr != nil {
 		return werr, rerr
 	}
-	if _, err := c.br.Discard(rest); err != nil {
+	if err := c.discardPayload(rest); err != nil {
 		return werr, fmt.Errorf("skip failed write payload: %w", err)
 	}
 	return werr, nil
@@ -225,6 +229,7 @@ func (c *conn) copyChunks(r io.Reader, off int64, n int) (werr, rerr error) {
 		if _, err := io.ReadFull(r, part); err != nil {
 			return werr, err
 		}
+		c.rearmPayloadDeadline()
 		if werr == nil {
 			werr = c.write(part, off, false)
 		}

@@ -36,6 +36,7 @@ func (c *conn) transmit(ctx context.Context) error {
 		if rc, err := c.rwc.(syscall.Conn).SyscallConn(); err == nil {
 			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
 			c.w.out.onBlock = c.w.rearmStallDeadline
+			c.in.onBlock = c.rearmPayloadDeadline
 		}
 	}
 	go c.w.loop()
@@ -136,6 +137,10 @@ func (c *conn) touch() { c.lastActive.Store(time.Now().UnixNano()) }
 // handle validates one request and starts it. Only framing violations
 // and socket errors are returned.
 func (c *conn) handle(ctx context.Context, req protocol.Request) error {
+	if req.Type == protocol.CmdWrite && int(req.Length) > c.br.Buffered() {
+		c.armPayloadDeadline()
+		defer c.disarmPayloadDeadline()
+	}
 	o := c.newOp(req)
 	verr := validate(req, c.exp, c.maxPayload(), c.structured, c.metaBase)
 	if verr == nil && c.srv.inShutdown.Load() {
@@ -149,7 +154,7 @@ func (c *conn) handle(ctx context.Context, req protocol.Request) error {
 		}
 		if req.Type == protocol.CmdWrite {
 			c.releaseUnlessBuffered(int(req.Length))
-			if _, err := c.br.Discard(int(req.Length)); err != nil {
+			if err := c.discardPayload(int(req.Length)); err != nil {
 				c.finish(o)
 				return fmt.Errorf("skip rejected write payload: %w", err)
 			}

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/nbdd/nbdd/protocol"
 )
@@ -54,7 +53,7 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 	}
 	o.buf = buf
 	c.releaseUnlessBuffered(n)
-	if _, err := io.ReadFull(c.br, buf); err != nil {
+	if err := c.readPayload(buf); err != nil {
 		c.finish(o)
 		return fmt.Errorf("read write payload: %w", err)
 	}
@@ -94,7 +93,7 @@ func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
 	var werr error
 	for left := int(o.req.Length); left > 0; {
 		part := chunk[:min(len(chunk), left)]
-		if _, err := io.ReadFull(c.br, part); err != nil {
+		if err := c.readPayload(part); err != nil {
 			c.finish(o)
 			return fmt.Errorf("read write payload: %w", err)
 		}

@@ -50,7 +50,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "strategy", Value: "pool", Usage: "buffer strategy: grow, resize, pool or stream", EnvVars: []string{"NBDD_STRATEGY"}},
 		&cli.StringFlag{Name: "memory-budget", Value: "256MiB", Usage: "request buffer `SIZE` held across all connections", EnvVars: []string{"NBDD_MEMORY_BUDGET"}},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, Usage: "time a client has to finish the handshake", EnvVars: []string{"NBDD_HANDSHAKE_TIMEOUT"}},
-		&cli.DurationFlag{Name: "idle-timeout", Usage: "close connections idle, or whose client reads no reply, this long (0: never)", EnvVars: []string{"NBDD_IDLE_TIMEOUT"}},
+		&cli.DurationFlag{Name: "idle-timeout", Usage: "close connections idle, or whose client reads no reply or stops mid-WRITE, this long (0: never)", EnvVars: []string{"NBDD_IDLE_TIMEOUT"}},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, Usage: "time in-flight requests get to finish on SIGTERM, SIGINT or SIGHUP", EnvVars: []string{"NBDD_SHUTDOWN_TIMEOUT"}},
 		&cli.IntFlag{Name: "max-connections", Value: 1024, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
 		&cli.IntFlag{Name: "max-backend-calls", Value: server.DefaultMaxBackendCalls, Usage: "backend calls running at once on their own goroutines, server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_BACKEND_CALLS"}},
