@@ -200,6 +200,10 @@ func (m *Mapped) WriteAt(p []byte, off int64) (int, error) {
 	lo, hi := m.blockRange(off, int64(len(p)))
 	m.written.set(lo, hi) // before the copy: Extents may say data early, never zero late
 	copy(m.mem[off:], p)
+	// Again after the copy: a WriteZeroes racing with this write may have
+	// cleared the bits in between, and its zeroing (which follows its
+	// clearing) may have come before the copy.
+	m.written.set(lo, hi)
 	m.markDirty(lo, hi) // after the copy, so a Sync that clears the bit saw the data
 	return len(p), nil
 }
@@ -234,11 +238,13 @@ func (m *Mapped) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if length == 0 {
 		return nil
 	}
-	m.zero(off, off+length)
-	lo, hi := m.blockRange(off, length)
+	// Bits cleared before the memory: a racing write sets its bits again
+	// after its copy, so a block is never left marked a hole over data.
 	if !noHole {
 		m.written.unset(m.fullBlocks(off, off+length))
 	}
+	m.zero(off, off+length)
+	lo, hi := m.blockRange(off, length)
 	m.markDirty(lo, hi)
 	return nil
 }

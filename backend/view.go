@@ -94,10 +94,13 @@ func (m *Mapped) AppendWriteView(iov [][]byte, off, n int64) ([][]byte, error) {
 	return append(iov, m.mem[off:off+n:off+n]), nil
 }
 
-// CommitWriteView implements WriteViewer: a persistent export marks the
-// range for the next Sync.
+// CommitWriteView implements WriteViewer: the range counts as data again
+// (see WriteAt: a racing WriteZeroes may have cleared it), and a
+// persistent export marks it for the next Sync.
 func (m *Mapped) CommitWriteView(off, n int64) {
 	if n > 0 {
-		m.markDirty(m.blockRange(off, n))
+		lo, hi := m.blockRange(off, n)
+		m.written.set(lo, hi)
+		m.markDirty(lo, hi)
 	}
 }
