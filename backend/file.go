@@ -296,12 +296,29 @@ func (f *File) writeDSync(p []byte, off int64) (int, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, unix.EIO) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		if mayBeWriteBack(err) {
 			f.failSync(err) // the sync may have met other writes' failed write-back
 		}
 		return done, fmt.Errorf("pwritev2 RWF_DSYNC at offset %d: %w", off, err)
 	}
 	return done, nil
+}
+
+// mayBeWriteBack reports whether a failed RWF_DSYNC write's error may
+// have come from its sync, which consumes the file's once-only report of a
+// failed write-back (of this write or any other): every error but those
+// that only the write itself or the call can cause (a bad argument, a
+// flag the filesystem lacks, a file too large, a permission). Network
+// filesystems report write-back failures with more than EIO (ESTALE,
+// EREMOTEIO, ETIMEDOUT), so the rule is by exclusion.
+func mayBeWriteBack(err error) bool {
+	for _, notSync := range []error{unix.EINVAL, unix.EOPNOTSUPP, unix.ENOTSUP, unix.EFAULT,
+		unix.EFBIG, unix.EBADF, unix.EPERM, io.ErrShortWrite} {
+		if errors.Is(err, notSync) {
+			return false
+		}
+	}
+	return true
 }
 
 // Sync calls fdatasync and returns its error: a failed fdatasync means

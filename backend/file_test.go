@@ -4,6 +4,8 @@ package backend
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -299,4 +301,32 @@ func TestFileZeroingFallbacks(t *testing.T) {
 	f.noPunch.Store(true) // a device without a zeroing offload
 	require.ErrorIs(t, f.WriteZeroes(0, 4096, true, true), ErrNotFast, "no ZERO_RANGE for a block device's fast zero")
 	require.NoError(t, f.WriteZeroes(0, 4096, true, false))
+}
+
+// TestMayBeWriteBack: an RWF_DSYNC write's error is taken as a possible
+// write-back failure (and kept for every later Sync) unless only the
+// write or the call itself can cause it.
+func TestMayBeWriteBack(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{unix.EIO, true},
+		{unix.ENOSPC, true},
+		{unix.EDQUOT, true},
+		{unix.ESTALE, true},    // NFS
+		{unix.EREMOTEIO, true}, // NFS, CIFS
+		{unix.EROFS, true},     // remounted read-only after an error
+		{fmt.Errorf("wrapped: %w", unix.ETIMEDOUT), true},
+		{unix.EINVAL, false},
+		{unix.EOPNOTSUPP, false},
+		{unix.EFAULT, false},
+		{unix.EFBIG, false},
+		{unix.EPERM, false},
+		{io.ErrShortWrite, false},
+	} {
+		if got := mayBeWriteBack(tc.err); got != tc.want {
+			t.Errorf("mayBeWriteBack(%v) = %v; want %v", tc.err, got, tc.want)
+		}
+	}
 }
