@@ -31,9 +31,10 @@ type ExportRequest struct {
 const MaxInfoRequests = 64
 
 // DecodeExportRequest parses the data of NBD_OPT_INFO or NBD_OPT_GO. The
-// name must not exceed MaxStringLen bytes; duplicate and excess information
-// requests beyond MaxInfoRequests are dropped, since the server ignores
-// unknown ones anyway.
+// name must not exceed MaxStringLen bytes; information requests beyond
+// the first MaxInfoRequests are dropped, since the server ignores unknown
+// ones anyway. Duplicates are kept: answering each once is the server's
+// business.
 func DecodeExportRequest(data []byte) (ExportRequest, error) {
 	name, rest, err := decodeString(data)
 	if err != nil {

@@ -107,6 +107,10 @@ func discoverCaps(e *Export) (caps, error) {
 	}
 	if bs, ok := e.Backend.(backend.BlockSizer); ok && bs.MinBlockSize() > 1 {
 		c.minBlock = bs.MinBlockSize()
+		// proto.md "Block size constraints": a power of 2, at most 64 KiB.
+		if c.minBlock&(c.minBlock-1) != 0 || c.minBlock > 64<<10 {
+			return caps{}, fmt.Errorf("export %q: the backend's minimum block size %d is not a power of 2 up to 64 KiB", e.Name, c.minBlock)
+		}
 	}
 	return c, nil
 }

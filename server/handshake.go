@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 
 	"github.com/nbdd/nbdd/protocol"
 )
@@ -229,7 +230,10 @@ func (c *conn) sendInfos(opt protocol.Opt, exp *openExport, req protocol.ExportR
 	if err := c.optReplyData(opt, protocol.RepInfo, b); err != nil {
 		return err
 	}
-	for _, info := range req.Infos {
+	for i, info := range req.Infos {
+		if slices.Contains(req.Infos[:i], info) {
+			continue // "SHOULD only appear once": answered once
+		}
 		b = c.replyBuf[:0]
 		switch {
 		case info == protocol.InfoName:

@@ -541,3 +541,53 @@ func optionBytes(opt protocol.Opt, data []byte) []byte {
 func clientFlagsBytes(f protocol.ClientFlag) []byte {
 	return binary.BigEndian.AppendUint32(nil, uint32(f))
 }
+
+// TestDuplicateInfoAnsweredOnce: an information request sent twice
+// ("SHOULD only appear once") is answered once.
+func TestDuplicateInfoAnsweredOnce(t *testing.T) {
+	st := newServerTester(t, "", nil)
+	st.start()
+	st.sendOption(protocol.OptInfo, protocol.AppendExportRequest(nil, protocol.ExportRequest{
+		Name: "mem", Infos: []protocol.Info{protocol.InfoName, protocol.InfoName, protocol.InfoBlockSize}}))
+	counts := map[protocol.Info]int{}
+	for {
+		r := st.readOptReply()
+		if r.typ == protocol.RepAck {
+			break
+		}
+		require.Equal(t, protocol.RepInfo, r.typ)
+		counts[protocol.Info(binary.BigEndian.Uint16(r.data))]++
+	}
+	require.Equal(t, 1, counts[protocol.InfoName], "NBD_INFO_NAME replies")
+	require.Equal(t, 1, counts[protocol.InfoBlockSize], "NBD_INFO_BLOCK_SIZE replies")
+	st.goExport("mem")
+}
+
+// TestListMetaWithoutStructuredReplies: with structured replies refused,
+// no context can be selected, so LIST offers none.
+func TestListMetaWithoutStructuredReplies(t *testing.T) {
+	st := newServerTester(t, "", &Server{NoStructuredReplies: true})
+	st.start()
+	require.Empty(t, st.listMeta("mem"))
+	require.Empty(t, st.listMeta("mem", "base:"))
+}
+
+// badBlockSize reports a minimum block size the spec forbids.
+type badBlockSize struct {
+	*backend.Memory
+	min uint32
+}
+
+func (b badBlockSize) MinBlockSize() uint32 { return b.min }
+
+// TestBadMinBlockSizeRefused: a backend whose minimum block size is not a
+// power of 2 up to 64 KiB is not advertised; selecting it fails cleanly.
+func TestBadMinBlockSizeRefused(t *testing.T) {
+	for _, min := range []uint32{3000, 128 << 10} {
+		srv := &Server{Exports: []Export{{Name: "bad", Backend: badBlockSize{backend.NewMemory(1 << 20), min}}}}
+		st := newServerTester(t, "", srv)
+		st.start()
+		_, rep := st.infoOrGoErr(protocol.OptGo, "bad")
+		require.Equal(t, protocol.RepErrPlatform, rep.typ, "minimum block size %d", min)
+	}
+}

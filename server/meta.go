@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"strings"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
@@ -42,7 +41,9 @@ func (c *conn) optMetaContext(opt protocol.Opt, data []byte) error {
 	if exp.close != nil {
 		exp.close()
 	}
-	match := matchesBaseAllocation(req.Queries, set)
+	// Without structured replies no context can be selected, so LIST
+	// offers none ("the contexts available to the client to select").
+	match := matchesBaseAllocation(req.Queries, set) && !c.srv.NoStructuredReplies
 	id := uint32(0) // LIST's replies carry no ID ("reserved, SHOULD be zero")
 	if set {
 		c.metaBase, c.metaExport, id = match, exp.Name, baseAllocationID
@@ -74,7 +75,7 @@ func matchesBaseAllocation(queries []string, set bool) bool {
 		return !set
 	}
 	for _, q := range queries {
-		if q == protocol.MetaContextBaseAllocation || (!set && strings.EqualFold(q, "base:")) {
+		if q == protocol.MetaContextBaseAllocation || (!set && q == "base:") {
 			return true
 		}
 	}

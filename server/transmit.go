@@ -24,6 +24,7 @@ func (c *conn) transmit(ctx context.Context) error {
 	// streams through the connection's own small buffer instead of
 	// queueing behind buffers others may hold forever.
 	ctx = bufstrategy.NoWait(ctx)
+	c.optBuf, c.replyBuf = nil, nil // up to 64 KiB each, needed no more
 	c.bufs = c.srv.bufs.NewConn()
 	defer c.bufs.Close()
 	c.slots = make(chan struct{}, c.srv.queueDepth())
