@@ -412,6 +412,9 @@ func (w *replyWriter) streamRead(o *op) {
 func (w *replyWriter) endData(o *op, done int64, err error) {
 	c := w.c
 	off, n := int64(o.req.Offset), int64(o.req.Length)
+	if done >= n {
+		err = nil // all the data went out: an error after it changes nothing
+	}
 	switch {
 	case w.failed.Load():
 	case err == nil:
