@@ -138,7 +138,7 @@ func (c *conn) touch() { c.lastActive.Store(time.Now().UnixNano()) }
 // handle validates one request and starts it. Only framing violations
 // and socket errors are returned.
 func (c *conn) handle(ctx context.Context, req protocol.Request) error {
-	if req.Type == protocol.CmdWrite && int(req.Length) > c.br.Buffered() {
+	if req.Type == protocol.CmdWrite && c.srv.IdleTimeout > 0 && int(req.Length) > c.br.Buffered() {
 		c.armPayloadDeadline()
 		defer c.disarmPayloadDeadline()
 	}
