@@ -312,6 +312,9 @@ func (f *File) writeDSync(p []byte, off int64) (int, error) {
 // filesystems report write-back failures with more than EIO (ESTALE,
 // EREMOTEIO, ETIMEDOUT), so the rule is by exclusion.
 func mayBeWriteBack(err error) bool {
+	if unsupported(err) { // no pwritev2 or no RWF_DSYNC: nothing was synced
+		return false
+	}
 	for _, notSync := range []error{unix.EINVAL, unix.EOPNOTSUPP, unix.ENOTSUP, unix.EFAULT,
 		unix.EFBIG, unix.EBADF, unix.EPERM, io.ErrShortWrite} {
 		if errors.Is(err, notSync) {

@@ -320,6 +320,7 @@ func TestMayBeWriteBack(t *testing.T) {
 		{fmt.Errorf("wrapped: %w", unix.ETIMEDOUT), true},
 		{unix.EINVAL, false},
 		{unix.EOPNOTSUPP, false},
+		{unix.ENOSYS, false}, // no pwritev2 (seccomp, old kernels): the fallback syncs
 		{unix.EFAULT, false},
 		{unix.EFBIG, false},
 		{unix.EPERM, false},

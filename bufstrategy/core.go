@@ -185,12 +185,11 @@ func (a *acct) charge(ctx context.Context, size int) error {
 // b[:n].
 func (a *acct) lend(b []byte, n int) []byte {
 	a.mu.Lock()
-	if !a.closed.Load() {
-		if a.out == nil {
-			a.out = make(map[*byte]struct{})
-		}
-		a.out[&b[:1][0]] = struct{}{}
+	// Recorded even after a racing Close, whose Put must then find it.
+	if a.out == nil {
+		a.out = make(map[*byte]struct{})
 	}
+	a.out[&b[:1][0]] = struct{}{}
 	a.mu.Unlock()
 	return b[:n]
 }

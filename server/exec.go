@@ -195,6 +195,25 @@ func (c *conn) write(p []byte, off int64, fua bool) error {
 	return c.afterFUA(err, fua)
 }
 
+// syncsInline reports whether a sync may run on the reader: only when the
+// backend never waits, not even in Sync.
+func (c *conn) syncsInline() bool { return c.exp.nonBlocking && !c.exp.syncWaits }
+
+// syncThenReply runs the FUA sync of a WRITE the reader wrote itself
+// (streamed or spliced) on a goroutine of its own, then sends its reply:
+// a write-back must not hold up the reader and the requests behind it.
+func (c *conn) syncThenReply(o *op) {
+	o.ownGoroutine = true
+	go func() {
+		c.srv.acquireCall()
+		err := c.exp.Backend.Sync()
+		c.srv.releaseCall()
+		o.fail(err)
+		o.encode(c.structured)
+		c.w.sendOwn(o)
+	}()
+}
+
 // afterFUA makes a successful change durable when the client asked for
 // forced unit access (proto.md "NBD_CMD_FLAG_FUA").
 func (c *conn) afterFUA(err error, fua bool) error {

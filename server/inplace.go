@@ -55,6 +55,10 @@ func (c *conn) writeInPlace(o *op) error {
 			c.finish(o)
 			return rerr
 		}
+		if err == nil && werr == nil && fua && !c.syncsInline() {
+			c.syncThenReply(o)
+			return nil
+		}
 		if err == nil {
 			err = c.afterFUA(werr, fua)
 		}
@@ -102,6 +106,7 @@ func (c *conn) readIntoExport(off int64, n int) error {
 	if err != nil {
 		return err // validated already: only a broken backend gets here
 	}
+	c.payloadClock()
 	if err := c.in.transfer(iov); err != nil {
 		return err
 	}

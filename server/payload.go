@@ -10,69 +10,69 @@ import (
 // would keep its connection, its buffer and its share of the budget for
 // good, though it is as idle as one that sends nothing. The deadline
 // bounds how long the client sends nothing, not how long the payload
-// takes: it moves on each time the reader gets more (vecIO.onBlock and
-// pipeIn.onBlock when the socket runs dry, and after every payloadStep
-// read through the read buffer).
+// takes, nor how long the server itself takes between reads (waiting for
+// a queue slot, writing a chunk to a slow disk): every read of the
+// payload from the socket starts the clock afresh just before it may
+// wait (payloadClock), and readv and splice start it again whenever the
+// socket runs dry (vecIO.onBlock, pipeIn.onBlock).
 
-// payloadStep is how much of a payload is read through the read buffer
-// between two moves of the deadline.
-const payloadStep = 64 << 10
-
-// armPayloadDeadline starts the idle clock for the payload about to be
-// read, when Server.IdleTimeout is set; disarmPayloadDeadline stops it.
-func (c *conn) armPayloadDeadline() {
+// payloadClock gives the client IdleTimeout from now to send more of a
+// payload, when Server.IdleTimeout is set. handle clears the deadline
+// once the payload is read (endPayloadClock).
+func (c *conn) payloadClock() {
 	if c.srv.IdleTimeout <= 0 || c.nc == nil {
 		return
 	}
+	c.nc.SetReadDeadline(time.Now().Add(c.srv.IdleTimeout))
 	c.payloadArmed = true
-	c.rearmPayloadDeadline()
 }
 
-// rearmPayloadDeadline moves an armed payload deadline to IdleTimeout
-// from now: the client has just sent more.
-func (c *conn) rearmPayloadDeadline() {
-	if c.payloadArmed {
-		c.nc.SetReadDeadline(time.Now().Add(c.srv.IdleTimeout))
-	}
-}
-
-func (c *conn) disarmPayloadDeadline() {
+// endPayloadClock clears a deadline payloadClock set.
+func (c *conn) endPayloadClock() {
 	if c.payloadArmed {
 		c.nc.SetReadDeadline(time.Time{})
 		c.payloadArmed = false
 	}
 }
 
-// readPayload fills buf from the read buffer, moving the deadline on
-// every payloadStep bytes.
+// readPayload fills buf with payload bytes from the read buffer. Under
+// the idle timeout it reads with one Read (at most one read(2)) at a time,
+// starting the clock before each, so a client that keeps sending, however
+// slowly, is never cut off.
 func (c *conn) readPayload(buf []byte) error {
-	if !c.payloadArmed {
+	if c.srv.IdleTimeout <= 0 {
 		_, err := io.ReadFull(c.br, buf)
 		return err
 	}
 	for len(buf) > 0 {
-		n := min(len(buf), payloadStep)
-		if _, err := io.ReadFull(c.br, buf[:n]); err != nil {
+		c.payloadClock()
+		n, err := c.br.Read(buf)
+		buf = buf[n:]
+		if err != nil && (len(buf) > 0 || err != io.EOF) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
 			return err
 		}
-		buf = buf[n:]
-		c.rearmPayloadDeadline()
 	}
 	return nil
 }
 
 // discardPayload reads and drops n payload bytes, as readPayload reads.
 func (c *conn) discardPayload(n int) error {
+	if c.srv.IdleTimeout <= 0 {
+		_, err := c.br.Discard(n)
+		return err
+	}
 	for n > 0 {
-		k := n
-		if c.payloadArmed {
-			k = min(n, payloadStep)
+		if c.br.Buffered() == 0 {
+			c.payloadClock()
+			if _, err := c.br.Peek(1); err != nil { // one read(2) into the buffer
+				return err
+			}
 		}
-		if _, err := c.br.Discard(k); err != nil {
-			return err
-		}
+		k, _ := c.br.Discard(min(n, c.br.Buffered()))
 		n -= k
-		c.rearmPayloadDeadline()
 	}
 	return nil
 }

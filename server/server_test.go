@@ -532,3 +532,52 @@ func TestMaxRequestSizeLimit(t *testing.T) {
 		require.Equal(t, tc.want, (&Server{MaxRequestSize: tc.set}).maxRequestSize(), "MaxRequestSize %d", tc.set)
 	}
 }
+
+// TestPayloadClockIgnoresServerWaits: the idle clock of a WRITE payload
+// starts when the server reads it, not while the reader waits for a
+// queue slot behind a slow request: a client that sent everything at once
+// is not cut off.
+func TestPayloadClockIgnoresServerWaits(t *testing.T) {
+	f := backend.NewFault(backend.NewMemory(4<<20), backend.FaultRule{Op: backend.FaultWrite, Offset: 0, Length: 4096, Delay: 600 * time.Millisecond})
+	srv := socketServer(t, "pool", 4<<20, bufferConfig{})
+	srv.Exports = []Export{{Name: "f", Backend: f}}
+	srv.IdleTimeout = 200 * time.Millisecond
+	srv.QueueDepth = 1
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	c.handshake("f")
+	data := pattern(1<<20, 9)
+	wait := c.sendAsync([]protocol.Request{
+		{Type: protocol.CmdWrite, Cookie: 1, Offset: 0, Length: 4096},
+		{Type: protocol.CmdWrite, Cookie: 2, Offset: 1 << 20, Length: uint32(len(data))},
+	}, make([]byte, 4096), data)
+	c.wantReply(1, protocol.EOK)
+	c.wantReply(2, protocol.EOK)
+	wait()
+}
+
+// slowPipeFile is a file export whose spliced writes are slow, as a busy
+// disk's are.
+type slowPipeFile struct{ *backend.File }
+
+func (s slowPipeFile) WriteFromPipe(pipe int, off int64, n int) (int, error) {
+	time.Sleep(60 * time.Millisecond)
+	return s.File.WriteFromPipe(pipe, off, n)
+}
+
+// TestPayloadClockIgnoresSlowDisk: time the server spends writing a
+// streamed payload to a slow disk is not the client's idleness.
+func TestPayloadClockIgnoresSlowDisk(t *testing.T) {
+	const size = 4 << 20
+	f, _ := fileExport(t, t.TempDir(), size, nil)
+	srv := socketServer(t, "stream", size, bufferConfig{})
+	srv.Exports = []Export{{Name: "slow", Backend: slowPipeFile{f}}}
+	srv.IdleTimeout = 300 * time.Millisecond
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	c.handshake("slow")
+	data := pattern(size, 5)
+	wait := c.sendAsync([]protocol.Request{{Type: protocol.CmdWrite, Cookie: 1, Length: uint32(len(data))}}, data)
+	c.wantReply(1, protocol.EOK)
+	wait()
+}

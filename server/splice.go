@@ -75,7 +75,7 @@ func (c *conn) openPipe() (*pipeIn, error) {
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("pipe for splice: %w", err)
 	}
-	p := &pipeIn{rc: c.in.rc, r: fds[0], w: fds[1], onBlock: c.rearmPayloadDeadline}
+	p := &pipeIn{rc: c.in.rc, r: fds[0], w: fds[1], onBlock: c.payloadClock}
 	p.fn = p.call
 	size, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize)
 	if err != nil {
@@ -113,7 +113,8 @@ func (p *pipeIn) call(fd uintptr) bool {
 }
 
 // fill splices up to want bytes from the socket into the empty pipe,
-// waiting for the socket as needed, and returns how many it moved. The
+// waiting for the socket as needed (with onBlock run before each wait),
+// and returns how many it moved. The
 // pipe is drained after every fill, so it always has room and EAGAIN can
 // only mean the socket has nothing yet.
 func (p *pipeIn) fill(want int) (int, error) {
@@ -141,6 +142,7 @@ func (c *conn) spliceIntoExport(off int64, n int) (werr, rerr error) {
 		return c.copyIntoExport(off, n)
 	}
 	for n > 0 {
+		c.payloadClock() // the last WriteFromPipe was the server's time
 		got, err := p.fill(n)
 		if errors.Is(err, unix.EINVAL) { // a socket that cannot splice; nothing moved
 			c.log.Debug("socket cannot splice; copying", "err", err)
@@ -185,7 +187,10 @@ func (c *conn) discardAfter(werr, rerr error, rest int) (error, error) {
 // drainPipe reads n bytes out of the pipe through the reader's spare
 // buffer and writes them to the export at off with WriteAt.
 func (c *conn) drainPipe(p *pipeIn, off int64, n int) (werr, rerr error) {
-	werr, rerr = c.copyChunks(pipeReader(p.r), off, n)
+	werr, rerr = c.copyChunks(func(b []byte) error {
+		_, err := io.ReadFull(pipeReader(p.r), b)
+		return err
+	}, off, n)
 	if rerr != nil {
 		rerr = fmt.Errorf("drain splice pipe: %w", rerr)
 	}
@@ -212,24 +217,23 @@ func (r pipeReader) Read(b []byte) (int, error) {
 // and writes them to the export at off: the path when splice is not
 // possible.
 func (c *conn) copyIntoExport(off int64, n int) (werr, rerr error) {
-	werr, rerr = c.copyChunks(c.br, off, n)
+	werr, rerr = c.copyChunks(c.readPayload, off, n)
 	if rerr != nil {
 		rerr = fmt.Errorf("read write payload: %w", rerr)
 	}
 	return werr, rerr
 }
 
-// copyChunks copies n bytes from r to the export at off through the
-// reader's spare buffer. After a backend error (werr) it still reads all
-// n bytes; it stops early only when r fails (rerr).
-func (c *conn) copyChunks(r io.Reader, off int64, n int) (werr, rerr error) {
+// copyChunks copies n bytes, read with read, to the export at off through
+// the reader's spare buffer. After a backend error (werr) it still reads
+// all n bytes; it stops early only when read fails (rerr).
+func (c *conn) copyChunks(read func([]byte) error, off int64, n int) (werr, rerr error) {
 	buf := c.spare(&c.readerSpare)
 	for n > 0 {
 		part := buf[:min(len(buf), n)]
-		if _, err := io.ReadFull(r, part); err != nil {
+		if err := read(part); err != nil {
 			return werr, err
 		}
-		c.rearmPayloadDeadline()
 		if werr == nil {
 			werr = c.write(part, off, false)
 		}

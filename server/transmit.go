@@ -37,7 +37,7 @@ func (c *conn) transmit(ctx context.Context) error {
 		if rc, err := c.rwc.(syscall.Conn).SyscallConn(); err == nil {
 			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
 			c.w.out.onBlock = c.w.rearmStallDeadline
-			c.in.onBlock = c.rearmPayloadDeadline
+			c.in.onBlock = c.payloadClock
 		}
 	}
 	go c.w.loop()
@@ -138,9 +138,8 @@ func (c *conn) touch() { c.lastActive.Store(time.Now().UnixNano()) }
 // handle validates one request and starts it. Only framing violations
 // and socket errors are returned.
 func (c *conn) handle(ctx context.Context, req protocol.Request) error {
-	if req.Type == protocol.CmdWrite && c.srv.IdleTimeout > 0 && int(req.Length) > c.br.Buffered() {
-		c.armPayloadDeadline()
-		defer c.disarmPayloadDeadline()
+	if req.Type == protocol.CmdWrite && c.srv.IdleTimeout > 0 {
+		defer c.endPayloadClock()
 	}
 	o := c.newOp(req)
 	verr := validate(req, c.exp, c.maxPayload(), c.structured, c.metaBase)

@@ -728,3 +728,22 @@ func TestSlowSyncNotInline(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamedFUASyncOffReader: a FUA WRITE streamed on the reader (larger
+// than the strategy's chunk) has its sync run on a goroutine of its own,
+// so the requests behind it do not wait for the write-back.
+func TestStreamedFUASyncOffReader(t *testing.T) {
+	b := delayedSync{backend.NewMemory(1 << 20), 500 * time.Millisecond}
+	st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "m", Backend: b}}})
+	st.handshake("m")
+	var raw []byte
+	raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdWrite, Flags: protocol.CmdFlagFUA, Cookie: 2, Length: 16 << 10}, make([]byte, 16<<10))...)
+	raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdRead, Cookie: 3, Length: 4096}, nil)...)
+	begin := time.Now()
+	st.writeRaw(raw)
+	r := st.readReply()
+	require.Equal(t, uint64(3), r.cookie, "the READ's reply comes first")
+	st.readFull(make([]byte, 4096))
+	require.Less(t, time.Since(begin), b.delay, "the READ waited for the FUA write's sync")
+	st.wantReply(2, protocol.EOK)
+}

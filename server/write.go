@@ -103,7 +103,12 @@ func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
 		off += int64(len(part))
 		left -= len(part)
 	}
-	o.fail(c.afterFUA(werr, o.req.Flags&protocol.CmdFlagFUA != 0))
+	fua := o.req.Flags&protocol.CmdFlagFUA != 0
+	if werr == nil && fua && !c.syncsInline() {
+		c.syncThenReply(o)
+		return nil
+	}
+	o.fail(c.afterFUA(werr, fua))
 	o.encode(c.structured)
 	c.w.enqueue(o)
 	return nil

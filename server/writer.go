@@ -321,8 +321,13 @@ func (w *replyWriter) writeCoalesced(iov [][]byte) error {
 			b = b[:0]
 		}
 		if len(v) >= limit {
-			if _, err := w.c.rwc.Write(v); err != nil {
-				return err
+			// In pieces, each under a fresh stall deadline: one Write of
+			// a large payload would be one deadline for all of it.
+			for ; len(v) > 0; v = v[min(len(v), limit):] {
+				w.rearmStallDeadline()
+				if _, err := w.c.rwc.Write(v[:min(len(v), limit)]); err != nil {
+					return err
+				}
 			}
 			continue
 		}
@@ -439,7 +444,7 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 // "NBD_REPLY_TYPE_ERROR_OFFSET"); the connection carries on.
 func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
 	w.c.log.Debug("read failed mid-reply", "offset", at, "err", err)
-	msg := protocol.AppendErrorChunk(nil, Errno(err), err.Error(), true, uint64(at))
+	msg := protocol.AppendErrorChunk(nil, replyErrno(o.req, Errno(err)), err.Error(), true, uint64(at))
 	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
 		Length: uint32(len(msg))}.Put(w.chunkHdr[:])
 	w.writev2(w.chunkHdr[:protocol.ChunkHeaderSize], msg)
