@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/bits"
 	"os"
 	"strconv"
 	"strings"
@@ -44,6 +45,18 @@ type Counters struct {
 	KSMZeroPages     int64 `json:"ksm_zero_pages"`     // empty pages mapped to the zero page
 	StableNodeChains int64 `json:"stable_node_chains"` // chains beyond max_page_sharing
 	StableNodeDups   int64 `json:"stable_node_dups"`   // duplicated KSM pages in those chains
+	// NoGeneralProfit is set when the kernel has no general_profit
+	// (before 6.4); progress is then measured by pages_sharing.
+	NoGeneralProfit bool `json:"-"`
+}
+
+// gain is what a scan that merged something increases: general_profit, or
+// pages_sharing on kernels without it.
+func (c Counters) gain() int64 {
+	if c.NoGeneralProfit {
+		return c.PagesSharing
+	}
+	return c.GeneralProfit
 }
 
 func (c *Counters) fields() []*int64 {
@@ -59,6 +72,7 @@ func ReadCounters(store KnobStore) (Counters, error) {
 	for i, p := range c.fields() {
 		v, err := store.Read(counterNames[i])
 		if errors.Is(err, fs.ErrNotExist) {
+			c.NoGeneralProfit = c.NoGeneralProfit || p == &c.GeneralProfit
 			continue
 		}
 		if err != nil {
@@ -140,9 +154,17 @@ func sumSmapsKSM(r io.Reader, lo, hi uint64) (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("ksm: smaps %q: %w", line, err)
 		}
-		total += kb * 1024 * overlap / size
+		total += scaled(kb*1024, overlap, size)
 	}
 	return int64(total), sc.Err()
+}
+
+// scaled returns v*num/den without overflowing the product (num <= den):
+// a mapping of 4 GiB or more overflowed 64 bits.
+func scaled(v, num, den uint64) uint64 {
+	hi, lo := bits.Mul64(v, num)
+	q, _ := bits.Div64(hi, lo, den) // hi < den since num <= den
+	return q
 }
 
 func rangeOverlap(start, end, lo, hi uint64) uint64 {

@@ -14,7 +14,9 @@ import (
 )
 
 // watchMask reports a new image: created, moved in, or written and closed.
-const watchMask = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE | unix.IN_ONLYDIR
+// IN_MOVE_SELF reports the directory itself renamed away: the watch
+// would follow it to its new name, so it is dropped and dir watched anew.
+const watchMask = unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 
 // WatchDir watches the image directory dir with inotify and sends a kick for
 // every file created, moved in or written there, with the file's size as the
@@ -96,7 +98,8 @@ func (w *watcher) list(kick bool) error {
 }
 
 // follow reads events for wd until the watch goes away (the directory was
-// deleted or moved: IN_IGNORED) or reading fails.
+// deleted: IN_IGNORED; or renamed: IN_MOVE_SELF, and the watch, which
+// would follow it, is removed) or reading fails.
 func (w *watcher) follow(wd int) error {
 	for {
 		gone := false
@@ -106,6 +109,9 @@ func (w *watcher) follow(wd int) error {
 				w.send(Event{Kind: EventKick, Name: w.dir})
 			case int(ev.Wd) != wd:
 			case ev.Mask&unix.IN_IGNORED != 0:
+				gone = true
+			case ev.Mask&unix.IN_MOVE_SELF != 0:
+				unix.InotifyRmWatch(w.fd, uint32(wd))
 				gone = true
 			case name != "":
 				w.kick(name)

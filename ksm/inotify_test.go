@@ -120,3 +120,37 @@ func TestWatchDirNoParent(t *testing.T) {
 		t.Error("watching under a missing parent succeeded")
 	}
 }
+
+// TestWatchDirRenamedAway: a watched directory renamed away is let go, and
+// one re-created at the path is watched.
+func TestWatchDirRenamedAway(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "images")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	events, ready := watchTest(t, dir)
+	<-ready
+	if err := os.Rename(dir, filepath.Join(parent, "images.old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	<-ready // watching the new directory
+	img := filepath.Join(dir, "new.img")
+	if err := os.WriteFile(img, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Name == img {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no kick for %s after the watched directory was renamed away and re-created", img)
+		}
+	}
+}

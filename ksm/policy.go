@@ -138,7 +138,8 @@ type machine struct {
 	ref      profitRef
 }
 
-// profitRef is the general_profit seen at a full-scan boundary.
+// profitRef is the gain (general_profit, see Counters.gain) seen at a
+// full-scan boundary.
 type profitRef struct {
 	set           bool
 	scans, profit int64
@@ -179,15 +180,15 @@ func (m *machine) stalled(c Counters) bool {
 	switch {
 	case !m.ref.set:
 		if c.FullScans != m.entry {
-			m.ref = profitRef{true, c.FullScans, c.GeneralProfit}
+			m.ref = profitRef{true, c.FullScans, c.gain()}
 		}
 	case c.FullScans < m.ref.scans: // run=2 by someone else reset the counter
-		m.ref = profitRef{true, c.FullScans, c.GeneralProfit}
+		m.ref = profitRef{true, c.FullScans, c.gain()}
 	case c.FullScans-m.ref.scans >= 2:
-		if c.GeneralProfit <= m.ref.profit {
+		if c.gain() <= m.ref.profit {
 			return true
 		}
-		m.ref = profitRef{true, c.FullScans, c.GeneralProfit}
+		m.ref = profitRef{true, c.FullScans, c.gain()}
 	}
 	return false
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -39,10 +40,31 @@ func takeSnapshot(store KnobStore) (Snapshot, error) {
 		}
 		s[k] = v
 	}
+	if v, ok := s[KnobRun]; ok {
+		s[KnobRun] = restorableRun(v)
+	}
 	if _, ok := s[KnobRun]; !ok {
 		return nil, fmt.Errorf("ksm: no %s knob: %w", KnobRun, fs.ErrNotExist)
 	}
 	return s, nil
+}
+
+// restorableRun is the value of run to restore for a run that read v. run
+// reads back what was last written: 2 after an admin's one-off unmerge of
+// every KSM page, which written back would unmerge the whole host again
+// (other VMs' pages too), so it is restored as 0, the stopped state it
+// left behind; and with 4 added while memory is being hot-removed, which
+// the kernel refuses as a value.
+func restorableRun(v string) string {
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return v
+	}
+	n &^= 4 // KSM_RUN_OFFLINE
+	if n == 2 {
+		n = 0
+	}
+	return strconv.Itoa(n)
 }
 
 // stateFile is the JSON form of DefaultStateFile.
@@ -91,8 +113,12 @@ func loadSnapshot(path string) (Snapshot, error) {
 	if err := json.Unmarshal(b, &sf); err != nil {
 		return nil, fmt.Errorf("ksm: state file %s: %w", path, err)
 	}
-	if sf.Version != 1 || sf.Knobs[KnobRun] == "" {
+	// run may be missing: it is left out once someone else manages it.
+	if sf.Version != 1 || sf.Knobs == nil {
 		return nil, fmt.Errorf("ksm: state file %s: unsupported content", path)
+	}
+	if v, ok := sf.Knobs[KnobRun]; ok {
+		sf.Knobs[KnobRun] = restorableRun(v) // files of earlier versions kept it raw
 	}
 	return sf.Knobs, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"strconv"
 	"sync"
@@ -277,17 +278,28 @@ func (t *Throttler) handle(ev Event) {
 	t.log.Debug("ksm: event", "kind", ev.Kind, "name", ev.Name, "bytes", ev.Bytes)
 	switch ev.Kind {
 	case EventKick:
-		t.kickBytes += ev.Bytes
+		t.kickBytes = satAdd(t.kickBytes, ev.Bytes)
 		t.activate()
 	case EventExportOpened:
 		if ev.Bytes > 0 {
 			t.activate()
 		}
 	case EventExportClosed:
-		if t.m.state != Idle {
-			t.tune() // less mergeable memory: a lower rate
+		// Less mergeable memory: a lower rate. With nothing known left,
+		// the rate stays: the fallback basis (AnonPages) would raise it.
+		if t.m.state != Idle && t.knownBytes() > 0 {
+			t.tune()
 		}
 	}
+}
+
+// satAdd adds two non-negative sizes, saturating instead of wrapping (a
+// sparse image may claim exabytes).
+func satAdd(a, b int64) int64 {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // activate enters Aggressive, snapshotting the knobs first when leaving Idle.
@@ -345,7 +357,10 @@ func (t *Throttler) tick() {
 }
 
 // tune writes the current level's knobs and records what the kernel kept.
+// Knobs changed by someone else since the last write are found first, so
+// a kick between two polls does not overwrite them.
 func (t *Throttler) tune() {
+	t.detectForeign()
 	l := t.m.levels[t.m.state]
 	pages := pagesToScan(t.mergeableBytes(), t.pageSize, l.PagesFactor, t.minPages, t.maxPages)
 	writes := target(l, t.policy, t.hasAdvisor, pages)
@@ -445,13 +460,7 @@ func (t *Throttler) readCounters() {
 // mergeableBytes is the basis of pages_to_scan: the registered exports plus
 // the sizes announced by kicks, or AnonPages when nothing is known.
 func (t *Throttler) mergeableBytes() int64 {
-	n := t.kickBytes
-	t.mu.Lock()
-	for _, e := range t.exports {
-		n += e.bytes
-	}
-	t.mu.Unlock()
-	if n > 0 {
+	if n := t.knownBytes(); n > 0 {
 		return n
 	}
 	anon, err := AnonBytes(t.meminfo)
@@ -459,6 +468,17 @@ func (t *Throttler) mergeableBytes() int64 {
 		t.log.Debug("ksm: no mergeable size known", "err", err)
 	}
 	return anon
+}
+
+// knownBytes is the registered exports plus the sizes announced by kicks.
+func (t *Throttler) knownBytes() int64 {
+	n := t.kickBytes
+	t.mu.Lock()
+	for _, e := range t.exports {
+		n = satAdd(n, e.bytes)
+	}
+	t.mu.Unlock()
+	return n
 }
 
 func (t *Throttler) setState(s State) {

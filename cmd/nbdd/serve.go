@@ -93,9 +93,18 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// The host's KSM settings are restored first thing on a signal, before
+	// the connections drain (up to --shutdown-timeout, and a second signal
+	// exits at once), and on any other way out.
+	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
+	defer stopKSM()
 	announce(c, cfg, listeners)
-	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger)
-	return errors.Join(err, k.stop(cfg))
+	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger, func() {
+		if err := stopKSM(); err != nil {
+			logger.Error("restoring the KSM settings", "err", err)
+		}
+	})
+	return errors.Join(err, stopKSM())
 }
 
 func newLogger(level string) (*slog.Logger, error) {
@@ -130,7 +139,9 @@ func roSuffix(ro bool) string {
 	return ""
 }
 
-func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger) error {
+// runUntilSignal serves on listeners until a signal, then runs onSignal
+// and shuts srv down gracefully.
+func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger, onSignal func()) error {
 	sigs := make(chan os.Signal, 2)
 	// SIGHUP too: a closed terminal must not lose unflushed writes.
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
@@ -153,6 +164,7 @@ func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Dura
 	case sig := <-sigs:
 		logger.Info("shutting down", "signal", sig.String(), "timeout", timeout)
 	}
+	onSignal()
 	go func() {
 		sig := <-sigs
 		logger.Warn("second signal: exiting at once", "signal", sig.String())
