@@ -19,10 +19,7 @@ func TestRestoreNeverWritesRun2(t *testing.T) {
 		if err := f.Write(KnobRun, "2"); err != nil {
 			t.Fatal(err)
 		}
-		h := newHarness(t, f, Config{})
-		h.start()
-		h.th.ExportOpened("a", gib)
-		synctest.Wait()
+		h := tunedHarness(t, f)
 		f.ResetWrites()
 		if err := h.shutdown(); err != nil {
 			t.Fatal(err)
@@ -53,10 +50,7 @@ func TestRestorableRun(t *testing.T) {
 func TestStateFileAfterForeignRun(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := NewFake()
-		h := newHarness(t, f, Config{})
-		h.start()
-		h.th.ExportOpened("a", gib)
-		synctest.Wait()
+		h := tunedHarness(t, f)
 		f.Set(KnobRun, "0") // an admin: echo 0 > run
 		h.advance(time.Second)
 		saved, err := os.ReadFile(h.state) // what a SIGKILL now would leave
@@ -107,10 +101,7 @@ func TestExportClosedNeverRaisesRate(t *testing.T) {
 func TestKickKeepsForeignChange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := NewFake()
-		h := newHarness(t, f, Config{})
-		h.start()
-		h.th.ExportOpened("a", gib)
-		synctest.Wait()
+		h := tunedHarness(t, f)
 		h.advance(1500 * time.Millisecond)
 		f.Set(KnobSleepMillisecs, "42")
 		h.th.Kick() // before the next poll
@@ -144,10 +135,7 @@ func TestNoGeneralProfit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := NewFake()
 		f.Remove("general_profit")
-		h := newHarness(t, f, Config{})
-		h.start()
-		h.th.ExportOpened("a", gib)
-		synctest.Wait()
+		h := tunedHarness(t, f)
 		for i := int64(1); i <= 3; i++ {
 			f.SetCounter("full_scans", i)
 			f.SetCounter("pages_sharing", i*10000)
@@ -169,4 +157,15 @@ func TestSmapsLargeMapping(t *testing.T) {
 	if err != nil || got != size {
 		t.Errorf("merged bytes of a fully merged 8 GiB mapping = %d, %v; want %d", got, err, int64(size))
 	}
+}
+
+// tunedHarness starts a throttler on f and opens a 1 GiB export "a", so
+// that it is tuned (aggressive). It runs inside synctest.Test.
+func tunedHarness(t *testing.T, f *Fake) *harness {
+	t.Helper()
+	h := newHarness(t, f, Config{})
+	h.start()
+	h.th.ExportOpened("a", gib)
+	synctest.Wait()
+	return h
 }
