@@ -93,16 +93,39 @@ func Serve(ctx context.Context, l net.Listener, c Controller) error {
 	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	defer l.Close()
+	var backoff time.Duration
 	for {
 		conn, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
+		switch {
+		case err == nil:
+			backoff = 0
+			go serveConn(ctx, conn, c)
+		case ctx.Err() != nil:
+			return nil
+		case temporaryAcceptError(err):
+			// Out of descriptors or memory for a moment: wait and go on,
+			// as net/http does, instead of closing the socket for good.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
 				return nil
 			}
+		default:
 			return fmt.Errorf("ksm: accept: %w", err)
 		}
-		go serveConn(ctx, conn, c)
 	}
+}
+
+// temporaryAcceptError reports whether accept failed for want of a
+// resource that may come back.
+func temporaryAcceptError(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func serveConn(ctx context.Context, conn net.Conn, c Controller) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -124,5 +125,21 @@ func TestListenSocketStaleAndLive(t *testing.T) {
 	os.WriteFile(regular, nil, 0o644)
 	if _, err := ListenSocket(regular); err == nil {
 		t.Error("regular file replaced")
+	}
+}
+
+// TestTemporaryAcceptError: running out of descriptors or memory does not
+// end the control socket; other accept errors do.
+func TestTemporaryAcceptError(t *testing.T) {
+	for err, want := range map[error]bool{
+		&net.OpError{Op: "accept", Err: os.NewSyscallError("accept4", syscall.EMFILE)}: true,
+		syscall.ENFILE:       true,
+		syscall.ECONNABORTED: true,
+		syscall.EINVAL:       false,
+		net.ErrClosed:        false,
+	} {
+		if got := temporaryAcceptError(err); got != want {
+			t.Errorf("temporaryAcceptError(%v) = %v; want %v", err, got, want)
+		}
 	}
 }
