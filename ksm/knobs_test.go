@@ -109,3 +109,22 @@ func TestFakeKernelRules(t *testing.T) {
 		})
 	}
 }
+
+// TestLockStateFile: a second throttler on the same state file is refused
+// while the first holds it, and may take it once released.
+func TestLockStateFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run", "ksm.snapshot")
+	release, err := LockStateFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockStateFile(path); err == nil {
+		t.Fatal("a second lock on the same state file succeeded")
+	}
+	release()
+	release2, err := LockStateFile(path)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	release2()
+}

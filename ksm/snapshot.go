@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultStateFile is where the snapshot of the original knob values is kept
@@ -136,4 +138,26 @@ func restorePlan(s Snapshot) []Write {
 		plan = append(plan, Write{k, want})
 	}
 	return plan
+}
+
+// LockStateFile takes an exclusive lock on path+".lock" (flock), so that
+// two throttlers sharing a state file, which would restore each other's
+// snapshots and delete each other's file, cannot run at once. The lock
+// is released by release, or when the process exits.
+func LockStateFile(path string) (release func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("ksm: lock: %w", err)
+	}
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("ksm: lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("ksm: another throttler (another nbdd --ksm) uses the state file %s", path)
+		}
+		return nil, fmt.Errorf("ksm: lock %s.lock: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }

@@ -30,6 +30,7 @@ func ksmFlags() []cli.Flag {
 // ksmRunner is the throttler and the goroutines feeding it.
 type ksmRunner struct {
 	t      *ksm.Throttler
+	unlock func() // the state file's lock
 	cancel context.CancelFunc
 	done   chan error
 	sigs   chan os.Signal
@@ -55,11 +56,16 @@ func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, err
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("--ksm: %v", err), 1)
 	}
+	unlock, err := ksm.LockStateFile(c.String("ksm-state-file"))
+	if err != nil {
+		return nil, cli.Exit(fmt.Sprintf("--ksm: %v", err), 1)
+	}
 	// The control socket and the watched directory fail here, not in
 	// the log after nbdd has started.
 	var sock net.Listener
 	if path := c.String("ksm-socket"); path != "" {
 		if sock, err = ksm.ListenSocket(path); err != nil {
+			unlock()
 			return nil, cli.Exit(fmt.Sprintf("--ksm-socket: %v", err), 1)
 		}
 	}
@@ -68,11 +74,12 @@ func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, err
 			if sock != nil {
 				sock.Close()
 			}
+			unlock()
 			return nil, usage("--ksm-watch %s: not a directory", dir)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &ksmRunner{t: t, cancel: cancel, done: make(chan error, 1), sigs: make(chan os.Signal, 1)}
+	r := &ksmRunner{t: t, unlock: unlock, cancel: cancel, done: make(chan error, 1), sigs: make(chan os.Signal, 1)}
 	go func() { r.done <- t.Run(ctx) }()
 	r.feed(ctx, c, sock, logger)
 	for _, e := range cfg.srv.Exports {
@@ -124,6 +131,7 @@ func (r *ksmRunner) stop(cfg *config) error {
 	r.cancel()
 	select {
 	case err := <-r.done:
+		r.unlock()
 		if errors.Is(err, context.Canceled) {
 			return nil
 		}
