@@ -56,7 +56,7 @@ func attachCommand() *cli.Command {
 			&cli.StringFlag{Name: "export", Usage: "export `NAME` (default: the server's default export)"},
 			&cli.UintFlag{Name: "block-size", Usage: "logical block size: 512, 1024, 2048 or 4096 (default: 512, or the server's minimum if larger)"},
 			&cli.IntFlag{Name: "connections", Value: 1, Usage: "connections to the server (more than 1 needs NBD_FLAG_CAN_MULTI_CONN)"},
-			&cli.DurationFlag{Name: "timeout", Usage: "fail a request the server has not answered in this time (whole seconds; 0: wait forever)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "fail a request the server has not answered in this time (whole seconds; 0: the kernel's default, which waits with one connection, but with several gives up on a connection after 30 s)"},
 			&cli.BoolFlag{Name: "netlink", Usage: "configure the kernel through generic netlink and return (default)"},
 			&cli.BoolFlag{Name: "ioctl", Usage: "configure the kernel through ioctls and serve in the foreground"},
 		},
@@ -148,6 +148,12 @@ func attach(c *cli.Context) error {
 	bs, err := nbdkernel.ChooseBlockSize(o.blockSize, exp.BlockSize)
 	if err != nil {
 		return err
+	}
+	if max := exp.BlockSize.Max; max != 0 && max < protocol.DefaultMaxPayload {
+		// Asking for the block sizes binds this client to the maximum.
+		if err := dev.LimitRequestSize(max); err != nil {
+			return fmt.Errorf("the server takes requests of at most %d bytes, and %s cannot be limited to that: %w", max, dev.Path, err)
+		}
 	}
 	if exp.Size%uint64(bs) != 0 {
 		fmt.Fprintf(c.App.ErrWriter, "nbdd: warning: export size %d is not a multiple of the block size %d: the last %d bytes are not reachable\n",

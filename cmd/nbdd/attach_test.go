@@ -203,20 +203,26 @@ func TestOpenConnectionsCancelled(t *testing.T) {
 	l, err := net.Listen("unix", sock)
 	require.NoError(t, err)
 	defer l.Close()
+	ctx, cancel := context.WithCancel(t.Context())
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		c, err := l.Accept()
 		if err == nil {
 			accepted <- c
+			// The signal comes while the handshake waits for the greeting.
+			time.AfterFunc(50*time.Millisecond, cancel)
 		}
 	}()
-	ctx, cancel := context.WithCancel(t.Context())
-	time.AfterFunc(50*time.Millisecond, cancel)
 	start := time.Now()
 	_, _, err = openConnections(ctx, attachOptions{network: "unix", addr: sock, connections: 1})
 	require.ErrorIs(t, err, context.Canceled)
 	require.Less(t, time.Since(start), 5*time.Second)
-	(<-accepted).Close()
+	select {
+	case c := <-accepted:
+		c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server never accepted the connection")
+	}
 }
 
 func TestAttachedLine(t *testing.T) {

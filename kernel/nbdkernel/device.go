@@ -109,3 +109,25 @@ func (d Device) Size() (uint64, error) {
 	}
 	return sectors * 512, nil
 }
+
+// LimitRequestSize caps the requests the kernel sends to the device at
+// max bytes, through queue/max_sectors_kb, before it is attached. A client
+// that asked for the server's block size constraints must keep to its
+// maximum payload (proto.md "Size constraints"), and the kernel would
+// otherwise send up to max_sectors_kb (1280 KiB by default on 6.x, and up
+// to 32 MiB if raised). A limit already lower is kept.
+func (d Device) LimitRequestSize(max uint32) error {
+	kb := uint64(max) / 1024
+	if kb < 4 {
+		return fmt.Errorf("the server's maximum request of %d bytes is below a page", max)
+	}
+	path := filepath.Join(sysRoot, "block", "nbd"+strconv.Itoa(d.Index), "queue", "max_sectors_kb")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if cur, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && cur <= kb {
+		return nil
+	}
+	return os.WriteFile(path, []byte(strconv.FormatUint(kb, 10)), 0)
+}

@@ -1,6 +1,7 @@
 package nbdkernel
 
 import (
+	"fmt"
 	"github.com/nbdd/nbdd/internal/testenv"
 	"os"
 	"path/filepath"
@@ -75,4 +76,33 @@ func TestDeviceSize(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(sys, "block", "nbd3", "size"), []byte("x"), 0o644))
 	_, err = d.Size()
 	require.ErrorContains(t, err, `/dev/nbd3: size "x"`)
+}
+
+// TestLimitRequestSize: the device's max_sectors_kb is lowered to the
+// server's maximum payload, never raised.
+func TestLimitRequestSize(t *testing.T) {
+	for _, tc := range []struct {
+		cur  string
+		max  uint32
+		want string
+		bad  bool
+	}{
+		{"1280\n", 64 << 10, "64", false},
+		{"1280\n", 32 << 20, "1280\n", false},
+		{"32\n", 64 << 10, "32\n", false},
+		{"1280\n", 1 << 20, "1024", false},
+		{"1280\n", 1000, "1280\n", true},
+	} {
+		t.Run(fmt.Sprint(tc.max), func(t *testing.T) {
+			queue := filepath.Join(fakeSys(t), "block", "nbd3", "queue")
+			require.NoError(t, os.MkdirAll(queue, 0o755))
+			file := filepath.Join(queue, "max_sectors_kb")
+			require.NoError(t, os.WriteFile(file, []byte(tc.cur), 0o644))
+			err := Device{Index: 3}.LimitRequestSize(tc.max)
+			got, _ := os.ReadFile(file)
+			if (err != nil) != tc.bad || string(got) != tc.want {
+				t.Errorf("max_sectors_kb %q, server max %d: got %q, %v; want %q (error %v)", tc.cur, tc.max, got, err, tc.want, tc.bad)
+			}
+		})
+	}
 }

@@ -120,8 +120,10 @@ type Config struct {
 	// decide on FLUSH, FUA, TRIM, WRITE_ZEROES, read-only and multi-conn.
 	Flags protocol.TransmissionFlag
 	// Timeout is the per-request timeout, rounded up to whole seconds.
-	// Zero leaves the kernel default: no timeout, a stuck request is
-	// logged and waited for.
+	// Zero leaves the kernel default: with one connection, a stuck request
+	// is logged and waited for; with several, the block layer's 30 s
+	// request timeout marks the connection dead and the request goes to
+	// another, and I/O fails with EIO once all are dead.
 	Timeout time.Duration
 }
 

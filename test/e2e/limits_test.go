@@ -55,8 +55,14 @@ func TestHandshakeTimeout(t *testing.T) {
 			}
 			select {
 			case <-closed:
-				if d := time.Since(start); d < 400*time.Millisecond {
+				d := time.Since(start)
+				if d < 400*time.Millisecond {
 					t.Errorf("closed after %v; want no sooner than the 500ms timeout", d)
+				}
+				// The drip lasts 2 s: a deadline that moved with each byte
+				// would close no sooner than 2.5 s.
+				if tc.drip && d > 1800*time.Millisecond {
+					t.Errorf("closed after %v; want soon after the 500ms timeout, before the drip ends", d)
 				}
 				t.Logf("%s: closed after %v", tc.name, time.Since(start).Round(time.Millisecond))
 			case <-time.After(5 * time.Second):

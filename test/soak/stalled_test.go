@@ -100,9 +100,17 @@ func runStalled(t *testing.T, strategy string, conns int) (uint64, time.Duration
 	if limit := f.ChunkLimit(); limit > 0 {
 		charge = int64(limit) // the strategy streams the payload in pieces
 	}
-	held, waiting := awaitStalled(budget.InUse, budget.Waiting, charge, conns)
-	t.Logf("%s: %d writers stalled after %v: %s of the budget held, %d waiting for it",
-		strategy, conns, time.Since(start).Round(time.Millisecond), mib(held), waiting)
+	// The first writers fill the budget with their buffers; the rest
+	// stream through their connections' own small buffers (a full budget
+	// never stalls anyone), which the budget does not see.
+	want := min(int64(conns)*charge, budget.Size()/charge*charge)
+	held, ok := awaitHeld(budget.InUse, want)
+	if !ok {
+		t.Fatalf("%s: only %s of the budget held 30s after %d writers stalled; want %s: the writers did not all get their buffers",
+			strategy, mib(held), conns, mib(want))
+	}
+	t.Logf("%s: %d writers stalled after %v: %s of the budget held",
+		strategy, conns, time.Since(start).Round(time.Millisecond), mib(held))
 
 	latency, freshErr := freshClient(r)
 	time.Sleep(max(0, stalledHold-latency))
@@ -142,14 +150,17 @@ func stallWrite(nc net.Conn) error {
 	return err
 }
 
-// awaitStalled polls until every stalled writer holds its charge of the
-// budget or waits for it, for at most 30 s, and returns what it saw last.
-func awaitStalled(inUse func() int64, waiting func() int, charge int64, conns int) (int64, int) {
+// awaitHeld polls until the budget holds want bytes, for at most 30 s, and
+// returns what it saw last and whether that was enough.
+func awaitHeld(inUse func() int64, want int64) (int64, bool) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		held, w := inUse(), waiting()
-		if held/charge+int64(w) >= int64(conns) || time.Now().After(deadline) {
-			return held, w
+		held := inUse()
+		if held >= want {
+			return held, true
+		}
+		if time.Now().After(deadline) {
+			return held, false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -329,6 +329,11 @@ st_attach() { # optional hook: nbdd attach (a static tool from /extra)
 		[ $i -gt 100 ] && fail "/dev/nbd1 has size 0 after attach"
 		sleep 0.1
 	done
+	# The export's transmission flags reached the kernel (attach passes them
+	# in NBD_ATTR_SERVER_FLAGS): writable, TRIM, FLUSH.
+	[ "$(cat /sys/block/nbd1/ro)" = 0 ] || fail "nbd1 is read-only after attach"
+	[ "$(cat /sys/block/nbd1/queue/discard_max_bytes)" != 0 ] || fail "nbd1: no TRIM after attach (discard_max_bytes=0)"
+	grep -q "write back" /sys/block/nbd1/queue/write_cache || fail "nbd1: no FLUSH after attach (write_cache: $(cat /sys/block/nbd1/queue/write_cache))"
 	regions nbd1 | while read -r name off len; do
 		head -c "$len" /dev/urandom >/tmp/a.$name
 		want=$(sha </tmp/a.$name)
