@@ -240,6 +240,12 @@ func attachIoctl(ctx context.Context, c *cli.Context, o attachOptions, dev nbdke
 		return err
 	}
 	defer f.Close()
+	// A job-control stop (Ctrl-Z) wakes every thread, the one in
+	// NBD_DO_IT too, whose interrupted wait tears the device down: the
+	// terminal's stop signals are ignored while it serves. (SIGSTOP
+	// cannot be; it would do the same.)
+	signal.Ignore(syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU)
+	defer signal.Reset(syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU)
 	served := make(chan error, 1)
 	go func() { served <- nbdkernel.Serve(f, cfg, socks) }()
 	go announceWhenUp(ctx, c, o, dev, cfg)
