@@ -21,8 +21,9 @@ var (
 	// ErrNoModule means the nbd module is not loaded: no device node, or
 	// no generic netlink family "nbd".
 	ErrNoModule = errors.New("nbd module not loaded")
-	// ErrBusy means the device is already attached.
-	ErrBusy = errors.New("device already attached")
+	// ErrBusy means the device is attached, or being set up or held open
+	// by another process (the kernel says EBUSY for all three).
+	ErrBusy = errors.New("device busy: attached, or being set up or held open by another process")
 	// ErrNotAttached means a detach found the device idle.
 	ErrNotAttached = errors.New("device not attached")
 )
