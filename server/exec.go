@@ -195,23 +195,17 @@ func (c *conn) write(p []byte, off int64, fua bool) error {
 	return c.afterFUA(err, fua)
 }
 
-// syncsInline reports whether a sync may run on the reader: only when the
-// backend never waits, not even in Sync.
-func (c *conn) syncsInline() bool { return c.exp.nonBlocking && !c.exp.syncWaits }
-
-// syncThenReply runs the FUA sync of a WRITE the reader wrote itself
-// (streamed or spliced) on a goroutine of its own, then sends its reply:
-// a write-back must not hold up the reader and the requests behind it.
-func (c *conn) syncThenReply(o *op) {
-	o.ownGoroutine = true
-	go func() {
-		c.srv.acquireCall()
-		err := c.exp.Backend.Sync()
-		c.srv.releaseCall()
-		o.fail(err)
-		o.encode(c.structured)
-		c.w.sendOwn(o)
-	}()
+// syncOffReader takes over a WRITE the reader wrote itself (streamed or
+// spliced) when its FUA sync is due and may wait: the sync runs on a
+// goroutine of its own, which then replies, so a write-back never holds
+// up the reader and the requests behind it. It reports whether it did;
+// otherwise the reader finishes o (with afterFUA).
+func (c *conn) syncOffReader(o *op, err error, fua bool) bool {
+	if err != nil || !fua || c.exp.nonBlocking && !c.exp.syncWaits {
+		return false
+	}
+	c.runOwn(context.Background(), o, true) // the context is exec's; unused here
+	return true
 }
 
 // afterFUA makes a successful change durable when the client asked for

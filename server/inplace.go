@@ -55,8 +55,7 @@ func (c *conn) writeInPlace(o *op) error {
 			c.finish(o)
 			return rerr
 		}
-		if err == nil && werr == nil && fua && !c.syncsInline() {
-			c.syncThenReply(o)
+		if err == nil && c.syncOffReader(o, werr, fua) {
 			return nil
 		}
 		if err == nil {

@@ -48,10 +48,11 @@ func (c *conn) readPayload(buf []byte) error {
 		c.payloadClock()
 		n, err := c.br.Read(buf)
 		buf = buf[n:]
-		if err != nil && (len(buf) > 0 || err != io.EOF) {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
+		switch {
+		case len(buf) == 0:
+		case err == io.EOF:
+			return io.ErrUnexpectedEOF
+		case err != nil:
 			return err
 		}
 	}

@@ -207,10 +207,23 @@ func (c *conn) start(ctx context.Context, o *op) {
 		c.hold(o)
 		return
 	}
+	c.runOwn(ctx, o, false)
+}
+
+// runOwn runs o on a goroutine of its own, within Server.MaxBackendCalls,
+// and sends its reply from there. With syncOnly, o's data is written
+// already and only its FUA sync is left (syncOffReader). A flag, not a
+// func: a closure would cost each request an allocation.
+func (c *conn) runOwn(ctx context.Context, o *op, syncOnly bool) {
 	o.ownGoroutine = true
 	go func() {
 		c.srv.acquireCall()
-		c.exec(ctx, o)
+		if syncOnly {
+			o.fail(c.exp.Backend.Sync())
+			o.encode(c.structured)
+		} else {
+			c.exec(ctx, o)
+		}
 		c.srv.releaseCall()
 		c.w.sendOwn(o)
 	}()

@@ -104,8 +104,7 @@ func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
 		left -= len(part)
 	}
 	fua := o.req.Flags&protocol.CmdFlagFUA != 0
-	if werr == nil && fua && !c.syncsInline() {
-		c.syncThenReply(o)
+	if c.syncOffReader(o, werr, fua) {
 		return nil
 	}
 	o.fail(c.afterFUA(werr, fua))
