@@ -254,3 +254,30 @@ func TestMappedZeroWriteRace(t *testing.T) {
 		}
 	}
 }
+
+// TestMappedSyncWaits: only a persistent Mapped export's Sync writes to a
+// file, and decorators pass that on, so the server keeps its FLUSH and
+// FUA writes off the reader (backend.SyncWaiter).
+func TestMappedSyncWaits(t *testing.T) {
+	anon, err := NewMapped(1<<20, false)
+	require.NoError(t, err)
+	defer anon.Close()
+	img := tempImage(t, 1<<20)
+	persist, err := LoadMapped(img, false, true)
+	require.NoError(t, err)
+	defer persist.Close()
+	for name, tc := range map[string]struct {
+		b    Backend
+		want bool
+	}{
+		"ephemeral":            {anon, false},
+		"persistent":           {persist, true},
+		"read-only persistent": {ReadOnly(persist), true},
+		"memory":               {NewMemory(4096), false},
+	} {
+		sw, ok := tc.b.(SyncWaiter)
+		if got := ok && sw.SyncWaits(); got != tc.want {
+			t.Errorf("%s: SyncWaits = %v; want %v", name, got, tc.want)
+		}
+	}
+}

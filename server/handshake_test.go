@@ -343,36 +343,31 @@ func TestMetaContext(t *testing.T) {
 	})
 }
 
-// TestSetMetaContextReset: a later SET that selects nothing deselects
-// base:allocation, so BLOCK_STATUS is refused.
+// TestSetMetaContextReset: a later SET replaces the selection, even when
+// it selects nothing and even when it fails ("including when this command
+// fails"), so BLOCK_STATUS is refused afterwards.
 func TestSetMetaContextReset(t *testing.T) {
-	run(t, func(t *testing.T, strategy string) {
-		st := newServerTester(t, strategy, nil)
-		st.start()
-		st.structuredReply()
-		st.setMeta("mem", protocol.MetaContextBaseAllocation)
-		st.setMeta("mem")
-		st.goExport("mem")
-		st.blockStatus(1, 0, 512)
-		st.wantStructuredError(1, protocol.EINVAL)
-	})
-}
-
-// TestSetMetaContextFailureDeselects: a SET that fails still replaces the
-// selection ("including when this command fails").
-func TestSetMetaContextFailureDeselects(t *testing.T) {
-	run(t, func(t *testing.T, strategy string) {
-		st := newServerTester(t, strategy, nil)
-		st.start()
-		st.structuredReply()
-		st.setMeta("mem", protocol.MetaContextBaseAllocation)
-		st.option(protocol.OptSetMetaContext,
-			protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: "missing", Queries: []string{"base:allocation"}}),
-			protocol.RepErrUnknown)
-		st.goExport("mem")
-		st.blockStatus(1, 0, 512)
-		st.wantStructuredError(1, protocol.EINVAL)
-	})
+	for name, reset := range map[string]func(st *serverTester){
+		"selects nothing": func(st *serverTester) { st.setMeta("mem") },
+		"fails": func(st *serverTester) {
+			st.option(protocol.OptSetMetaContext,
+				protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: "missing", Queries: []string{"base:allocation"}}),
+				protocol.RepErrUnknown)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			run(t, func(t *testing.T, strategy string) {
+				st := newServerTester(t, strategy, nil)
+				st.start()
+				st.structuredReply()
+				st.setMeta("mem", protocol.MetaContextBaseAllocation)
+				reset(st)
+				st.goExport("mem")
+				st.blockStatus(1, 0, 512)
+				st.wantStructuredError(1, protocol.EINVAL)
+			})
+		})
+	}
 }
 
 // TestMetaContextOtherExport: contexts selected for one export do not

@@ -325,13 +325,19 @@ func TestIdleTimeoutSparesSlowReader(t *testing.T) {
 	}
 }
 
-// payloadExports serves a memory export (payloads read into its pages),
-// a file in /dev/shm (spliced) and a file on disk (read into buffers) on
-// srv, as "mem", "shm" and "disk".
-func payloadExports(t *testing.T, srv *Server, size int64) {
+// payloadServer serves, with idle as IdleTimeout, the three ways a WRITE
+// payload is read: a memory export (into its pages), a file in /dev/shm
+// (spliced) and a file on disk (into buffers), as "mem", "shm" and
+// "disk", 4 MiB each; it returns the server's socket.
+func payloadServer(t *testing.T, strategy string, idle time.Duration) string {
+	const size = 4 << 20
+	srv := socketServer(t, strategy, size, bufferConfig{})
 	shm, _ := fileExport(t, "/dev/shm", size, nil)
 	disk, _ := fileExport(t, t.TempDir(), size, nil)
 	srv.Exports = append(srv.Exports, Export{Name: "shm", Backend: shm}, Export{Name: "disk", Backend: disk})
+	srv.IdleTimeout = idle
+	sock, _ := serveUnix(t, srv)
+	return sock
 }
 
 // TestIdleTimeoutClosesStalledWriter: a client that stops part way
@@ -339,11 +345,7 @@ func payloadExports(t *testing.T, srv *Server, size int64) {
 // closed after IdleTimeout, whichever way the payload is read.
 func TestIdleTimeoutClosesStalledWriter(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
-		const size = 4 << 20
-		srv := socketServer(t, strategy, size, bufferConfig{})
-		payloadExports(t, srv, size)
-		srv.IdleTimeout = 100 * time.Millisecond
-		sock, _ := serveUnix(t, srv)
+		sock := payloadServer(t, strategy, 100*time.Millisecond)
 		for _, export := range []string{"mem", "shm", "disk"} {
 			c := dialClient(t, sock)
 			c.handshake(export)
@@ -359,11 +361,7 @@ func TestIdleTimeoutClosesStalledWriter(t *testing.T) {
 // TestIdleTimeoutSparesSlowWriter: a payload sent slowly but steadily,
 // taking several idle timeouts in all, is read to the end and written.
 func TestIdleTimeoutSparesSlowWriter(t *testing.T) {
-	const size = 4 << 20
-	srv := socketServer(t, "pool", size, bufferConfig{})
-	payloadExports(t, srv, size)
-	srv.IdleTimeout = 150 * time.Millisecond
-	sock, _ := serveUnix(t, srv)
+	sock := payloadServer(t, "pool", 150*time.Millisecond)
 	for _, export := range []string{"mem", "shm", "disk"} {
 		c := dialClient(t, sock)
 		c.handshake(export)

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"io"
 	"math/big"
 	"sync"
 	"testing"
@@ -179,4 +180,31 @@ func TestOversizedOptionPolicies(t *testing.T) {
 		st.option(protocol.OptInfo, long, protocol.RepErrTooBig)
 		st.goExport("mem")
 	})
+}
+
+// TestIdleTimeoutSparesSlowTLSReader: over TLS too, a client that reads a
+// large reply slowly but steadily gets all of it: the stall deadline
+// moves on with each piece of the reply, as it does with writev.
+func TestIdleTimeoutSparesSlowTLSReader(t *testing.T) {
+	const size = 2 << 20
+	srv := tlsServer(TLSOn)
+	srv.Exports = []Export{{Name: "big", Backend: backend.NewMemory(size)}}
+	srv.IdleTimeout = 150 * time.Millisecond
+	srv.SendBuffer = 64 << 10
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	c.start()
+	c.startTLS()
+	c.goExport("big")
+	c.read(1, 0, size)
+	var hdr [protocol.SimpleReplySize]byte
+	c.readFull(hdr[:])
+	buf := make([]byte, 64<<10)
+	for got := 0; got < size; {
+		c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+		k, err := io.ReadFull(c.br, buf[:min(len(buf), size-got)])
+		got += k
+		require.NoError(t, err, "cut off after %d of %d bytes, though the client kept reading", got, size)
+		time.Sleep(20 * time.Millisecond) // about 3 MiB/s: the reply takes 4 idle timeouts
+	}
 }
