@@ -76,57 +76,40 @@ func TestStateFileAfterForeignRun(t *testing.T) {
 	})
 }
 
-// TestExportClosedNeverRaisesRate: closing the last export leaves nothing
-// known to merge; the rate must not jump to the AnonPages fallback.
-func TestExportClosedNeverRaisesRate(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := NewFake()
-		h := newHarness(t, f, Config{})
-		h.th.meminfo = writeTemp(t, "AnonPages:      20971520 kB\n") // 20 GiB
-		h.start()
-		h.th.ExportOpened("a", 64<<20)
-		synctest.Wait()
-		h.wantKnobs(map[string]string{KnobPagesToScan: "1638"})
-		h.th.ExportClosed("a")
-		synctest.Wait()
-		if v, _ := f.Read(KnobPagesToScan); v != "1638" {
-			t.Errorf("pages_to_scan after the only export closed = %s; want 1638 kept", v)
-		}
-		h.shutdown()
-	})
-}
-
-// TestKickKeepsForeignChange: a kick between two polls first notices a
-// knob someone else changed, and leaves it to them.
-func TestKickKeepsForeignChange(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := NewFake()
-		h := tunedHarness(t, f)
-		h.advance(1500 * time.Millisecond)
-		f.Set(KnobSleepMillisecs, "42")
-		h.th.Kick() // before the next poll
-		synctest.Wait()
-		if v, _ := f.Read(KnobSleepMillisecs); v != "42" {
-			t.Errorf("sleep_millisecs = %s after a kick; the admin's 42 was overwritten", v)
-		}
-		h.shutdown()
-	})
-}
-
-// TestKickBytesSaturate: sizes from kicks add up without wrapping.
-func TestKickBytesSaturate(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := NewFake()
-		h := newHarness(t, f, Config{})
-		h.start()
-		h.th.Send(Event{Kind: EventKick, Name: "x", Bytes: 1 << 62})
-		h.th.Send(Event{Kind: EventKick, Name: "y", Bytes: 1 << 62})
-		synctest.Wait()
-		if v, _ := f.Read(KnobPagesToScan); v != "30000" {
-			t.Errorf("pages_to_scan = %s after two huge kicks; want the cap 30000", v)
-		}
-		h.shutdown()
-	})
+// TestPagesToScanBasis: the rate follows what is known to merge. Closing
+// the last export keeps the rate (the AnonPages fallback, 20 GiB here,
+// would raise it), and sizes from kicks add up without wrapping.
+func TestPagesToScanBasis(t *testing.T) {
+	for name, tc := range map[string]struct {
+		events func(h *harness)
+		want   string
+	}{
+		"last export closed": {func(h *harness) {
+			h.th.ExportOpened("a", 64<<20)
+			synctest.Wait()
+			h.wantKnobs(map[string]string{KnobPagesToScan: "1638"})
+			h.th.ExportClosed("a")
+		}, "1638"},
+		"huge kicks": {func(h *harness) {
+			h.th.Send(Event{Kind: EventKick, Name: "x", Bytes: 1 << 62})
+			h.th.Send(Event{Kind: EventKick, Name: "y", Bytes: 1 << 62})
+		}, "30000"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := NewFake()
+				h := newHarness(t, f, Config{})
+				h.th.meminfo = writeTemp(t, "AnonPages:      20971520 kB\n")
+				h.start()
+				tc.events(h)
+				synctest.Wait()
+				if v, _ := f.Read(KnobPagesToScan); v != tc.want {
+					t.Errorf("pages_to_scan = %s; want %s", v, tc.want)
+				}
+				h.shutdown()
+			})
+		})
+	}
 }
 
 // TestNoGeneralProfit: before Linux 6.4 there is no general_profit; a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -437,7 +438,16 @@ func TestStateFileUnwritable(t *testing.T) {
 	})
 }
 
+// TestForeignChange: a knob another tuner changed is noticed, whether by
+// the next poll or by a kick that comes first (which must not overwrite
+// it), and left to that tuner for good.
 func TestForeignChange(t *testing.T) {
+	for _, kick := range []bool{false, true} {
+		t.Run(fmt.Sprintf("kick=%v", kick), func(t *testing.T) { testForeignChange(t, kick) })
+	}
+}
+
+func testForeignChange(t *testing.T, kick bool) {
 	synctest.Test(t, func(t *testing.T) {
 		f := NewFake()
 		h := newHarness(t, f, Config{})
@@ -445,6 +455,13 @@ func TestForeignChange(t *testing.T) {
 		h.th.ExportOpened("a", gib)
 		synctest.Wait()
 		f.Set(KnobSleepMillisecs, "42") // another tuner
+		if kick {
+			h.th.Kick() // before the next poll
+			synctest.Wait()
+			if v, _ := f.Read(KnobSleepMillisecs); v != "42" {
+				t.Fatalf("sleep_millisecs = %s after a kick; the other tuner's 42 was overwritten", v)
+			}
+		}
 		h.advance(time.Second)
 		if s := h.th.Status(); !slices.Equal(s.Unmanaged, []string{KnobSleepMillisecs}) {
 			t.Fatalf("unmanaged = %v; want [sleep_millisecs]", s.Unmanaged)

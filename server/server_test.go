@@ -292,6 +292,23 @@ func TestIdleTimeoutClosesStalledReader(t *testing.T) {
 	})
 }
 
+// readSlowly sends a simple READ of n bytes from offset 0 and reads the
+// reply 64 KiB every 20 ms (about 3 MiB/s), failing if it is cut off.
+func (c *client) readSlowly(n int, what string) {
+	c.t.Helper()
+	c.read(1, 0, uint32(n))
+	var hdr [protocol.SimpleReplySize]byte
+	c.readFull(hdr[:])
+	buf := make([]byte, 64<<10)
+	for got := 0; got < n; {
+		c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+		k, err := io.ReadFull(c.br, buf[:min(len(buf), n-got)])
+		got += k
+		require.NoError(c.t, err, "%s: cut off after %d of %d bytes, though the client kept reading", what, got, n)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestIdleTimeoutSparesSlowReader: the stall deadline bounds how long a
 // client reads nothing, not how long a reply takes: a client that reads
 // a large reply slowly but steadily gets all of it, whether it goes out
@@ -311,17 +328,7 @@ func TestIdleTimeoutSparesSlowReader(t *testing.T) {
 	for _, export := range []string{"mem", "file"} {
 		c := dialClient(t, sock)
 		c.handshake(export)
-		c.read(1, 0, size)
-		var hdr [protocol.SimpleReplySize]byte
-		c.readFull(hdr[:])
-		buf := make([]byte, 64<<10)
-		for got := 0; got < size; {
-			c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-			k, err := io.ReadFull(c.br, buf[:min(len(buf), size-got)])
-			got += k
-			require.NoError(t, err, "%s: cut off after %d of %d bytes, though the client kept reading", export, got, size)
-			time.Sleep(20 * time.Millisecond) // about 3 MiB/s: the reply takes 4 idle timeouts
-		}
+		c.readSlowly(size, export)
 	}
 }
 

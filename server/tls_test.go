@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"io"
 	"math/big"
 	"sync"
 	"testing"
@@ -196,15 +195,5 @@ func TestIdleTimeoutSparesSlowTLSReader(t *testing.T) {
 	c.start()
 	c.startTLS()
 	c.goExport("big")
-	c.read(1, 0, size)
-	var hdr [protocol.SimpleReplySize]byte
-	c.readFull(hdr[:])
-	buf := make([]byte, 64<<10)
-	for got := 0; got < size; {
-		c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-		k, err := io.ReadFull(c.br, buf[:min(len(buf), size-got)])
-		got += k
-		require.NoError(t, err, "cut off after %d of %d bytes, though the client kept reading", got, size)
-		time.Sleep(20 * time.Millisecond) // about 3 MiB/s: the reply takes 4 idle timeouts
-	}
+	c.readSlowly(size, "TLS") // the reply takes 4 idle timeouts
 }
