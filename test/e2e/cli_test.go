@@ -44,7 +44,8 @@ func runNBDD(t *testing.T, env []string, args ...string) (stdout, stderr string,
 // to catch could not take the default port.
 func TestCLIUsageErrors(t *testing.T) {
 	sock := "unix://" + filepath.Join(t.TempDir(), "s")
-	same := filepath.Join(t.TempDir(), "same.img")
+	dir := t.TempDir()
+	same := filepath.Join(dir, "same.img")
 	if err := os.WriteFile(same, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +68,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"tls-only export without TLS", []string{"--memory", "s=1M,tls-only"}, nil, "tls-only"},
 		{"value on a bare option", []string{"--memory", "s=1M,ro=false"}, nil, "ro"},
 		{"load export of a file exported twice", []string{"--export", "a=" + same + ",load", "--export", "b=" + same + ",ro"}, nil, "same file"},
+		{"load export of a file in --dir", []string{"--dir", dir, "--export", "a=" + same + ",load"}, nil, "same.img"},
 		{"negative max connections", []string{"--max-connections", "-1"}, nil, "max-connections"},
 		{"negative idle timeout", []string{"--idle-timeout", "-1s"}, nil, "idle-timeout"},
 		{"bad send buffer", []string{"--send-buffer", "big"}, nil, "big"},
