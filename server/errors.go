@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"syscall"
 
 	"github.com/nbdd/nbdd/backend"
@@ -48,6 +49,26 @@ func (e *requestError) Unwrap() error { return e.err }
 
 func reject(errno protocol.Errno, format string, args ...any) *requestError {
 	return &requestError{errno: errno, err: fmt.Errorf(format, args...)}
+}
+
+// clientMessage is err's text as an error chunk carries it to the client
+// (proto.md "Structured reply chunk message types": "a human-readable
+// error string"), with the host's file paths left out: an *fs.PathError
+// names the file behind the export, which is the server's business, not
+// the client's. The operation and the cause stay. The full text is logged.
+func clientMessage(err error) string {
+	msg := err.Error()
+	for e := err; e != nil; {
+		var pe *fs.PathError
+		if !errors.As(e, &pe) {
+			break
+		}
+		if pe.Path != "" {
+			msg = strings.ReplaceAll(msg, pe.Path, "(export file)")
+		}
+		e = pe.Err
+	}
+	return msg
 }
 
 // Errno maps an error returned by a backend to the NBD error value sent to

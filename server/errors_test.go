@@ -193,3 +193,26 @@ func TestReplyErrno(t *testing.T) {
 		}
 	}
 }
+
+// TestClientMessage: error chunks keep the operation and the cause of a
+// backend error but not the host path of the file behind the export.
+func TestClientMessage(t *testing.T) {
+	pathErr := &fs.PathError{Op: "pread", Path: "/var/lib/images/secret-vm.raw", Err: syscall.EIO}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"plain", errors.New("injected fault"), "injected fault"},
+		{"path error", pathErr, "pread (export file): input/output error"},
+		{"wrapped path error", fmt.Errorf("read at 4096: %w", pathErr), "read at 4096: pread (export file): input/output error"},
+		{"request error", &requestError{errno: protocol.EIO, err: pathErr}, protocol.EIO.String() + ": pread (export file): input/output error"},
+		{"path error in a path error", &fs.PathError{Op: "sync", Path: "/a/b", Err: &fs.PathError{Op: "open", Path: "/c/d", Err: syscall.ENOENT}},
+			"sync (export file): open (export file): no such file or directory"},
+		{"empty path", &fs.PathError{Op: "read", Err: syscall.EIO}, "read : input/output error"},
+	} {
+		if got := clientMessage(tc.err); got != tc.want {
+			t.Errorf("%s: clientMessage = %q; want %q", tc.name, got, tc.want)
+		}
+	}
+}

@@ -137,7 +137,7 @@ func (o *op) encodeChunk(flags protocol.ReplyFlag, typ protocol.ReplyType, lengt
 // encodeErrorChunk sends the error with a human-readable message
 // (proto.md "NBD_REPLY_TYPE_ERROR").
 func (o *op) encodeErrorChunk() {
-	o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, o.err.Error(), false, 0)
+	o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, clientMessage(o.err), false, 0)
 	o.encodeChunk(protocol.ReplyFlagDone, protocol.ReplyTypeError, uint32(len(o.extra)))
 }
 

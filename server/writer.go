@@ -444,7 +444,7 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 // "NBD_REPLY_TYPE_ERROR_OFFSET"); the connection carries on.
 func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
 	w.c.log.Debug("read failed mid-reply", "offset", at, "err", err)
-	msg := protocol.AppendErrorChunk(nil, replyErrno(o.req, Errno(err)), err.Error(), true, uint64(at))
+	msg := protocol.AppendErrorChunk(nil, replyErrno(o.req, Errno(err)), clientMessage(err), true, uint64(at))
 	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
 		Length: uint32(len(msg))}.Put(w.chunkHdr[:])
 	w.writev2(w.chunkHdr[:protocol.ChunkHeaderSize], msg)
