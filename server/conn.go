@@ -26,6 +26,7 @@ type conn struct {
 	raw    io.Closer          // the connection as accepted; closeNow closes it
 	nc     net.Conn           // rwc as a net.Conn, or nil
 	br     *bufio.Reader
+	src    *sockReader // br's source, and headerSource's for a header read alone
 	log    *slog.Logger
 	closed atomic.Bool
 	cancel context.CancelFunc // ends the connection's context: budget waits give up
@@ -87,7 +88,8 @@ func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn
 	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel}
 	c.nc, _ = rwc.(net.Conn)
 	c.sizeSendBuffer()
-	c.br = bufio.NewReaderSize(rwc, readBufferSize)
+	c.src = &sockReader{conn: rwc}
+	c.br = bufio.NewReaderSize(c.src, readBufferSize)
 	c.bytes = newByteGate(s.maxInflightBytes())
 	attrs := []any{"conn", c.id}
 	if c.nc != nil && c.nc.RemoteAddr() != nil {
@@ -211,4 +213,19 @@ func (c *conn) maxPayload() uint32 { return c.srv.maxRequestSize() }
 func (c *conn) writeAll(b []byte) error {
 	_, err := c.rwc.Write(b)
 	return err
+}
+
+// sockReader is where the connection's requests are read from. It reads
+// the connection, or during the transmission phase on a plain socket a
+// vecIO of its own, whose raw system calls cost less (see vecIO).
+type sockReader struct {
+	conn io.Reader
+	v    *vecIO // nil until transmit sets it; owned by the reader
+}
+
+func (r *sockReader) Read(b []byte) (int, error) {
+	if r.v == nil {
+		return r.conn.Read(b)
+	}
+	return r.v.readSome(b)
 }

@@ -309,7 +309,8 @@ func (c *conn) optStartTLS(data []byte) error {
 		return fmt.Errorf("TLS handshake (nbdd supports X.509 certificates only, not TLS-PSK): %w", err)
 	}
 	c.rwc, c.nc, c.tls = tc, tc, true
-	c.br.Reset(tc)
+	c.src = &sockReader{conn: tc}
+	c.br.Reset(c.src)
 	c.structured, c.metaBase = false, false
 	c.log.Debug("TLS established", "version", tls.VersionName(tc.ConnectionState().Version))
 	return nil

@@ -96,18 +96,24 @@ func (p *pipeIn) close() {
 }
 
 // call is the RawConn callback: one splice from the socket, retried on
-// EINTR; false on EAGAIN, so the runtime waits for the socket.
+// EINTR; false on EAGAIN, so the runtime waits for the socket. Like
+// vecIO's, the call is raw: both ends are non-blocking, so it only moves
+// page references the socket already holds.
 func (p *pipeIn) call(fd uintptr) bool {
 	for {
-		n, err := unix.Splice(int(fd), nil, p.w, nil, p.want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		switch {
-		case errors.Is(err, unix.EINTR):
+		n, _, errno := unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.w), 0, uintptr(p.want),
+			unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch errno {
+		case unix.EINTR:
 			continue
-		case errors.Is(err, unix.EAGAIN):
+		case unix.EAGAIN:
 			p.onBlock()
 			return false
+		case 0:
+			p.n, p.err = int(n), nil
+		default:
+			p.n, p.err = 0, errno
 		}
-		p.n, p.err = int(n), err
 		return true
 	}
 }

@@ -38,6 +38,7 @@ func (c *conn) transmit(ctx context.Context) error {
 			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
 			c.w.out.onBlock = c.w.rearmStallDeadline
 			c.in.onBlock = c.payloadClock
+			c.src.v = newVecIO(rc, false)
 		}
 	}
 	go c.w.loop()
@@ -127,7 +128,7 @@ func (c *conn) headerSource() io.Reader {
 	exact := c.exactHeader && c.br.Buffered() == 0
 	c.exactHeader = false
 	if exact {
-		return c.rwc
+		return c.src
 	}
 	return c.br
 }

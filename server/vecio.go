@@ -17,6 +17,16 @@ import (
 // as a Go access, and memory a backend lends (backend.Viewer,
 // backend.WriteViewer) is read and written by the kernel alone.
 //
+// The calls are made with RawSyscall, without telling the scheduler: on a
+// non-blocking socket they never block, only copy what the socket holds
+// or has room for (at most the 1 MiB send buffer or a payload). A
+// scheduler-aware call costs more than the bookkeeping: each one made
+// while the whole process was idle wakes the runtime's monitor thread
+// (sysmon), which then polls every 20 µs for a while. A server that idles
+// between a client's requests is in that state at every request, and on
+// a virtual machine each of those wake-ups is a context switch taken from
+// the client (docs/performance.md).
+//
 // A vecIO belongs to one goroutine at a time: the reader owns the
 // connection's readv, whoever holds the reply writer's busy flag its
 // writev.
@@ -48,7 +58,7 @@ func (v *vecIO) call(fd uintptr) bool {
 		trap = unix.SYS_WRITEV
 	}
 	for {
-		n, _, errno := unix.Syscall(trap, fd, uintptr(unsafe.Pointer(&v.vecs[0])), uintptr(len(v.vecs)))
+		n, _, errno := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&v.vecs[0])), uintptr(len(v.vecs)))
 		switch {
 		case errno == unix.EINTR:
 			continue
@@ -100,6 +110,22 @@ func (v *vecIO) transfer(iov [][]byte) error {
 		vecs = advance(vecs, n)
 	}
 	return nil
+}
+
+// readSome reads at least one byte into b, waiting for the socket as
+// needed: io.Reader's Read, with io.EOF for a socket the client closed.
+func (v *vecIO) readSome(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	v.wait = true
+	vecs := v.load([][]byte{b})
+	defer v.unload()
+	n, err := v.once(vecs)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF
+	}
+	return n, err
 }
 
 // try moves as much of iov as the socket takes now, in one call.
