@@ -96,12 +96,13 @@ func (p *pipeIn) close() {
 }
 
 // call is the RawConn callback: one splice from the socket, retried on
-// EINTR; false on EAGAIN, so the runtime waits for the socket. Like
-// vecIO's, the call is raw: both ends are non-blocking, so it only moves
-// page references the socket already holds.
+// EINTR; false on EAGAIN, so the runtime waits for the socket. Unlike
+// vecIO's calls it is not raw: SPLICE_F_NONBLOCK makes the pipe's end
+// non-blocking, but a TCP socket's end follows the socket's own O_NONBLOCK,
+// which whoever holds a copy of the descriptor may clear.
 func (p *pipeIn) call(fd uintptr) bool {
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.w), 0, uintptr(p.want),
+		n, _, errno := unix.Syscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.w), 0, uintptr(p.want),
 			unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		switch errno {
 		case unix.EINTR:

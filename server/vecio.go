@@ -9,29 +9,37 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// vecIO moves bytes between a plain socket and a list of slices with raw
-// readv(2) or writev(2) calls. Its state lives in the struct, so that the
+// vecIO moves bytes between a plain socket and a list of slices with
+// scatter-gather system calls. Its state lives in the struct, so that the
 // RawConn callback is a method value made once and a transfer allocates
-// nothing. It uses the raw system calls, not unix.Readv and unix.Writev:
+// nothing. It makes the system calls itself, not unix.Readv and unix.Writev:
 // under the race detector those report the kernel's access to the slices
 // as a Go access, and memory a backend lends (backend.Viewer,
 // backend.WriteViewer) is read and written by the kernel alone.
 //
-// The calls are made with RawSyscall, without telling the scheduler: on a
-// non-blocking socket they never block, only copy what the socket holds
-// or has room for (at most the 1 MiB send buffer or a payload). A
-// scheduler-aware call costs more than the bookkeeping: each one made
-// while the whole process was idle wakes the runtime's monitor thread
-// (sysmon), which then polls every 20 µs for a while. A server that idles
-// between a client's requests is in that state at every request, and on
-// a virtual machine each of those wake-ups is a context switch taken from
-// the client (docs/performance.md).
+// On a socket the standard library polls (every net.Conn it makes) the
+// calls are recvmsg(2) and sendmsg(2) with MSG_DONTWAIT, made with
+// RawSyscall, without telling the scheduler. MSG_DONTWAIT makes each call
+// non-blocking whatever the descriptor's O_NONBLOCK flag (which anyone
+// holding a copy of the descriptor may clear), so a call never waits: it
+// only copies what the socket holds or has room for (at most the 1 MiB
+// send buffer or a payload), as a memmove would. A scheduler-aware call
+// costs more than that bookkeeping: each one made while the whole process
+// was idle wakes the runtime's monitor thread (sysmon), which then polls
+// every 20 µs for a while. A server that idles between a client's requests
+// is in that state at nearly every request, and on a virtual machine each
+// of those wake-ups is a context switch taken from the client
+// (docs/performance.md). Anything else (an *os.File handed to ServeConn,
+// blocking or not a socket) gets ordinary readv(2) and writev(2), so that
+// a wait for the client never holds a P.
 //
 // A vecIO belongs to one goroutine at a time: the reader owns the
 // connection's readv, whoever holds the reply writer's busy flag its
 // writev.
 type vecIO struct {
 	write bool // writev, else readv
+	raw   bool // a polled socket: raw sendmsg or recvmsg (see above)
+	msg   unix.Msghdr
 	wait  bool // on EAGAIN, let the runtime wait for the socket
 	rc    syscall.RawConn
 	all   []unix.Iovec // reused between transfers
@@ -45,20 +53,52 @@ type vecIO struct {
 }
 
 func newVecIO(rc syscall.RawConn, write bool) *vecIO {
-	v := &vecIO{rc: rc, write: write}
+	v := &vecIO{rc: rc, write: write, raw: nonBlocking(rc)}
 	v.fn = v.call
 	return v
+}
+
+// nonBlocking reports whether the descriptor behind rc is a socket in
+// non-blocking mode: one the runtime's poller waits on.
+func nonBlocking(rc syscall.RawConn) bool {
+	ok := false
+	rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		if err != nil || fl&unix.O_NONBLOCK == 0 {
+			return
+		}
+		_, err = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		ok = err == nil
+	})
+	return ok
+}
+
+// transferOnce makes the one system call of call.
+func (v *vecIO) transferOnce(fd uintptr) (uintptr, unix.Errno) {
+	if !v.raw {
+		trap := uintptr(unix.SYS_READV)
+		if v.write {
+			trap = unix.SYS_WRITEV
+		}
+		n, _, errno := unix.Syscall(trap, fd, uintptr(unsafe.Pointer(&v.vecs[0])), uintptr(len(v.vecs)))
+		return n, errno
+	}
+	v.msg.Iov = &v.vecs[0]
+	v.msg.SetIovlen(len(v.vecs))
+	trap, flags := uintptr(unix.SYS_RECVMSG), uintptr(unix.MSG_DONTWAIT)
+	if v.write {
+		trap, flags = unix.SYS_SENDMSG, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL
+	}
+	n, _, errno := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&v.msg)), flags)
+	v.msg.Iov = nil
+	return n, errno
 }
 
 // call is the RawConn callback: one system call, retried on EINTR. It
 // returns false on EAGAIN when v.wait is set, so the runtime waits.
 func (v *vecIO) call(fd uintptr) bool {
-	trap := uintptr(unix.SYS_READV)
-	if v.write {
-		trap = unix.SYS_WRITEV
-	}
 	for {
-		n, _, errno := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&v.vecs[0])), uintptr(len(v.vecs)))
+		n, errno := v.transferOnce(fd)
 		switch {
 		case errno == unix.EINTR:
 			continue

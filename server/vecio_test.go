@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestReadSome: the raw reader behind the read buffer returns what the
@@ -67,4 +69,76 @@ func unixPair(t *testing.T) (net.Conn, net.Conn) {
 		conns[i] = c
 	}
 	return conns[0], conns[1]
+}
+
+// TestNonBlocking: the descriptors of the standard library's net.Conns are
+// polled non-blocking sockets, so vecIO makes raw calls on them; a
+// blocking socket, such as an *os.File a library user hands to ServeConn,
+// and anything that is not a socket get ordinary calls.
+func TestNonBlocking(t *testing.T) {
+	a, _ := unixPair(t)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocking := os.NewFile(uintptr(fds[0]), "blocking")
+	t.Cleanup(func() { blocking.Close(); syscall.Close(fds[1]) })
+	pr, pw, err := os.Pipe() // non-blocking and polled, but no socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pr.Close(); pw.Close() })
+	for _, tc := range []struct {
+		name string
+		c    syscall.Conn
+		want bool
+	}{
+		{"net.Conn", a.(syscall.Conn), true},
+		{"blocking socket *os.File", blocking, false},
+		{"pipe", pr, false},
+	} {
+		rc, err := tc.c.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := newVecIO(rc, false); v.raw != tc.want {
+			t.Errorf("%s: raw = %v; want %v", tc.name, v.raw, tc.want)
+		}
+	}
+}
+
+// TestRawReadSurvivesBlockingMode: a raw read stays non-blocking after
+// the socket's O_NONBLOCK flag is cleared behind the server's back (as
+// os.File.Fd does to a copy of the descriptor), so an empty socket parks
+// the goroutine on the poller instead of holding a P in the kernel.
+func TestRawReadSurvivesBlockingMode(t *testing.T) {
+	a, b := unixPair(t)
+	rc, err := a.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newVecIO(rc, false)
+	if !v.raw {
+		t.Fatal("net.Conn not read raw")
+	}
+	rc.Control(func(fd uintptr) {
+		if err := unix.SetNonblock(int(fd), false); err != nil {
+			t.Fatal(err)
+		}
+	})
+	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() {
+		_, err := v.readSome(make([]byte, 8))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !isTimeout(err) {
+			t.Fatalf("readSome on an empty socket = %v; want a timeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		b.Write([]byte("x")) // unblock a read stuck in the kernel
+		t.Fatal("readSome blocked in the kernel past its deadline")
+	}
 }
