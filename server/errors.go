@@ -63,8 +63,8 @@ func clientMessage(err error) string {
 		if !errors.As(e, &pe) {
 			break
 		}
-		if pe.Path != "" {
-			msg = strings.ReplaceAll(msg, pe.Path, "(export file)")
+		if pe.Path != "" { // only where PathError.Error put it: a short path may occur elsewhere
+			msg = strings.Replace(msg, pe.Op+" "+pe.Path+": ", pe.Op+" (export file): ", 1)
 		}
 		e = pe.Err
 	}

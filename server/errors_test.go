@@ -210,6 +210,7 @@ func TestClientMessage(t *testing.T) {
 		{"path error in a path error", &fs.PathError{Op: "sync", Path: "/a/b", Err: &fs.PathError{Op: "open", Path: "/c/d", Err: syscall.ENOENT}},
 			"sync (export file): open (export file): no such file or directory"},
 		{"empty path", &fs.PathError{Op: "read", Err: syscall.EIO}, "read : input/output error"},
+		{"short path", fmt.Errorf("read at 0: %w", &fs.PathError{Op: "pread", Path: "a", Err: syscall.EIO}), "read at 0: pread (export file): input/output error"},
 	} {
 		if got := clientMessage(tc.err); got != tc.want {
 			t.Errorf("%s: clientMessage = %q; want %q", tc.name, got, tc.want)
