@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -15,10 +16,21 @@ import (
 // symlinks that leave the directory are refused by the kernel-checked walk
 // rather than by string matching alone.
 type DirSource struct {
+	// Refuse, if set, withholds the files for which it returns true:
+	// Open fails for them and List leaves them out. It is checked at
+	// every Open, so it also catches files that appear later (nbdd uses
+	// it for the files of writable load exports, whose in-memory copy
+	// would overwrite writes made through the directory). Set it before
+	// serving.
+	Refuse func(fs.FileInfo) bool
+
 	root     *os.Root
 	dir      string
 	readOnly bool
 }
+
+// ErrRefusedFile is returned by DirSource.Open for a file Refuse withholds.
+var ErrRefusedFile = errors.New("nbd: file withheld from the directory's exports")
 
 // ErrBadExportName is returned for a name that cannot name a file in the
 // directory.
@@ -46,7 +58,9 @@ func checkName(name string) error {
 
 // Open opens the file called name. Unknown and refused names give
 // (nil, nil, nil), so the client sees an unknown export and learns
-// nothing about the filesystem.
+// nothing about the filesystem. A file Refuse withholds gives
+// ErrRefusedFile, which the server logs and the client sees as an export
+// that cannot be opened.
 func (d *DirSource) Open(name string) (*Export, func() error, error) {
 	if checkName(name) != nil {
 		return nil, nil, nil
@@ -59,9 +73,14 @@ func (d *DirSource) Open(name string) (*Export, func() error, error) {
 	if err != nil {
 		return nil, nil, nil
 	}
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
 		f.Close()
 		return nil, nil, nil
+	}
+	if d.Refuse != nil && d.Refuse(fi) {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %q", ErrRefusedFile, name)
 	}
 	b, err := backend.NewFile(f, d.readOnly)
 	if err != nil {
@@ -94,7 +113,8 @@ func (d *DirSource) List() ([]Export, error) {
 		if checkName(name) != nil {
 			continue
 		}
-		if fi, err := d.root.Stat(name); err == nil && fi.Mode().IsRegular() {
+		fi, err := d.root.Stat(name)
+		if err == nil && fi.Mode().IsRegular() && (d.Refuse == nil || !d.Refuse(fi)) {
 			out = append(out, Export{Name: name, ReadOnly: d.readOnly})
 		}
 	}

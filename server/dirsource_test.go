@@ -1,11 +1,12 @@
 package server
 
 import (
-	"github.com/nbdd/nbdd/internal/testenv"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/stretchr/testify/require"
 )
@@ -117,4 +118,35 @@ func TestDirSourceNoFDLeak(t *testing.T) {
 	if after := countFDs(t); after > before {
 		t.Fatalf("open file descriptors: got %d after 30 abandoned handshakes; want %d as before", after, before)
 	}
+}
+
+// TestDirSourceRefuse: a file Refuse withholds cannot be opened or listed,
+// under its own name or under a name it gets after the source was made
+// (a hard link), while the directory's other files are served as usual.
+func TestDirSourceRefuse(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a.img", "b.img"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), make([]byte, 4096), 0o644))
+	}
+	withheld, err := os.Stat(filepath.Join(dir, "a.img"))
+	require.NoError(t, err)
+	ds, err := NewDirSource(dir, false)
+	require.NoError(t, err)
+	t.Cleanup(func() { ds.Close() })
+	ds.Refuse = func(fi fs.FileInfo) bool { return os.SameFile(fi, withheld) }
+	require.NoError(t, os.Link(filepath.Join(dir, "a.img"), filepath.Join(dir, "later.img")))
+
+	for _, name := range []string{"a.img", "later.img"} {
+		e, closeFn, err := ds.Open(name)
+		require.ErrorIs(t, err, ErrRefusedFile, name)
+		require.Nil(t, e, name)
+		require.Nil(t, closeFn, name)
+	}
+	e, closeFn, err := ds.Open("b.img")
+	require.NoError(t, err)
+	require.NotNil(t, e)
+	require.NoError(t, closeFn())
+	list, err := ds.List()
+	require.NoError(t, err)
+	require.Equal(t, []Export{{Name: "b.img"}}, list)
 }

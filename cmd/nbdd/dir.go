@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/nbdd/nbdd/server"
@@ -21,15 +22,27 @@ func (cfg *config) directory(readOnly bool) error {
 	if err := cfg.checkDirHoldsNoLoadFile(); err != nil {
 		return err
 	}
+	src.Refuse = cfg.isWritableLoadFile // files that appear in the directory later
 	cfg.srv.Source = src
 	return nil
+}
+
+// isWritableLoadFile reports whether info is the file of a writable load
+// export.
+func (cfg *config) isWritableLoadFile(info fs.FileInfo) bool {
+	for _, f := range cfg.files {
+		if f.copyBack && os.SameFile(f.info, info) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkDirHoldsNoLoadFile refuses a writable --dir that holds the file of
 // a writable load export, for the reason checkExportedTwice gives: the
 // directory's export would write the file directly and the load export's
 // copy would overwrite those writes. Files put into the directory later
-// are not checked.
+// are withheld by the DirSource's Refuse instead.
 func (cfg *config) checkDirHoldsNoLoadFile() error {
 	entries, err := os.ReadDir(cfg.dir)
 	if err != nil {
@@ -45,10 +58,8 @@ func (cfg *config) checkDirHoldsNoLoadFile() error {
 		if err != nil || !info.Mode().IsRegular() {
 			continue
 		}
-		for _, f := range cfg.files {
-			if f.copyBack && os.SameFile(f.info, info) {
-				return usage("export %q is a writable load export of %s, which --dir %s also exports; its copy would overwrite the other's writes (make it ro, or move it out of the directory)", f.name, e.Name(), cfg.dir)
-			}
+		if cfg.isWritableLoadFile(info) {
+			return usage("%s in --dir %s is also the file of a writable load export, whose copy would overwrite the directory export's writes (make the load export ro, or move the file out of the directory)", e.Name(), cfg.dir)
 		}
 	}
 	return nil

@@ -260,3 +260,33 @@ func TestDirExports(t *testing.T) {
 		}
 	})
 }
+
+// TestDirWithholdsLoadFile: a file of a writable load export that turns
+// up in a --dir directory after start (here a hard link) is not served
+// from there, since the load export's copy would overwrite what a client
+// wrote through the directory; the directory's other files still are.
+func TestDirWithholdsLoadFile(t *testing.T) {
+	requireTool(t, "nbdinfo")
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	load := filepath.Join(elsewhere, "vm.img")
+	if err := writeRandomFile(load, 1<<20, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeRandomFile(filepath.Join(dir, "b.img"), 512<<10, 8); err != nil {
+		t.Fatal(err)
+	}
+	s := p5startDir(t, dir, "--export", "vm="+load+",load")
+	if err := os.Link(load, filepath.Join(dir, "vm-link.img")); err != nil {
+		t.Fatal(err)
+	}
+	out := p5refused(t, command{name: "nbdinfo", args: []string{p5dirURI(s, "vm-link.img")}})
+	if strings.Contains(out, "export-size") {
+		t.Errorf("nbdinfo vm-link.img: %s; want it refused", out)
+	}
+	if !s.stderr.waitFor("withheld", stopTimeout) {
+		t.Errorf("nbdd logged no refusal of vm-link.img:\n%s", s.stderr)
+	}
+	if info := nbdinfo(t, p5dirURI(s, "b.img")); len(info.Exports) != 1 || info.Exports[0].Size != 512<<10 {
+		t.Errorf("nbdinfo b.img: %+v", info.Exports)
+	}
+}
