@@ -88,9 +88,13 @@ func (f *File) directBuf(p []byte, off int64) ([]byte, error) {
 }
 
 // pread reads with os.File.ReadAt, bouncing through an aligned buffer for
-// O_DIRECT when p is not aligned.
+// O_DIRECT when p is not aligned; a file in memory reads with a raw
+// pread (rawio.go).
 func (f *File) pread(p []byte, off int64) (int, error) {
-	if !f.direct {
+	switch {
+	case f.inMemory && !f.direct:
+		return rawTransfer(f, false, p, off)
+	case !f.direct:
 		return f.f.ReadAt(p, off)
 	}
 	buf, err := f.directBuf(p, off)
@@ -105,9 +109,13 @@ func (f *File) pread(p []byte, off int64) (int, error) {
 }
 
 // pwrite writes with os.File.WriteAt, bouncing through an aligned buffer
-// for O_DIRECT when p is not aligned.
+// for O_DIRECT when p is not aligned; a file in memory writes with a raw
+// pwrite (rawio.go).
 func (f *File) pwrite(p []byte, off int64) (int, error) {
-	if !f.direct {
+	switch {
+	case f.inMemory && !f.direct:
+		return rawTransfer(f, true, p, off)
+	case !f.direct:
 		return f.f.WriteAt(p, off)
 	}
 	buf, err := f.directBuf(p, off)

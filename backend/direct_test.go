@@ -4,7 +4,6 @@ package backend
 
 import (
 	"errors"
-	"os"
 	"syscall"
 	"testing"
 
@@ -77,13 +76,7 @@ func TestDirectAlign(t *testing.T) {
 	}
 	require.Equal(t, want, directAlign(f))
 
-	if _, err := os.Stat("/dev/shm"); err != nil {
-		testenv.SkipOutsideCI(t, "no /dev/shm")
-	}
-	shm, err := os.CreateTemp("/dev/shm", "nbdd-align-*")
-	require.NoError(t, err)
-	defer os.Remove(shm.Name())
-	g, err := NewFile(shm, false)
+	g, err := NewFile(tmpfsFile(t, 0), false)
 	require.NoError(t, err)
 	defer g.Close()
 	require.Equal(t, int64(defaultDirectAlign), directAlign(g), "tmpfs reports no alignment")

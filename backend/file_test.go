@@ -90,14 +90,8 @@ func TestFileZeroFallback(t *testing.T) {
 // TestFileTmpfs exercises a filesystem that punches holes but has no
 // ZERO_RANGE, so noHole zeroing must fall back for real.
 func TestFileTmpfs(t *testing.T) {
-	if _, err := os.Stat("/dev/shm"); err != nil {
-		testenv.SkipOutsideCI(t, "no /dev/shm")
-	}
-	tmp, err := os.CreateTemp("/dev/shm", "nbdd-backend-*")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.Remove(tmp.Name()) })
 	const size = 256 << 10
-	require.NoError(t, tmp.Truncate(size))
+	tmp := tmpfsFile(t, size)
 	f, err := NewFile(tmp, false)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close() })
@@ -330,4 +324,18 @@ func TestMayBeWriteBack(t *testing.T) {
 			t.Errorf("mayBeWriteBack(%v) = %v; want %v", tc.err, got, tc.want)
 		}
 	}
+}
+
+// tmpfsFile is a new file of size bytes in /dev/shm, removed after the
+// test. Tests of tmpfs behaviour skip without /dev/shm, except under CI.
+func tmpfsFile(t *testing.T, size int64) *os.File {
+	t.Helper()
+	if _, err := os.Stat("/dev/shm"); err != nil {
+		testenv.SkipOutsideCI(t, "no /dev/shm")
+	}
+	f, err := os.CreateTemp("/dev/shm", "nbdd-backend-*")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.Remove(f.Name()) })
+	require.NoError(t, f.Truncate(size))
+	return f
 }
