@@ -92,7 +92,7 @@ func (f *File) directBuf(p []byte, off int64) ([]byte, error) {
 // pread (rawio.go).
 func (f *File) pread(p []byte, off int64) (int, error) {
 	switch {
-	case f.inMemory && !f.direct:
+	case f.inMemory && !f.direct && !raceEnabled:
 		return rawTransfer(f, false, p, off)
 	case !f.direct:
 		return f.f.ReadAt(p, off)
@@ -113,7 +113,7 @@ func (f *File) pread(p []byte, off int64) (int, error) {
 // pwrite (rawio.go).
 func (f *File) pwrite(p []byte, off int64) (int, error) {
 	switch {
-	case f.inMemory && !f.direct:
+	case f.inMemory && !f.direct && !raceEnabled:
 		return rawTransfer(f, true, p, off)
 	case !f.direct:
 		return f.f.WriteAt(p, off)

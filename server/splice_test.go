@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -88,8 +89,21 @@ func testSpliceWrites(t *testing.T, strategy, dir string) int64 {
 type brokenSplice struct {
 	*backend.File
 	moveFirst int
+	mu        sync.Mutex // the test changes the errors between connections
 	spliceErr error
 	writeErr  error
+}
+
+func (b *brokenSplice) errs() (spliceErr, writeErr error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.spliceErr, b.writeErr
+}
+
+func (b *brokenSplice) setErrs(spliceErr, writeErr error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.spliceErr, b.writeErr = spliceErr, writeErr
 }
 
 func (b *brokenSplice) WriteFromPipe(pipe int, off int64, n int) (int, error) {
@@ -99,12 +113,13 @@ func (b *brokenSplice) WriteFromPipe(pipe int, off int64, n int) (int, error) {
 			return moved, err
 		}
 	}
-	return m, b.spliceErr
+	spliceErr, _ := b.errs()
+	return m, spliceErr
 }
 
 func (b *brokenSplice) WriteAt(p []byte, off int64) (int, error) {
-	if b.writeErr != nil {
-		return 0, b.writeErr
+	if _, writeErr := b.errs(); writeErr != nil {
+		return 0, writeErr
 	}
 	return b.File.WriteAt(p, off)
 }
@@ -138,7 +153,7 @@ func TestSpliceWriteFails(t *testing.T) {
 		}
 		c.disc()
 
-		b.spliceErr, b.writeErr = syscall.EIO, syscall.EIO
+		b.setErrs(syscall.EIO, syscall.EIO)
 		c = dialClient(t, sock)
 		c.handshake("d")
 		c.write(3, 0, pattern(1<<20, 4))

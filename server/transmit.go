@@ -38,7 +38,9 @@ func (c *conn) transmit(ctx context.Context) error {
 			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
 			c.w.out.onBlock = c.w.rearmStallDeadline
 			c.in.onBlock = c.payloadClock
-			c.src.v = newVecIO(rc, false)
+			if !raceEnabled {
+				c.src.v = newVecIO(rc, false)
+			}
 		}
 	}
 	go c.w.loop()

@@ -2,5 +2,5 @@
 
 package backend
 
-// raceEnabled: see race_test.go.
+// raceEnabled: see race.go.
 const raceEnabled = false
