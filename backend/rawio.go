@@ -18,7 +18,7 @@ import (
 // the runtime's monitor thread (sysmon), which then polls every 20 µs for
 // a while: at every request of a client with one request in flight. Paired
 // fio runs, 4 KiB random reads at queue depth 1 from a /dev/shm file
-// export: 0.93× the time of os.File's pread. Files on a disk keep
+// export: 0.90× the time of os.File's pread (docs/performance.md). Files on a disk keep
 // os.File's calls, which may wait on the device.
 //
 // The call goes through the file's RawConn, so the descriptor cannot be

@@ -102,19 +102,15 @@ func (p *pipeIn) close() {
 // which whoever holds a copy of the descriptor may clear.
 func (p *pipeIn) call(fd uintptr) bool {
 	for {
-		n, _, errno := unix.Syscall6(unix.SYS_SPLICE, fd, 0, uintptr(p.w), 0, uintptr(p.want),
-			unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		switch errno {
-		case unix.EINTR:
+		n, err := unix.Splice(int(fd), nil, p.w, nil, p.want, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case errors.Is(err, unix.EINTR):
 			continue
-		case unix.EAGAIN:
+		case errors.Is(err, unix.EAGAIN):
 			p.onBlock()
 			return false
-		case 0:
-			p.n, p.err = int(n), nil
-		default:
-			p.n, p.err = 0, errno
 		}
+		p.n, p.err = int(n), err
 		return true
 	}
 }

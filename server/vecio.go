@@ -53,14 +53,14 @@ type vecIO struct {
 }
 
 func newVecIO(rc syscall.RawConn, write bool) *vecIO {
-	v := &vecIO{rc: rc, write: write, raw: nonBlocking(rc)}
+	v := &vecIO{rc: rc, write: write, raw: pollableSocket(rc)}
 	v.fn = v.call
 	return v
 }
 
-// nonBlocking reports whether the descriptor behind rc is a socket in
+// pollableSocket reports whether the descriptor behind rc is a socket in
 // non-blocking mode: one the runtime's poller waits on.
-func nonBlocking(rc syscall.RawConn) bool {
+func pollableSocket(rc syscall.RawConn) bool {
 	ok := false
 	rc.Control(func(fd uintptr) {
 		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)

@@ -71,11 +71,11 @@ func unixPair(t *testing.T) (net.Conn, net.Conn) {
 	return conns[0], conns[1]
 }
 
-// TestNonBlocking: the descriptors of the standard library's net.Conns are
+// TestPollableSocket: the descriptors of the standard library's net.Conns are
 // polled non-blocking sockets, so vecIO makes raw calls on them; a
 // blocking socket, such as an *os.File a library user hands to ServeConn,
 // and anything that is not a socket get ordinary calls.
-func TestNonBlocking(t *testing.T) {
+func TestPollableSocket(t *testing.T) {
 	a, _ := unixPair(t)
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
