@@ -37,6 +37,7 @@ type File struct {
 	noSeekData  atomic.Bool
 	noDSync     atomic.Bool
 	noCachestat atomic.Bool
+	noNowait    atomic.Bool
 
 	// syncFailed is the first failed write-back (fdatasync, or the sync
 	// part of an RWF_DSYNC write): see Sync.

@@ -61,6 +61,10 @@ type caps struct {
 	file cachedFile
 	// pipeWriter takes large WRITE payloads with splice(2) (splice.go).
 	pipeWriter backend.PipeWriter
+	// cachedReader answers small READs of cached data on the reader
+	// (cached.go); nil for backends that never block, which run them
+	// there anyway.
+	cachedReader backend.CachedReader
 }
 
 // openExport is the export a connection has selected.
@@ -102,6 +106,9 @@ func discoverCaps(e *Export) (caps, error) {
 		c.syncWaits = sw.SyncWaits()
 	}
 	c.file, _ = e.Backend.(cachedFile)
+	if !c.nonBlocking {
+		c.cachedReader, _ = e.Backend.(backend.CachedReader)
+	}
 	if pw, ok := e.Backend.(backend.PipeWriter); ok && pw.CanWriteFromPipe() {
 		c.pipeWriter = pw
 	}

@@ -148,6 +148,9 @@ type Server struct {
 	// viewedBytes counts WRITE payload bytes read with readv straight into
 	// a backend's memory (inplace.go), for tests.
 	viewedBytes atomic.Int64
+	// cachedReads counts READs answered on the reader from the page cache
+	// (cached.go), for tests.
+	cachedReads atomic.Int64
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}

@@ -210,6 +210,10 @@ func (c *conn) start(ctx context.Context, o *op) {
 		c.hold(o)
 		return
 	}
+	if c.readCachedInline(ctx, o) {
+		c.hold(o)
+		return
+	}
 	c.runOwn(ctx, o, false)
 }
 

@@ -1,0 +1,91 @@
+//go:build linux
+
+package backend
+
+import (
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// CachedReader is implemented by backends that can try a read without
+// waiting on a device. ReadCached reads all of p at off and reports true
+// when the data is in memory already (the page cache) and the read needs
+// no I/O; otherwise it reports false and p holds nothing useful, and the
+// caller reads with ReadAt, which may wait and reports any error. It
+// never waits on I/O.
+//
+// The server uses it to answer small READs of cached data on the
+// goroutine that read the request, as it does for backends that never
+// block (NonBlocker), instead of handing each one to a goroutine of its
+// own.
+type CachedReader interface {
+	ReadCached(p []byte, off int64) bool
+}
+
+// ReadCached implements CachedReader with preadv2(2) and RWF_NOWAIT
+// (Linux 4.14), which fails with EAGAIN rather than start I/O. A short
+// read (part of the range cached) counts as a miss. Files opened with
+// O_DIRECT never use the page cache and always miss, as does any file on
+// a filesystem that refuses the flag, which the File then stops asking.
+//
+// Since the call cannot wait on the device it is made raw, as rawio.go
+// makes the calls on files in memory, and for the same reason: a server
+// whose client keeps one request in flight is idle before each one, and
+// an ordinary system call entered then wakes the runtime's monitor
+// thread. Under the race detector it is an ordinary call.
+func (f *File) ReadCached(p []byte, off int64) bool {
+	if f.direct || f.noNowait.Load() || len(p) == 0 {
+		return false
+	}
+	if n, _ := readLimit(len(p), off, f.size); n < len(p) {
+		return false
+	}
+	r := nowaitPool.Get().(*nowaitRead)
+	r.iov = unix.Iovec{Base: unsafe.SliceData(p)}
+	r.iov.SetLen(len(p))
+	r.off, r.n, r.errno = off, 0, 0
+	cerr := f.rc.Control(r.fn)
+	n, errno := r.n, r.errno
+	r.iov = unix.Iovec{}
+	nowaitPool.Put(r)
+	if errno == unix.EOPNOTSUPP || errno == unix.EINVAL || errno == unix.ENOSYS {
+		f.noNowait.Store(true)
+	}
+	return cerr == nil && errno == 0 && n == len(p)
+}
+
+// nowaitRead is one preadv2 with RWF_NOWAIT; pooled, with its callback
+// made once, so that a call allocates nothing.
+type nowaitRead struct {
+	iov   unix.Iovec
+	off   int64
+	n     int
+	errno unix.Errno
+	fn    func(fd uintptr)
+}
+
+var nowaitPool = sync.Pool{New: func() any {
+	r := &nowaitRead{}
+	r.fn = r.call
+	return r
+}}
+
+func (r *nowaitRead) call(fd uintptr) {
+	syscall6 := unix.RawSyscall6
+	if raceEnabled {
+		syscall6 = unix.Syscall6
+	}
+	for {
+		// preadv2(fd, iov, iovcnt, pos_l, pos_h, flags): on 64-bit
+		// systems the whole offset goes in pos_l.
+		n, _, errno := syscall6(unix.SYS_PREADV2, fd, uintptr(unsafe.Pointer(&r.iov)), 1,
+			uintptr(r.off), 0, unix.RWF_NOWAIT)
+		if errno == unix.EINTR {
+			continue
+		}
+		r.n, r.errno = int(n), errno
+		return
+	}
+}

@@ -1,0 +1,64 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/nbdd/nbdd/internal/testenv"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// TestCachedReadsInline: READs of a file on a disk whose data is in the
+// page cache are answered on the reader (readCachedInline): small ones
+// read with RWF_NOWAIT, large ones marked for sendfile. With the pages
+// dropped they run on goroutines of their own as before. The data is
+// right either way, under every strategy and both kinds of reply.
+func TestCachedReadsInline(t *testing.T) {
+	const size = 1 << 20
+	data := pattern(size, 9)
+	reads := []struct {
+		off uint64
+		n   uint32
+	}{{4096, 4096}, {100, 3000}, {65536 + 5, 128 << 10}, {0, 256 << 10}}
+	run(t, func(t *testing.T, strategy string) {
+		for _, sr := range []bool{false, true} {
+			f, _ := fileExport(t, t.TempDir(), size, data)
+			if f.NonBlocking() {
+				testenv.SkipOutsideCI(t, "the test directory is in memory, not on a disk")
+			}
+			srv := socketServer(t, strategy, size, bufferConfig{})
+			srv.Exports = []Export{{Name: "d", Backend: f}}
+			sock, _ := serveUnix(t, srv)
+			c := dialClient(t, sock)
+			if sr {
+				c.handshakeSR("d")
+			} else {
+				c.handshake("d")
+			}
+			check := func(cookie, off uint64, n uint32) {
+				t.Helper()
+				c.read(cookie, off, n)
+				want := data[off : off+uint64(n)]
+				if sr {
+					c.wantStructuredRead(cookie, off, want)
+				} else {
+					c.wantRead(cookie, want)
+				}
+			}
+			for i, r := range reads {
+				check(uint64(i), r.off, r.n)
+			}
+			require.Equal(t, int64(len(reads)), srv.cachedReads.Load(), "cached READs are answered on the reader")
+
+			require.NoError(t, f.Sync())
+			for i, r := range reads {
+				require.NoError(t, unix.Fadvise(int(f.File().Fd()), 0, 0, unix.FADV_DONTNEED))
+				if f.Cached(int64(r.off), int64(r.n)) {
+					testenv.SkipOutsideCI(t, "the kernel kept the pages after FADV_DONTNEED")
+				}
+				check(uint64(10+i), r.off, r.n)
+			}
+			require.Equal(t, int64(len(reads)), srv.cachedReads.Load(), "uncached READs run on goroutines")
+		}
+	})
+}
