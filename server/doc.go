@@ -8,8 +8,11 @@
 // the maximum request size before any buffer is taken; requests run on their
 // own goroutines, bounded by the queue depth per connection and by
 // Server.MaxBackendCalls server-wide, except small requests to backends
-// that never block (backend.NonBlocker), which the reader runs itself.
-// Each reply's header and data go out together in one vectored write, and replies that are ready together share it: the reader sends the
+// that never block (backend.NonBlocker), which the reader runs itself, and
+// READs of file data the page cache holds (backend.CachedReader), which
+// it answers itself too. Each reply's header and data go out together in
+// one vectored write, and replies that are ready together share it: the
+// reader sends the
 // replies of a burst of inline requests itself, without waiting, and one
 // writer goroutine sends the rest. The reader never waits on the writer:
 // when a connection is full it stops reading the socket, and TCP pushes
