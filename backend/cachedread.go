@@ -27,14 +27,16 @@ type CachedReader interface {
 // ReadCached implements CachedReader with preadv2(2) and RWF_NOWAIT
 // (Linux 4.14), which fails with EAGAIN rather than start I/O. A short
 // read (part of the range cached) counts as a miss. Files opened with
-// O_DIRECT never use the page cache and always miss, as does any file on
-// a filesystem that refuses the flag, which the File then stops asking.
+// O_DIRECT never use the page cache and always miss (with O_DIRECT,
+// RWF_NOWAIT does not stop the read from going to the device), as does
+// any file on a filesystem that refuses the flag, which the File then
+// stops asking.
 //
-// Since the call cannot wait on the device it is made raw, as rawio.go
-// makes the calls on files in memory, and for the same reason: a server
-// whose client keeps one request in flight is idle before each one, and
-// an ordinary system call entered then wakes the runtime's monitor
-// thread. Under the race detector it is an ordinary call.
+// The call is an ordinary system call, not a raw one as rawio.go makes
+// on files in memory: RWF_NOWAIT keeps it from waiting for the data, but
+// on a disk filesystem the read may still update the file's access time,
+// which can wait on the journal, and a raw call would hold up the Go
+// runtime meanwhile.
 func (f *File) ReadCached(p []byte, off int64) bool {
 	if f.direct || f.noNowait.Load() || len(p) == 0 {
 		return false
@@ -73,14 +75,11 @@ var nowaitPool = sync.Pool{New: func() any {
 }}
 
 func (r *nowaitRead) call(fd uintptr) {
-	syscall6 := unix.RawSyscall6
-	if raceEnabled {
-		syscall6 = unix.Syscall6
-	}
 	for {
 		// preadv2(fd, iov, iovcnt, pos_l, pos_h, flags): on 64-bit
-		// systems the whole offset goes in pos_l.
-		n, _, errno := syscall6(unix.SYS_PREADV2, fd, uintptr(unsafe.Pointer(&r.iov)), 1,
+		// systems, the only ones nbdd builds for, the whole offset goes
+		// in pos_l.
+		n, _, errno := unix.Syscall6(unix.SYS_PREADV2, fd, uintptr(unsafe.Pointer(&r.iov)), 1,
 			uintptr(r.off), 0, unix.RWF_NOWAIT)
 		if errno == unix.EINTR {
 			continue
@@ -88,4 +87,14 @@ func (r *nowaitRead) call(fd uintptr) {
 		r.n, r.errno = int(n), errno
 		return
 	}
+}
+
+// KnownData reports, without a system call, whether the n bytes at off
+// lie inside the run of data Extents found last: a READ of them has no
+// holes to report, so the server may send it with sendfile without
+// asking the filesystem, whose SEEK_DATA may wait on the inode lock
+// behind a write.
+func (f *File) KnownData(off, n int64) bool {
+	r := f.lastData.Load()
+	return r != nil && r.lo <= off && off+n <= r.hi
 }

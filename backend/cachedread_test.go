@@ -71,3 +71,37 @@ func TestReadCachedDirect(t *testing.T) {
 	defer f.Close()
 	require.False(t, f.ReadCached(make([]byte, 4096), 0))
 }
+
+// TestReadCachedDirectDescriptor: a descriptor opened with O_DIRECT and
+// handed to NewFile is noticed, so ReadCached never reads from the device
+// (RWF_NOWAIT does not stop an O_DIRECT read).
+func TestReadCachedDirectDescriptor(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "direct.img")
+	require.NoError(t, os.WriteFile(path, make([]byte, 64<<10), 0o600))
+	fd, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT, 0)
+	require.NoError(t, err)
+	require.NoError(t, fd.Sync()) // clean pages: an O_DIRECT read would not wait for writeback
+	f, err := NewFile(fd, false)
+	require.NoError(t, err)
+	defer f.Close()
+	require.False(t, f.ReadCached(make([]byte, 4096), 0))
+}
+
+// TestKnownData: KnownData answers from the data run Extents found last,
+// and forgets it when a hole may have been made.
+func TestKnownData(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data.img")
+	require.NoError(t, os.WriteFile(path, make([]byte, 1<<20), 0o600))
+	f, err := OpenFile(path, false)
+	require.NoError(t, err)
+	defer f.Close()
+	require.False(t, f.KnownData(0, 4096), "nothing looked up yet")
+	require.NoError(t, f.Extents(0, 1<<20, func(Extent) bool { return true }))
+	if f.lastData.Load() == nil {
+		testenv.SkipOutsideCI(t, "the filesystem reports no data runs")
+	}
+	require.True(t, f.KnownData(4096, 64<<10))
+	require.False(t, f.KnownData(1<<20-4096, 8192), "past the run")
+	require.NoError(t, f.Trim(0, 64<<10))
+	require.False(t, f.KnownData(4096, 4096), "a TRIM may have made a hole")
+}

@@ -118,11 +118,25 @@ func NewFile(f *os.File, readOnly bool) (*File, error) {
 		return nil, fmt.Errorf("backend %s: %w", f.Name(), err)
 	}
 	b := &File{f: f, rc: rc, size: size, readOnly: readOnly, inMemory: inMemoryFS(f)}
+	if b.openedDirect() {
+		b.noNowait.Store(true) // see ReadCached
+	}
 	if st, err := f.Stat(); err == nil {
 		b.serialWrites = st.Mode().IsRegular()
 		b.blockDev = st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
 	}
 	return b, nil
+}
+
+// openedDirect reports whether f's descriptor was opened with O_DIRECT
+// by whoever handed it to NewFile (OpenFileDirect says so itself).
+func (f *File) openedDirect() bool {
+	var fl int
+	err := f.control(func(fd int) (err error) {
+		fl, err = unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		return err
+	})
+	return err == nil && fl&unix.O_DIRECT != 0
 }
 
 // inMemoryFS reports whether f is on a filesystem that keeps its data in

@@ -12,9 +12,11 @@ import (
 // goroutine of its own would cost more than the work, which then waits on
 // no device.
 //
-//   - A READ of sendfileMin bytes or more whose range is cached (with no
-//     holes to report) is marked for sendfile(2), which the reply writer
-//     does (sendfile.go).
+//   - A READ of sendfileMin bytes or more whose range is cached is marked
+//     for sendfile(2), which the reply writer does (sendfile.go). Under
+//     structured replies only if its range is known to hold no holes
+//     without asking the filesystem (knownData): SEEK_DATA may wait on
+//     the inode lock behind a write, and the reader must not.
 //   - A smaller one is read into a buffer with backend.CachedReader,
 //     which gives up rather than wait for the device.
 //
@@ -23,15 +25,42 @@ import (
 // may be sparse, or the strategy has no buffer for it at once; the READ
 // then runs on its own goroutine as before, which also reports any error.
 func (c *conn) readCachedInline(ctx context.Context, o *op) bool {
-	if o.req.Type != protocol.CmdRead || o.req.Length == 0 {
+	if o.req.Type != protocol.CmdRead || o.req.Length == 0 ||
+		c.exp.file == nil && c.exp.cachedReader == nil || !c.cacheTries.try() {
 		return false
 	}
-	if c.sendsFile(o) {
-		o.sendfile = true
+	hit := c.sendfileCached(o) || c.readCached(ctx, o)
+	c.cacheTries.record(hit)
+	if hit {
 		o.encode(c.structured)
 		c.srv.cachedReads.Add(1)
-		return true
 	}
+	return hit
+}
+
+// sendfileCached marks o for sendfile if its data is cached and it has
+// no holes to look up; see readCachedInline.
+func (c *conn) sendfileCached(o *op) bool {
+	if c.exp.file == nil || int64(o.req.Length) < sendfileMin {
+		return false
+	}
+	if c.mayBeSparse(o) && !c.knownData(o) {
+		return false
+	}
+	o.sendfile = c.sendsFile(o)
+	return o.sendfile
+}
+
+// knownData reports whether the export knows, without a system call,
+// that o's range holds data only (backend.File.KnownData).
+func (c *conn) knownData(o *op) bool {
+	k, ok := c.exp.file.(interface{ KnownData(off, n int64) bool })
+	return ok && k.KnownData(int64(o.req.Offset), int64(o.req.Length))
+}
+
+// readCached reads a small READ's data into a buffer if it is all
+// cached; see readCachedInline.
+func (c *conn) readCached(ctx context.Context, o *op) bool {
 	cr := c.exp.cachedReader
 	if cr == nil || o.req.Length > inlineMax || c.mayBeSparse(o) {
 		return false
@@ -46,7 +75,29 @@ func (c *conn) readCachedInline(ctx context.Context, o *op) bool {
 		return false
 	}
 	o.buf, o.data = buf, buf[:n]
-	o.encode(c.structured)
-	c.srv.cachedReads.Add(1)
 	return true
+}
+
+// cacheTries spares the reader its failed attempts when the data is not
+// in the page cache (an image larger than memory, read at random): after
+// missRun misses in a row it tries one READ in missRun, until one hits.
+// A miss costs a system call the READ's own goroutine then repeats.
+type cacheTries struct{ misses int }
+
+const missRun = 16
+
+func (t *cacheTries) try() bool {
+	if t.misses < missRun {
+		return true
+	}
+	t.misses++
+	return t.misses%missRun == 0
+}
+
+func (t *cacheTries) record(hit bool) {
+	if hit {
+		t.misses = 0
+	} else if t.misses < missRun {
+		t.misses++
+	}
 }

@@ -10,9 +10,10 @@ import (
 
 // TestCachedReadsInline: READs of a file on a disk whose data is in the
 // page cache are answered on the reader (readCachedInline): small ones
-// read with RWF_NOWAIT, large ones marked for sendfile. With the pages
-// dropped they run on goroutines of their own as before. The data is
-// right either way, under every strategy and both kinds of reply.
+// read with RWF_NOWAIT, large ones marked for sendfile, under structured
+// replies once the file's data run is known. With the pages dropped they
+// run on goroutines of their own as before. The data is right either
+// way, under every strategy and both kinds of reply.
 func TestCachedReadsInline(t *testing.T) {
 	const size = 1 << 20
 	data := pattern(size, 9)
@@ -45,6 +46,13 @@ func TestCachedReadsInline(t *testing.T) {
 					c.wantRead(cookie, want)
 				}
 			}
+			if sr {
+				// A large structured READ may need a hole lookup, which the
+				// reader leaves to the READ's goroutine until the file's
+				// data run is known.
+				check(99, 0, 64<<10)
+				require.Zero(t, srv.cachedReads.Load(), "a hole lookup is left to the READ's goroutine")
+			}
 			for i, r := range reads {
 				check(uint64(i), r.off, r.n)
 			}
@@ -61,4 +69,29 @@ func TestCachedReadsInline(t *testing.T) {
 			require.Equal(t, int64(len(reads)), srv.cachedReads.Load(), "uncached READs run on goroutines")
 		}
 	})
+}
+
+// TestCacheTries: after missRun misses in a row the reader tries one READ
+// in missRun, and a hit brings back a try for every READ.
+func TestCacheTries(t *testing.T) {
+	var ct cacheTries
+	for range missRun {
+		require.True(t, ct.try())
+		ct.record(false)
+	}
+	tries := 0
+	for range 4 * missRun {
+		if ct.try() {
+			tries++
+			ct.record(false)
+		}
+	}
+	require.Equal(t, 4, tries, "one try in missRun while every try misses")
+	for !ct.try() {
+	}
+	ct.record(true)
+	for range 3 {
+		require.True(t, ct.try(), "every READ is tried after a hit")
+		ct.record(true)
+	}
 }

@@ -71,8 +71,11 @@ type conn struct {
 	// pipe takes large WRITE payloads for file exports with splice
 	// (splice.go); made on first use, owned by the reader. noSplice is set
 	// once splicing failed on this connection.
-	pipe     *pipeIn
-	noSplice bool
+	pipe *pipeIn
+	// cacheTries paces readCachedInline's attempts (cached.go); the
+	// reader's.
+	cacheTries cacheTries
+	noSplice   bool
 	// exactHeader asks for the next header to be read alone (see
 	// headerSource). Owned by the reader.
 	exactHeader bool
