@@ -1,19 +1,20 @@
 package server
 
 import (
+	"sync/atomic"
 	"testing"
 
+	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // TestCachedReadsInline: READs of a file on a disk whose data is in the
 // page cache are answered on the reader (readCachedInline): small ones
 // read with RWF_NOWAIT, large ones marked for sendfile, under structured
-// replies once the file's data run is known. With the pages dropped they
-// run on goroutines of their own as before. The data is right either
-// way, under every strategy and both kinds of reply.
+// replies once the file's data run is known. When the backend reports
+// them uncached they run on goroutines of their own as before. The data
+// is right either way, under every strategy and both kinds of reply.
 func TestCachedReadsInline(t *testing.T) {
 	const size = 1 << 20
 	data := pattern(size, 9)
@@ -23,7 +24,9 @@ func TestCachedReadsInline(t *testing.T) {
 	}{{4096, 4096}, {100, 3000}, {65536 + 5, 128 << 10}, {0, 256 << 10}}
 	run(t, func(t *testing.T, strategy string) {
 		for _, sr := range []bool{false, true} {
-			f, _ := fileExport(t, t.TempDir(), size, data)
+			file, _ := fileExport(t, t.TempDir(), size, data)
+			f := &missingCache{diskFile: file}
+			var _ cachedFile = f
 			if f.NonBlocking() {
 				testenv.SkipOutsideCI(t, "the test directory is in memory, not on a disk")
 			}
@@ -55,20 +58,39 @@ func TestCachedReadsInline(t *testing.T) {
 			}
 			for i, r := range reads {
 				check(uint64(i), r.off, r.n)
+				require.Equal(t, int64(i+1), srv.cachedReads.Load(), "cached READ %d (%d bytes at %d, structured %v) is answered on the reader", i, r.n, r.off, sr)
 			}
-			require.Equal(t, int64(len(reads)), srv.cachedReads.Load(), "cached READs are answered on the reader")
 
-			require.NoError(t, f.Sync())
+			// The page cache itself cannot be emptied reliably under a
+			// test (FADV_DONTNEED leaves busy pages, and ext4's large
+			// folios bring back neighbours), so the backend now reports
+			// every range uncached; backend.TestReadCached checks the real
+			// thing.
+			f.miss.Store(true)
 			for i, r := range reads {
-				require.NoError(t, unix.Fadvise(int(f.File().Fd()), 0, 0, unix.FADV_DONTNEED))
-				if f.Cached(int64(r.off), int64(r.n)) {
-					testenv.SkipOutsideCI(t, "the kernel kept the pages after FADV_DONTNEED")
-				}
 				check(uint64(10+i), r.off, r.n)
 			}
 			require.Equal(t, int64(len(reads)), srv.cachedReads.Load(), "uncached READs run on goroutines")
 		}
 	})
+}
+
+// missingCache is a File that reports no data cached once miss is set.
+// It embeds the File under another name (diskFile), so that the File's
+// File method is promoted rather than shadowed by the field.
+type missingCache struct {
+	*diskFile
+	miss atomic.Bool
+}
+
+type diskFile = backend.File
+
+func (m *missingCache) Cached(off, n int64) bool {
+	return !m.miss.Load() && m.diskFile.Cached(off, n)
+}
+
+func (m *missingCache) ReadCached(p []byte, off int64) bool {
+	return !m.miss.Load() && m.diskFile.ReadCached(p, off)
 }
 
 // TestCacheTries: after missRun misses in a row the reader tries one READ
