@@ -29,8 +29,13 @@ func (c *conn) readCachedInline(ctx context.Context, o *op) bool {
 		c.exp.file == nil && c.exp.cachedReader == nil || !c.cacheTries.try() {
 		return false
 	}
-	hit := c.sendfileCached(o) || c.readCached(ctx, o)
-	c.cacheTries.record(hit)
+	tried, hit := c.sendfileCached(o)
+	if !tried {
+		tried, hit = c.readCached(ctx, o)
+	}
+	if tried { // READs it could not even try say nothing about the cache
+		c.cacheTries.record(hit)
+	}
 	if hit {
 		o.encode(c.structured)
 		c.srv.cachedReads.Add(1)
@@ -39,43 +44,44 @@ func (c *conn) readCachedInline(ctx context.Context, o *op) bool {
 }
 
 // sendfileCached marks o for sendfile if its data is cached and it has
-// no holes to look up; see readCachedInline.
-func (c *conn) sendfileCached(o *op) bool {
-	if c.exp.file == nil || int64(o.req.Length) < sendfileMin {
-		return false
+// no holes to look up; see readCachedInline. tried reports whether it
+// asked the kernel.
+func (c *conn) sendfileCached(o *op) (tried, hit bool) {
+	if c.exp.file == nil || int64(o.req.Length) < sendfileMin || !c.kernelCopies {
+		return false, false
 	}
 	if c.mayBeSparse(o) && !c.knownData(o) {
-		return false
+		return false, false
 	}
 	o.sendfile = c.sendsFile(o)
-	return o.sendfile
+	return true, o.sendfile
 }
 
 // knownData reports whether the export knows, without a system call,
 // that o's range holds data only (backend.File.KnownData).
 func (c *conn) knownData(o *op) bool {
-	k, ok := c.exp.file.(interface{ KnownData(off, n int64) bool })
-	return ok && k.KnownData(int64(o.req.Offset), int64(o.req.Length))
+	return c.exp.dataKnower != nil && c.exp.dataKnower.KnownData(int64(o.req.Offset), int64(o.req.Length))
 }
 
 // readCached reads a small READ's data into a buffer if it is all
-// cached; see readCachedInline.
-func (c *conn) readCached(ctx context.Context, o *op) bool {
+// cached; see readCachedInline. tried reports whether it asked the
+// backend.
+func (c *conn) readCached(ctx context.Context, o *op) (tried, hit bool) {
 	cr := c.exp.cachedReader
 	if cr == nil || o.req.Length > inlineMax || c.mayBeSparse(o) {
-		return false
+		return false, false
 	}
 	n := int(o.req.Length)
 	buf, err := c.bufs.Get(ctx, n)
 	if err != nil {
-		return false
+		return false, false
 	}
 	if len(buf) < n || !cr.ReadCached(buf[:n], int64(o.req.Offset)) {
 		c.bufs.Put(buf)
-		return false
+		return len(buf) >= n, false
 	}
 	o.buf, o.data = buf, buf[:n]
-	return true
+	return true, true
 }
 
 // cacheTries spares the reader its failed attempts when the data is not

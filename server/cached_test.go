@@ -51,10 +51,18 @@ func TestCachedReadsInline(t *testing.T) {
 			}
 			if sr {
 				// A large structured READ may need a hole lookup, which the
-				// reader leaves to the READ's goroutine until the file's
-				// data run is known.
-				check(99, 0, 64<<10)
+				// reader leaves to the READ's goroutine while the file's
+				// data run is not known. Such READs are not misses: the
+				// small READ after them is still tried on the reader.
+				f.unknown.Store(true)
+				for i := range 2 * missRun {
+					check(uint64(100+i), 0, 64<<10)
+				}
 				require.Zero(t, srv.cachedReads.Load(), "a hole lookup is left to the READ's goroutine")
+				check(99, 0, 4096)
+				require.Equal(t, int64(1), srv.cachedReads.Load(), "READs the reader could not try count as no misses")
+				f.unknown.Store(false)
+				srv.cachedReads.Store(0)
 			}
 			for i, r := range reads {
 				check(uint64(i), r.off, r.n)
@@ -76,18 +84,24 @@ func TestCachedReadsInline(t *testing.T) {
 	})
 }
 
-// missingCache is a File that reports no data cached once miss is set.
+// missingCache is a File that reports no data cached once miss is set,
+// and no data run known while unknown is set.
 // It embeds the File under another name (diskFile), so that the File's
 // File method is promoted rather than shadowed by the field.
 type missingCache struct {
 	*diskFile
-	miss atomic.Bool
+	miss    atomic.Bool
+	unknown atomic.Bool // no data run is known (KnownData)
 }
 
 type diskFile = backend.File
 
 func (m *missingCache) Cached(off, n int64) bool {
 	return !m.miss.Load() && m.diskFile.Cached(off, n)
+}
+
+func (m *missingCache) KnownData(off, n int64) bool {
+	return !m.unknown.Load() && m.diskFile.KnownData(off, n)
 }
 
 func (m *missingCache) ReadCached(p []byte, off int64) bool {

@@ -65,6 +65,9 @@ type caps struct {
 	// (cached.go); nil for backends that never block, which run them
 	// there anyway.
 	cachedReader backend.CachedReader
+	// dataKnower tells, without a system call, that a range of the file
+	// holds no holes (backend.File.KnownData); nil if the backend cannot.
+	dataKnower interface{ KnownData(off, n int64) bool }
 }
 
 // openExport is the export a connection has selected.
@@ -106,6 +109,7 @@ func discoverCaps(e *Export) (caps, error) {
 		c.syncWaits = sw.SyncWaits()
 	}
 	c.file, _ = e.Backend.(cachedFile)
+	c.dataKnower, _ = e.Backend.(interface{ KnownData(off, n int64) bool })
 	if !c.nonBlocking {
 		c.cachedReader, _ = e.Backend.(backend.CachedReader)
 	}

@@ -15,12 +15,7 @@ import (
 // socket holds, waits when it holds nothing, honours read deadlines, and
 // reports a client that closed as io.EOF, as net.Conn's Read does.
 func TestReadSome(t *testing.T) {
-	a, b := unixPair(t)
-	rc, err := a.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := newVecIO(rc, false)
+	a, b, _, v := rawReaderPair(t)
 	buf := make([]byte, 16)
 
 	a.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -71,6 +66,18 @@ func unixPair(t *testing.T) (net.Conn, net.Conn) {
 	return conns[0], conns[1]
 }
 
+// rawReaderPair is a connected pair of unix sockets and a vecIO reading
+// the first one, with that socket's RawConn.
+func rawReaderPair(t *testing.T) (a, b net.Conn, rc syscall.RawConn, v *vecIO) {
+	t.Helper()
+	a, b = unixPair(t)
+	rc, err := a.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b, rc, newVecIO(rc, false)
+}
+
 // TestPollableSocket: the descriptors of the standard library's net.Conns are
 // polled non-blocking sockets, so vecIO makes raw calls on them; a
 // blocking socket, such as an *os.File a library user hands to ServeConn,
@@ -112,12 +119,7 @@ func TestPollableSocket(t *testing.T) {
 // os.File.Fd does to a copy of the descriptor), so an empty socket parks
 // the goroutine on the poller instead of holding a P in the kernel.
 func TestRawReadSurvivesBlockingMode(t *testing.T) {
-	a, b := unixPair(t)
-	rc, err := a.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := newVecIO(rc, false)
+	a, b, rc, v := rawReaderPair(t)
 	if !v.raw {
 		t.Fatal("net.Conn not read raw")
 	}
