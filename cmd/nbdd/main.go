@@ -54,6 +54,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			serveCommand(),
 			ksmCommand(),
+			imageCommand(),
 			attachCommand(), detachCommand(),
 			{
 				Name:  "version",
