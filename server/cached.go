@@ -38,7 +38,6 @@ func (c *conn) readCachedInline(ctx context.Context, o *op) bool {
 	}
 	if hit {
 		o.encode(c.structured)
-		c.srv.cachedReads.Add(1)
 	}
 	return hit
 }
@@ -54,6 +53,9 @@ func (c *conn) sendfileCached(o *op) (tried, hit bool) {
 		return false, false
 	}
 	o.sendfile = c.sendsFile(o)
+	if o.sendfile {
+		o.path = PathReadSendfile
+	}
 	return true, o.sendfile
 }
 
@@ -80,7 +82,7 @@ func (c *conn) readCached(ctx context.Context, o *op) (tried, hit bool) {
 		c.bufs.Put(buf)
 		return len(buf) >= n, false
 	}
-	o.buf, o.data = buf, buf[:n]
+	o.buf, o.data, o.path = buf, buf[:n], PathReadBuffered
 	return true, true
 }
 

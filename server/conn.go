@@ -85,6 +85,10 @@ type conn struct {
 	// kernelCopies is set when replies go to a socket through writev, so
 	// backend memory lent for a READ is only ever read by the kernel.
 	kernelCopies bool
+	// counts are the connection's counters (stats.go), set when the
+	// transmission phase starts; stats publishes them to Server.Stats.
+	counts *exportCounters
+	stats  atomic.Pointer[exportCounters]
 }
 
 func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {

@@ -47,6 +47,7 @@ func (c *conn) exec(ctx context.Context, o *op) {
 // does itself; nothing of the reply is sent before data is in hand.
 func (c *conn) read(ctx context.Context, o *op) error {
 	if c.viewable(o) {
+		o.path = PathReadLent
 		if sparse, err := c.readSparse(o, true); sparse {
 			return err
 		}
@@ -55,14 +56,15 @@ func (c *conn) read(ctx context.Context, o *op) error {
 		return err
 	}
 	if c.sendsFile(o) {
-		o.sendfile = true
+		o.sendfile, o.path = true, PathReadSendfile
 		return nil
 	}
 	n := int(o.req.Length)
+	o.path = PathReadBuffered
 	buf, err := c.bufs.Get(ctx, n)
 	if mustStream(err) {
 		if !o.ownGoroutine {
-			o.stream = true // the writer streams it through its own buffer
+			o.stream, o.path = true, PathReadStreamed // the writer streams it through its own buffer
 			return nil
 		}
 		if buf, err = c.takeReadSpare(ctx); err != nil {
@@ -81,7 +83,7 @@ func (c *conn) read(ctx context.Context, o *op) error {
 		if err := readFull(c.exp.Backend, buf, int64(o.req.Offset)); err != nil {
 			return err
 		}
-		o.stream, o.firstRead = true, true
+		o.stream, o.firstRead, o.path = true, true, PathReadStreamed
 		return nil
 	}
 	if sparse, err := c.readSparse(o, false); sparse {

@@ -41,6 +41,14 @@ func (c *conn) writeInPlace(o *op) error {
 	off, n := int64(o.req.Offset), int(o.req.Length)
 	fua := o.req.Flags&protocol.CmdFlagFUA != 0
 	k := min(n, c.br.Buffered())
+	switch {
+	case k == n:
+		o.path = PathWriteFromReadBuffer
+	case c.exp.writeViewer != nil:
+		o.path = PathWriteIntoExport
+	default:
+		o.path = PathWriteSpliced
+	}
 	var err error
 	if k > 0 || n == 0 {
 		head, _ := c.br.Peek(k)
@@ -51,6 +59,9 @@ func (c *conn) writeInPlace(o *op) error {
 		c.release() // about to wait for the client
 		c.exactHeader = n >= exactHeaderMin
 		werr, rerr := c.payloadIntoExport(off+int64(k), n-k)
+		if o.path == PathWriteSpliced && c.noSplice {
+			o.path = PathWriteStreamed // splicing failed: copied
+		}
 		if rerr != nil {
 			c.finish(o)
 			return rerr
@@ -106,9 +117,5 @@ func (c *conn) readIntoExport(off int64, n int) error {
 		return err // validated already: only a broken backend gets here
 	}
 	c.payloadClock()
-	if err := c.in.transfer(iov); err != nil {
-		return err
-	}
-	c.srv.viewedBytes.Add(int64(n))
-	return nil
+	return c.in.transfer(iov)
 }

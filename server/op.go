@@ -33,6 +33,8 @@ type op struct {
 	// sendfile means the READ's data goes from the export's file to the
 	// socket with sendfile(2) after the header (see conn.sendsFile).
 	sendfile bool
+	// path is how the request's data moved, for Server.Stats.
+	path Path
 
 	hdr    [maxReplyHeader]byte
 	hdrLen int

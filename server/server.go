@@ -142,15 +142,6 @@ type Server struct {
 	calls      chan struct{} // a token per backend call in progress; nil: no bound
 	inShutdown atomic.Bool
 	nextConnID atomic.Uint64
-	// splicedBytes counts WRITE payload bytes taken with splice (splice.go),
-	// for tests.
-	splicedBytes atomic.Int64
-	// viewedBytes counts WRITE payload bytes read with readv straight into
-	// a backend's memory (inplace.go), for tests.
-	viewedBytes atomic.Int64
-	// cachedReads counts READs answered on the reader from the page cache
-	// (cached.go), for tests.
-	cachedReads atomic.Int64
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
@@ -158,6 +149,10 @@ type Server struct {
 	perHost   map[string]int // connections per client host, for MaxConnsPerHost
 	nconns    int            // accepted connections, for MaxConns
 	serving   sync.WaitGroup // Serve and ServeConn calls
+
+	// ended holds the counters of ended connections, by export name
+	// (Stats); guarded by mu.
+	ended map[string]*exportCounters
 }
 
 func (s *Server) init() {
@@ -420,6 +415,7 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 		s.conns = make(map[*conn]struct{})
 	}
 	if !add {
+		s.endStats(c)
 		delete(s.conns, c)
 		s.serving.Done()
 		return true

@@ -59,6 +59,11 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 	}
 	o.segViews = append(o.segViews, len(o.views))
 	o.buildSparse(segs)
+	for _, s := range segs {
+		if s.hole {
+			c.counts.holes.Add(s.n)
+		}
+	}
 	return true, nil
 }
 

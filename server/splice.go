@@ -168,7 +168,6 @@ func (c *conn) spliceIntoExport(off int64, n int) (werr, rerr error) {
 			c.noSplice = true
 			return c.copyIntoExport(off+int64(got), n-got)
 		}
-		c.srv.splicedBytes.Add(int64(got))
 		off += int64(got)
 		n -= got
 	}

@@ -211,6 +211,25 @@ func (st *serverTester) wantClosed() {
 	}
 }
 
+// exportStats returns srv's counters of the export named name, zero if
+// no connection has selected it.
+func exportStats(srv *Server, name string) ExportStats {
+	es, _ := srv.Stats().Export(name)
+	return es
+}
+
+// readsOnReader counts the READs of export name that the reader ran
+// itself.
+func readsOnReader(srv *Server, name string) int64 {
+	var n int64
+	for p, ps := range exportStats(srv, name).Paths {
+		if p.reads() {
+			n += ps.OnReader
+		}
+	}
+	return n
+}
+
 // ---- backends for tests ----
 
 // pattern returns n bytes that differ at every offset and between seeds,

@@ -25,6 +25,9 @@ func (c *conn) transmit(ctx context.Context) error {
 	// queueing behind buffers others may hold forever.
 	ctx = bufstrategy.NoWait(ctx)
 	c.optBuf, c.replyBuf = nil, nil // up to 64 KiB each, needed no more
+	c.counts = &exportCounters{name: c.exp.Name}
+	c.counts.conns.Add(1)
+	c.stats.Store(c.counts)
 	c.bufs = c.srv.bufs.NewConn()
 	defer c.bufs.Close()
 	c.slots = make(chan struct{}, c.srv.queueDepth())

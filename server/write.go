@@ -51,7 +51,7 @@ func (c *conn) startWrite(ctx context.Context, o *op) error {
 	if len(buf) < n {
 		return c.streamWrite(o, buf, true)
 	}
-	o.buf = buf
+	o.buf, o.path = buf, PathWriteBuffered
 	c.releaseUnlessBuffered(n)
 	if err := c.readPayload(buf); err != nil {
 		c.finish(o)
@@ -88,6 +88,7 @@ func (c *conn) streamWrite(o *op, chunk []byte, fromStrategy bool) error {
 	if c.splices(o) {
 		return c.writeInPlace(o) // no chunk needed
 	}
+	o.path = PathWriteStreamed
 	c.releaseUnlessBuffered(int(o.req.Length))
 	off := int64(o.req.Offset)
 	var werr error

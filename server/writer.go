@@ -48,10 +48,6 @@ type replyWriter struct {
 	failed      atomic.Bool
 }
 
-// streamAborts counts READs cut off by a hard disconnect because the
-// backend failed after the reply header had gone out.
-var streamAborts atomic.Int64
-
 func newReplyWriter(c *conn) *replyWriter {
 	w := &replyWriter{c: c, wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	return w
@@ -67,6 +63,9 @@ func (w *replyWriter) enqueue(o *op) {
 // when the socket is free it tries to send them at once without waiting
 // (see direct.go), and otherwise queues them for the writer goroutine.
 func (w *replyWriter) enqueueAll(ops []*op) {
+	for _, o := range ops {
+		w.c.count(o)
+	}
 	w.mu.Lock()
 	if w.out != nil && !w.busy && len(w.queue) == 0 && len(w.carryOps) == 0 && allSmall(ops) {
 		w.busy = true
@@ -184,6 +183,7 @@ func (w *replyWriter) disarmStallDeadline() {
 // the writer goroutine whose wake-up costs a context switch (it made file
 // READs cost twice go-nbd's CPU). Otherwise o is queued for the writer.
 func (w *replyWriter) sendOwn(o *op) {
+	w.c.count(o)
 	w.mu.Lock()
 	if w.busy || len(w.queue) > 0 || len(w.carryOps) > 0 {
 		w.queue = append(w.queue, o)
@@ -376,6 +376,7 @@ func (w *replyWriter) streamRead(o *op) {
 		if err := readFull(c.exp.Backend, first, off); err != nil {
 			o.stream = false
 			o.fail(err)
+			c.counts.failed(o.req, o.path, o.err.errno)
 			o.encode(c.structured)
 			w.send1(o)
 			return
@@ -433,7 +434,7 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 		w.pad(n - done)
 		w.sendErrorOffset(o, off+done, err)
 	default:
-		streamAborts.Add(1)
+		c.counts.aborted.Add(1)
 		w.fail(fmt.Errorf("%v failed after its reply header was sent: %w", protocol.CmdRead, err))
 		c.log.Warn("read failed mid-reply; disconnecting", "offset", off+done, "err", err)
 	}
@@ -444,7 +445,9 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 // "NBD_REPLY_TYPE_ERROR_OFFSET"); the connection carries on.
 func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
 	w.c.log.Debug("read failed mid-reply", "offset", at, "err", err)
-	msg := protocol.AppendErrorChunk(nil, replyErrno(o.req, Errno(err)), clientMessage(err), true, uint64(at))
+	errno := replyErrno(o.req, Errno(err))
+	w.c.counts.failed(o.req, o.path, errno)
+	msg := protocol.AppendErrorChunk(nil, errno, clientMessage(err), true, uint64(at))
 	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
 		Length: uint32(len(msg))}.Put(w.chunkHdr[:])
 	w.writev2(w.chunkHdr[:protocol.ChunkHeaderSize], msg)

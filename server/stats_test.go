@@ -1,0 +1,119 @@
+package server
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// TestStats: Server.Stats counts each request by command, errno and data
+// path, per export, over the connections that are open and those that
+// have ended, under every strategy; and it may be called while requests
+// run (the race detector watches).
+func TestStats(t *testing.T) {
+	run(t, func(t *testing.T, strategy string) {
+		srv := socketServer(t, strategy, 1<<20, bufferConfig{})
+		srv.Exports = append(srv.Exports, Export{Name: "plain", Backend: bare{backend.NewMemory(1 << 20)}})
+		sock, _ := serveUnix(t, srv)
+		require.Empty(t, srv.Stats().Exports, "no export selected yet")
+
+		c := dialClient(t, sock)
+		c.handshake("mem")
+		data := pattern(4096, 1)
+		c.write(1, 0, data)
+		c.wantReply(1, protocol.EOK)
+		c.read(2, 0, 4096)
+		c.wantRead(2, data)
+		c.flush(3)
+		c.wantReply(3, protocol.EOK)
+		c.read(4, 1<<20, 1) // past the end
+		c.wantReply(4, protocol.EINVAL)
+		c.cmd(99, 5, 0, 0)
+		c.wantReply(5, protocol.EINVAL)
+
+		st := srv.Stats()
+		require.Equal(t, 1, st.Conns)
+		es, ok := st.Export("mem")
+		require.True(t, ok)
+		require.Equal(t, int64(1), es.Conns)
+		require.Equal(t, map[protocol.Cmd]int64{protocol.CmdRead: 2, protocol.CmdWrite: 1, protocol.CmdFlush: 1,
+			protocol.CmdTrim: 0, protocol.CmdCache: 0, protocol.CmdWriteZeroes: 0, protocol.CmdBlockStatus: 0}, es.Requests)
+		require.Equal(t, int64(1), es.UnknownCmds)
+		require.Equal(t, int64(2), es.Errors[protocol.EINVAL])
+		require.Equal(t, int64(4096), es.ReadBytes)
+		require.Equal(t, int64(4096), es.WriteBytes)
+		require.Equal(t, PathStats{Requests: 1, Bytes: 4096, OnReader: 1}, es.Paths[PathReadLent], "a memory export lends its pages")
+		require.Equal(t, PathStats{Requests: 1, Bytes: 4096, OnReader: 1}, es.Paths[PathWriteFromReadBuffer])
+
+		// A backend with no capabilities: buffers, and goroutines of
+		// their own.
+		p := dialClient(t, sock)
+		p.handshake("plain")
+		p.write(1, 0, data)
+		p.wantReply(1, protocol.EOK)
+		p.read(2, 0, 4096)
+		p.wantRead(2, data)
+		pl := exportStats(srv, "plain")
+		require.Equal(t, PathStats{Requests: 1, Bytes: 4096}, pl.Paths[PathReadBuffered], "%+v", pl.Paths)
+		require.Equal(t, PathStats{Requests: 1, Bytes: 4096}, pl.Paths[PathWriteBuffered], "%+v", pl.Paths)
+
+		// Counts stay after the connection ends, and add up across
+		// connections.
+		c.disc()
+		c.wantClosed()
+		require.Eventually(t, func() bool { return srv.Stats().Conns == 1 }, ioTimeout, time.Millisecond)
+		c = dialClient(t, sock)
+		c.handshake("mem")
+		c.read(1, 0, 4096)
+		c.wantRead(1, data)
+		es = exportStats(srv, "mem")
+		require.Equal(t, int64(2), es.Conns)
+		require.Equal(t, int64(3), es.Requests[protocol.CmdRead])
+		require.Equal(t, int64(8192), es.ReadBytes)
+	})
+}
+
+// TestStatsUnderLoad: Stats read while connections come, go and send
+// requests sees counts that only grow.
+func TestStatsUnderLoad(t *testing.T) {
+	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
+	sock, _ := serveUnix(t, srv)
+	var clients []*client
+	for range 12 {
+		c := dialClient(t, sock)
+		c.handshake("mem")
+		clients = append(clients, c)
+	}
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := pipelineClient(c, uint64(i)<<16, 64<<10, 50, byte(i)); err != nil {
+				t.Error(err)
+			}
+			c.nc.Close()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	var last int64
+	for {
+		es := exportStats(srv, "mem")
+		n := es.Requests[protocol.CmdRead] + es.Requests[protocol.CmdWrite]
+		require.GreaterOrEqual(t, n, last, "requests counted went down")
+		last = n
+		select {
+		case <-done:
+			es := exportStats(srv, "mem")
+			require.Equal(t, int64(12), es.Conns)
+			require.Equal(t, int64(12*2*50), es.Requests[protocol.CmdRead]+es.Requests[protocol.CmdWrite])
+			return
+		default:
+		}
+	}
+}
