@@ -26,7 +26,7 @@ func TestCachedReadsInline(t *testing.T) {
 		for _, sr := range []bool{false, true} {
 			file, _ := fileExport(t, t.TempDir(), size, data)
 			f := &missingCache{diskFile: file}
-			var _ cachedFile = f
+			var _ backend.FileSource = f
 			if f.NonBlocking() {
 				testenv.SkipOutsideCI(t, "the test directory is in memory, not on a disk")
 			}

@@ -56,19 +56,23 @@ type caps struct {
 	viewer      backend.Viewer
 	writeViewer backend.WriteViewer
 	// file is the export's file, whose READs go out with sendfile(2) when
-	// their range is in the page cache (see conn.sendsFile); nil if the
+	// their range is in the page cache (plan.go: sendsFile); nil if the
 	// backend is not a file.
-	file cachedFile
+	file backend.FileSource
 	// pipeWriter takes large WRITE payloads with splice(2) (splice.go).
 	pipeWriter backend.PipeWriter
 	// cachedReader answers small READs of cached data on the reader
-	// (cached.go); nil for backends that never block, which run them
-	// there anyway.
+	// (plan.go: planCachedRead); nil for backends that never block, which
+	// run them there anyway.
 	cachedReader backend.CachedReader
 	// dataKnower tells, without a system call, that a range of the file
 	// holds no holes (backend.File.KnownData); nil if the backend cannot.
-	dataKnower interface{ KnownData(off, n int64) bool }
+	dataKnower backend.DataKnower
 }
+
+// mayCache reports whether the page cache may hold the export's data for
+// the reader to answer READs from (plan.go: planCachedRead).
+func (c *caps) mayCache() bool { return c.file != nil || c.cachedReader != nil }
 
 // openExport is the export a connection has selected.
 type openExport struct {
@@ -108,8 +112,8 @@ func discoverCaps(e *Export) (caps, error) {
 	if sw, ok := e.Backend.(backend.SyncWaiter); ok {
 		c.syncWaits = sw.SyncWaits()
 	}
-	c.file, _ = e.Backend.(cachedFile)
-	c.dataKnower, _ = e.Backend.(interface{ KnownData(off, n int64) bool })
+	c.file, _ = e.Backend.(backend.FileSource)
+	c.dataKnower, _ = e.Backend.(backend.DataKnower)
 	if !c.nonBlocking {
 		c.cachedReader, _ = e.Backend.(backend.CachedReader)
 	}

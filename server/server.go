@@ -345,11 +345,8 @@ func (s *Server) Close() error {
 // closeOwnBuffers stops the default buffer pool's reclaimer; a Buffers
 // factory the caller supplied stays the caller's to close.
 func (s *Server) closeOwnBuffers() {
-	if s.Buffers != nil {
-		return
-	}
-	if c, ok := s.bufs.(io.Closer); ok {
-		c.Close()
+	if s.Buffers == nil {
+		s.bufs.Close()
 	}
 }
 

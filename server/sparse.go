@@ -9,9 +9,6 @@ import (
 
 // Sparse reads (proto.md "Structured reply types": NBD_REPLY_TYPE_OFFSET_HOLE).
 const (
-	// sparseMin is the smallest READ worth asking the backend about holes:
-	// below it an extent lookup costs more than the zeroes it saves.
-	sparseMin = 64 << 10
 	// maxSparseChunks bounds the chunks of one sparse reply; extents past
 	// it are sent as data.
 	maxSparseChunks = 64
@@ -25,15 +22,12 @@ type segment struct {
 	hole   bool
 }
 
-// readSparse answers a structured READ whose range holds holes with
-// OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the wire. The
-// data runs are lent by the backend when lend is set (see viewable), or
-// read into o.buf. It reports false, having done nothing, when the range is
-// all data or the request does not qualify.
+// readSparse answers a structured READ planned askHoles whose range holds
+// holes with OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the
+// wire. The data runs are lent by the backend when lend is set
+// (PathReadLent), or read into o.buf. It reports false, having done
+// nothing, when the range is all data.
 func (c *conn) readSparse(o *op, lend bool) (bool, error) {
-	if !c.mayBeSparse(o) {
-		return false, nil
-	}
 	segs, err := c.segments(int64(o.req.Offset), int64(o.req.Length))
 	if err != nil || len(segs) < 2 && !(len(segs) == 1 && segs[0].hole) {
 		return false, nil
@@ -65,13 +59,6 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 		}
 	}
 	return true, nil
-}
-
-// mayBeSparse reports whether o's reply may be sent as data and hole
-// chunks: a structured READ, without DF, large enough to be worth asking
-// the backend for extents.
-func (c *conn) mayBeSparse(o *op) bool {
-	return c.structured && c.exp.extenter != nil && o.req.Length >= sparseMin && o.req.Flags&protocol.CmdFlagDF == 0
 }
 
 // segments splits [off, off+n) into data and hole runs.

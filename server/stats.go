@@ -206,15 +206,6 @@ func (s *exportCounters) failed(req protocol.Request, p Path, errno protocol.Err
 	}
 }
 
-// count records a request whose reply is ready, as it is handed to the
-// reply writer.
-func (c *conn) count(o *op) {
-	c.counts.counted(o.req, o.path, !o.ownGoroutine)
-	if o.err != nil {
-		c.counts.failed(o.req, o.path, o.err.errno)
-	}
-}
-
 // add adds o's counts into s.
 func (s *exportCounters) add(o *exportCounters) {
 	s.conns.Add(o.conns.Load())

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -59,9 +58,7 @@ func newFactory(t testing.TB, strategy string, maxRequest uint32, bc bufferConfi
 	}
 	f, err := bufstrategy.New(strategy, cfg)
 	require.NoError(t, err)
-	if c, ok := f.(io.Closer); ok {
-		t.Cleanup(func() { c.Close() })
-	}
+	t.Cleanup(func() { f.Close() })
 	return f
 }
 

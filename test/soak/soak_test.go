@@ -174,7 +174,7 @@ func runSoak(t *testing.T, cfg soakConfig, strategy string, lent bool, seed uint
 	if stats.BytesInUse != 0 {
 		t.Errorf("buffer bytes in use after shutdown: got %d; want 0", stats.BytesInUse)
 	}
-	f.(io.Closer).Close()
+	f.Close()
 	peak := mem.stop()
 	goroutines := checkGoroutines(t, base, 10*time.Second)
 

@@ -2,7 +2,6 @@ package soak
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -131,7 +130,7 @@ func runStalled(t *testing.T, strategy string, conns int) (uint64, time.Duration
 	}
 	drain := time.Since(hangup)
 	r.shutdown(t, 10*time.Second)
-	f.(io.Closer).Close()
+	f.Close()
 	goroutines := checkGoroutines(t, base, 10*time.Second)
 	t.Logf("%s: peak heap in use %s, peak Sys %s, peak VmRSS %s, peak buffers in use %s, held %s; "+
 		"new client %v (err %v); budget free %v after the hang-up; goroutines %d after shutdown (baseline %d); server %v",
