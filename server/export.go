@@ -34,9 +34,10 @@ type ExportSource interface {
 	List() ([]Export, error)
 }
 
-// caps are an export's capabilities, discovered once per connection by type
-// assertion (as net/http discovers http.Flusher), and the transmission flags
-// they imply (proto.md "Transmission flags").
+// caps are an export's capabilities and accelerators (package backend),
+// discovered once per connection by type assertion (as net/http discovers
+// http.Flusher), and the transmission flags they imply (proto.md
+// "Transmission flags"). The planner reads them (plan.go).
 type caps struct {
 	size      uint64
 	readOnly  bool
@@ -93,14 +94,16 @@ func discoverCaps(e *Export) (caps, error) {
 	if ro, ok := e.Backend.(backend.ReadOnlyer); ok && ro.ReadOnly() {
 		c.readOnly = true
 	}
-	c.trimmer, _ = e.Backend.(backend.Trimmer)
-	c.zeroer, _ = e.Backend.(backend.Zeroer)
-	if fz, ok := e.Backend.(backend.FastZeroer); ok {
+	// Through decorators, only what the backend they wrap can do
+	// (backend.Decorator).
+	c.trimmer, _ = backend.Has[backend.Trimmer](e.Backend)
+	c.zeroer, _ = backend.Has[backend.Zeroer](e.Backend)
+	c.cacher, _ = backend.Has[backend.Cacher](e.Backend)
+	c.fua, _ = backend.Has[backend.FUAWriter](e.Backend)
+	c.extenter, _ = backend.Has[backend.Extenter](e.Backend)
+	if fz, ok := e.Backend.(backend.FastZeroer); ok && c.zeroer != nil {
 		c.fastZero = fz.CanFastZero()
 	}
-	c.cacher, _ = e.Backend.(backend.Cacher)
-	c.fua, _ = e.Backend.(backend.FUAWriter)
-	c.extenter, _ = e.Backend.(backend.Extenter)
 	c.viewer, _ = e.Backend.(backend.Viewer)
 	c.writeViewer, _ = e.Backend.(backend.WriteViewer)
 	if mc, ok := e.Backend.(backend.MultiConner); ok {

@@ -216,6 +216,32 @@ func TestBareBackend(t *testing.T) {
 	})
 }
 
+// TestDecoratedExportFlags: a decorated backend is advertised as the
+// backend it wraps (backend.Decorator): a fault injector over a backend
+// without TRIM advertises no TRIM and answers BLOCK_STATUS without
+// asking for extents, and over a memory backend it advertises what the
+// memory backend does.
+func TestDecoratedExportFlags(t *testing.T) {
+	for name, inner := range map[string]backend.Backend{
+		"memory": backend.NewMemory(1 << 20),
+		"bare":   bare{backend.NewMemory(1 << 20)},
+	} {
+		for _, structured := range []bool{false, true} {
+			plain, err := discoverCaps(&Export{Name: "p", Backend: inner})
+			require.NoError(t, err)
+			decorated, err := discoverCaps(&Export{Name: "d", Backend: backend.NewFault(inner)})
+			require.NoError(t, err)
+			require.Equal(t, plain.flags(structured), decorated.flags(structured), "%s, structured %v", name, structured)
+			require.Equal(t, plain.extenter == nil, decorated.extenter == nil, "%s: extents asked of the decorator only if the backend has them", name)
+		}
+	}
+	st := newServerTester(t, "pool", &Server{Exports: []Export{{Name: "f", Backend: backend.NewFault(bare{backend.NewMemory(1 << 20)})}}})
+	st.handshakeSR("f")
+	require.Zero(t, st.flags&protocol.FlagSendTrim, "flags %v: no TRIM the backend will not do", st.flags)
+	st.blockStatus(1, 0, 1<<20)
+	require.Equal(t, []extent{{length: 1 << 20}}, st.wantBlockStatus(1), "one data extent, as for the bare backend")
+}
+
 func TestWriteZeroesFastNoHole(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		st := newServerTester(t, strategy, nil)
