@@ -304,7 +304,7 @@ func TestHandshakeRejectsBrokenServers(t *testing.T) {
 	}{
 		{"oldstyle", func(s *scripted) error {
 			b := binary.BigEndian.AppendUint64(nil, protocol.NBDMagic)
-			b = binary.BigEndian.AppendUint64(b, oldstyleMagic)
+			b = binary.BigEndian.AppendUint64(b, 0x00420281861253) // oldstyle
 			_, err := s.c.Write(append(b, 0, 0))
 			return err
 		}, ErrUnsupportedServer, "oldstyle"},

@@ -31,9 +31,10 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/nbdd/nbdd/internal/harness"
 )
 
 // nbddBin is the nbdd binary built once by TestMain, without -race: the
@@ -57,9 +58,7 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	sharedDir = dir
 	nbddBin = filepath.Join(dir, "nbdd")
-	build := exec.Command("go", "build", "-o", nbddBin, "github.com/nbdd/nbdd/cmd/nbdd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := harness.BuildNBDD(nbddBin, false); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building nbdd:", err)
 		return 1
 	}
@@ -117,14 +116,9 @@ func shmDir(t *testing.T) string {
 	return dir
 }
 
-// requireTool skips the test when name is not on PATH, unless CI is set:
-// .ci/run installs every peer, so a skip there would hide a broken install.
+// requireTool skips the test when name is not on PATH, unless CI is set
+// (harness.RequireTool).
 func requireTool(t *testing.T, name string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed: .ci/run must install it", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
+	harness.RequireTool(t, name)
 }

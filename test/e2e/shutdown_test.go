@@ -205,7 +205,7 @@ func (w *blockWriter) start() {
 		defer w.wg.Done()
 		defer close(readerDone)
 		for {
-			r, _, err := w.c.reply(0)
+			r, _, err := w.c.reply()
 			if err != nil {
 				return
 			}
