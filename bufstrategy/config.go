@@ -39,7 +39,7 @@ const maxRequestLimit = 1 << 31
 
 // Config selects the limits shared by all policies. Its zero value works:
 // every zero field means the documented default. New never writes the
-// defaults back into the caller's Config (STYLE G6), so one Config can be
+// defaults back into the caller's Config, so one Config can be
 // shared.
 type Config struct {
 	// MaxRequest is the largest request length Get accepts (0: 32 MiB).

@@ -14,7 +14,7 @@
 // data. That is safe because a WRITE payload is read with io.ReadFull over
 // the whole buffer, and a READ reply is sent only after ReaderAt.ReadAt
 // filled it, whose contract (n < len(p) implies err != nil) makes a short
-// fill an error that is never sent (STYLE G7: the reply is written only
+// fill an error that is never sent (the reply is written only
 // after the backend read succeeded). A backend that could return short
 // without an error would have to zero the tail itself; zeroing here would
 // cost a memclr per request for every other backend. Fresh buffers come

@@ -17,7 +17,7 @@ import (
 
 // TestBadRequests: every request the spec lets a server refuse is
 // answered with its errno, and the connection stays in sync (no
-// go-nbd-style desync after an unknown command, STYLE G4).
+// go-nbd-style desync after an unknown command).
 func TestBadRequests(t *testing.T) {
 	const size = 1 << 20
 	const maxReq = 64 << 10
@@ -194,7 +194,7 @@ func TestStructuredError(t *testing.T) {
 
 // TestStreamedReadFailsAfterHeader: under simple replies a streamed READ
 // whose backend fails after the header went out can only end in a hard
-// disconnect (proto.md "Simple reply message"; issue 3).
+// disconnect (proto.md "Simple reply message").
 func TestStreamedReadFailsAfterHeader(t *testing.T) {
 	f := backend.NewFault(backend.NewMemory(1<<20), backend.FaultRule{Op: backend.FaultRead, Offset: 8192, Length: 4096})
 	st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "f", Backend: f}}})
@@ -274,7 +274,7 @@ func TestStreamedReadEarlyFailure(t *testing.T) {
 }
 
 // TestFlushAndFUAErrors: a failed Sync reaches the client as EIO, for
-// FLUSH and for a FUA write (issue 4: flush errors are not swallowed).
+// FLUSH and for a FUA write: flush errors are not swallowed.
 func TestFlushAndFUAErrors(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		// Both as it is (FUA through Fault.WriteAtFUA) and bare (FUA as

@@ -6,8 +6,8 @@ import (
 )
 
 // byteGate bounds the payload bytes in flight on one connection
-// (Server.MaxInflightBytes). Only the reader acquires, so waiting in it
-// stops the reader from reading the socket; the writer releases.
+// (Server.MaxInflightBytes). Only the reader takes, so waiting in it
+// stops the reader from reading the socket; finish gives them back.
 type byteGate struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -22,9 +22,9 @@ func newByteGate(limit int64) *byteGate {
 	return g
 }
 
-// acquire takes n bytes (at most the whole limit, so a request as large as
+// take takes n bytes (at most the whole limit, so a request as large as
 // the limit can always proceed once the connection is drained).
-func (g *byteGate) acquire(ctx context.Context, n int64) (int64, error) {
+func (g *byteGate) take(ctx context.Context, n int64) (int64, error) {
 	n = min(n, g.limit)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -41,8 +41,8 @@ func (g *byteGate) acquire(ctx context.Context, n int64) (int64, error) {
 	return n, nil
 }
 
-// tryAcquire takes n bytes (capped as in acquire) if they are free now.
-func (g *byteGate) tryAcquire(n int64) (int64, bool) {
+// tryTake takes n bytes (capped as in take) if they are free now.
+func (g *byteGate) tryTake(n int64) (int64, bool) {
 	n = min(n, g.limit)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -53,7 +53,7 @@ func (g *byteGate) tryAcquire(n int64) (int64, bool) {
 	return n, true
 }
 
-func (g *byteGate) release(n int64) {
+func (g *byteGate) give(n int64) {
 	g.mu.Lock()
 	g.avail += n
 	g.mu.Unlock()

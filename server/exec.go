@@ -151,20 +151,5 @@ func (c *conn) zero(req protocol.Request) error {
 	if fast {
 		return backend.ErrNotFast
 	}
-	return writeZeroes(c.exp.Backend, off, n)
-}
-
-// zeroes is a read-only source of zero bytes for emulated WRITE_ZEROES.
-var zeroes [1 << 20]byte
-
-func writeZeroes(w io.WriterAt, off, n int64) error {
-	for n > 0 {
-		chunk := zeroes[:min(n, int64(len(zeroes)))]
-		if _, err := w.WriteAt(chunk, off); err != nil {
-			return err
-		}
-		off += int64(len(chunk))
-		n -= int64(len(chunk))
-	}
-	return nil
+	return backend.WriteZeroesAt(c.exp.Backend, off, n)
 }

@@ -191,7 +191,7 @@ func renumber(b []byte) ([]byte, map[uint64]protocol.Request) {
 // checkReplies parses what the server wrote: the option replies up to
 // NBD_OPT_GO's ACK, then one reply per request the server read whole, in
 // any order. No reply may be missing, doubled, or for a request never
-// sent (issue 4: "no reply is written twice or dropped").
+// sent: no reply is written twice or dropped.
 func checkReplies(t *testing.T, out []byte, sent map[uint64]protocol.Request) {
 	t.Helper()
 	if !bytes.HasPrefix(out, []byte(greeting)) {

@@ -35,13 +35,13 @@ func (c *conn) hold(o *op) {
 	c.held = append(c.held, o)
 	c.heldBytes += replyLen(o)
 	if c.br.Buffered() < protocol.RequestSize || len(c.held) >= maxHeld || c.heldBytes >= maxHeldBytes {
-		c.release()
+		c.sendHeld()
 	}
 }
 
-// release hands the held replies to the writer, which sends them at once
+// sendHeld hands the held replies to the writer, which sends them at once
 // if the socket is free (reply.go). It never waits.
-func (c *conn) release() {
+func (c *conn) sendHeld() {
 	if len(c.held) == 0 {
 		return
 	}

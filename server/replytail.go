@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
 	"golang.org/x/sys/unix"
 )
@@ -189,13 +190,11 @@ func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
 	w.writev2(w.chunkHdr[:k], msg)
 }
 
-// zeros pads a data chunk that failed part way (endData).
-var zeros [64 << 10]byte
-
-// pad writes n zero bytes.
+// pad writes n zero bytes, the rest of a data chunk that failed part way
+// (endData).
 func (w *replyWriter) pad(n int64) {
 	for n > 0 && !w.failed.Load() {
-		part := zeros[:min(n, int64(len(zeros)))]
+		part := backend.Zeroes(n)
 		w.writev2(part, nil)
 		n -= int64(len(part))
 	}

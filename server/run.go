@@ -41,14 +41,14 @@ func (c *conn) start(ctx context.Context, o *op) error {
 // the reader has written o's data already and only its FUA sync is left.
 func (c *conn) runOwn(ctx context.Context, o *op) {
 	go func() {
-		c.srv.acquireCall()
+		c.srv.beginCall()
 		if o.plan.run == syncOnGoroutine {
 			o.fail(c.exp.Backend.Sync())
 			o.encode(c.format)
 		} else {
 			c.exec(ctx, o)
 		}
-		c.srv.releaseCall()
+		c.srv.endCall()
 		c.w.sendOwn(o)
 	}()
 }

@@ -171,14 +171,14 @@ func (s *Server) init() {
 	})
 }
 
-// acquireCall waits for a turn to call the backend (MaxBackendCalls).
-func (s *Server) acquireCall() {
+// beginCall waits for a turn to call the backend (MaxBackendCalls).
+func (s *Server) beginCall() {
 	if s.calls != nil {
 		s.calls <- struct{}{}
 	}
 }
 
-func (s *Server) releaseCall() {
+func (s *Server) endCall() {
 	if s.calls != nil {
 		<-s.calls
 	}

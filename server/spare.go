@@ -57,14 +57,14 @@ func (s *spareBuffers) takeRead(ctx context.Context, srv *Server) ([]byte, error
 	select {
 	case b = <-s.reads:
 	default:
-		srv.releaseCall()
+		srv.endCall()
 		select {
 		case b = <-s.reads:
 		case <-ctx.Done():
-			srv.acquireCall()
+			srv.beginCall()
 			return nil, ctx.Err()
 		}
-		srv.acquireCall()
+		srv.beginCall()
 	}
 	if b == nil {
 		b = make([]byte, spareSize)

@@ -61,31 +61,34 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 	return true, nil
 }
 
-// segments splits [off, off+n) into data and hole runs.
+// segments splits [off, off+n) into data and hole runs, at most
+// maxSparseChunks of them: the last one then runs to the end as data.
+// Whatever the backend leaves unreported at the end is data.
 func (c *conn) segments(off, n int64) ([]segment, error) {
 	end := off + n
 	var segs []segment
-	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
-		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
-		if stop <= start {
-			return stop < end
-		}
-		hole := e.Flags&backend.ExtentZero != 0
-		if k := len(segs); k > 0 && segs[k-1].hole == hole {
-			segs[k-1].n += stop - start
-		} else if k == maxSparseChunks {
-			segs = append(segs[:k-1], segment{off: segs[k-1].off, n: end - segs[k-1].off})
+	err := backend.WalkExtents(c.exp.extenter, off, n, holeKey, func(e backend.Extent) bool {
+		if len(segs) == maxSparseChunks-1 {
+			segs = append(segs, segment{off: e.Offset, n: end - e.Offset})
 			return false
-		} else {
-			segs = append(segs, segment{off: start, n: stop - start, hole: hole})
 		}
-		return stop < end
+		segs = append(segs, segment{off: e.Offset, n: e.Length, hole: e.Flags != 0})
+		return true
 	})
 	if k := len(segs); err == nil && k > 0 && segs[k-1].off+segs[k-1].n < end {
-		segs = append(segs, segment{off: segs[k-1].off + segs[k-1].n, n: end - segs[k-1].off - segs[k-1].n})
+		last := segs[k-1].off + segs[k-1].n
+		if segs[k-1].hole {
+			segs = append(segs, segment{off: last, n: end - last})
+		} else {
+			segs[k-1].n = end - segs[k-1].off
+		}
 	}
 	return segs, err
 }
+
+// holeKey merges extents by whether they read as zeroes: those go out as
+// hole chunks, whatever else their flags say.
+func holeKey(f backend.ExtentFlags) backend.ExtentFlags { return f & backend.ExtentZero }
 
 // buildSparse encodes one chunk per segment into o.extra and points o.iov
 // at those headers and at the data slices in o.views (data segment k is

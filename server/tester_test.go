@@ -22,7 +22,7 @@ const ioTimeout = 5 * time.Second
 
 // run runs f once per buffer strategy, as net/http's run(t, f) runs its
 // tests once per mode: every server test must hold whatever the buffer
-// policy (STYLE G9, issue 3).
+// policy.
 func run(t *testing.T, f func(t *testing.T, strategy string)) {
 	t.Helper()
 	for _, name := range bufstrategy.Names() {

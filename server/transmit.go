@@ -58,7 +58,7 @@ func (c *conn) startTransmission() {
 	c.slots = make(chan struct{}, c.srv.queueDepth())
 	c.format = replyFormat{structured: c.structured}
 	c.w = newReplyWriter(c)
-	c.src.beforeRead = c.release
+	c.src.beforeRead = c.sendHeld
 	if sc, ok := c.rwc.(syscall.Conn); ok && !c.tls {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.kernelCopies = true
@@ -75,7 +75,7 @@ func (c *conn) startTransmission() {
 // readRequests is the reader loop.
 func (c *conn) readRequests(ctx context.Context) error {
 	var hdr [protocol.RequestSize]byte
-	defer c.release() // the last replies held, whatever ends the loop
+	defer c.sendHeld() // the last replies held, whatever ends the loop
 	for {
 		if err := c.readHeader(&hdr); err != nil {
 			return err
@@ -240,11 +240,11 @@ func (c *conn) reserve(ctx context.Context, o *op) error {
 	if limit := c.srv.bufs.ChunkLimit(); limit > 0 {
 		n = min(n, int64(limit))
 	}
-	w, ok := c.bytes.tryAcquire(n)
+	w, ok := c.bytes.tryTake(n)
 	if !ok {
-		c.release() // held replies may hold the bytes it waits for
+		c.sendHeld() // held replies may hold the bytes it waits for
 		var err error
-		if w, err = c.bytes.acquire(ctx, n); err != nil {
+		if w, err = c.bytes.take(ctx, n); err != nil {
 			return err
 		}
 	}
@@ -259,7 +259,7 @@ func (c *conn) newOp(req protocol.Request) *op {
 	select {
 	case c.slots <- struct{}{}:
 	default:
-		c.release() // held replies hold slots too
+		c.sendHeld() // held replies hold slots too
 		c.slots <- struct{}{}
 	}
 	c.inflight.Add(1)
@@ -284,7 +284,7 @@ func (c *conn) finish(o *op) {
 		c.spares.putRead(o.buf)
 	}
 	if o.weight > 0 {
-		c.bytes.release(o.weight)
+		c.bytes.give(o.weight)
 	}
 	putOp(o)
 	c.nInflight.Add(-1)

@@ -453,7 +453,7 @@ func TestQueueDepth(t *testing.T) {
 }
 
 // TestGoNBDBackends: go-nbd v0.3.2's own backends plug into Server
-// unchanged (issue 2).
+// unchanged.
 func TestGoNBDBackends(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		path := filepath.Join(t.TempDir(), "img")
@@ -532,8 +532,8 @@ func TestRequestHeaderGolden(t *testing.T) {
 }
 
 // TestSlowStreamedRead: a slow READ too large for one buffer (streamed)
-// must not hold back the replies behind it either (issue 2: "a slow
-// request must never stall the ones behind it").
+// must not hold back the replies behind it either: a slow request must
+// never stall the ones behind it.
 // The first chunk is read on the request's own goroutine; later chunks
 // must follow the header on the wire anyway under simple replies.
 func TestSlowStreamedRead(t *testing.T) {
@@ -610,7 +610,7 @@ func TestReadSpareKeepsItsSize(t *testing.T) {
 // TestPipelinedInOneWrite: requests that arrive in one segment are parsed
 // one by one; a payload is never read past its length. (go-nbd v0.3.0 read
 // a WRITE payload into its whole held buffer and swallowed the header of
-// the next request, issue 3.)
+// the next request.)
 func TestPipelinedInOneWrite(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		st := newServerTester(t, strategy, nil)

@@ -27,7 +27,7 @@ var ksmKnobs = []string{
 	"merge_across_nodes", "max_page_sharing",
 }
 
-// TestKSMReal is issue 7's integration test against the host's real KSM:
+// TestKSMReal is the integration test against the host's real KSM:
 // two exports loaded from the same 128 MiB image and marked ksm merge
 // within seconds of the throttler's kick; reads return the image before
 // and after merging; a write to one export never shows in the other; and

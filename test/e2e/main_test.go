@@ -4,11 +4,11 @@
 // the malformed requests no real client sends (nbdkit tests/functions.sh is
 // the model: requires, start_nbdkit, kill_nbdkit).
 //
-// Every data-path scenario runs under each buffer strategy (issue 3), on a
+// Every data-path scenario runs under each buffer strategy, on a
 // unix socket, and the main round trips also on TCP 127.0.0.1. Missing tools
 // skip a test outside CI and fail it in CI, where .ci/run installs them.
 //
-// Scenarios (issue 2 "What must be shown", issue 4 promises):
+// Scenarios:
 //
 //	TestNBDInfo                    nbdinfo --list and --json: exports, sizes, flags, block sizes
 //	TestQEMUImgConvert             256 MiB random image in and out with qemu-img, cmp, qemu-img compare
@@ -66,8 +66,7 @@ func runMain(m *testing.M) int {
 }
 
 // strategies are the buffer policies of nbdd serve --strategy; every
-// data-path test runs under each (issue 3, "as net/http runs its tests per
-// mode").
+// data-path test runs under each, as net/http runs its tests per mode.
 var strategies = []string{"grow", "resize", "pool", "stream"}
 
 // forEachStrategy runs f as one subtest per buffer strategy.

@@ -23,8 +23,7 @@ const (
 )
 
 // TestStalledWriters opens 1000 connections that each send the header of
-// a 32 MiB WRITE and a few bytes of its payload, then stall (issue 4 item
-// 8). The export hides its capabilities (plain), so every payload needs a
+// a 32 MiB WRITE and a few bytes of its payload, then stall. The export hides its capabilities (plain), so every payload needs a
 // buffer: a memory export would read it straight into its pages. Under each buffer strategy, with the default 256 MiB budget and the
 // default per-connection in-flight limit, the heap must stay far below
 // 1000 x 32 MiB (under 512 MiB), and a new client must still complete a
