@@ -43,6 +43,7 @@ type conn struct {
 	// Transmission state.
 	exp       *openExport
 	bufs      bufstrategy.Strategy
+	chunk     int           // the largest buffer bufs hands out; 0: any size
 	slots     chan struct{} // one token per request in flight
 	inflight  sync.WaitGroup
 	nInflight atomic.Int64

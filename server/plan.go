@@ -135,7 +135,7 @@ const (
 )
 
 // planRequest is the planner: see the top of this file.
-func planRequest(in planInput) plan {
+func planRequest(in *planInput) plan {
 	switch in.req.Type {
 	case protocol.CmdRead:
 		return planRead(in)
@@ -148,7 +148,7 @@ func planRequest(in planInput) plan {
 // readerMayRun reports whether the reader may run the request itself:
 // the backend never blocks, and the request does not make it sync when
 // its Sync may wait (backend.SyncWaiter).
-func (in planInput) readerMayRun() bool {
+func (in *planInput) readerMayRun() bool {
 	return in.exp.nonBlocking && !(in.exp.syncWaits && syncs(in.req))
 }
 
@@ -156,7 +156,7 @@ func (in planInput) readerMayRun() bool {
 // the reader when it may and the request is small, or costs no copy
 // (noCopy); otherwise on a goroutine of its own, so a slow request never
 // stalls the ones behind it.
-func (in planInput) runner(noCopy bool) runOn {
+func (in *planInput) runner(noCopy bool) runOn {
 	if in.readerMayRun() && (in.req.Length <= inlineMax || noCopy) {
 		return onReader
 	}
@@ -166,7 +166,7 @@ func (in planInput) runner(noCopy bool) runOn {
 // streams reports whether the request's data moves in chunks: larger
 // than the strategy's buffers, or, for a WRITE, no buffer to be had (the
 // reader's spare takes it).
-func (in planInput) streams() bool {
+func (in *planInput) streams() bool {
 	return in.chunk > 0 && int(in.req.Length) > in.chunk || in.noRoom && in.req.Type == protocol.CmdWrite
 }
 
@@ -176,7 +176,7 @@ func syncs(req protocol.Request) bool {
 }
 
 // planRead plans a READ.
-func planRead(in planInput) plan {
+func planRead(in *planInput) plan {
 	p := plan{holes: in.holeMode()}
 	switch {
 	case in.exp.viewer != nil && in.kernelCopies:
@@ -220,7 +220,7 @@ func planRead(in planInput) plan {
 // Neither is tried when the answer could not be used (a hole lookup
 // needed, a strategy with smaller buffers), and only what was asked
 // counts for the pacing of tries.
-func (in planInput) planCachedRead(p plan) plan {
+func (in *planInput) planCachedRead(p plan) plan {
 	n := int64(in.req.Length)
 	known := p.holes == noHoles || in.facts.knownData(int64(in.req.Offset), n)
 	switch {
@@ -257,7 +257,7 @@ func (in planInput) planCachedRead(p plan) plan {
 // that fails after the header is out (the file shrank under the export,
 // or pages evicted since the check met a disk error) can only end in a
 // disconnect, as a streamed READ does.
-func (in planInput) sendsFile(lookup bool) bool {
+func (in *planInput) sendsFile(lookup bool) bool {
 	off, n := int64(in.req.Offset), int64(in.req.Length)
 	if in.exp.file == nil || !in.kernelCopies || n < sendfileMin || !in.facts.cached(off, n) {
 		return false
@@ -274,7 +274,7 @@ func (in planInput) sendsFile(lookup bool) bool {
 // holeMode says whether the READ's reply may be sent as data and hole
 // chunks: a structured READ, without DF, large enough to be worth asking
 // the backend for extents.
-func (in planInput) holeMode() holeMode {
+func (in *planInput) holeMode() holeMode {
 	if in.structured && in.exp.extenter != nil && in.req.Length >= sparseMin && in.req.Flags&protocol.CmdFlagDF == 0 {
 		return askHoles
 	}
@@ -287,7 +287,7 @@ func (in planInput) holeMode() holeMode {
 // splice.go). Otherwise the payload goes into a buffer and the WRITE runs
 // like any other request, or, larger than a buffer, streams into the
 // backend on the reader.
-func planWrite(in planInput) plan {
+func planWrite(in *planInput) plan {
 	n := int(in.req.Length)
 	if in.readerMayRun() {
 		switch {
@@ -315,14 +315,14 @@ func planWrite(in planInput) plan {
 // splices reports whether a WRITE's payload may be taken with splice(2):
 // a file backend that can (backend.PipeWriter), a plain socket, a
 // payload of spliceMin or more not already in the read buffer.
-func (in planInput) splices() bool {
+func (in *planInput) splices() bool {
 	return in.exp.pipeWriter != nil && in.kernelCopies && !in.noSplice &&
 		in.req.Length >= spliceMin && int(in.req.Length) > in.buffered
 }
 
 // syncWaitsAfter reports whether a WRITE the reader moves has a FUA sync
 // that may wait: the backend may block, or its Sync may.
-func (in planInput) syncWaitsAfter() bool {
+func (in *planInput) syncWaitsAfter() bool {
 	return in.req.Flags&protocol.CmdFlagFUA != 0 && !(in.exp.nonBlocking && !in.exp.syncWaits)
 }
 

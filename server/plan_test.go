@@ -141,7 +141,7 @@ func TestPlan(t *testing.T) {
 		cp := capsOf[tt.exp]
 		in.req, in.exp, in.facts = tt.req, &cp, &tt.f
 		in.chunk, in.buffered, in.noRoom, in.noSplice = tt.chunk, tt.buffered, tt.noRoom, tt.noSplice
-		got := planRequest(in)
+		got := planRequest(&in)
 		require.Equal(t, tt.want, got, "%s (chunk %d, buffered %d, noRoom %v, facts %+v): asked %v",
 			name, tt.chunk, tt.buffered, tt.noRoom, tt.f, tt.f.asked)
 	}
@@ -169,9 +169,9 @@ func TestPlanRules(t *testing.T) {
 							f := facts{tries: bits&1 != 0, isCached: bits&2 != 0, known: bits&4 != 0, all: bits&8 != 0}
 							in := conn
 							in.req, in.exp, in.facts, in.chunk, in.buffered, in.noRoom = r, &cp, &f, chunk, buffered, bits&16 != 0
-							p := planRequest(in)
+							p := planRequest(&in)
 							checkPlanRules(t, fmt.Sprintf("%s/%s/%v %d %v chunk %d buffered %d facts %+v noRoom %v",
-								expName, connName, r.Type, r.Length, r.Flags, chunk, buffered, f, in.noRoom), in, &f, p)
+								expName, connName, r.Type, r.Length, r.Flags, chunk, buffered, f, in.noRoom), &in, &f, p)
 							cases++
 						}
 					}
@@ -182,7 +182,7 @@ func TestPlanRules(t *testing.T) {
 	t.Logf("%d cases", cases)
 }
 
-func checkPlanRules(t *testing.T, name string, in planInput, f *facts, p plan) {
+func checkPlanRules(t *testing.T, name string, in *planInput, f *facts, p plan) {
 	t.Helper()
 	c, r, n := in.exp, in.req, int(in.req.Length)
 	fail := func(rule string) { t.Helper(); t.Fatalf("%s: plan %+v breaks: %s", name, p, rule) }

@@ -160,14 +160,16 @@ type exportCounters struct {
 type pathCounters struct{ requests, bytes, onReader atomic.Int64 }
 
 // counted records a request the reader has planned: on the reader, or on
-// a goroutine of its own.
+// a goroutine of its own. A READ or WRITE is counted on its path alone
+// (snapshot adds the paths up), so that a request costs the reader three
+// uncontended atomic adds at most.
 func (s *exportCounters) counted(req protocol.Request, p Path, onReader bool) {
-	if int(req.Type) >= numCmds {
-		s.unknown.Add(1)
-		return
-	}
-	s.requests[req.Type].Add(1)
 	if p == PathNone {
+		if int(req.Type) >= numCmds {
+			s.unknown.Add(1)
+		} else {
+			s.requests[req.Type].Add(1)
+		}
 		return
 	}
 	pc := &s.paths[p]
@@ -251,8 +253,10 @@ func (s *exportCounters) snapshot() ExportStats {
 		es.Paths[p] = ps
 		if p.reads() {
 			es.ReadBytes += ps.Bytes
+			es.Requests[protocol.CmdRead] += ps.Requests
 		} else {
 			es.WriteBytes += ps.Bytes
+			es.Requests[protocol.CmdWrite] += ps.Requests
 		}
 	}
 	return es

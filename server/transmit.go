@@ -53,7 +53,7 @@ func (c *conn) startTransmission() {
 	c.counts = &exportCounters{name: c.exp.Name}
 	c.counts.conns.Add(1)
 	c.stats.Store(c.counts)
-	c.bufs = c.srv.bufs.NewConn()
+	c.bufs, c.chunk = c.srv.bufs.NewConn(), c.srv.bufs.ChunkLimit()
 	c.spares = newSpareBuffers()
 	c.slots = make(chan struct{}, c.srv.queueDepth())
 	c.format = replyFormat{structured: c.structured}
@@ -168,13 +168,13 @@ func (c *conn) admit(ctx context.Context, o *op) error {
 		return c.refuse(o, verr)
 	}
 	in := c.planInput(o.req)
-	o.plan = planRequest(in)
+	o.plan = planRequest(&in)
 	if o.req.Type == protocol.CmdRead || o.plan.data == PathWriteBuffered || o.plan.data == PathWriteStreamed {
 		if err := c.reserve(ctx, o); err != nil {
 			return err
 		}
 	}
-	if err := c.takeBuffer(o, in); err != nil {
+	if err := c.takeBuffer(o, &in); err != nil {
 		return err
 	}
 	c.counts.counted(o.req, o.plan.data, o.plan.byReader())
@@ -206,7 +206,7 @@ func (c *conn) planInput(req protocol.Request) planInput {
 	return planInput{
 		req: req, exp: &c.exp.caps, facts: c,
 		kernelCopies: c.kernelCopies, structured: c.structured, noSplice: c.noSplice,
-		buffered: c.br.Buffered(), chunk: c.srv.bufs.ChunkLimit(),
+		buffered: c.br.Buffered(), chunk: c.chunk,
 	}
 }
 
@@ -214,7 +214,7 @@ func (c *conn) planInput(req protocol.Request) planInput {
 // the strategy has no room (the budget is full) or none large enough, o
 // is planned again without one: its data then streams through the
 // connection's spare buffers (spare.go).
-func (c *conn) takeBuffer(o *op, in planInput) error {
+func (c *conn) takeBuffer(o *op, in *planInput) error {
 	switch o.plan.data {
 	case PathReadBuffered, PathReadStreamed, PathWriteBuffered, PathWriteStreamed:
 	default:
@@ -237,8 +237,8 @@ func (c *conn) takeBuffer(o *op, in planInput) error {
 // reader stops reading the socket while too many bytes are in flight.
 func (c *conn) reserve(ctx context.Context, o *op) error {
 	n := int64(o.req.Length)
-	if limit := c.srv.bufs.ChunkLimit(); limit > 0 {
-		n = min(n, int64(limit))
+	if c.chunk > 0 {
+		n = min(n, int64(c.chunk))
 	}
 	w, ok := c.bytes.tryTake(n)
 	if !ok {
