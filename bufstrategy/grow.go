@@ -54,7 +54,7 @@ func (g *Grow) NewConn() Strategy {
 
 // Close stops the idle reclaimer and frees the idle buffers of every
 // connection. Buffers returned afterwards are dropped, not retained. It
-// implements io.Closer and always returns nil.
+// implements Factory.Close and always returns nil.
 func (g *Grow) Close() error {
 	g.close(func() int64 { return g.sweep(1<<63-1, 1<<63-1) })
 	return nil

@@ -10,7 +10,7 @@ import (
 )
 
 // TestCachedReadsInline: READs of a file on a disk whose data is in the
-// page cache are answered on the reader (readCachedInline): small ones
+// page cache are answered on the reader (plan.go: planCachedRead): small ones
 // read with RWF_NOWAIT, large ones marked for sendfile, under structured
 // replies once the file's data run is known. When the backend reports
 // them uncached they run on goroutines of their own as before. The data

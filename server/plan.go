@@ -283,7 +283,7 @@ func (in *planInput) holeMode() holeMode {
 
 // planWrite plans a WRITE. A backend that never blocks takes the payload
 // on the reader without a buffer where it can: from the read buffer, with
-// readv straight into its memory, or spliced into its file (inplace.go,
+// readv straight into its memory, or spliced into its file (payload.go,
 // splice.go). Otherwise the payload goes into a buffer and the WRITE runs
 // like any other request, or, larger than a buffer, streams into the
 // backend on the reader.

@@ -38,8 +38,8 @@ func (c *config) close() {
 	for _, cl := range c.closers {
 		cl.Close()
 	}
-	if f, ok := c.srv.Buffers.(io.Closer); ok {
-		f.Close()
+	if c.srv.Buffers != nil {
+		c.srv.Buffers.Close()
 	}
 }
 
