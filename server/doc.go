@@ -31,6 +31,10 @@
 // counted without a lock on the request path, for a metrics exporter to
 // read at any time.
 //
+// docs/architecture.md follows one request through the package: read,
+// validate, plan (plan.go decides where it runs and how its data moves),
+// run, reply (reply.go owns the socket).
+//
 // A Server's zero value is a working server with no exports. Serve,
 // ServeConn and Shutdown follow net/http.
 package server
