@@ -14,6 +14,9 @@ type byteGate struct {
 	avail  int64 // guarded by mu
 	limit  int64
 	closed bool // guarded by mu
+	// beforeWait runs when take must wait: the reader hands over the
+	// replies it holds (held.go), which may hold the bytes it waits for.
+	beforeWait func()
 }
 
 func newByteGate(limit int64) *byteGate {
@@ -23,8 +26,15 @@ func newByteGate(limit int64) *byteGate {
 }
 
 // take takes n bytes (at most the whole limit, so a request as large as
-// the limit can always proceed once the connection is drained).
+// the limit can always proceed once the connection is drained), running
+// beforeWait first if it has to wait.
 func (g *byteGate) take(ctx context.Context, n int64) (int64, error) {
+	if w, ok := g.tryTake(n); ok {
+		return w, nil
+	}
+	if g.beforeWait != nil {
+		g.beforeWait()
+	}
 	n = min(n, g.limit)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -67,3 +77,31 @@ func (g *byteGate) close() {
 	g.mu.Unlock()
 	g.cond.Broadcast()
 }
+
+// slotGate bounds the requests in flight on one connection
+// (Server.QueueDepth): a token per request, taken by the reader, given
+// back by finish. Waiting for one stops the reader from reading the
+// socket.
+type slotGate struct {
+	ch chan struct{}
+	// beforeWait runs when take must wait: held replies hold slots too.
+	beforeWait func()
+}
+
+func newSlotGate(n int) *slotGate { return &slotGate{ch: make(chan struct{}, n)} }
+
+// take takes a slot, running beforeWait first if it has to wait.
+func (g *slotGate) take() {
+	select {
+	case g.ch <- struct{}{}:
+		return
+	default:
+	}
+	if g.beforeWait != nil {
+		g.beforeWait()
+	}
+	g.ch <- struct{}{}
+}
+
+// give gives a slot back.
+func (g *slotGate) give() { <-g.ch }

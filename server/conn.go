@@ -43,8 +43,8 @@ type conn struct {
 	// Transmission state.
 	exp       *openExport
 	bufs      bufstrategy.Strategy
-	chunk     int           // the largest buffer bufs hands out; 0: any size
-	slots     chan struct{} // one token per request in flight
+	chunk     int       // the largest buffer bufs hands out; 0: any size
+	slots     *slotGate // one token per request in flight
 	inflight  sync.WaitGroup
 	nInflight atomic.Int64
 	// lastActive is when the last request arrived or reply left, in Unix

@@ -11,15 +11,17 @@ import "github.com/nbdd/nbdd/protocol"
 // waits for those replies before it sends more (its queue is full, or it
 // has nothing more to send) would otherwise wait forever, and the reader
 // with it. The rule is kept where the waiting is, not by the code that
-// may wait: each of the reader's waits hands the held replies over first.
+// may wait: the reader waits in three things only, and each hands the
+// held replies over first, through the hook startTransmission gives it.
 //
 //   - The socket: every read the reader makes goes through its
-//     sockReader (conn.go), which releases before it reads: request
-//     headers, payloads read through the read buffer or dropped, payloads
-//     read with readv into the export or spliced into its file.
-//   - A queue slot (newOp) and payload bytes (reserve), when they are not
-//     free at once.
-//   - The end of the reader's loop (readRequests).
+//     sockReader (conn.go), which hands them over before it reads:
+//     request headers, payloads read through the read buffer or dropped,
+//     payloads read with readv into the export or spliced into its file.
+//   - A queue slot (slotGate) and payload bytes (byteGate), when they are
+//     not free at once.
+//
+// The end of the reader's loop hands over what is left (readRequests).
 
 // Limits of the replies the reader holds back: enough to share one writev
 // among a burst of small requests, small enough that the first reply of a

@@ -55,10 +55,12 @@ func (c *conn) startTransmission() {
 	c.stats.Store(c.counts)
 	c.bufs, c.chunk = c.srv.bufs.NewConn(), c.srv.bufs.ChunkLimit()
 	c.spares = newSpareBuffers()
-	c.slots = make(chan struct{}, c.srv.queueDepth())
+	c.slots = newSlotGate(c.srv.queueDepth())
 	c.format = replyFormat{structured: c.structured}
 	c.w = newReplyWriter(c)
-	c.src.beforeRead = c.sendHeld
+	// The reader waits in these three alone; each hands over the
+	// replies it holds first (held.go).
+	c.src.beforeRead, c.slots.beforeWait, c.bytes.beforeWait = c.sendHeld, c.sendHeld, c.sendHeld
 	if sc, ok := c.rwc.(syscall.Conn); ok && !c.tls {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.kernelCopies = true
@@ -240,28 +242,16 @@ func (c *conn) reserve(ctx context.Context, o *op) error {
 	if c.chunk > 0 {
 		n = min(n, int64(c.chunk))
 	}
-	w, ok := c.bytes.tryTake(n)
-	if !ok {
-		c.sendHeld() // held replies may hold the bytes it waits for
-		var err error
-		if w, err = c.bytes.take(ctx, n); err != nil {
-			return err
-		}
-	}
+	w, err := c.bytes.take(ctx, n)
 	o.weight = w
-	return nil
+	return err
 }
 
 // newOp takes a queue slot and an op for req. Taking the slot blocks when
 // the connection is full, so the reader stops reading the socket rather
 // than queueing without bound.
 func (c *conn) newOp(req protocol.Request) *op {
-	select {
-	case c.slots <- struct{}{}:
-	default:
-		c.sendHeld() // held replies hold slots too
-		c.slots <- struct{}{}
-	}
+	c.slots.take()
 	c.inflight.Add(1)
 	c.nInflight.Add(1)
 	o := getOp()
@@ -288,7 +278,7 @@ func (c *conn) finish(o *op) {
 	}
 	putOp(o)
 	c.nInflight.Add(-1)
-	<-c.slots
+	c.slots.give()
 	c.inflight.Done()
 }
 
