@@ -36,17 +36,7 @@ for s in after before; do
 	nbdcopy "$SHM/src.img" "$(uri "$WORK/$s.sock")"
 done
 
-measure() { # measure WORKLOAD SERVER: one figure, higher is better
-	local u
-	u=$(uri "$WORK/$2.sock")
-	case $1 in
-	seqread) awk -v s="$(seconds nbdcopy "$u" null:)" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	seqwrite) awk -v s="$(seconds nbdcopy "$SHM/src.img" "$u")" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	randread1) fio_iops "$u" randread 4k 1 "$FIO_SECONDS" ;;
-	randread32) fio_iops "$u" randread 4k 32 "$FIO_SECONDS" ;;
-	randwrite32) fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS" ;;
-	esac
-}
+measure() { workload "$1" "$(uri "$WORK/$2.sock")"; } # measure WORKLOAD SERVER (lib.sh)
 
 WORKLOADS="seqread seqwrite randread1 randread32 randwrite32"
 declare -A A B

@@ -44,17 +44,7 @@ SERVERS="nbdd nbdkit qemu gonbd"
 for s in $SERVERS; do nbdcopy "$SHM/src.img" "$(uri "$WORK/$s.sock")"; done
 
 declare -A R
-run() { # run WORKLOAD SERVER: one measurement
-	local u
-	u=$(uri "$WORK/$2.sock")
-	case $1 in
-	seqread) awk -v s="$(seconds nbdcopy "$u" null:)" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	seqwrite) awk -v s="$(seconds nbdcopy "$SHM/src.img" "$u")" -v n=$SIZE 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	randread1) fio_iops "$u" randread 4k 1 "$FIO_SECONDS" ;;
-	randread32) fio_iops "$u" randread 4k 32 "$FIO_SECONDS" ;;
-	randwrite32) fio_iops "$u" randwrite 4k 32 "$FIO_SECONDS" ;;
-	esac
-}
+run() { workload "$1" "$(uri "$WORK/$2.sock")"; } # run WORKLOAD SERVER: one measurement (lib.sh)
 WORKLOADS="seqread seqwrite randread1 randread32 randwrite32"
 for w in $WORKLOADS; do
 	for s in $SERVERS; do R[$w.$s]=""; done
