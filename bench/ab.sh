@@ -8,6 +8,7 @@
 #
 #   BEFORE=/path/to/old/nbdd bench/ab.sh               # RUNS=7, FIO_SECONDS=5
 #   EXPORT=file BEFORE=/path/to/old/nbdd bench/ab.sh   # a file in /dev/shm each
+#   WORKLOADS="seqread" RUNS=15 BEFORE=... bench/ab.sh  # a close call, again
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 BEFORE=${BEFORE:?set BEFORE to the nbdd binary to compare with}
@@ -38,7 +39,7 @@ done
 
 measure() { workload "$1" "$(uri "$WORK/$2.sock")"; } # measure WORKLOAD SERVER (lib.sh)
 
-WORKLOADS="seqread seqwrite randread1 randread32 randwrite32"
+WORKLOADS=${WORKLOADS:-"seqread seqwrite randread1 randread32 randwrite32"}
 declare -A A B
 for w in $WORKLOADS; do
 	A[$w]="" B[$w]=""

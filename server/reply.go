@@ -32,9 +32,10 @@ import (
 //     (a streamed or sendfile READ: replytail.go) needs an owner that may
 //     wait, so it is never sent directly.
 //  6. Replies that are ready together share one writev (writeBatch).
-//  7. Every reply handed over is finished exactly once: after its last
-//     byte is written, or once the connection has failed, by the owner at
-//     the end of its turn (finishSent).
+//  7. Every reply handed over is finished exactly once, after its last
+//     byte is written or once the connection has failed, by the owner
+//     (finishSent): after each reply that sent alone, and at the end of
+//     each batch.
 type replyWriter struct {
 	c    *conn
 	wake chan struct{} // capacity 1: "the queue is not empty"
@@ -197,6 +198,9 @@ func (w *replyWriter) writeBatch(batch []*op) {
 		}
 		w.send(batch[start:i])
 		w.sendTail(o)
+		// Its slot and bytes go back now, not after the rest of the
+		// batch: the reader may be waiting for them.
+		w.finishSent()
 		start = i + 1
 	}
 	w.send(batch[start:])

@@ -169,12 +169,14 @@ func (w *replyWriter) flushTrailer() {
 	}
 }
 
-// trailerSent counts the READ whose trailer has just been written (or
-// will never be: the connection failed) as sent.
+// trailerSent finishes the READ whose trailer has just been written (or
+// will never be: the connection failed), and what was sent before it,
+// at once: the reader may be waiting for its slot and bytes.
 func (w *replyWriter) trailerSent() {
 	if o := w.trailerOp; o != nil {
 		w.trailerOp = nil
 		w.sent = append(w.sent, o)
+		w.finishSent()
 	}
 }
 
