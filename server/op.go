@@ -22,6 +22,7 @@ type op struct {
 	bufFrom bufSource
 	data    []byte // READ payload to send after the header
 	weight  int64  // bytes held in the connection's byte gate
+	start   int64  // requestClock when its header was read, for Stats' latency
 
 	hdr    [maxReplyHeader]byte
 	hdrLen int

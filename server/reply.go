@@ -180,7 +180,15 @@ func (w *replyWriter) drainOwned() {
 // finishSent finishes the replies written whole since the last call
 // (rule 7).
 func (w *replyWriter) finishSent() {
+	if len(w.sent) == 0 {
+		return
+	}
+	answered := !w.failed.Load()
+	now := requestClock()
 	for _, o := range w.sent {
+		if answered {
+			w.c.counts.answered(o.req.Type, o.start, now)
+		}
 		w.c.finish(o)
 	}
 	clear(w.sent)

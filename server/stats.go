@@ -1,10 +1,12 @@
 package server
 
 import (
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/protocol"
@@ -56,6 +58,37 @@ type ExportStats struct {
 	// Paths has the requests whose data took each path; every Path but
 	// PathNone has an entry.
 	Paths map[Path]PathStats
+	// Latency has the time from each request's header being read to its
+	// reply being written, by command; every command in Requests has an
+	// entry. Requests whose reply was never written (the connection
+	// failed first) are not in it.
+	Latency map[protocol.Cmd]LatencyStats
+}
+
+// LatencyBuckets is the number of finite buckets of a LatencyStats.
+const LatencyBuckets = 23
+
+// LatencyBound returns the upper bound of latency bucket i, for i below
+// LatencyBuckets: 4µs doubled i times, from 4µs to about 16.8s.
+func LatencyBound(i int) time.Duration { return 4 * time.Microsecond << i }
+
+// LatencyStats is a histogram of request latencies.
+type LatencyStats struct {
+	// Counts[i] counts the requests that took more than
+	// LatencyBound(i-1) and at most LatencyBound(i); the last entry
+	// counts those that took longer than every bound.
+	Counts [LatencyBuckets + 1]int64
+	// Sum is the total time of the requests counted.
+	Sum time.Duration
+}
+
+// Count returns the number of requests in l.
+func (l LatencyStats) Count() int64 {
+	var n int64
+	for _, c := range l.Counts {
+		n += c
+	}
+	return n
 }
 
 // PathStats are the counters of one data path of one export.
@@ -155,9 +188,49 @@ type exportCounters struct {
 	holes    atomic.Int64
 	aborted  atomic.Int64
 	paths    [numPaths]pathCounters
+	// latency is written by whoever sends replies, not by the reader;
+	// the padding keeps it off the reader's cache lines.
+	_       [64]byte
+	latency [numCmds]latencyCounters
 }
 
 type pathCounters struct{ requests, bytes, onReader atomic.Int64 }
+
+type latencyCounters struct {
+	counts [LatencyBuckets + 1]atomic.Int64
+	sum    atomic.Int64 // nanoseconds
+}
+
+// epoch is where requestClock starts.
+var epoch = time.Now()
+
+// requestClock returns the monotonic time in nanoseconds since epoch:
+// one vDSO clock read, where time.Now reads two clocks.
+func requestClock() int64 { return int64(time.Since(epoch)) }
+
+// answered records the latency of a request whose reply was written at
+// now (requestClock), since its header was read at start: two
+// uncontended atomic adds.
+func (s *exportCounters) answered(typ protocol.Cmd, start, now int64) {
+	if int(typ) >= numCmds {
+		return
+	}
+	ns := max(now-start, 0)
+	i := min(latencyBucket(ns), LatencyBuckets)
+	l := &s.latency[typ]
+	l.counts[i].Add(1)
+	l.sum.Add(ns)
+}
+
+// latencyBucket returns the bucket of ns nanoseconds: the smallest i
+// with ns <= LatencyBound(i), or LatencyBuckets or more past the last.
+func latencyBucket(ns int64) int {
+	const unit = int64(4 * time.Microsecond)
+	if ns <= 0 {
+		return 0
+	}
+	return bits.Len64(uint64((ns - 1) / unit))
+}
 
 // counted records a request the reader has planned: on the reader, or on
 // a goroutine of its own. A READ or WRITE is counted on its path alone
@@ -225,6 +298,13 @@ func (s *exportCounters) add(o *exportCounters) {
 		s.paths[i].bytes.Add(o.paths[i].bytes.Load())
 		s.paths[i].onReader.Add(o.paths[i].onReader.Load())
 	}
+	for i := range s.latency {
+		l, ol := &s.latency[i], &o.latency[i]
+		for b := range l.counts {
+			l.counts[b].Add(ol.counts[b].Load())
+		}
+		l.sum.Add(ol.sum.Load())
+	}
 }
 
 // snapshot returns s as ExportStats.
@@ -238,10 +318,12 @@ func (s *exportCounters) snapshot() ExportStats {
 		HoleBytes:   s.holes.Load(),
 		Aborted:     s.aborted.Load(),
 		Paths:       make(map[Path]PathStats, numPaths-1),
+		Latency:     make(map[protocol.Cmd]LatencyStats, numCmds),
 	}
 	for i := range s.requests {
 		if protocol.Cmd(i) != protocol.CmdDisc {
 			es.Requests[protocol.Cmd(i)] = s.requests[i].Load()
+			es.Latency[protocol.Cmd(i)] = s.latency[i].snapshot()
 		}
 	}
 	for i, e := range errnos {
@@ -260,6 +342,15 @@ func (s *exportCounters) snapshot() ExportStats {
 		}
 	}
 	return es
+}
+
+func (l *latencyCounters) snapshot() LatencyStats {
+	var ls LatencyStats
+	for i := range l.counts {
+		ls.Counts[i] = l.counts[i].Load()
+	}
+	ls.Sum = time.Duration(l.sum.Load())
+	return ls
 }
 
 // Stats returns the server's counters. It is cheap enough to call at

@@ -48,6 +48,13 @@ func TestStats(t *testing.T) {
 		require.Equal(t, int64(4096), es.WriteBytes)
 		require.Equal(t, PathStats{Requests: 1, Bytes: 4096, OnReader: 1}, es.Paths[PathReadLent], "a memory export lends its pages")
 		require.Equal(t, PathStats{Requests: 1, Bytes: 4096, OnReader: 1}, es.Paths[PathWriteFromReadBuffer])
+		for cmd, n := range es.Requests {
+			// Every request but the unknown one was answered; a reply
+			// is counted once written, so a read may be a moment late.
+			require.Eventually(t, func() bool { return exportStats(srv, "mem").Latency[cmd].Count() == n },
+				ioTimeout, time.Millisecond, "%v: latency count; want %d", cmd, n)
+		}
+		require.Positive(t, exportStats(srv, "mem").Latency[protocol.CmdRead].Sum)
 
 		// A backend with no capabilities: buffers, and goroutines of
 		// their own.
@@ -114,6 +121,68 @@ func TestStatsUnderLoad(t *testing.T) {
 			require.Equal(t, int64(12*2*50), es.Requests[protocol.CmdRead]+es.Requests[protocol.CmdWrite])
 			return
 		default:
+		}
+	}
+}
+
+// TestStatsLatency: a request's latency runs from its header to its
+// reply: READs that the backend delays by 20ms land in the buckets above
+// 16ms, FLUSHes that it does not delay below it, and the sums agree.
+func TestStatsLatency(t *testing.T) {
+	const delay = 20 * time.Millisecond
+	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
+	srv.Exports[0].Backend = backend.NewFault(backend.NewMemory(1<<20),
+		backend.FaultRule{Op: backend.FaultRead, Delay: delay})
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	c.handshake("mem")
+	for i := range 3 {
+		c.read(uint64(i), 0, 4096)
+		c.wantRead(uint64(i), make([]byte, 4096))
+		c.flush(100 + uint64(i))
+		c.wantReply(100+uint64(i), protocol.EOK)
+	}
+	var es ExportStats
+	require.Eventually(t, func() bool {
+		es = exportStats(srv, "mem")
+		return es.Latency[protocol.CmdRead].Count() == 3 && es.Latency[protocol.CmdFlush].Count() == 3
+	}, ioTimeout, time.Millisecond)
+	reads, flushes := es.Latency[protocol.CmdRead], es.Latency[protocol.CmdFlush]
+	slow := latencyBucket(int64(delay)) // the first bucket that holds 20ms
+	require.Equal(t, 32768*time.Microsecond, LatencyBound(slow), "20ms falls in the 32.768ms bucket")
+	require.Zero(t, sum(reads.Counts[:slow]), "READs delayed %v, counted faster: %v", delay, reads.Counts)
+	require.Zero(t, sum(flushes.Counts[slow:]), "FLUSHes not delayed, counted as slow: %v", flushes.Counts)
+	require.GreaterOrEqual(t, reads.Sum, 3*delay)
+	require.Less(t, flushes.Sum, 3*delay)
+}
+
+func sum(counts []int64) (n int64) {
+	for _, c := range counts {
+		n += c
+	}
+	return n
+}
+
+// TestLatencyBucket: each latency goes in the smallest bucket whose
+// bound holds it, and past the last bound in the overflow bucket.
+func TestLatencyBucket(t *testing.T) {
+	us := int64(time.Microsecond)
+	for _, tt := range []struct {
+		ns   int64
+		want int
+	}{
+		{-5, 0}, {0, 0}, {1, 0}, {4 * us, 0}, {4*us + 1, 1}, {8 * us, 1}, {8*us + 1, 2},
+		{16 * us, 2}, {1000 * us, 8}, {int64(LatencyBound(LatencyBuckets - 1)), LatencyBuckets - 1},
+		{int64(LatencyBound(LatencyBuckets-1)) + 1, LatencyBuckets}, {1 << 62, 51},
+	} {
+		if got := latencyBucket(tt.ns); got != tt.want {
+			t.Errorf("latencyBucket(%d) = %d; want %d", tt.ns, got, tt.want)
+		}
+		if i := latencyBucket(tt.ns); i < LatencyBuckets && tt.ns > 0 {
+			require.LessOrEqual(t, tt.ns, int64(LatencyBound(i)))
+			if i > 0 {
+				require.Greater(t, tt.ns, int64(LatencyBound(i-1)))
+			}
 		}
 	}
 }

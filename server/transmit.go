@@ -151,7 +151,9 @@ func (c *conn) handle(ctx context.Context, req protocol.Request) error {
 	if req.Type == protocol.CmdWrite && c.srv.IdleTimeout > 0 {
 		defer c.endPayloadClock()
 	}
+	start := requestClock()
 	o := c.newOp(req)
+	o.start = start
 	err := c.admit(ctx, o)
 	if err != nil {
 		c.finish(o)
