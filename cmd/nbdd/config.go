@@ -173,14 +173,14 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 	}
 	for _, e := range cfg.srv.Exports {
 		if e.Name == spec.name {
-			return usage("export %q is configured twice", spec.name)
+			return usage("export %s is configured twice", quoteShort(spec.name))
 		}
 	}
 	if readOnly {
 		spec.opts["ro"] = "" // --read-only: opened read-only too, not only served so
 	}
 	if spec.has("tls-only") && cfg.srv.TLSMode == server.TLSOff {
-		return usage("export %q is tls-only, which needs --tls on or --tls require", spec.name)
+		return usage("export %s is tls-only, which needs --tls on or --tls require", quoteShort(spec.name))
 	}
 	b, err := open(spec)
 	if err != nil {
@@ -213,7 +213,7 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 	if spec.has("load") {
 		b, err := backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 2)
+			return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 2)
 		}
 		return b, nil
 	}
@@ -223,7 +223,7 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 	}
 	f, err := open(spec.value, ro)
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, unwrapPathError(err)), 2)
+		return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), unwrapPathError(err)), 2)
 	}
 	return f, nil
 }
@@ -238,7 +238,7 @@ func (cfg *config) checkExportedTwice(spec exportSpec, copyBack bool) error {
 	}
 	for _, f := range cfg.files {
 		if os.SameFile(f.info, info) && (copyBack || f.copyBack) {
-			return usage("exports %q and %q are the same file, and a writable load export's copy would overwrite the other's writes (make them ro, or export it once)", f.name, spec.name)
+			return usage("exports %s and %s are the same file, and a writable load export's copy would overwrite the other's writes (make them ro, or export it once)", quoteShort(f.name), quoteShort(spec.name))
 		}
 	}
 	cfg.files = append(cfg.files, exportedFile{name: spec.name, info: info, copyBack: copyBack})
@@ -249,14 +249,14 @@ func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 	size, err := parseSize(spec.value)
 	switch {
 	case err != nil:
-		return nil, usage("--memory %s: %v", spec.name, err)
+		return nil, usage("--memory %s: %v", quoteShort(spec.name), err)
 	case size <= 0:
-		return nil, usage("--memory %s: size %q must be more than 0", spec.name, spec.value)
+		return nil, usage("--memory %s: size %q must be more than 0", quoteShort(spec.name), spec.value)
 	}
 	if spec.has("ksm") {
 		b, err := backend.NewMapped(size, true)
 		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
+			return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 1)
 		}
 		return b, nil
 	}
@@ -292,7 +292,7 @@ func (cfg *config) defaultExport(name string) error {
 		cfg.srv.DefaultExport = name
 		return nil
 	}
-	return usage("--default-export %q: no such export", name)
+	return usage("--default-export %s: no such export", quoteShort(name))
 }
 
 // unwrapPathError keeps "open PATH: no such file or directory" short.

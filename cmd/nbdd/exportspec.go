@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/nbdd/nbdd/protocol"
 )
 
 // exportSpec is one --export or --memory value: NAME=VALUE followed by
@@ -22,16 +24,20 @@ var knownExportOpts = map[string][]string{
 func parseExportSpec(kind, s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok || name == "" {
-		return exportSpec{}, fmt.Errorf("--%s %q: want NAME=%s[,option...]", kind, s, map[string]string{"export": "PATH", "memory": "SIZE"}[kind])
+		return exportSpec{}, fmt.Errorf("--%s %s: want NAME=%s[,option...]", kind, quoteShort(s), map[string]string{"export": "PATH", "memory": "SIZE"}[kind])
 	}
-	if strings.ContainsRune(name, 0) || len(name) > 4096 {
-		return exportSpec{}, fmt.Errorf("--%s %q: invalid export name", kind, s)
+	if len(name) > protocol.MaxStringLen {
+		return exportSpec{}, fmt.Errorf("--%s %s: export name of %d bytes; NBD allows at most %d", kind, quoteShort(name), len(name), protocol.MaxStringLen)
 	}
+	if strings.ContainsRune(name, 0) {
+		return exportSpec{}, fmt.Errorf("--%s %s: export name holds a NUL byte", kind, quoteShort(name))
+	}
+	s = quoteShort(s)
 	spec := exportSpec{name: name, opts: map[string]string{}}
 	parts := strings.Split(rest, ",")
 	spec.value = parts[0]
 	if spec.value == "" {
-		return exportSpec{}, fmt.Errorf("--%s %q: missing %s", kind, s, map[string]string{"export": "path", "memory": "size"}[kind])
+		return exportSpec{}, fmt.Errorf("--%s %s: missing %s", kind, s, map[string]string{"export": "path", "memory": "size"}[kind])
 	}
 	for i := 1; i < len(parts); i++ {
 		key, val, _ := strings.Cut(parts[i], "=")
@@ -40,14 +46,25 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 			i = len(parts)
 		}
 		if !contains(knownExportOpts[kind], key) {
-			return exportSpec{}, fmt.Errorf("--%s %q: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
+			return exportSpec{}, fmt.Errorf("--%s %s: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
 		}
 		if key != "description" && strings.Contains(parts[i], "=") {
-			return exportSpec{}, fmt.Errorf("--%s %q: option %q takes no value", kind, s, key)
+			return exportSpec{}, fmt.Errorf("--%s %s: option %q takes no value", kind, s, key)
 		}
 		spec.opts[key] = val
 	}
 	return spec, nil
+}
+
+// quoteShort quotes s for a message, cut to its first 64 bytes (and the
+// length said) when longer: a message is one line, and a mistyped
+// 5000-byte value would fill a screen.
+func quoteShort(s string) string {
+	const show = 64
+	if len(s) <= show {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", strings.ToValidUTF8(s[:show], ""), len(s))
 }
 
 func (e exportSpec) has(opt string) bool {

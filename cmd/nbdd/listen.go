@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -28,7 +29,11 @@ func (l *listener) uri(name string, tls bool) string {
 		scheme = "nbds" // doc/uri.md: the client must use TLS
 	}
 	if l.network == "unix" {
-		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + l.addr
+		path, err := filepath.Abs(l.addr) // a client may run elsewhere
+		if err != nil {
+			path = l.addr
+		}
+		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + path
 	}
 	return scheme + "://" + l.Addr().String() + "/" + url.PathEscape(name)
 }
@@ -41,6 +46,9 @@ func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, erro
 	mode, err := strconv.ParseUint(c.String("socket-mode"), 8, 32)
 	if err != nil || mode > 0o777 {
 		return nil, usage("--socket-mode %q: want an octal mode such as 0660", c.String("socket-mode"))
+	}
+	if err := checkListedOnce(urls); err != nil {
+		return nil, err
 	}
 	var ls []*listener
 	for _, u := range urls {
@@ -83,12 +91,38 @@ func listen(raw string, mode os.FileMode) (*listener, error) {
 	return &listener{Listener: nl, url: raw, network: network, addr: addr}, nil
 }
 
-// parseListenURL accepts tcp://HOST:PORT, unix:///PATH, and a bare
-// HOST:PORT as TCP.
+// checkListedOnce refuses a socket listed twice, which would otherwise
+// fail as "in use by a running server" (the first listener) or "address
+// already in use". TCP port 0 may repeat: each is a port of its own.
+func checkListedOnce(urls []string) error {
+	seen := map[string]string{}
+	for _, u := range urls {
+		network, addr, err := parseListenURL(u)
+		if err != nil {
+			continue // reported by listen
+		}
+		key := network + " " + addr
+		if network == "unix" {
+			if abs, err := filepath.Abs(addr); err == nil {
+				key = network + " " + abs
+			}
+		} else if _, port, _ := net.SplitHostPort(addr); port == "0" {
+			continue
+		}
+		if first, ok := seen[key]; ok {
+			return usage("--listen %s and --listen %s are the same socket: list it once", first, u)
+		}
+		seen[key] = u
+	}
+	return nil
+}
+
+// parseListenURL accepts tcp://HOST:PORT, unix:///PATH, unix:PATH (a
+// relative path too, as qemu spells it), and a bare HOST:PORT as TCP.
 func parseListenURL(raw string) (network, addr string, err error) {
 	switch {
-	case strings.HasPrefix(raw, "unix://"):
-		path := strings.TrimPrefix(raw, "unix://")
+	case strings.HasPrefix(raw, "unix:"):
+		path := strings.TrimPrefix(strings.TrimPrefix(raw, "unix:"), "//")
 		if path == "" {
 			return "", "", errors.New("missing socket path")
 		}
@@ -96,7 +130,7 @@ func parseListenURL(raw string) (network, addr string, err error) {
 	case strings.HasPrefix(raw, "tcp://"):
 		raw = strings.TrimPrefix(raw, "tcp://")
 	case strings.Contains(raw, "://"):
-		return "", "", errors.New("want tcp://HOST:PORT or unix:///PATH")
+		return "", "", errors.New("want tcp://HOST:PORT, unix:///PATH or unix:PATH")
 	}
 	if _, _, err := net.SplitHostPort(raw); err != nil {
 		return "", "", fmt.Errorf("want HOST:PORT: %v", err)

@@ -80,6 +80,9 @@ func serve(c *cli.Context) error {
 		}
 		defer stop()
 	}
+	if err := checkKSMFlags(c); err != nil {
+		return err
+	}
 	cfg, err := buildServer(c, logger)
 	if err != nil {
 		return err

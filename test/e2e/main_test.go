@@ -57,7 +57,9 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	sharedDir = dir
 	nbddBin = filepath.Join(dir, "nbdd")
-	build := exec.Command("go", "build", "-o", nbddBin, "github.com/nbdd/nbdd/cmd/nbdd")
+	// -buildvcs=auto overrides a GOFLAGS=-buildvcs=false of the
+	// environment, so that nbdd version names the commit (TestCLIVersion).
+	build := exec.Command("go", "build", "-buildvcs=auto", "-o", nbddBin, "github.com/nbdd/nbdd/cmd/nbdd")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building nbdd:", err)
