@@ -20,16 +20,23 @@ const readBufferSize = 64 << 10
 
 // conn is one client connection.
 type conn struct {
-	srv    *Server
-	id     uint64
-	rwc    io.ReadWriteCloser // replaced by the TLS conn after STARTTLS
-	raw    io.Closer          // the connection as accepted; closeNow closes it
-	nc     net.Conn           // rwc as a net.Conn, or nil
-	br     *bufio.Reader
-	src    *sockReader // br's source, and headerSource's for a header read alone
-	log    *slog.Logger
-	closed atomic.Bool
-	cancel context.CancelFunc // ends the connection's context: budget waits give up
+	srv  *Server
+	id   uint64
+	rwc  io.ReadWriteCloser // replaced by the TLS conn after STARTTLS
+	raw  io.Closer          // the connection as accepted; closeNow closes it
+	nc   net.Conn           // rwc as a net.Conn, or nil
+	peer Peer
+	// started, counters and errLog feed the log: the summary line at the
+	// end and the connection's budget of failed-request lines
+	// (logging.go).
+	started  time.Time
+	counters connCounters
+	errLog   logBudget
+	br       *bufio.Reader
+	src      *sockReader // br's source, and headerSource's for a header read alone
+	log      *slog.Logger
+	closed   atomic.Bool
+	cancel   context.CancelFunc // ends the connection's context: budget waits give up
 
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
 	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
@@ -88,17 +95,14 @@ type conn struct {
 }
 
 func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {
-	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel}
+	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel, started: time.Now()}
 	c.nc, _ = rwc.(net.Conn)
 	c.sizeSendBuffer()
 	c.src = &sockReader{conn: rwc}
 	c.br = bufio.NewReaderSize(c.src, readBufferSize)
 	c.bytes = newByteGate(s.maxInflightBytes())
-	attrs := []any{"conn", c.id}
-	if c.nc != nil && c.nc.RemoteAddr() != nil {
-		attrs = append(attrs, "remote", c.nc.RemoteAddr().String())
-	}
-	c.log = s.logger().With(attrs...)
+	c.peer = peerOf(c.nc)
+	c.log = s.logger().With(append([]any{"conn", c.id}, c.peer.logAttrs()...)...)
 	return c
 }
 
@@ -131,24 +135,24 @@ func (c *conn) serve(ctx context.Context) error {
 }
 
 // logEnd logs the end of a connection once, at the level its cause
-// deserves, and returns nil for a clean end.
+// deserves, with what it did (summary), and returns nil for a clean end.
 func (c *conn) logEnd(err error) error {
 	switch {
 	case err == nil || errors.Is(err, errDisconnect):
-		c.log.Info("client disconnected")
+		c.log.Info("client disconnected", c.summary()...)
 		c.log.Debug("buffer stats", "buffers", c.srv.bufs.Stats())
 		return nil
 	case errors.Is(err, errAbort):
 		c.log.Debug("handshake aborted by client")
 		return nil
 	case c.closed.Load() && c.srv.inShutdown.Load():
-		c.log.Info("connection closed by shutdown")
+		c.log.Info("connection closed by shutdown", c.summary()...)
 		return ErrServerClosed
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
-		c.log.Info("connection closed", "err", err)
+		c.log.Info("connection closed", append(c.summary(), "err", err)...)
 		return err
 	default:
-		c.log.Warn("connection failed", "err", err)
+		c.log.Warn("connection failed", append(c.summary(), "err", err)...)
 		return err
 	}
 }

@@ -326,7 +326,7 @@ func (c *conn) optReply(opt protocol.Opt, typ protocol.Rep, msg string) error {
 		if opt == protocol.OptGo {
 			level = slog.LevelInfo
 		}
-		c.log.Log(context.Background(), level, "option refused", "opt", opt, "reply", typ, "msg", msg)
+		c.log.Log(context.Background(), level, "option refused", "opt", opt, "reply", typ, "reason", msg)
 	}
 	c.replyBuf = append(c.replyBuf[:0], protocol.Message(msg, protocol.MaxStringLen)...)
 	return c.optReplyData(opt, typ, c.replyBuf)

@@ -118,7 +118,8 @@ type Server struct {
 	MaxBackendCalls int
 
 	// MaxConns bounds connections server-wide, MaxConnsPerHost per client
-	// host; 0 means no limit.
+	// IP address; 0 means no limit. Unix-socket peers count only toward
+	// MaxConns (see Peer).
 	MaxConns, MaxConnsPerHost int
 
 	// NoStructuredReplies refuses NBD_OPT_STRUCTURED_REPLY with
@@ -155,9 +156,10 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
 	conns     map[*conn]struct{}
-	perHost   map[string]int // connections per client host, for MaxConnsPerHost
-	nconns    int            // accepted connections, for MaxConns
-	serving   sync.WaitGroup // Serve and ServeConn calls
+	perHost   map[string]int        // connections per client host, for MaxConnsPerHost
+	errLogs   map[string]*logBudget // per export name: budgets of failed-request lines
+	nconns    int                   // accepted connections, for MaxConns
+	serving   sync.WaitGroup        // Serve and ServeConn calls
 }
 
 func (s *Server) init() {
@@ -273,9 +275,10 @@ func (s *Server) Serve(l net.Listener) error {
 }
 
 func (s *Server) serveNetConn(nc net.Conn) {
-	host := remoteHost(nc)
+	peer := peerOf(nc)
+	host := peer.host()
 	if !s.admit(host) {
-		s.logger().Warn("connection refused: too many connections", "remote", nc.RemoteAddr().String())
+		s.logger().Warn("connection refused: too many connections", append(peer.logAttrs(), "max_connections", s.MaxConns, "max_connections_per_host", s.MaxConnsPerHost)...)
 		nc.Close()
 		return
 	}
@@ -442,10 +445,12 @@ func (s *Server) admit(host string) bool {
 	if s.MaxConns > 0 && s.nconns >= s.MaxConns {
 		return false
 	}
-	if s.MaxConnsPerHost > 0 && s.perHost[host] >= s.MaxConnsPerHost {
+	if host != "" && s.MaxConnsPerHost > 0 && s.perHost[host] >= s.MaxConnsPerHost {
 		return false
 	}
-	s.perHost[host]++
+	if host != "" {
+		s.perHost[host]++
+	}
 	s.nconns++
 	return true
 }
@@ -454,18 +459,10 @@ func (s *Server) release(host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nconns--
+	if host == "" {
+		return
+	}
 	if s.perHost[host]--; s.perHost[host] <= 0 {
 		delete(s.perHost, host)
 	}
-}
-
-func remoteHost(nc net.Conn) string {
-	addr := nc.RemoteAddr()
-	if addr == nil {
-		return ""
-	}
-	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
-		return host
-	}
-	return addr.Network() // unix sockets: one bucket
 }

@@ -435,7 +435,7 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 	default:
 		streamAborts.Add(1)
 		w.fail(fmt.Errorf("%v failed after its reply header was sent: %w", protocol.CmdRead, err))
-		c.log.Warn("read failed mid-reply; disconnecting", "offset", off+done, "err", err)
+		c.requestFailed(o.req, Errno(err), fmt.Errorf("at offset %d, after the reply header was sent (a simple reply cannot carry the error: disconnecting): %w", off+done, err))
 	}
 }
 
@@ -443,7 +443,7 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 // chunk saying the data failed at offset at (proto.md
 // "NBD_REPLY_TYPE_ERROR_OFFSET"); the connection carries on.
 func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
-	w.c.log.Debug("read failed mid-reply", "offset", at, "err", err)
+	w.c.requestFailed(o.req, replyErrno(o.req, Errno(err)), fmt.Errorf("at offset %d, after part of the data was sent: %w", at, err))
 	msg := protocol.AppendErrorChunk(nil, replyErrno(o.req, Errno(err)), clientMessage(err), true, uint64(at))
 	protocol.ChunkHeader{Flags: protocol.ReplyFlagDone, Type: protocol.ReplyTypeErrorOffset, Cookie: o.req.Cookie,
 		Length: uint32(len(msg))}.Put(w.chunkHdr[:])

@@ -36,6 +36,7 @@ func TestCLIMessages(t *testing.T) {
 		{"5000-byte export name", []string{"serve", "--listen", "unix:" + sock, "--memory", long + "=1M"},
 			`--memory "` + strings.Repeat("x", 64) + `"... (5000 bytes): export name of 5000 bytes; NBD allows at most 4096`},
 		{"ksm kick without socket", []string{"ksm", "kick"}, "ksm kick needs --socket PATH"},
+		{"bad log format", []string{"serve", "--listen", "unix:" + sock, "--log-format", "xml"}, `--log-format "xml": want text or json`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, msg := attachCLI(t, tc.args...)
@@ -66,4 +67,13 @@ func TestParseListenURL(t *testing.T) {
 			t.Errorf("parseListenURL(%q) = %s %s, %v; want %s %s", tc.in, network, addr, err, tc.network, tc.addr)
 		}
 	}
+}
+
+// TestFaultsInHelp: an NBDD_FAULT left in the environment is named in
+// nbdd serve --help, and --fault is listed there.
+func TestFaultsInHelp(t *testing.T) {
+	t.Setenv("NBDD_FAULT", "read:eio")
+	out := helpOf(t, "serve", "--help")
+	require.Contains(t, out, `WARNING: NBDD_FAULT="read:eio" is set`)
+	require.Contains(t, out, "--fault SPEC")
 }

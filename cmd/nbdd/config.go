@@ -25,6 +25,8 @@ type config struct {
 	closers   []io.Closer
 	mergeable map[string]bool // exports marked ksm
 	files     []exportedFile  // the files of --export, to catch one exported twice
+	faultSpec string          // --fault, when set
+	logger    *slog.Logger
 }
 
 // exportedFile is a file of an --export.
@@ -44,7 +46,7 @@ func (c *config) close() {
 }
 
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
-	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}}
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger}
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}
@@ -263,7 +265,9 @@ func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 	return backend.NewMemory(size), nil
 }
 
-// faults wraps every export in fault injection (hidden flag, for tests).
+// faults wraps every export in fault injection (for tests), and says so:
+// a --fault, or an NBDD_FAULT left in the environment, makes exports fail
+// on purpose, which must not pass for a failing disk.
 func (cfg *config) faults(spec string) error {
 	if spec == "" {
 		return nil
@@ -272,6 +276,8 @@ func (cfg *config) faults(spec string) error {
 	if err != nil {
 		return usage("--fault: %v", err)
 	}
+	cfg.faultSpec = spec
+	cfg.logger.Warn("FAULT INJECTION IS ON: exports fail on purpose as --fault (or NBDD_FAULT) says; unset it to serve normally", "fault", spec)
 	for i := range cfg.srv.Exports {
 		cfg.srv.Exports[i].Backend = backend.NewFault(cfg.srv.Exports[i].Backend, rules...)
 	}
