@@ -212,22 +212,30 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 	if spec.has("ksm") && !spec.has("load") {
 		return nil, usage("--export %s: ksm needs load (only anonymous memory can be merged)", spec.name)
 	}
-	if spec.has("load") {
-		b, err := backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
-		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 2)
-		}
-		return b, nil
+	var b backend.Backend
+	var err error
+	switch {
+	case spec.has("load"):
+		b, err = backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
+	case spec.has("direct"):
+		b, err = backend.OpenFileDirect(spec.value, ro) // O_DIRECT: no page cache; 512-byte minimum block size
+	default:
+		b, err = backend.OpenFile(spec.value, ro)
 	}
-	open := backend.OpenFile
-	if spec.has("direct") {
-		open = backend.OpenFileDirect // O_DIRECT: no page cache; 512-byte minimum block size
-	}
-	f, err := open(spec.value, ro)
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), unwrapPathError(err)), 2)
+		return nil, cli.Exit(fmt.Sprintf("export %s: %v%s", quoteShort(spec.name), unwrapPathError(err), openHint(err, ro)), 2)
 	}
-	return f, nil
+	if err := guardExport(cfg.logger, spec.name, spec.value, b, spec.has("raw")); err != nil {
+		closeBackend(b)
+		return nil, err
+	}
+	return b, nil
+}
+
+func closeBackend(b backend.Backend) {
+	if c, ok := b.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // checkExportedTwice refuses a file exported a second time when either
@@ -255,14 +263,13 @@ func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 	case size <= 0:
 		return nil, usage("--memory %s: size %q must be more than 0", quoteShort(spec.name), spec.value)
 	}
+	var b backend.Backend = backend.NewMemory(size)
 	if spec.has("ksm") {
-		b, err := backend.NewMapped(size, true)
-		if err != nil {
+		if b, err = backend.NewMapped(size, true); err != nil {
 			return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 1)
 		}
-		return b, nil
 	}
-	return backend.NewMemory(size), nil
+	return b, guardExport(cfg.logger, spec.name, "memory", b, true)
 }
 
 // faults wraps every export in fault injection (for tests), and says so:

@@ -17,7 +17,7 @@ type exportSpec struct {
 
 // knownExportOpts lists the options each kind of export accepts.
 var knownExportOpts = map[string][]string{
-	"export": {"ro", "description", "load", "ksm", "tls-only", "direct"},
+	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw"},
 	"memory": {"ro", "description", "ksm", "tls-only"},
 }
 
