@@ -3,6 +3,7 @@ module github.com/nbdd/nbdd
 go 1.25.0
 
 require (
+	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/pojntfx/go-nbd v0.3.2
 	github.com/stretchr/testify v1.12.1
 	github.com/urfave/cli/v2 v2.27.7

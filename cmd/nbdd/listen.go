@@ -29,23 +29,25 @@ func (l *listener) uri(name string, tls bool) string {
 		scheme = "nbds" // doc/uri.md: the client must use TLS
 	}
 	if l.network == "unix" {
-		path, err := filepath.Abs(l.addr) // a client may run elsewhere
-		if err != nil {
-			path = l.addr
-		}
-		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + path
+		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + l.socketPath()
 	}
 	return scheme + "://" + l.Addr().String() + "/" + url.PathEscape(name)
 }
 
-func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, error) {
-	urls := c.StringSlice("listen")
-	if len(urls) == 0 {
-		urls = []string{defaultListen}
+// socketPath is the absolute path of a unix listener's socket, for
+// clients that may run in another directory.
+func (l *listener) socketPath() string {
+	if path, err := filepath.Abs(l.addr); err == nil {
+		return path
 	}
-	mode, err := strconv.ParseUint(c.String("socket-mode"), 8, 32)
+	return l.addr
+}
+
+// listenAll opens a listener for each URL, unix sockets with mode.
+func listenAll(urls []string, socketMode string, tls bool, logger *slog.Logger) ([]*listener, error) {
+	mode, err := strconv.ParseUint(socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
-		return nil, usage("--socket-mode %q: want an octal mode such as 0660", c.String("socket-mode"))
+		return nil, usage("--socket-mode %q: want an octal mode such as 0660", socketMode)
 	}
 	if err := checkListedOnce(urls); err != nil {
 		return nil, err
@@ -59,9 +61,7 @@ func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, erro
 			}
 			return nil, err
 		}
-		if l.network == "tcp" && !tls && !isLoopback(hostOf(l.addr)) {
-			logger.Warn("listening beyond this machine without TLS: anyone who can reach it can read and write the exports", "listen", u)
-		}
+		warnIfExposed(l, tls, logger)
 		ls = append(ls, l)
 	}
 	return ls, nil
@@ -157,6 +157,13 @@ func removeStaleSocket(path string) error {
 		return fmt.Errorf("%s is in use by a running server", path)
 	}
 	return os.Remove(path)
+}
+
+// warnIfExposed warns of a TCP listener beyond this machine without TLS.
+func warnIfExposed(l *listener, tls bool, logger *slog.Logger) {
+	if l.network == "tcp" && !tls && !isLoopback(hostOf(l.addr)) {
+		logger.Warn("listening beyond this machine without TLS: anyone who can reach it can read and write the exports", "listen", l.url)
+	}
 }
 
 func hostOf(addr string) string {

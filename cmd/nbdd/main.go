@@ -32,7 +32,9 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "nbdd:", err)
+	if msg := err.Error(); msg != "" { // empty: a --run command's status, passed on
+		fmt.Fprintln(os.Stderr, "nbdd:", msg)
+	}
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		return ec.ExitCode()

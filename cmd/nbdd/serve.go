@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/nbdd/nbdd/server"
 	"github.com/urfave/cli/v2"
 )
@@ -72,7 +73,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line), on stderr", EnvVars: []string{"NBDD_LOG_FORMAT"}},
 		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},
 		&cli.StringFlag{Name: "fault", Usage: "FOR TESTING: make every export fail as `SPEC` says, e.g. read:0-4K:eio,sync:enospc (OP[:RANGE][:ERRNO|short|delay=D]...); nbdd warns at start while it is set", EnvVars: []string{"NBDD_FAULT"}},
-	}, append(tlsFlags(), ksmFlags()...)...)
+	}, append(append(tlsFlags(), ksmFlags()...), serviceFlags()...)...)
 }
 
 // serve runs the server until a signal: the first SIGINT, SIGTERM or SIGHUP
@@ -84,6 +85,11 @@ func serve(c *cli.Context) error {
 	logger, err := newLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return usage("%v", err)
+	}
+	if c.Bool("exit-with-parent") {
+		if err := exitWithParent(); err != nil {
+			return err
+		}
 	}
 	if path := c.String("cpuprofile"); path != "" {
 		stop, err := startCPUProfile(path)
@@ -100,10 +106,11 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer cfg.close()
-	listeners, err := listenAll(c, cfg.srv.TLSMode != server.TLSOff, logger)
+	listeners, cleanup, err := openListeners(c, cfg.srv.TLSMode != server.TLSOff, logger)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	k, err := startKSM(c, cfg, logger)
 	if err != nil {
 		return err
@@ -113,13 +120,85 @@ func serve(c *cli.Context) error {
 	// exits at once), and on any other way out.
 	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
 	defer stopKSM()
-	announce(c, cfg, listeners)
-	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger, func() {
-		if err := stopKSM(); err != nil {
-			logger.Error("restoring the KSM settings", "err", err)
+	removePidfile, err := writePidfile(c.String("pidfile"))
+	if err != nil {
+		return err
+	}
+	defer removePidfile()
+	var cp *captive
+	var quit <-chan struct{}
+	if script := c.String("run"); script != "" {
+		if cp, err = startCaptive(script, cfg.srv, listeners); err != nil {
+			return err
 		}
+		defer cp.stop()
+		quit = cp.done
+	}
+	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger, runHooks{
+		quit: quit,
+		ready: func() {
+			if cp == nil { // in captive mode stdout is the command's
+				announce(c, cfg, listeners)
+			}
+			notify(logger, daemon.SdNotifyReady+"\nSTATUS="+statusLine(cfg, listeners))
+		},
+		onSignal: func() {
+			notify(logger, daemon.SdNotifyStopping+"\nSTATUS=shutting down")
+			if err := stopKSM(); err != nil {
+				logger.Error("restoring the KSM settings", "err", err)
+			}
+		},
 	})
-	return errors.Join(err, stopKSM())
+	if err := errors.Join(err, stopKSM()); err != nil || cp == nil {
+		return err
+	}
+	cp.stop()
+	if st := cp.status(); st != 0 {
+		return cli.Exit("", st) // the command's own status; it has said why
+	}
+	return nil
+}
+
+// openListeners opens the sockets nbdd serves on: those a service manager
+// passed (socket activation) and every --listen; with neither, a private
+// socket for --run, or the default address.
+func openListeners(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, func(), error) {
+	activated, err := activatedListeners()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, l := range activated {
+		warnIfExposed(l, tls, logger)
+		logger.Info("serving a socket passed by the service manager", "name", strings.TrimPrefix(l.url, "activated:"), "addr", l.addr)
+	}
+	urls, cleanup := c.StringSlice("listen"), func() {}
+	switch {
+	case len(urls) > 0 || len(activated) > 0:
+	case c.String("run") != "":
+		var u string
+		if u, cleanup, err = privateSocket(); err != nil {
+			return nil, nil, err
+		}
+		urls = []string{u}
+	default:
+		urls = []string{defaultListen}
+	}
+	ls, err := listenAll(urls, c.String("socket-mode"), tls, logger)
+	if err != nil {
+		closeListeners(activated)
+		cleanup()
+		return nil, nil, err
+	}
+	return append(activated, ls...), cleanup, nil
+}
+
+// statusLine is the one-line status a service manager shows.
+func statusLine(cfg *config, listeners []*listener) string {
+	n := fmt.Sprintf("%d exports", len(cfg.srv.Exports))
+	if cfg.dir != "" {
+		n += " and the files of " + cfg.dir
+	}
+	return fmt.Sprintf("serving %s on %d sockets", n, len(listeners))
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
@@ -177,9 +256,16 @@ func roSuffix(ro bool) string {
 	return ""
 }
 
-// runUntilSignal serves on listeners until a signal, then runs onSignal
-// and shuts srv down gracefully.
-func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger, onSignal func()) error {
+// runHooks are what runUntilSignal calls besides serving.
+type runHooks struct {
+	quit     <-chan struct{} // closed: shut down as on a signal (nil: never)
+	ready    func()          // once signals are handled and serving began
+	onSignal func()          // when the shutdown begins
+}
+
+// runUntilSignal serves on listeners until a signal or until h.quit is
+// closed, then runs h.onSignal and shuts srv down gracefully.
+func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger, h runHooks) error {
 	sigs := make(chan os.Signal, 2)
 	// SIGHUP too: a closed terminal must not lose unflushed writes.
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
@@ -195,14 +281,17 @@ func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Dura
 			}
 		}()
 	}
+	h.ready()
 	select {
 	case err := <-errs:
 		srv.Close()
 		return err
 	case sig := <-sigs:
 		logger.Info("shutting down", "signal", sig.String(), "timeout", timeout)
+	case <-h.quit:
+		logger.Info("shutting down: the --run command exited", "timeout", timeout)
 	}
-	onSignal()
+	h.onSignal()
 	go func() {
 		sig := <-sigs
 		logger.Warn("second signal: exiting at once", "signal", sig.String())
