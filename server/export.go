@@ -22,6 +22,10 @@ type Export struct {
 	// TLSOnly hides the export from clients that have not negotiated TLS
 	// (proto.md "SELECTIVETLS").
 	TLSOnly bool
+	// Access limits which clients may use the export, by address and by
+	// client certificate, besides Server.Access; the zero value allows
+	// every client the server admits.
+	Access Access
 }
 
 // ExportSource resolves export names that are not in Server.Exports, such

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 
 	"github.com/nbdd/nbdd/protocol"
 )
@@ -156,6 +157,10 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 		return false, violation("export name of %d bytes", len(data))
 	}
 	exp, err := c.openExport(string(data))
+	if errors.Is(err, errAccessDenied) {
+		c.log.Warn("client refused", "export", string(data), "reason", err)
+		return false, violation("NBD_OPT_EXPORT_NAME refused: %v", err) // it has no error reply
+	}
 	if err != nil && !errors.Is(err, errTLSRequired) {
 		return false, err
 	}
@@ -188,6 +193,12 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 		return false, c.optReply(opt, protocol.RepErrInvalid, err.Error())
 	}
 	exp, err := c.openExport(req.Name)
+	if errors.Is(err, errAccessDenied) {
+		reason := strings.TrimPrefix(err.Error(), errAccessDenied.Error()+": ")
+		c.log.Warn("client refused", "opt", opt, "export", req.Name, "reason", reason)
+		c.replyBuf = append(c.replyBuf[:0], protocol.Message(reason, protocol.MaxStringLen)...)
+		return false, c.optReplyData(opt, protocol.RepErrPolicy, c.replyBuf) // logged above
+	}
 	if errors.Is(err, errTLSRequired) {
 		if c.tlsMode() == TLSOff { // NOTLS: never NBD_REP_ERR_TLS_REQD
 			return false, c.optReply(opt, protocol.RepErrPolicy, fmt.Sprintf("export %q requires TLS, which this connection cannot use", req.Name))
@@ -264,6 +275,9 @@ func (c *conn) optList(data []byte) error {
 	for _, e := range exports {
 		if e.TLSOnly && !c.tls {
 			continue // SELECTIVETLS: hidden before TLS
+		}
+		if c.checkAccess(&e) != nil {
+			continue // not for this client
 		}
 		c.replyBuf = protocol.AppendServer(c.replyBuf[:0], e.Name, e.Description)
 		if err := c.optReplyData(protocol.OptList, protocol.RepServer, c.replyBuf); err != nil {
@@ -376,6 +390,12 @@ func (c *conn) withCaps(e *Export, closeFn func() error) (*openExport, error) {
 			closeFn()
 		}
 		return nil, errTLSRequired // SELECTIVETLS
+	}
+	if err := c.checkAccess(e); err != nil {
+		if closeFn != nil {
+			closeFn()
+		}
+		return nil, err
 	}
 	cp, err := discoverCaps(e)
 	if err != nil {

@@ -131,6 +131,11 @@ type Server struct {
 	// as fio's 4 KiB random reads. False, the zero value, offers them.
 	NoStructuredReplies bool
 
+	// Access limits which clients may connect, by address, and which may
+	// use the exports, by client certificate; every export also has its
+	// own. The zero value allows every client.
+	Access Access
+
 	// TLSConfig enables NBD_OPT_STARTTLS when TLSMode is not TLSOff.
 	TLSConfig *tls.Config
 	TLSMode   TLSMode
@@ -276,6 +281,9 @@ func (s *Server) Serve(l net.Listener) error {
 
 func (s *Server) serveNetConn(nc net.Conn) {
 	peer := peerOf(nc)
+	if !s.admitAddr(nc, peer) {
+		return
+	}
 	host := peer.host()
 	if !s.admit(host) {
 		s.logger().Warn("connection refused: too many connections", append(peer.logAttrs(), "max_connections", s.MaxConns, "max_connections_per_host", s.MaxConnsPerHost)...)

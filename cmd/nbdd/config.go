@@ -53,6 +53,9 @@ func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
 	if err := cfg.configureTLS(c); err != nil {
 		return nil, err
 	}
+	if err := cfg.configureAccess(c); err != nil {
+		return nil, err
+	}
 	if err := cfg.exports(c); err != nil {
 		cfg.close()
 		return nil, err
@@ -194,12 +197,17 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 	if spec.has("ksm") {
 		cfg.mergeable[spec.name] = true
 	}
+	access, err := cfg.exportAccess(spec)
+	if err != nil {
+		return err
+	}
 	cfg.srv.Exports = append(cfg.srv.Exports, server.Export{
 		Name:        spec.name,
 		Description: spec.opts["description"],
 		Backend:     b,
 		ReadOnly:    spec.has("ro"),
 		TLSOnly:     spec.has("tls-only"),
+		Access:      access,
 	})
 	return nil
 }

@@ -8,18 +8,23 @@ import (
 )
 
 // exportSpec is one --export or --memory value: NAME=VALUE followed by
-// comma-separated options, each a bare key, or description=TEXT, which
-// takes the rest of the value, commas and all, so it must come last.
+// comma-separated options, each a bare key, a list option KEY=VALUE that
+// may be repeated (listExportOpts), or description=TEXT, which takes the
+// rest of the value, commas and all, so it must come last.
 type exportSpec struct {
 	name, value string
 	opts        map[string]string
+	lists       map[string][]string
 }
 
 // knownExportOpts lists the options each kind of export accepts.
 var knownExportOpts = map[string][]string{
-	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw"},
-	"memory": {"ro", "description", "ksm", "tls-only"},
+	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw", "allow", "tls-allow"},
+	"memory": {"ro", "description", "ksm", "tls-only", "allow", "tls-allow"},
 }
+
+// listExportOpts take a value and may be given more than once.
+var listExportOpts = []string{"allow", "tls-allow"}
 
 func parseExportSpec(kind, s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
@@ -33,7 +38,7 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 		return exportSpec{}, fmt.Errorf("--%s %s: export name holds a NUL byte", kind, quoteShort(name))
 	}
 	s = quoteShort(s)
-	spec := exportSpec{name: name, opts: map[string]string{}}
+	spec := exportSpec{name: name, opts: map[string]string{}, lists: map[string][]string{}}
 	parts := strings.Split(rest, ",")
 	spec.value = parts[0]
 	if spec.value == "" {
@@ -47,6 +52,13 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 		}
 		if !contains(knownExportOpts[kind], key) {
 			return exportSpec{}, fmt.Errorf("--%s %s: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
+		}
+		if contains(listExportOpts, key) {
+			if val == "" {
+				return exportSpec{}, fmt.Errorf("--%s %s: option %q needs a value (%s=VALUE)", kind, s, key, key)
+			}
+			spec.lists[key] = append(spec.lists[key], val)
+			continue
 		}
 		if key != "description" && strings.Contains(parts[i], "=") {
 			return exportSpec{}, fmt.Errorf("--%s %s: option %q takes no value", kind, s, key)

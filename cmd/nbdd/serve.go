@@ -50,8 +50,8 @@ func serveCommand() *cli.Command {
 func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
-		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,tls-only][,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
-		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,tls-only][,description=TEXT] (repeatable; description last)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,raw][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description last)", EnvVars: []string{"NBDD_MEMORY"}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
 		&cli.BoolFlag{Name: "read-only", Usage: "make every export read-only", EnvVars: []string{"NBDD_READ_ONLY"}},
@@ -73,7 +73,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line), on stderr", EnvVars: []string{"NBDD_LOG_FORMAT"}},
 		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},
 		&cli.StringFlag{Name: "fault", Usage: "FOR TESTING: make every export fail as `SPEC` says, e.g. read:0-4K:eio,sync:enospc (OP[:RANGE][:ERRNO|short|delay=D]...); nbdd warns at start while it is set", EnvVars: []string{"NBDD_FAULT"}},
-	}, append(append(tlsFlags(), ksmFlags()...), serviceFlags()...)...)
+	}, append(append(append(tlsFlags(), accessFlags()...), ksmFlags()...), serviceFlags()...)...)
 }
 
 // serve runs the server until a signal: the first SIGINT, SIGTERM or SIGHUP
