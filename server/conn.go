@@ -214,7 +214,13 @@ func (c *conn) setDeadline(d time.Duration) {
 	c.nc.SetDeadline(t)
 }
 
-func (c *conn) maxPayload() uint32 { return c.srv.maxRequestSize() }
+// maxPayload is the largest READ or WRITE the selected export takes.
+func (c *conn) maxPayload() uint32 {
+	if c.exp != nil {
+		return c.exp.maxRequest(c.srv.maxRequestSize())
+	}
+	return c.srv.maxRequestSize()
+}
 
 // writeAll writes b to the client in one call.
 func (c *conn) writeAll(b []byte) error {

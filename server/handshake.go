@@ -236,7 +236,7 @@ func (c *conn) sendInfos(opt protocol.Opt, exp *openExport, req protocol.ExportR
 	if err := c.optReplyData(opt, protocol.RepInfo, b); err != nil {
 		return err
 	}
-	bs := protocol.BlockSize{Min: exp.minBlock, Preferred: max(4096, exp.minBlock), Max: c.maxPayload()}
+	bs := protocol.BlockSize{Min: exp.minBlock, Preferred: min(exp.preferredBlock, exp.maxRequest(c.srv.maxRequestSize())), Max: exp.maxRequest(c.srv.maxRequestSize())}
 	b = protocol.AppendInfoBlockSize(c.replyBuf[:0], bs)
 	if err := c.optReplyData(opt, protocol.RepInfo, b); err != nil {
 		return err
@@ -404,7 +404,11 @@ func (c *conn) withCaps(e *Export, closeFn func() error) (*openExport, error) {
 		}
 		return nil, err
 	}
-	return &openExport{Export: e, caps: cp, close: closeFn}, nil
+	exp := &openExport{Export: e, caps: cp, close: closeFn}
+	if e.SerialBackend {
+		exp.serialize(c.srv.serialMutex(e))
+	}
+	return exp, nil
 }
 
 func (s *Server) defaultExportName() string {

@@ -161,10 +161,11 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
 	conns     map[*conn]struct{}
-	perHost   map[string]int        // connections per client host, for MaxConnsPerHost
-	errLogs   map[string]*logBudget // per export name: budgets of failed-request lines
-	nconns    int                   // accepted connections, for MaxConns
-	serving   sync.WaitGroup        // Serve and ServeConn calls
+	perHost   map[string]int          // connections per client host, for MaxConnsPerHost
+	errLogs   map[string]*logBudget   // per export name: budgets of failed-request lines
+	serial    map[*Export]*sync.Mutex // per static export with SerialBackend
+	nconns    int                     // accepted connections, for MaxConns
+	serving   sync.WaitGroup          // Serve and ServeConn calls
 }
 
 func (s *Server) init() {
