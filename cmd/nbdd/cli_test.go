@@ -1,12 +1,18 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/nbdd/nbdd/ksm"
 	"github.com/stretchr/testify/require"
+	"github.com/urfave/cli/v2"
 )
 
 // TestCLIMessages: each command-line mistake gets one line that says what
@@ -76,4 +82,61 @@ func TestFaultsInHelp(t *testing.T) {
 	out := helpOf(t, "serve", "--help")
 	require.Contains(t, out, `WARNING: NBDD_FAULT="read:eio" is set`)
 	require.Contains(t, out, "--fault SPEC")
+}
+
+// cliOutput runs nbdd with args in this process and returns its stdout
+// and error.
+func cliOutput(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out strings.Builder
+	app := newApp()
+	app.Writer, app.ErrWriter = &out, io.Discard
+	app.ExitErrHandler = func(*cli.Context, error) {}
+	err := app.Run(append([]string{"nbdd"}, args...))
+	return out.String(), err
+}
+
+// TestKSMStatusJSON: ksm status --json prints the status as one JSON
+// document, the knobs included.
+func TestKSMStatusJSON(t *testing.T) {
+	root := t.TempDir()
+	for k, v := range map[string]string{"run": "1", "pages_to_scan": "100", "sleep_millisecs": "20", "pages_shared": "7"} {
+		require.NoError(t, os.WriteFile(filepath.Join(root, k), []byte(v+"\n"), 0o644))
+	}
+	out, err := cliOutput(t, "ksm", "status", "--json", "--ksm-root", root)
+	require.NoError(t, err)
+	var st ksm.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st), "output %q", out)
+	require.Equal(t, "100", st.Knobs["pages_to_scan"])
+	require.Equal(t, "1", st.Knobs["run"])
+}
+
+// kickRecorder is a throttler stand-in behind a control socket.
+type kickRecorder struct{ events chan ksm.Event }
+
+func (k kickRecorder) Send(e ksm.Event)    { k.events <- e }
+func (k kickRecorder) Status() ksm.Status { return ksm.Status{} }
+
+// TestKSMKick: ksm kick --socket sends a kick, with its reason, to the
+// throttler behind a running nbdd's control socket.
+func TestKSMKick(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ksm.sock")
+	l, err := ksm.ListenSocket(sock)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := kickRecorder{events: make(chan ksm.Event, 1)}
+	go ksm.Serve(ctx, l, rec)
+	out, err := cliOutput(t, "ksm", "kick", "--socket", sock, "new-images")
+	require.NoError(t, err)
+	require.Equal(t, "nbdd: KSM throttler kicked\n", out)
+	select {
+	case e := <-rec.events:
+		require.Equal(t, ksm.EventKick, e.Kind)
+		require.Equal(t, "new-images", e.Name)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no kick reached the throttler")
+	}
+	_, err = cliOutput(t, "ksm", "kick", "--socket", filepath.Join(t.TempDir(), "none.sock"))
+	require.ErrorContains(t, err, "ksm kick: ")
 }
