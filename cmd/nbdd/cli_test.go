@@ -114,7 +114,7 @@ func TestKSMStatusJSON(t *testing.T) {
 // kickRecorder is a throttler stand-in behind a control socket.
 type kickRecorder struct{ events chan ksm.Event }
 
-func (k kickRecorder) Send(e ksm.Event)    { k.events <- e }
+func (k kickRecorder) Send(e ksm.Event)   { k.events <- e }
 func (k kickRecorder) Status() ksm.Status { return ksm.Status{} }
 
 // TestKSMKick: ksm kick --socket sends a kick, with its reason, to the
