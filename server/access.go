@@ -19,9 +19,9 @@ type Access struct {
 	// Addrs are the client addresses allowed; empty allows any. Clients
 	// on a unix socket are not matched against it: the socket file's
 	// owner and mode decide who may connect there. A client refused by
-	// the server's list is disconnected before the greeting; one refused
-	// by an export's gets NBD_REP_ERR_POLICY for that export, which
-	// NBD_OPT_LIST leaves out.
+	// the server's list is disconnected before the greeting (Serve and
+	// ServeConn of a net.Conn); one refused by an export's gets
+	// NBD_REP_ERR_POLICY for that export, which NBD_OPT_LIST leaves out.
 	Addrs []netip.Prefix
 	// CertNames are the client certificates allowed, by name; empty
 	// allows any. A client must have negotiated TLS and presented a
@@ -125,13 +125,13 @@ func (c *conn) peerCertificate() *x509.Certificate {
 	return certs[0]
 }
 
-// admitAddr applies Server.Access.Addrs to a new connection; a refused
+// admitAddr applies Server.Access.Addrs to a new connection: a refused
 // client is logged and disconnected before the greeting.
-func (s *Server) admitAddr(nc net.Conn, p Peer) bool {
+func (s *Server) admitAddr(nc net.Conn, p Peer) error {
 	if s.Access.allowsAddr(p) {
-		return true
+		return nil
 	}
 	s.logger().Warn("connection refused: address not allowed", p.logAttrs()...)
 	nc.Close()
-	return false
+	return fmt.Errorf("%w: %s is not in Server.Access.Addrs", errAccessDenied, p)
 }

@@ -282,9 +282,6 @@ func (s *Server) Serve(l net.Listener) error {
 
 func (s *Server) serveNetConn(nc net.Conn) {
 	peer := peerOf(nc)
-	if !s.admitAddr(nc, peer) {
-		return
-	}
 	host := peer.host()
 	if !s.admit(host) {
 		s.logger().Warn("connection refused: too many connections", append(peer.logAttrs(), "max_connections", s.MaxConns, "max_connections_per_host", s.MaxConnsPerHost)...)
@@ -302,6 +299,11 @@ func (s *Server) serveNetConn(nc net.Conn) {
 // vectored writes and TLS are used when rwc is a net.Conn.
 func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
 	s.init()
+	if nc, ok := rwc.(net.Conn); ok && len(s.Access.Addrs) > 0 {
+		if err := s.admitAddr(nc, peerOf(nc)); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	c := newConn(s, rwc, cancel)
