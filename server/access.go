@@ -81,15 +81,25 @@ func certNames(cert *x509.Certificate) []string {
 	return names
 }
 
-// errAccessDenied is wrapped by the reasons a client is refused an
-// export; the client gets NBD_REP_ERR_POLICY with the reason.
+// errAccessDenied is what every accessError is (errors.Is).
 var errAccessDenied = errors.New("nbd: access denied")
+
+// accessError refuses a client an export or the server; the client gets
+// NBD_REP_ERR_POLICY with the reason, or a closed connection.
+type accessError struct{ reason string }
+
+func (e *accessError) Error() string        { return "nbd: access denied: " + e.reason }
+func (e *accessError) Is(target error) bool { return target == errAccessDenied }
+
+func denied(format string, args ...any) error {
+	return &accessError{reason: fmt.Sprintf(format, args...)}
+}
 
 // checkAccess decides whether the connection's client may use e, by the
 // server's and e's Access.
 func (c *conn) checkAccess(e *Export) error {
 	if !e.Access.allowsAddr(c.peer) {
-		return fmt.Errorf("%w: export %q is not available to %s", errAccessDenied, e.Name, c.peer)
+		return denied("export %q is not available to %s", e.Name, c.peer)
 	}
 	for _, a := range []*Access{&c.srv.Access, &e.Access} {
 		if len(a.CertNames) == 0 {
@@ -100,12 +110,12 @@ func (c *conn) checkAccess(e *Export) error {
 		case !c.tls && c.tlsMode() != TLSOff:
 			return errTLSRequired
 		case !c.tls:
-			return fmt.Errorf("%w: export %q needs a client certificate, and so TLS", errAccessDenied, e.Name)
+			return denied("export %q needs a client certificate, and so TLS", e.Name)
 		case cert == nil:
-			return fmt.Errorf("%w: export %q needs a client certificate; the client sent none", errAccessDenied, e.Name)
+			return denied("export %q needs a client certificate; the client sent none", e.Name)
 		}
 		if _, ok := a.allowsCert(cert); !ok {
-			return fmt.Errorf("%w: export %q is not available to the certificate of %q", errAccessDenied, e.Name, cert.Subject.String())
+			return denied("export %q is not available to the certificate of %q", e.Name, cert.Subject.String())
 		}
 	}
 	return nil
@@ -133,5 +143,5 @@ func (s *Server) admitAddr(nc net.Conn, p Peer) error {
 	}
 	s.logger().Warn("connection refused: address not allowed", p.logAttrs()...)
 	nc.Close()
-	return fmt.Errorf("%w: %s is not in Server.Access.Addrs", errAccessDenied, p)
+	return denied("%s is not in Server.Access.Addrs", p)
 }

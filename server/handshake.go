@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"slices"
-	"strings"
 
 	"github.com/nbdd/nbdd/protocol"
 )
@@ -157,8 +156,8 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 		return false, violation("export name of %d bytes", len(data))
 	}
 	exp, err := c.openExport(string(data))
-	if errors.Is(err, errAccessDenied) {
-		c.log.Warn("client refused", "export", string(data), "reason", err)
+	if ae := (*accessError)(nil); errors.As(err, &ae) {
+		c.log.Warn("client refused", "opt", protocol.OptExportName, "export", string(data), "reason", ae.reason)
 		return false, violation("NBD_OPT_EXPORT_NAME refused: %v", err) // it has no error reply
 	}
 	if err != nil && !errors.Is(err, errTLSRequired) {
@@ -193,10 +192,9 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 		return false, c.optReply(opt, protocol.RepErrInvalid, err.Error())
 	}
 	exp, err := c.openExport(req.Name)
-	if errors.Is(err, errAccessDenied) {
-		reason := strings.TrimPrefix(err.Error(), errAccessDenied.Error()+": ")
-		c.log.Warn("client refused", "opt", opt, "export", req.Name, "reason", reason)
-		c.replyBuf = append(c.replyBuf[:0], protocol.Message(reason, protocol.MaxStringLen)...)
+	if ae := (*accessError)(nil); errors.As(err, &ae) {
+		c.log.Warn("client refused", "opt", opt, "export", req.Name, "reason", ae.reason)
+		c.replyBuf = append(c.replyBuf[:0], protocol.Message(ae.reason, protocol.MaxStringLen)...)
 		return false, c.optReplyData(opt, protocol.RepErrPolicy, c.replyBuf) // logged above
 	}
 	if errors.Is(err, errTLSRequired) {
