@@ -20,23 +20,24 @@ const readBufferSize = 64 << 10
 
 // conn is one client connection.
 type conn struct {
-	srv  *Server
-	id   uint64
-	rwc  io.ReadWriteCloser // replaced by the TLS conn after STARTTLS
-	raw  io.Closer          // the connection as accepted; closeNow closes it
-	nc   net.Conn           // rwc as a net.Conn, or nil
-	peer Peer
-	// started, counters and errLog feed the log: the summary line at the
-	// end and the connection's budget of failed-request lines
-	// (logging.go).
+	srv    *Server
+	id     uint64
+	rwc    io.ReadWriteCloser // replaced by the TLS conn after STARTTLS
+	raw    io.Closer          // the connection as accepted; closeNow closes it
+	nc     net.Conn           // rwc as a net.Conn, or nil
+	br     *bufio.Reader
+	src    *sockReader // br's source, and headerSource's for a header read alone
+	log    *slog.Logger
+	closed atomic.Bool
+	cancel context.CancelFunc // ends the connection's context: budget waits give up
+
+	// peer is the client (peer.go). started, counters and errLog feed the
+	// log: the summary line at the end and the connection's budget of
+	// failed-request lines (logging.go).
+	peer     Peer
 	started  time.Time
 	counters connCounters
 	errLog   logBudget
-	br       *bufio.Reader
-	src      *sockReader // br's source, and headerSource's for a header read alone
-	log      *slog.Logger
-	closed   atomic.Bool
-	cancel   context.CancelFunc // ends the connection's context: budget waits give up
 
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
 	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE

@@ -161,11 +161,15 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
 	conns     map[*conn]struct{}
-	perHost   map[string]int          // connections per client host, for MaxConnsPerHost
-	errLogs   map[string]*logBudget   // per export name: budgets of failed-request lines
-	serial    map[*Export]*sync.Mutex // per static export with SerialBackend
-	nconns    int                     // accepted connections, for MaxConns
-	serving   sync.WaitGroup          // Serve and ServeConn calls
+	perHost   map[string]int // connections per client host, for MaxConnsPerHost
+	nconns    int            // accepted connections, for MaxConns
+	serving   sync.WaitGroup // Serve and ServeConn calls
+
+	// Guarded by mu too: budgets of failed-request lines per export name
+	// (logging.go), and the locks of static exports with SerialBackend
+	// (serial.go).
+	errLogs map[string]*logBudget
+	serial  map[*Export]*sync.Mutex
 }
 
 func (s *Server) init() {
