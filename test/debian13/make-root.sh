@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make-root.sh: a minimal Debian 13 (trixie) root holding the newest NBD
 # peers Debian ships (libnbd 1.22: nbdinfo, nbdcopy, nbdsh; qemu 10:
-# qemu-img, qemu-io, qemu-nbd; nbdkit 1.42; fio 3.39), made with
+# qemu-img, qemu-io, qemu-nbd; nbdkit 1.42; fio 3.39; file, which nbdinfo
+# runs on what it reads), made with
 # debootstrap and cached between runs. Prints the root's path.
 #
 #   ROOT=$(test/debian13/make-root.sh)
@@ -16,7 +17,7 @@ set -euo pipefail
 
 SUITE=trixie
 MIRROR=${NBDD_DEBIAN13_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=nbdkit,libnbd-bin,python3-libnbd,qemu-utils,fio
+PACKAGES=nbdkit,libnbd-bin,python3-libnbd,qemu-utils,fio,file
 CACHE=${NBDD_DEBIAN13_CACHE:-/var/cache/nbdd}
 
 fail() {
