@@ -254,13 +254,22 @@ func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 		return nil, usage("--memory %s: size %q must be more than 0", spec.name, spec.value)
 	}
 	if spec.has("ksm") {
+		if spec.has("prealloc") {
+			return nil, usage("--memory %s: ksm and prealloc exclude each other (KSM merges pages that preallocation would fault in apart)", spec.name)
+		}
 		b, err := backend.NewMapped(size, true)
 		if err != nil {
 			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
 		}
 		return b, nil
 	}
-	return backend.NewMemory(size), nil
+	m := backend.NewMemory(size)
+	if spec.has("prealloc") {
+		if err := m.Preallocate(); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
+		}
+	}
+	return m, nil
 }
 
 // faults wraps every export in fault injection (hidden flag, for tests).

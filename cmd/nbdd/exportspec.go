@@ -16,7 +16,7 @@ type exportSpec struct {
 // knownExportOpts lists the options each kind of export accepts.
 var knownExportOpts = map[string][]string{
 	"export": {"ro", "description", "load", "ksm", "tls-only", "direct"},
-	"memory": {"ro", "description", "ksm", "tls-only"},
+	"memory": {"ro", "description", "ksm", "prealloc", "tls-only"},
 }
 
 func parseExportSpec(kind, s string) (exportSpec, error) {

@@ -244,10 +244,11 @@ func TestTrixieQEMU(t *testing.T) {
 
 // TestTrixieFIO writes 4 KiB random blocks and 1 MiB sequential ones with
 // fio 3.39's nbd engine at iodepth 32, with crc32c in every block, and
-// verifies them.
+// verifies them, on a preallocated memory export (whose first writes take
+// chunks from its free list).
 func TestTrixieFIO(t *testing.T) {
 	useTrixie(t)
-	s := startNBDD(t, "--memory", "disk=64M")
+	s := startNBDD(t, "--memory", "disk=64M,prealloc")
 	const size = 16 << 20
 	jobs := fio(t, s.unixURI(t, "disk"),
 		"--iodepth=32", "--size=16m", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
