@@ -16,8 +16,12 @@
 #   CLIENTS=host bench/compare.sh                        # Debian 12's nbdcopy and fio
 #   STRATEGY=stream bench/compare.sh
 #   EXPORT=file bench/compare.sh                         # every server on its own /dev/shm file
+#   NBDD_B=/tmp/nbdd-old SERVERS="nbdd nbddb" bench/compare.sh   # A/B against another build
 #
-# Servers (SERVERS): nbdd (--memory, STRATEGY); kit13 and kit12, nbdkit's
+# Servers (SERVERS): nbdd (--memory, STRATEGY); nbddp, nbdd with
+# --memory default=1G,prealloc (the export held in memory from the start,
+# as nbdkit's allocator=malloc); nbddb, the nbdd binary NBDD_B names, served
+# as nbdd is (for A/B runs of two builds); kit13 and kit12, nbdkit's
 # memory plugin (its sparse allocator, the default); kit13m, nbdkit 1.42's
 # memory plugin with allocator=malloc (one malloc'd array, as go-nbd's
 # memory backend); qemu13 and qemu12, qemu-nbd -f raw -t -e 16
@@ -48,7 +52,7 @@ UNIX_WORKLOADS=${UNIX_WORKLOADS-"fill seqread seqwrite seqread1 seqwrite1 randre
 TCP_WORKLOADS=${TCP_WORKLOADS-"fill seqread seqread1 randread1"}
 CLIENTS=${CLIENTS:-debian13}
 SIZE=$((1 << 30))
-[ "$EXPORT" = memory ] || SERVERS=${SERVERS//kit13m/}
+if [ "$EXPORT" != memory ]; then SERVERS=${SERVERS//kit13m/} SERVERS=${SERVERS//nbddp/}; fi
 case $EXPORT in memory | file) ;; *)
 	echo "compare.sh: EXPORT must be memory or file, not $EXPORT" >&2
 	exit 2 ;;
@@ -71,7 +75,8 @@ CLIENT=()
 [ "$CLIENTS" = debian13 ] && CLIENT=("${DEB13[@]}")
 make_source $SIZE
 
-declare -A PORT=([nbdd]=10901 [kit13]=10902 [kit13m]=10903 [qemu13]=10904 [gonbd]=10905 [kit12]=10906 [qemu12]=10907)
+declare -A PORT=([nbdd]=10901 [kit13]=10902 [kit13m]=10903 [qemu13]=10904 [gonbd]=10905 [kit12]=10906 [qemu12]=10907
+	[nbddp]=10908 [nbddb]=10909)
 declare -A URI
 
 # serve NAME TRANSPORT: start server NAME with a fresh export.
@@ -97,6 +102,8 @@ serve() {
 	[ "$tr" = tcp ] && gonbdlisten=(-tcp "127.0.0.1:${PORT[$s]}")
 	case $s in
 	nbdd) start_uri "$s" "$u" "$WORK/nbdd" serve --listen "$listen" "${nbddexport[@]}" --strategy "$STRATEGY" --log-level warn ;;
+	nbddb) start_uri "$s" "$u" "${NBDD_B:?NBDD_B names the nbdd binary of server nbddb}" serve --listen "$listen" "${nbddexport[@]}" --strategy "$STRATEGY" --log-level warn ;;
+	nbddp) start_uri "$s" "$u" "$WORK/nbdd" serve --listen "$listen" --memory default=1G,prealloc --strategy "$STRATEGY" --log-level warn ;;
 	kit12) start_uri "$s" "$u" nbdkit -f "${kit[@]}" "${kitexport[@]}" ;;
 	kit13) start_uri "$s" "$u" "${DEB13[@]}" nbdkit -f "${kit[@]}" "${kitexport[@]}" ;;
 	kit13m) start_uri "$s" "$u" "${DEB13[@]}" nbdkit -f "${kit[@]}" memory 1G allocator=malloc ;;
@@ -185,7 +192,7 @@ for tr in $TRANSPORTS; do
 	for s in $SERVERS; do stop_server "$s"; done
 done
 
-declare -A NAME=([nbdd]="nbdd" [kit13]="nbdkit 1.42" [kit13m]="nbdkit 1.42 malloc" [qemu13]="qemu-nbd 10"
+declare -A NAME=([nbdd]="nbdd" [nbddp]="nbdd prealloc" [nbddb]="nbdd (B)" [kit13]="nbdkit 1.42" [kit13m]="nbdkit 1.42 malloc" [qemu13]="qemu-nbd 10"
 	[gonbd]="go-nbd 0.3.2" [kit12]="nbdkit 1.32" [qemu12]="qemu-nbd 7.2")
 declare -A LABEL=([fill]="first fill, MB/s" [seqread]="seq read, MB/s" [seqwrite]="seq overwrite, MB/s"
 	[seqread1]="serial seq read (-C1 -R1), MB/s" [seqwrite1]="serial seq overwrite (-C1 -R1), MB/s"
@@ -195,35 +202,48 @@ med() { echo "$1" | median; }
 
 printf '\nnbdd (strategy %s) against its peers, 1 GiB %s export, clients: %s, median of %s runs (FIO_SECONDS=%s)\n\n' \
 	"$STRATEGY" "$EXPORT" "$CLIENTS" "$RUNS" "$FIO_SECONDS"
+OURS=()
+for s in $SERVERS; do [[ $s == nbdd* ]] && OURS+=("$s"); done
 header="| row |"
 sep="|---|"
 for s in $SERVERS; do header+=" ${NAME[$s]} |" sep+="---|"; done
-printf '%s best peer | nbdd/best |\n%s---|---|\n' "$header" "$sep"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "-"}'; }
+# best_peer ROW: the peer (not an nbdd) with the highest median on ROW.
+best_peer() {
+	local s v best="" bestv=0
+	for s in $SERVERS; do
+		[[ $s == nbdd* ]] && continue
+		v=$(med "${V[$1.$s]}")
+		if [ "$v" -gt "$bestv" ]; then best=$s bestv=$v; fi
+	done
+	echo "$best"
+}
+h2="" s2=""
+for o in "${OURS[@]}"; do h2+=" ${NAME[$o]}/best |" s2+="---|"; done
+printf '%s best peer |%s\n%s---|%s\n' "$header" "$h2" "$sep" "$s2"
 for row in "${ROWS[@]}"; do
 	tr=${row%%.*} w=${row#*.}
-	line="| $tr ${LABEL[$w]} |" best="" bestv=0
-	for s in $SERVERS; do
-		v=$(med "${V[$row.$s]}")
-		line+=" $v |"
-		if [ "$s" != nbdd ] && [ "$v" -gt "$bestv" ]; then best=$s bestv=$v; fi
-	done
-	nv=$(med "${V[$row.nbdd]:-0}")
-	printf '%s %s | %s |\n' "$line" "${NAME[$best]:-}" "$(awk -v a="$nv" -v b="$bestv" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "-"}')"
+	line="| $tr ${LABEL[$w]} |"
+	for s in $SERVERS; do line+=" $(med "${V[$row.$s]}") |"; done
+	best=$(best_peer "$row")
+	line+=" ${NAME[$best]:-} |"
+	for o in "${OURS[@]}"; do line+=" $(ratio "$(med "${V[$row.$o]}")" "$(med "${V[$row.$best]:-0}")") |"; done
+	echo "$line"
 done
 
-printf '\nServer CPU per unit of work (seconds per GiB for nbdcopy rows, microseconds per I/O for fio rows), medians; client CPU is the %% of one core that nbdcopy or fio used in nbdd'"'"'s runs\n\n'
-printf '%s best peer'"'"'s | nbdd/best peer'"'"'s | client CPU %% |\n%s---|---|---|\n' "$header" "$sep"
+printf '\nServer CPU per unit of work (seconds per GiB for nbdcopy rows, microseconds per I/O for fio rows), medians, against the best peer'"'"'s (by throughput); client CPU is the %% of one core that nbdcopy or fio used in each nbdd'"'"'s runs\n\n'
+h2="" s2=""
+for o in "${OURS[@]}"; do h2+=" ${NAME[$o]}/best peer's | client CPU % (${NAME[$o]}) |" s2+="---|---|"; done
+printf '%s best peer'"'"'s |%s\n%s---|%s\n' "$header" "$h2" "$sep" "$s2"
 for row in "${ROWS[@]}"; do
 	tr=${row%%.*} w=${row#*.}
-	line="| $tr ${LABEL[$w]%%,*} |" best="" bestv=0
-	for s in $SERVERS; do
-		line+=" $(med "${C[$row.$s]}") |"
-		v=$(med "${V[$row.$s]}")
-		if [ "$s" != nbdd ] && [ "$v" -gt "$bestv" ]; then best=$s bestv=$v; fi
-	done
+	line="| $tr ${LABEL[$w]%%,*} |"
+	for s in $SERVERS; do line+=" $(med "${C[$row.$s]}") |"; done
+	best=$(best_peer "$row")
 	bc=$(med "${C[$row.$best]:-0}")
-	nc=$(med "${C[$row.nbdd]:-0}")
-	printf '%s %s | %s | %s |\n' "$line" "$bc" "$(awk -v a="$nc" -v b="$bc" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "-"}')" "$(med "${K[$row.nbdd]:-0}")"
+	line+=" $bc |"
+	for o in "${OURS[@]}"; do line+=" $(ratio "$(med "${C[$row.$o]}")" "$bc") | $(med "${K[$row.$o]}") |"; done
+	echo "$line"
 done
 
 printf '\nraw runs (value / server CPU per unit / client CPU %%):\n'
