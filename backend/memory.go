@@ -234,12 +234,28 @@ func (m *Memory) WriteZeroes(off, length int64, noHole, fast bool) error {
 }
 
 // zeroRange zeroes [off, off+length), dropping whole chunks if drop is set.
+// Tables never written are skipped whole, as Extents skips them, so that
+// zeroing or trimming a large range costs what was written in it: with
+// 64-bit lengths (extended headers) one request may cover a whole export.
 func (m *Memory) zeroRange(off, length int64, drop bool) {
-	span(off, length, func(i int64, o, lo, hi int) {
-		if l := m.leaf(i, false); l != nil {
-			l.zero(int(i&tableMask), o, hi-lo, drop, &m.chunks)
+	end := off + length
+	for pos := off; pos < end; {
+		i := pos >> chunkShift
+		l := m.leaf(i, false)
+		if l == nil {
+			_, next := m.runAt(i) // the end of the missing table's span
+			if next > (end-1)>>chunkShift {
+				return
+			}
+			pos = next << chunkShift
+			continue
 		}
-	})
+		stop := min(end, ((i|tableMask)+1)<<chunkShift) // the end of l's span
+		span(pos, stop-pos, func(i int64, o, lo, hi int) {
+			l.zero(int(i&tableMask), o, hi-lo, drop, &m.chunks)
+		})
+		pos = stop
+	}
 }
 
 // CanFastZero reports true: zeroing memory is never slower than writing.
