@@ -10,6 +10,7 @@
 #
 #   ROWS="seqread1 randread1" SERVERS="nbdd gonbd" bench/profile.sh
 #   TRANSPORT=tcp ROWS=seqread1 bench/profile.sh
+#   NBDD_BIN=/tmp/nbdd-experiment ROWS=seqread1 SERVERS=nbdd bench/profile.sh
 #
 # Rows are compare.sh's: fill seqread seqwrite seqread1 seqwrite1 randread1
 # randwrite1 randread32 randwrite32. Servers: nbdd, nbddp (prealloc), gonbd,
@@ -24,6 +25,7 @@ FIO_SECONDS=${FIO_SECONDS:-5}
 SIZE=$((1 << 30))
 
 bench_init
+NBDD_BIN=${NBDD_BIN:-$WORK/nbdd} # the nbdd binary profiled: the tree's unless given
 ROOT13=$("$ROOT/test/debian13/make-root.sh")
 DEB13=("$ROOT/test/debian13/run" "$ROOT13")
 make_source $SIZE
@@ -36,8 +38,8 @@ serve() { # serve NAME: start NAME with a fresh export; sets U
 	fi
 	rm -f "$sock"
 	case $s in
-	nbdd) start_uri "$s" "$U" "$WORK/nbdd" serve --listen "$listen" --memory default=1G --log-level warn ;;
-	nbddp) start_uri "$s" "$U" "$WORK/nbdd" serve --listen "$listen" --memory default=1G,prealloc --log-level warn ;;
+	nbdd) start_uri "$s" "$U" "$NBDD_BIN" serve --listen "$listen" --memory default=1G --log-level warn ;;
+	nbddp) start_uri "$s" "$U" "$NBDD_BIN" serve --listen "$listen" --memory default=1G,prealloc --log-level warn ;;
 	gonbd) start_uri "$s" "$U" "$WORK/gonbd-server" "${g[@]}" -size $SIZE ;;
 	kit13) start_uri "$s" "$U" "${DEB13[@]}" nbdkit -f "${kit[@]}" memory 1G ;;
 	kit13m) start_uri "$s" "$U" "${DEB13[@]}" nbdkit -f "${kit[@]}" memory 1G allocator=malloc ;;
