@@ -94,7 +94,7 @@ for row in $ROWS; do
 					$3 == "task-clock" {cpu = $1 / 1000}
 					$3 == "context-switches" {cs = $1}
 					$3 == "page-faults" {pf = $1}
-					END {printf "%s %s: %.2f s wall, %d requests; server per request: %.1f us CPU, %.2f context switches, %.2f page faults\n", r, s, w, n, cpu * 1000 / n, cs / n, pf / n}' "$WORK/perf.txt"
+					END {printf "%s %s: %.2f s wall, %d requests; server per request: %.1f us CPU, %.2f context switches, %.2f page faults\n", r, s, w, n, cpu * 1e6 / n, cs / n, pf / n}' "$WORK/perf.txt"
 			else
 				awk -v n="$n" -v s="$s" -v r="$row" '
 					/^-+/ {table = !table; next}
