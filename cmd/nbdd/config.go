@@ -271,11 +271,22 @@ func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 	case size <= 0:
 		return nil, usage("--memory %s: size %q must be more than 0", quoteShort(spec.name), spec.value)
 	}
-	var b backend.Backend = backend.NewMemory(size)
-	if spec.has("ksm") {
+	var b backend.Backend
+	switch {
+	case spec.has("ksm") && spec.has("prealloc"):
+		return nil, usage("--memory %s: ksm and prealloc exclude each other (KSM merges pages that preallocation would fault in apart)", quoteShort(spec.name))
+	case spec.has("ksm"):
 		if b, err = backend.NewMapped(size, true); err != nil {
 			return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 1)
 		}
+	default:
+		m := backend.NewMemory(size)
+		if spec.has("prealloc") {
+			if err := m.Preallocate(); err != nil {
+				return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 1)
+			}
+		}
+		b = m
 	}
 	return b, guardExport(cfg.logger, spec.name, "memory", b, true)
 }

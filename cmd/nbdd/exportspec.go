@@ -20,7 +20,7 @@ type exportSpec struct {
 // knownExportOpts lists the options each kind of export accepts.
 var knownExportOpts = map[string][]string{
 	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw", "allow", "tls-allow"},
-	"memory": {"ro", "description", "ksm", "tls-only", "allow", "tls-allow"},
+	"memory": {"ro", "description", "ksm", "prealloc", "tls-only", "allow", "tls-allow"},
 }
 
 // listExportOpts take a value and may be given more than once.

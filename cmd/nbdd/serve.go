@@ -51,7 +51,7 @@ func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
 		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,raw][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
-		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description last)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,prealloc][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description last; prealloc holds the whole size from the start, so that first writes cost no page faults)", EnvVars: []string{"NBDD_MEMORY"}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
 		&cli.BoolFlag{Name: "read-only", Usage: "make every export read-only", EnvVars: []string{"NBDD_READ_ONLY"}},

@@ -67,6 +67,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"max request size below 64 KiB", []string{"--max-request-size", "1KiB"}, nil, "max-request-size"},
 		{"tls-only export without TLS", []string{"--memory", "s=1M,tls-only"}, nil, "tls-only"},
 		{"value on a bare option", []string{"--memory", "s=1M,ro=false"}, nil, "ro"},
+		{"ksm with prealloc", []string{"--memory", "s=1M,ksm,prealloc"}, nil, "prealloc"},
 		{"load export of a file exported twice", []string{"--export", "a=" + same + ",load", "--export", "b=" + same + ",ro"}, nil, "same file"},
 		{"load export of a file in --dir", []string{"--dir", dir, "--export", "a=" + same + ",load"}, nil, "same.img"},
 		{"negative max connections", []string{"--max-connections", "-1"}, nil, "max-connections"},
