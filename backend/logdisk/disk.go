@@ -64,13 +64,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-func (c *Config) segmentSize() int64  { return orDefault(c.SegmentSize, 16<<20) }
-func (c *Config) dirtyLimit() int64   { return orDefault(c.DirtyLimit, 1<<30) }
-func (c *Config) uploads() int        { return int(orDefault(int64(c.Uploads), 8)) }
-func (c *Config) reads() int          { return int(orDefault(int64(c.Reads), 32)) }
-func (c *Config) cacheSize() int64    { return orDefault(c.CacheSize, 256<<20) }
-func (c *Config) readAhead() int64    { return orDefault(c.ReadAhead, 16<<20) }
-func (c *Config) ckptEvery() int      { return int(orDefault(int64(c.CheckpointEvery), 512)) }
+func (c *Config) segmentSize() int64 { return orDefault(c.SegmentSize, 16<<20) }
+func (c *Config) dirtyLimit() int64  { return orDefault(c.DirtyLimit, 1<<30) }
+func (c *Config) uploads() int       { return int(orDefault(int64(c.Uploads), 8)) }
+func (c *Config) reads() int         { return int(orDefault(int64(c.Reads), 32)) }
+func (c *Config) cacheSize() int64   { return orDefault(c.CacheSize, 256<<20) }
+func (c *Config) readAhead() int64   { return orDefault(c.ReadAhead, 16<<20) }
+func (c *Config) ckptEvery() int     { return int(orDefault(int64(c.CheckpointEvery), 512)) }
 func (c *Config) gcLiveRatio() float64 {
 	if c.GCLiveRatio > 0 {
 		return c.GCLiveRatio
@@ -193,7 +193,7 @@ type Disk struct {
 	nextSeq  uint64
 	queue    []*segment // sealed, not yet uploading, in sequence order
 	inFlight int
-	durable  uint64          // every log object <= durable is in the store
+	durable  uint64              // every log object <= durable is in the store
 	ahead    map[uint64]*segment // landed above durable (nil: not a segment)
 	dirty    int64
 	pending  bool // a FLUSH waits for the open segment to be sealed
@@ -202,11 +202,11 @@ type Disk struct {
 	progress chan struct{} // closed and replaced when durable or failed changes
 
 	ckpt      ckptState
-	garbage   []uint64 // log objects below the next checkpoint that nothing references
-	lastTail  tail     // the log's writer state as found at open
-	resumed   *Epoch   // the epoch of the journal found at open
+	garbage   []uint64             // log objects below the next checkpoint that nothing references
+	lastTail  tail                 // the log's writer state as found at open
+	resumed   *Epoch               // the epoch of the journal found at open
 	doomed    map[string]time.Time // unreferenced objects, when first seen so
-	dataBytes int64    // sum of dataLen of the segments in segs
+	dataBytes int64                // sum of dataLen of the segments in segs
 
 	journalLock *os.File
 	cache       *cache

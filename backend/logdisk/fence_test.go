@@ -103,7 +103,7 @@ func TestFencedInFlightNeverVisible(t *testing.T) {
 
 	s := a.nextSeq
 	held.ch[a.key(logDir, s)] = make(chan struct{})
-	mustWrite(t, a, fill(64<<10, 2), 64<<10) // fills segment s: sealed, upload held
+	mustWrite(t, a, fill(64<<10, 2), 64<<10)  // fills segment s: sealed, upload held
 	mustWrite(t, a, fill(64<<10, 3), 128<<10) // segment s+1 lands
 	waitFor(t, "segment s+1 to land", func() bool { _, ok := mem.Object(a.key(logDir, s+1)); return ok })
 	flushed := make(chan error)
@@ -260,4 +260,6 @@ func TestConcurrentOpenersOneWins(t *testing.T) {
 	mustSync(t, a)
 }
 
-func isProbe(key string) bool { return len(key) > len(testPrefix+probeDir) && key[:len(testPrefix+probeDir)] == testPrefix+probeDir }
+func isProbe(key string) bool {
+	return len(key) > len(testPrefix+probeDir) && key[:len(testPrefix+probeDir)] == testPrefix+probeDir
+}
