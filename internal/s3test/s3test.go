@@ -291,13 +291,10 @@ func (s *Server) serverLog() string {
 // within 3 s (it waits for idle client connections, see stopTimeout). It
 // does nothing if the server is not running.
 func (s *Server) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.proc
+	p := s.take()
 	if p == nil {
 		return
 	}
-	s.proc = nil
 	_ = p.cmd.Process.Signal(syscall.SIGCONT) // in case it was paused
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -313,15 +310,20 @@ func (s *Server) Stop() {
 // to finish requests in flight. It does nothing if the server is not
 // running.
 func (s *Server) Kill() {
+	if p := s.take(); p != nil {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// take returns the running process, or nil, and marks the server
+// stopped, so that only one caller stops it.
+func (s *Server) take() *process {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.proc
-	if p == nil {
-		return
-	}
 	s.proc = nil
-	_ = p.cmd.Process.Kill()
-	<-p.exited
+	return p
 }
 
 // Pause stops the server process with SIGSTOP: connections are still
