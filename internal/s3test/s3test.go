@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"debug/buildinfo"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -41,8 +42,8 @@ import (
 	"github.com/nbdd/nbdd/internal/testenv"
 )
 
-// Version is the versitygw release the tests are written against and
-// .ci/run builds.
+// Version is the versitygw release the tests are written against. .ci/run
+// and bench/s3.sh read it from this line and build that release.
 const Version = "v1.8.0"
 
 // Region is the region the server is started with and the clients sign for.
@@ -110,6 +111,17 @@ func Binary() (string, error) {
 	return p, nil
 }
 
+// binaryVersion returns the module version a Go binary was built from,
+// as `go version -m` prints it: the release for `go install pkg@version`,
+// "(devel)" for a build from a checkout.
+func binaryVersion(bin string) string {
+	info, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	return info.Main.Version
+}
+
 // goBin is where `go install` puts binaries: $GOBIN, else the first
 // $GOPATH entry's bin (go help gopath).
 func goBin() string {
@@ -127,6 +139,9 @@ func Start(t testing.TB) *Server {
 	bin, err := Binary()
 	if err != nil {
 		testenv.SkipOutsideCI(t, "%v", err)
+	}
+	if v := binaryVersion(bin); v != Version {
+		t.Logf("s3test: %s is versitygw %s; these tests pin the behaviour of %s", bin, v, Version)
 	}
 	dir := t.TempDir()
 	s := &Server{
