@@ -64,6 +64,12 @@ func TestStartServesObjects(t *testing.T) {
 	put(t, c, b, "a/b", []byte("hello"))
 	require.Equal(t, "hello", string(get(t, c, b, "a/b")))
 	require.FileExists(t, s.Dir+"/"+b+"/a/b", "posix backend layout")
+
+	put(t, c, b, "a/c", make([]byte, 1000))
+	put(t, c, b, "ab", []byte("x"))
+	n, size := s.Usage(t, b, "a/")
+	require.Equal(t, 2, n, "objects under a/")
+	require.Equal(t, int64(1005), size, "bytes under a/")
 }
 
 // TestEnvConfiguresSDK checks Env against what nbdd does with it: an SDK
@@ -90,7 +96,7 @@ func TestEnvConfiguresSDK(t *testing.T) {
 
 // TestKillRestart is what a fault test does: the server dies without
 // warning, requests fail, and after Restart the same endpoint serves the
-// same objects.
+// same objects; the same after a graceful Stop.
 func TestKillRestart(t *testing.T) {
 	s := Start(t)
 	c := s.Client()
@@ -108,6 +114,12 @@ func TestKillRestart(t *testing.T) {
 	s.Restart()
 	require.NotEqual(t, pid, s.PID())
 	require.Equal(t, "before", string(get(t, c, b, "k")))
+
+	put(t, c, b, "k", []byte("after"))
+	s.Stop()
+	require.Zero(t, s.PID())
+	s.Restart()
+	require.Equal(t, "after", string(get(t, c, b, "k")))
 }
 
 // TestPauseResume: a paused server accepts connections but answers
