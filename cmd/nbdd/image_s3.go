@@ -237,4 +237,3 @@ func fileSize(f *os.File) (int64, error) {
 	}
 	return f.Seek(0, io.SeekEnd)
 }
-
