@@ -69,6 +69,8 @@ func (d *Disk) abandon() {
 	d.wg.Wait()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.stopped = true
+	d.cache.close()
 	for _, s := range d.segs {
 		if s.jf != nil {
 			s.jf.f.Close()

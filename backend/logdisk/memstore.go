@@ -151,3 +151,18 @@ func (s *MemStore) Requests() (puts, gets int) {
 	defer s.mu.Unlock()
 	return s.puts, s.gets
 }
+
+// ReadAtv implements VectorReader.
+func (s *MemStore) ReadAtv(ctx context.Context, key string, bufs [][]byte, off int64) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	p := make([]byte, total)
+	n, err := s.ReadAt(ctx, key, p, off)
+	rest := p[:n]
+	for _, b := range bufs {
+		rest = rest[copy(b, rest):]
+	}
+	return n, err
+}

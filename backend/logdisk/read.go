@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
@@ -45,8 +46,11 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 func (d *Disk) resolve(p []byte, off int64) ([]piece, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.failed != nil {
+	switch {
+	case d.failed != nil:
 		return nil, d.failed
+	case d.stopped:
+		return nil, ErrClosed
 	}
 	var pieces []piece
 	pos := off
@@ -83,27 +87,42 @@ func (d *Disk) release(pieces []piece) {
 	}
 }
 
-// readPieces fills every piece, the remote ones in parallel.
+// readPieces fills every piece: the local ones inline, the remote ones
+// on up to pieceWorkers goroutines.
 func (d *Disk) readPieces(pieces []piece) error {
-	if len(pieces) == 1 {
-		return d.readPiece(pieces[0])
-	}
-	errs := make([]error, len(pieces))
-	var wg sync.WaitGroup
-	for i, pc := range pieces {
-		if pc.local {
-			errs[i] = d.readPiece(pc)
-			continue
+	var remote []piece
+	var errs []error
+	for _, pc := range pieces {
+		if pc.local || len(pieces) == 1 {
+			errs = append(errs, d.readPiece(pc))
+		} else {
+			remote = append(remote, pc)
 		}
+	}
+	if len(remote) == 0 {
+		return errors.Join(errs...)
+	}
+	workers := min(len(remote), pieceWorkers)
+	remoteErrs := make([]error, workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = d.readPiece(pc)
+			for i := next.Add(1) - 1; i < int64(len(remote)); i = next.Add(1) - 1 {
+				if err := d.readPiece(remote[i]); err != nil && remoteErrs[w] == nil {
+					remoteErrs[w] = err
+				}
+			}
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	return errors.Join(append(errs, remoteErrs...)...)
 }
+
+// pieceWorkers bounds the goroutines one READ uses for its remote pieces.
+const pieceWorkers = 8
 
 func (d *Disk) readPiece(pc piece) error {
 	if pc.local {
@@ -140,9 +159,14 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 			mine = append(mine, i)
 		}
 	}
+	defer func() {
+		for _, b := range blocks {
+			d.cache.release(b)
+		}
+	}()
 	for len(mine) > 0 {
 		n := 1
-		for n < len(mine) && mine[n] == mine[0]+n {
+		for n < len(mine) && n < maxRun && mine[n] == mine[0]+n {
 			n++
 		}
 		d.fetchBlocks(s, blocks[mine[0]:mine[0]+n])
@@ -155,8 +179,8 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 		}
 		bOff := (first + int64(i)) * cacheBlock
 		lo := max(objOff, bOff)
-		hi := min(objOff+int64(len(dst)), bOff+int64(len(b.data)))
-		if hi < lo || hi-lo < min(objOff+int64(len(dst)), bOff+cacheBlock)-lo {
+		hi := min(objOff+int64(len(dst)), bOff+cacheBlock)
+		if hi-bOff > int64(len(b.data)) {
 			return fmt.Errorf("%s: %w", d.key(logDir, s.seq), corrupt("object shorter than its header says"))
 		}
 		copy(dst[lo-objOff:hi-objOff], b.data[lo-bOff:hi-bOff])
@@ -167,25 +191,40 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 // readTimeout bounds the retries of one GET.
 const readTimeout = 30 * time.Second
 
-// fetchBlocks fetches consecutive blocks of s with one ranged GET and
-// fills them.
+// fetchBlocks fetches up to maxRun consecutive blocks of s with one
+// ranged GET and fills them.
 func (d *Disk) fetchBlocks(s *segment, blocks []*block) {
 	start := blocks[0].key.idx * cacheBlock
 	end := min((blocks[len(blocks)-1].key.idx+1)*cacheBlock, s.hdrLen+s.dataLen)
-	buf := make([]byte, max(end-start, 0))
+	d.readSem <- struct{}{}
+	defer func() { <-d.readSem }()
+	if vr, ok := d.store.(VectorReader); ok || len(blocks) == 1 {
+		// straight into the blocks' buffers
+		bufs := make([][]byte, len(blocks))
+		for i, b := range blocks {
+			lo := start + int64(i)*cacheBlock
+			bufs[i] = d.cache.buffer(b, int(max(min(lo+cacheBlock, end)-lo, 0)))
+		}
+		err := d.getv(vr, d.key(logDir, s.seq), bufs, start)
+		for _, b := range blocks {
+			d.cache.fill(b, nil, err)
+		}
+		return
+	}
+	bp := runBuffers.Get().(*[]byte)
+	defer runBuffers.Put(bp)
+	buf := (*bp)[:max(end-start, 0)]
 	err := d.get(d.key(logDir, s.seq), buf, start)
 	for i, b := range blocks {
 		lo := min(int64(i)*cacheBlock, int64(len(buf)))
 		hi := min(lo+cacheBlock, int64(len(buf)))
-		d.cache.fill(b, buf[lo:hi:hi], err)
+		d.cache.fill(b, buf[lo:hi], err)
 	}
 }
 
 // get reads len(p) bytes of key at off, retrying transient failures for
-// up to readTimeout, with at most Config.Reads GETs at once.
+// up to readTimeout.
 func (d *Disk) get(key string, p []byte, off int64) error {
-	d.readSem <- struct{}{}
-	defer func() { <-d.readSem }()
 	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
 	defer cancel()
 	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
@@ -196,6 +235,31 @@ func (d *Disk) get(key string, p []byte, off int64) error {
 		}
 		if err == nil && n < len(p) {
 			err = corrupt("%s: %d bytes at %d, want %d", key, n, off, len(p))
+		}
+		return err
+	})
+}
+
+// getv is get into several buffers: with the store's VectorReader when
+// it has one (vr), else for a single buffer.
+func (d *Disk) getv(vr VectorReader, key string, bufs [][]byte, off int64) error {
+	if vr == nil {
+		return d.get(key, bufs[0], off)
+	}
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
+		n, err := vr.ReadAtv(ctx, key, bufs, off)
+		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
+		if errors.Is(err, io.EOF) && n == total {
+			err = nil
+		}
+		if err == nil && n < total {
+			err = corrupt("%s: %d bytes at %d, want %d", key, n, off, total)
 		}
 		return err
 	})
@@ -215,6 +279,7 @@ const (
 	raStreams   = 8
 	raTolerance = 4 << 20 // a read this close to a stream's end continues it
 	raParallel  = 4       // prefetches at once
+	raRuns      = 8       // GETs at once per prefetch
 )
 
 // readAheadAfter notes a READ of [off, off+n) and, when it continues a
@@ -260,44 +325,54 @@ func (d *Disk) readAheadAfter(off, n int64) {
 }
 
 // prefetch brings the data of [off, end) that lives in the store into
-// the read cache.
+// the read cache, at most raRuns GETs at once.
 func (d *Disk) prefetch(off, end int64) {
-	type want struct {
-		s      *segment
-		lo, hi int64 // object offsets
-	}
-	var wants []want
+	var runs [][]*block
+	var segs []*segment
+	// Where the data is scattered over many segments, a block holds little
+	// of the range: fetch at most twice the range's size.
+	budget := 2 * (end - off) / cacheBlock
 	d.mu.Lock()
 	if d.failed == nil {
 		d.m.each(off, end, func(m mapping) bool {
-			if s := d.segs[m.seg]; m.kind == kindData && s.jf == nil && s.hdrLen > 0 {
-				wants = append(wants, want{s, s.hdrLen + m.dataOff, s.hdrLen + m.dataOff + m.len})
+			s := d.segs[m.seg]
+			if m.kind != kindData || s.jf != nil || s.hdrLen == 0 {
+				return true
 			}
-			return true
+			lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
+			var run []*block
+			for idx := lo / cacheBlock; idx*cacheBlock < hi; idx++ {
+				b := d.cache.tryLookup(blockKey{s.seq, idx})
+				if b == nil || len(run) == maxRun {
+					if len(run) > 0 {
+						runs, segs = append(runs, run), append(segs, s)
+					}
+					run = nil
+				}
+				if b != nil {
+					run = append(run, b)
+					budget--
+				}
+			}
+			if len(run) > 0 {
+				runs, segs = append(runs, run), append(segs, s)
+			}
+			return budget > 0
 		})
 	}
 	d.mu.Unlock()
+	sem := make(chan struct{}, raRuns)
 	var wg sync.WaitGroup
-	for _, w := range wants {
-		for idx := w.lo / cacheBlock; idx*cacheBlock < w.hi; {
-			var run []*block
-			for ; idx*cacheBlock < w.hi && len(run) < 64; idx++ {
-				b, fetch := d.cache.lookup(blockKey{w.s.seq, idx})
-				if !fetch {
-					break
-				}
-				run = append(run, b)
+	for i, run := range runs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			d.fetchBlocks(segs[i], run)
+			for _, b := range run {
+				d.cache.release(b)
 			}
-			if len(run) == 0 {
-				idx++
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				d.fetchBlocks(w.s, run)
-			}()
-		}
+		}()
 	}
 	wg.Wait()
 }

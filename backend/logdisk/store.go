@@ -26,6 +26,13 @@ type Store interface {
 	List(ctx context.Context, prefix, startAfter string, fn func(ObjectInfo) bool) error
 }
 
+// VectorReader is implemented by stores that can read one range of an
+// object into several buffers, in order, with one request and no copy
+// (the read cache fills its blocks so). ReadAtv follows ReadAt otherwise.
+type VectorReader interface {
+	ReadAtv(ctx context.Context, key string, bufs [][]byte, off int64) (int, error)
+}
+
 // ObjectInfo is one object of a List.
 type ObjectInfo struct {
 	Key  string

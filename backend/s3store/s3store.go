@@ -168,6 +168,47 @@ func (s *Store) ReadAt(ctx context.Context, key string, p []byte, off int64) (in
 	return n, nil
 }
 
+// ReadAtv implements logdisk.VectorReader: one ranged GET, its body read
+// into bufs in turn.
+func (s *Store) ReadAtv(ctx context.Context, key string, bufs [][]byte, off int64) (int, error) {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if total == 0 {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
+		Bucket: &s.cfg.Bucket,
+		Key:    &key,
+		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(total)-1)),
+	})
+	if err != nil {
+		var ae smithy.APIError
+		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
+			return 0, io.EOF
+		}
+		return 0, s.classify("get", key, err)
+	}
+	defer out.Body.Close()
+	n := 0
+	for _, b := range bufs {
+		m, err := io.ReadFull(out.Body, b)
+		n += m
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			if out.ContentLength != nil && int64(n) == *out.ContentLength {
+				return n, io.EOF
+			}
+		}
+		if err != nil {
+			return n, fmt.Errorf("get %s: %w", key, err)
+		}
+	}
+	return n, nil
+}
+
 // Delete implements logdisk.Store with DeleteObjects, 1000 keys a request.
 func (s *Store) Delete(ctx context.Context, keys []string) error {
 	for len(keys) > 0 {
