@@ -199,7 +199,7 @@ type Disk struct {
 	pending  bool // a FLUSH waits for the open segment to be sealed
 	failed   error
 	closing  bool
-	stopped  bool // abandoned: the read cache is gone
+	stopped  bool          // abandoned: the read cache is gone
 	progress chan struct{} // closed and replaced when durable or failed changes
 
 	ckpt      ckptState
