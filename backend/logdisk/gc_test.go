@@ -78,3 +78,27 @@ func TestGCKeepsSnapshotSegments(t *testing.T) {
 		}
 	}
 }
+
+// TestReaderReloadsAfterGC: a read-only Disk opened before GC deleted the
+// segments it names reloads the log and reads the current data.
+func TestReaderReloadsAfterGC(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	w := openDisk(t, testConfig(t, st))
+	mustWrite(t, w, fill(1<<20, 1), 0)
+	mustSync(t, w)
+	cfg := testConfig(t, st)
+	cfg.ReadOnly = true
+	cfg.CacheSize = -1
+	r := openDisk(t, cfg)
+	x := fill(1<<20, 2)
+	mustWrite(t, w, x, 0)
+	if err := w.GC(0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 1<<20)
+	if _, err := r.ReadAt(got, 0); err != nil {
+		t.Fatalf("read after GC: %v", err)
+	}
+	requireEqual(t, got, x, "a reader opened before GC")
+}

@@ -27,17 +27,52 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	if err := d.checkRange(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	pieces, err := d.resolve(p, off)
-	if err != nil {
-		return 0, err
+	err := d.read(p, off)
+	if errors.Is(err, ErrNotFound) && d.cfg.ReadOnly {
+		// The writer's garbage collection deleted a segment this reader's
+		// map still names: load the log as it is now and read again.
+		if rerr := d.refresh(); rerr != nil {
+			return 0, errors.Join(err, rerr)
+		}
+		err = d.read(p, off)
 	}
-	err = d.readPieces(pieces)
-	d.release(pieces)
 	if err != nil {
 		return 0, err
 	}
 	d.readAheadAfter(off, int64(len(p)))
 	return len(p), nil
+}
+
+func (d *Disk) read(p []byte, off int64) error {
+	pieces, err := d.resolve(p, off)
+	if err != nil {
+		return err
+	}
+	err = d.readPieces(pieces)
+	d.release(pieces)
+	return err
+}
+
+// refresh reloads a read-only Disk's map from the store.
+func (d *Disk) refresh() error {
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	fresh := newDisk(d.cfg, d.meta)
+	fresh.cache.close()
+	fresh.cancel()
+	fresh.store = d.store
+	st, err := fresh.loadLog(ctx)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	fresh.apply(st)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.m, d.segs, d.epoch, d.lastTail = fresh.m, fresh.segs, fresh.epoch, fresh.lastTail
+	d.ckpt.seq, d.dataBytes = fresh.ckpt.seq, fresh.dataBytes
+	d.nextSeq, d.durable = st.max+1, st.max
+	d.log.Info("reloaded the image: a segment was collected since it was opened", "image", d.prefix, "checkpoint", d.ckpt.seq)
+	return nil
 }
 
 // resolve looks [off, off+len(p)) up in the map, zeroes what holds no
