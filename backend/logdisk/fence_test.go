@@ -79,12 +79,7 @@ func TestTakeoverFencesFirstWriter(t *testing.T) {
 	}
 	want := make([]byte, 1<<20)
 	copy(want, x1)
-	requireEqual(t, readAll(t, st), want, "a reader after the takeover")
-	got := make([]byte, 1<<20)
-	if _, err := b.ReadAt(got, 0); err != nil {
-		t.Fatal(err)
-	}
-	requireEqual(t, got, want, "the taker's view")
+	requireViews(t, st, b, want)
 }
 
 // TestFencedInFlightNeverVisible: the old writer has two segments in
@@ -112,7 +107,7 @@ func TestFencedInFlightNeverVisible(t *testing.T) {
 	cfg := testConfig(t, mem)
 	cfg.Takeover = true
 	b := openDisk(t, cfg)
-	if first := b.nextSeq - mem_window(b); first != s {
+	if first := b.nextSeq - b.meta.Window; first != s {
 		t.Fatalf("taker's first claim at %d; want %d (the gap)", first, s)
 	}
 	close(held.ch[a.key(logDir, s)])
@@ -121,16 +116,20 @@ func TestFencedInFlightNeverVisible(t *testing.T) {
 	}
 	want := make([]byte, 1<<20)
 	copy(want, x1)
-	requireEqual(t, readAll(t, mem), want, "a reader after the takeover")
-	got := make([]byte, 1<<20)
+	requireViews(t, mem, b, want)
+}
+
+// requireViews checks that a fresh reader of st and the taker b both
+// read want.
+func requireViews(t *testing.T, st Store, b *Disk, want []byte) {
+	t.Helper()
+	requireEqual(t, readAll(t, st), want, "a fresh reader")
+	got := make([]byte, len(want))
 	if _, err := b.ReadAt(got, 0); err != nil {
 		t.Fatal(err)
 	}
 	requireEqual(t, got, want, "the taker's view")
 }
-
-// mem_window is the taker's first claim: it decides Window numbers from it.
-func mem_window(d *Disk) uint64 { return d.meta.Window }
 
 // TestInFlightLandedBeforeClaimCounts: the old writer's segment lands
 // after the taker listed but before its claim; the taker reads it and it
@@ -161,12 +160,7 @@ func TestInFlightLandedBeforeClaimCounts(t *testing.T) {
 	}
 	want := make([]byte, 1<<20)
 	copy(want, x2)
-	requireEqual(t, readAll(t, mem), want, "a reader")
-	got := make([]byte, 1<<20)
-	if _, err := b.ReadAt(got, 0); err != nil {
-		t.Fatal(err)
-	}
-	requireEqual(t, got, want, "the taker's view")
+	requireViews(t, mem, b, want)
 	// The old writer's next upload collides.
 	mustWrite(t, a, fill(4096, 3), 0)
 	if err := a.Sync(); !errors.Is(err, ErrFenced) {
