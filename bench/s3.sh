@@ -325,7 +325,8 @@ open_time() {
 	for _ in $(seq "$RUNS"); do
 		rm -f "$sock"
 		add open "$p" "$(/usr/bin/python3 "$BENCH/s3open.py" "$(uri "$sock")" $((OPEN_BYTES / 2)) \
-			bash "$0" __serve "$p" "$prefix" "$OPEN_SIZE" "$sock")"
+			bash "$0" __serve "$p" "$prefix" "$OPEN_SIZE" "$sock" 2>>"$WORK/$p.log" ||
+			{ cat "$WORK/$p.log" >&2; exit 1; })"
 	done
 	rm -rf "${WORK:?}/s3/$BUCKET/$prefix"
 }
