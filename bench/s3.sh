@@ -10,8 +10,9 @@
 #
 # Peers (PEERS, in this order by default):
 #   nbdd          nbdd serve --s3 default=s3://BUCKET/PREFIX (skipped, with
-#                 a message, until nbdd serve has --s3); NBDD_S3_FLAGS adds
-#                 serve flags
+#                 a message, while nbdd serve has no --s3); NBDD_S3_FLAGS
+#                 adds serve flags, NBDD_BIN names another nbdd binary than
+#                 the one built from this tree
 #   nbdkit256k    nbdkit's S3 plugin, object-size=256K, blocksize filter
 #                 maxdata=256K, nbdcopy requests of 256K
 #   nbdkit1m      the same with 1M objects and requests
@@ -30,7 +31,8 @@
 # (cold) and again (warm); S3 requests and bytes uploaded per GiB written,
 # from versitygw's access log, for both writes; seconds from starting the
 # server to the first 4 KiB read of an OPEN_SIZE export half written
-# (nbdkit's sparse-random plugin, percent=50, copied in once per peer).
+# (nbdkit's sparse-random plugin, percent=50, copied in once per peer but
+# s3backersync, which opens as s3backer does).
 set -euo pipefail
 BENCH=$(cd "$(dirname "$0")" && pwd)
 source "$BENCH/lib.sh"
@@ -265,7 +267,10 @@ fio_run() {
 fio_get() { python3 -c "import json; j=json.load(open('$WORK/fio.json'))['jobs'][0]; print($1)"; }
 
 declare -A R
-add() { R[$1.$2]+=" $3"; } # add ROW PEER VALUE
+add() { # add ROW PEER VALUE, also on stderr as it comes
+	R[$1.$2]+=" $3"
+	echo "s3.sh: $1 $2 $3" >&2
+}
 
 # measure PEER RUN: every row but the open time, for one run of one peer.
 measure() {
@@ -322,10 +327,13 @@ open_time() {
 		[ nbdkit --exit-with-parent sparse-random "$OPEN_SIZE" percent=50 seed=1 ] "$(uri "$sock")"
 	settle "$p"
 	peer_stop "$p"
+	local t
 	for _ in $(seq "$RUNS"); do
 		rm -f "$sock"
-		add open "$p" "$(/usr/bin/python3 "$BENCH/s3open.py" "$(uri "$sock")" $((OPEN_BYTES / 2)) \
-			bash "$0" __serve "$p" "$prefix" "$OPEN_SIZE" "$sock")"
+		t=$(/usr/bin/python3 "$BENCH/s3open.py" "$(uri "$sock")" $((OPEN_BYTES / 2)) \
+			bash "$0" __serve "$p" "$prefix" "$OPEN_SIZE" "$sock" 2>>"$WORK/$p.log") ||
+			{ cat "$WORK/$p.log" >&2; exit 1; }
+		add open "$p" "$t"
 	done
 	rm -rf "${WORK:?}/s3/$BUCKET/$prefix"
 }
@@ -335,8 +343,10 @@ open_time() {
 SIZE_BYTES=$(bytes "$SIZE")
 OPEN_BYTES=$(bytes "$OPEN_SIZE")
 bench_init
-NBDD=$WORK/nbdd
-export NBDD NBDKIT_S3_PLUGIN
+NBDD=${NBDD_BIN:-$WORK/nbdd}
+# nbdd's journal and cache directory, gone with the bench's.
+NBDD_S3_CACHE_DIR=$WORK/nbdd-s3
+export NBDD NBDKIT_S3_PLUGIN NBDD_S3_CACHE_DIR
 NBDKIT_S3_PLUGIN=$(nbdkit --dump-config | sed -n 's/^plugindir=//p')/nbdkit-S3-plugin
 if [[ " $PEERS " == *" nbdd "* ]] && ! "$NBDD" serve --help | grep -q -- '--s3'; then
 	echo "s3.sh: nbdd serve has no --s3 yet; leaving nbdd out" >&2
@@ -350,7 +360,9 @@ flock 9
 for run in $(seq "$RUNS"); do
 	for p in $PEERS; do measure "$p" "$run"; done
 done
-for p in $PEERS; do open_time "$p"; done
+# s3backersync starts as s3backer does (only its writes differ), and
+# writing half of its export through synchronous writes takes longest.
+for p in $PEERS; do [ "$p" = s3backersync ] || open_time "$p"; done
 flock -u 9
 
 ROWS="seqwrite seqread randwrite flush_p50 flush_p99 randread_cold randread_warm seqwrite_req seqwrite_mib randwrite_req randwrite_mib open"

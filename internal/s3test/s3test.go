@@ -64,7 +64,12 @@ const stopTimeout = 3 * time.Second
 // Server is one versitygw process. Its exported fields do not change while
 // it runs; Restart keeps them (same port, same data directory, same keys).
 type Server struct {
-	// Endpoint is the server's URL, http://127.0.0.1:PORT.
+	// Endpoint is the server's URL, http://localhost:PORT. It names a
+	// host, as the endpoint of an S3-compatible service does, so a client
+	// that puts the bucket in the host name (virtual-hosted style, the
+	// SDK's default) fails to resolve it instead of quietly working, as it
+	// would with an IP address; clients of such services must use
+	// path-style addressing.
 	Endpoint string
 	// Addr is the listening address, 127.0.0.1:PORT.
 	Addr string
@@ -161,7 +166,7 @@ func Start(t testing.TB) *Server {
 	// the server's bind; try a few ports before giving up.
 	for attempt := 0; ; attempt++ {
 		s.Addr = freeLoopbackAddr(t)
-		s.Endpoint = "http://" + s.Addr
+		s.Endpoint = "http://localhost:" + s.Addr[strings.LastIndexByte(s.Addr, ':')+1:]
 		err = s.start()
 		if err == nil || attempt == 4 || !s.addrInUse() {
 			break

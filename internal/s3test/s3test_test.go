@@ -74,7 +74,9 @@ func TestStartServesObjects(t *testing.T) {
 
 // TestEnvConfiguresSDK checks Env against what nbdd does with it: an SDK
 // configuration loaded from the standard environment alone reaches the
-// server.
+// server, with path-style addressing. In virtual-hosted style the
+// bucket's host name does not resolve, so a client that forgets
+// path-style addressing fails here as it would against MinIO or Ceph.
 func TestEnvConfiguresSDK(t *testing.T) {
 	s := Start(t)
 	b := s.NewBucket(t)
@@ -87,11 +89,18 @@ func TestEnvConfiguresSDK(t *testing.T) {
 	}
 	cfg, err := config.LoadDefaultConfig(ctx(t))
 	require.NoError(t, err)
+
 	c := s3.NewFromConfig(cfg, func(o *s3.Options) { o.UsePathStyle = true })
 	out, err := c.ListBuckets(ctx(t), &s3.ListBucketsInput{})
 	require.NoError(t, err)
 	require.Len(t, out.Buckets, 1)
 	require.Equal(t, b, *out.Buckets[0].Name)
+	_, err = c.HeadBucket(ctx(t), &s3.HeadBucketInput{Bucket: &b})
+	require.NoError(t, err, "path style")
+
+	_, err = s3.NewFromConfig(cfg).HeadBucket(ctx(t), &s3.HeadBucketInput{Bucket: &b},
+		func(o *s3.Options) { o.RetryMaxAttempts = 1 })
+	require.ErrorContains(t, err, b+".localhost", "virtual-hosted style")
 }
 
 // TestKillRestart is what a fault test does: the server dies without
