@@ -207,6 +207,7 @@ type Disk struct {
 	lastTail  tail                 // the log's writer state as found at open
 	resumed   *Epoch               // the epoch of the journal found at open
 	doomed    map[string]time.Time // unreferenced objects, when first seen so
+	sweptAt   uint64               // the checkpoint the last sweep went by
 	dataBytes int64                // sum of dataLen of the segments in segs
 
 	journalLock *os.File

@@ -144,9 +144,11 @@ func (d *Disk) copyIfUnchanged(seq uint64, m mapping, src []byte) error {
 func (d *Disk) sweep(grace time.Duration) error {
 	d.mu.Lock()
 	c, refs := d.ckpt.seq, d.ckpt.refs
+	idle := c == d.sweptAt && len(d.doomed) == 0
+	d.sweptAt = c
 	d.mu.Unlock()
-	if c == 0 {
-		return nil
+	if c == 0 || idle && grace != 0 {
+		return nil // nothing can have become garbage since the last sweep
 	}
 	pinned, pinnedCkpts, err := d.pinned()
 	if err != nil {
