@@ -157,6 +157,11 @@ func (cfg *config) exports(c *cli.Context) error {
 			return err
 		}
 	}
+	for _, v := range c.StringSlice("s3") {
+		if err := cfg.addExport("s3", v, c.Bool("read-only"), cfg.openS3Export(c.String("s3-cache-dir"))); err != nil {
+			return err
+		}
+	}
 	if len(cfg.srv.Exports) == 0 && cfg.dir == "" {
 		cfg.srv.Exports = []server.Export{{Name: "default", Description: "nbdd in-memory export", Backend: backend.NewMemory(defaultMemorySize), ReadOnly: c.Bool("read-only")}}
 	}

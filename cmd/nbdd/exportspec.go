@@ -7,10 +7,11 @@ import (
 	"github.com/nbdd/nbdd/protocol"
 )
 
-// exportSpec is one --export or --memory value: NAME=VALUE followed by
-// comma-separated options, each a bare key, a list option KEY=VALUE that
-// may be repeated (listExportOpts), or description=TEXT, which takes the
-// rest of the value, commas and all, so it must come last.
+// exportSpec is one --export, --memory or --s3 value: NAME=VALUE followed
+// by comma-separated options, each a bare key, KEY=VALUE for the options
+// in valueExportOpts (the value ends at the next comma), a list option
+// KEY=VALUE that may be repeated (listExportOpts), or description=TEXT,
+// which takes the rest of the value, commas and all, so it must come last.
 type exportSpec struct {
 	name, value string
 	opts        map[string]string
@@ -21,15 +22,22 @@ type exportSpec struct {
 var knownExportOpts = map[string][]string{
 	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw", "allow", "tls-allow"},
 	"memory": {"ro", "description", "ksm", "prealloc", "tls-only", "allow", "tls-allow"},
+	"s3":     {"ro", "description", "tls-only", "allow", "tls-allow", "takeover", "journal", "cache", "dirty", "flush-timeout", "addressing"},
 }
 
 // listExportOpts take a value and may be given more than once.
 var listExportOpts = []string{"allow", "tls-allow"}
 
+// valueExportOpts are the options that take one value (KEY=VALUE).
+var valueExportOpts = map[string]bool{"journal": true, "cache": true, "dirty": true, "flush-timeout": true, "addressing": true}
+
+// exportValueName names the VALUE of each kind of export, for messages.
+var exportValueName = map[string]string{"export": "PATH", "memory": "SIZE", "s3": "s3://BUCKET/PREFIX"}
+
 func parseExportSpec(kind, s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok || name == "" {
-		return exportSpec{}, fmt.Errorf("--%s %s: want NAME=%s[,option...]", kind, quoteShort(s), map[string]string{"export": "PATH", "memory": "SIZE"}[kind])
+		return exportSpec{}, fmt.Errorf("--%s %s: want NAME=%s[,option...]", kind, quoteShort(s), exportValueName[kind])
 	}
 	if len(name) > protocol.MaxStringLen {
 		return exportSpec{}, fmt.Errorf("--%s %s: export name of %d bytes; NBD allows at most %d", kind, quoteShort(name), len(name), protocol.MaxStringLen)
@@ -42,7 +50,7 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 	parts := strings.Split(rest, ",")
 	spec.value = parts[0]
 	if spec.value == "" {
-		return exportSpec{}, fmt.Errorf("--%s %s: missing %s", kind, s, map[string]string{"export": "path", "memory": "size"}[kind])
+		return exportSpec{}, fmt.Errorf("--%s %s: missing %s", kind, s, exportValueName[kind])
 	}
 	for i := 1; i < len(parts); i++ {
 		key, val, _ := strings.Cut(parts[i], "=")
@@ -60,7 +68,11 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 			spec.lists[key] = append(spec.lists[key], val)
 			continue
 		}
-		if key != "description" && strings.Contains(parts[i], "=") {
+		hasValue := strings.Contains(parts[i], "=")
+		switch {
+		case valueExportOpts[key] && (!hasValue || val == ""):
+			return exportSpec{}, fmt.Errorf("--%s %s: option %q needs a value (%s=VALUE)", kind, s, key, key)
+		case !valueExportOpts[key] && key != "description" && hasValue:
 			return exportSpec{}, fmt.Errorf("--%s %s: option %q takes no value", kind, s, key)
 		}
 		spec.opts[key] = val

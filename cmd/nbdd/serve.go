@@ -52,6 +52,8 @@ func serveFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
 		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,raw][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
 		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,prealloc][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description last; prealloc holds the whole size from the start, so that first writes cost no page faults)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringSliceFlag{Name: "s3", Usage: "export an image in S3: `NAME=s3://BUCKET/PREFIX`[,ro][,takeover][,journal=DIR][,cache=SIZE][,dirty=SIZE][,flush-timeout=DURATION][,addressing=auto|path|virtual][,tls-only][,description=TEXT] (repeatable; endpoint and credentials from the AWS environment; see docs/s3.md)", EnvVars: []string{"NBDD_S3"}},
+		&cli.StringFlag{Name: "s3-cache-dir", Usage: "keep S3 exports' journals under `DIR` (default: the user cache directory, nbdd/s3)", EnvVars: []string{s3CacheDirEnv}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
 		&cli.BoolFlag{Name: "read-only", Usage: "make every export read-only", EnvVars: []string{"NBDD_READ_ONLY"}},
@@ -80,7 +82,7 @@ func serveFlags() []cli.Flag {
 // shuts down gracefully within --shutdown-timeout, a second exits at once.
 func serve(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return usage("serve takes no arguments (got %q); use --export or --memory", c.Args().First())
+		return usage("serve takes no arguments (got %q); use --export, --memory or --s3", c.Args().First())
 	}
 	logger, err := newLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
