@@ -53,7 +53,7 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 		return exportSpec{}, fmt.Errorf("--%s %s: missing %s", kind, s, exportValueName[kind])
 	}
 	for i := 1; i < len(parts); i++ {
-		key, val, _ := strings.Cut(parts[i], "=")
+		key, val, hasValue := strings.Cut(parts[i], "=")
 		if key == "description" {
 			val = strings.Join(append([]string{val}, parts[i+1:]...), ",")
 			i = len(parts)
@@ -68,7 +68,6 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 			spec.lists[key] = append(spec.lists[key], val)
 			continue
 		}
-		hasValue := strings.Contains(parts[i], "=")
 		switch {
 		case valueExportOpts[key] && (!hasValue || val == ""):
 			return exportSpec{}, fmt.Errorf("--%s %s: option %q needs a value (%s=VALUE)", kind, s, key, key)
