@@ -108,18 +108,3 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 # peak_rss_mib PID: the process's peak RSS (VmHWM) in MiB.
 peak_rss_mib() { awk '/VmHWM/ {printf "%d\n", $2/1024}' "/proc/$1/status"; }
 rss_mib() { awk '/VmRSS/ {printf "%d\n", $2/1024}' "/proc/$1/status"; }
-
-# workload WORKLOAD URI: one measurement of compare.sh's workloads against
-# the server at URI, higher is better: seqread and seqwrite (nbdcopy of
-# $SIZE bytes, from $SHM/src.img for the write; MB/s), randread1,
-# randread32 and randwrite32 (fio 4 KiB at queue depth 1 or 32 for
-# $FIO_SECONDS; IOPS).
-workload() {
-	case $1 in
-	seqread) awk -v s="$(seconds nbdcopy "$2" null:)" -v n="$SIZE" 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	seqwrite) awk -v s="$(seconds nbdcopy "$SHM/src.img" "$2")" -v n="$SIZE" 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	randread1) fio_iops "$2" randread 4k 1 "$FIO_SECONDS" ;;
-	randread32) fio_iops "$2" randread 4k 32 "$FIO_SECONDS" ;;
-	randwrite32) fio_iops "$2" randwrite 4k 32 "$FIO_SECONDS" ;;
-	esac
-}
