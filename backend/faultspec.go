@@ -28,7 +28,7 @@ var errnoNames = map[string]syscall.Errno{
 var errFaultSpec = errors.New("bad fault spec")
 
 // ParseFaultSpec parses a compact list of fault rules, as given to the
-// CLI's hidden fault flag:
+// CLI's --fault flag (NBDD_FAULT):
 //
 //	spec   = rule *("," rule)
 //	rule   = op [":" range] *(":" action)

@@ -46,35 +46,35 @@ func (l *leafTable) read(j int, dst []byte, o int) {
 	}
 }
 
-// write copies src into chunk j at offset o, allocating the chunk first if
-// it is absent.
-func (l *leafTable) write(j int, src []byte, o int) {
+// write copies src into chunk j at offset o, taking the chunk from p
+// first if it is absent.
+func (l *leafTable) write(j int, src []byte, o int, p *chunkPool) {
 	l.locks[j].Lock()
 	defer l.locks[j].Unlock()
-	copy(l.allocLocked(j)[o:], src)
+	copy(l.allocLocked(j, p)[o:], src)
 }
 
-// chunkForWrite returns chunk j, allocating it first if it is absent.
-func (l *leafTable) chunkForWrite(j int) *chunk {
+// chunkForWrite returns chunk j, taking it from p first if it is absent.
+func (l *leafTable) chunkForWrite(j int, p *chunkPool) *chunk {
 	l.locks[j].Lock()
 	defer l.locks[j].Unlock()
-	return l.allocLocked(j)
+	return l.allocLocked(j, p)
 }
 
-// allocLocked returns chunk j, allocating it first if it is absent. The
-// caller holds locks[j].
-func (l *leafTable) allocLocked(j int) *chunk {
+// allocLocked returns chunk j, taking it from p first if it is absent.
+// The caller holds locks[j].
+func (l *leafTable) allocLocked(j int, p *chunkPool) *chunk {
 	c := l.chunks[j].Load()
 	if c == nil {
-		c = new(chunk)
+		c = p.get()
 		l.chunks[j].Store(c)
 	}
 	return c
 }
 
 // zero clears n bytes of chunk j from offset o. If drop is set and the
-// range is the whole chunk, the chunk is freed instead.
-func (l *leafTable) zero(j, o, n int, drop bool) {
+// range is the whole chunk, the chunk goes back to p instead.
+func (l *leafTable) zero(j, o, n int, drop bool, p *chunkPool) {
 	l.locks[j].Lock()
 	defer l.locks[j].Unlock()
 	c := l.chunks[j].Load()
@@ -82,6 +82,7 @@ func (l *leafTable) zero(j, o, n int, drop bool) {
 	case c == nil:
 	case drop && n == chunkSize:
 		l.chunks[j].Store(nil)
+		p.put(c)
 	default:
 		clear(c[o : o+n])
 	}
@@ -101,8 +102,9 @@ type directory struct{ mids []atomic.Pointer[midTable] }
 // (each chunk piece is copied atomically). Memory implements Trimmer, FastZeroer, Extenter, Cacher and
 // MultiConner. The zero value is an empty export of size 0; use NewMemory.
 type Memory struct {
-	size int64
-	dir  atomic.Pointer[directory] // allocated on first write
+	size   int64
+	dir    atomic.Pointer[directory] // allocated on first write
+	chunks chunkPool
 }
 
 // NewMemory returns a sparse memory export of size bytes. It allocates
@@ -203,7 +205,7 @@ func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	span(off, int64(len(p)), func(i int64, o, lo, hi int) {
-		m.leaf(i, true).write(int(i&tableMask), p[lo:hi], o)
+		m.leaf(i, true).write(int(i&tableMask), p[lo:hi], o, &m.chunks)
 	})
 	return len(p), nil
 }
@@ -232,12 +234,28 @@ func (m *Memory) WriteZeroes(off, length int64, noHole, fast bool) error {
 }
 
 // zeroRange zeroes [off, off+length), dropping whole chunks if drop is set.
+// Tables never written are skipped whole, as Extents skips them, so that
+// zeroing or trimming a large range costs what was written in it: with
+// 64-bit lengths (extended headers) one request may cover a whole export.
 func (m *Memory) zeroRange(off, length int64, drop bool) {
-	span(off, length, func(i int64, o, lo, hi int) {
-		if l := m.leaf(i, false); l != nil {
-			l.zero(int(i&tableMask), o, hi-lo, drop)
+	end := off + length
+	for pos := off; pos < end; {
+		i := pos >> chunkShift
+		l := m.leaf(i, false)
+		if l == nil {
+			_, next := m.runAt(i) // the end of the missing table's span
+			if next > (end-1)>>chunkShift {
+				return
+			}
+			pos = next << chunkShift
+			continue
 		}
-	})
+		stop := min(end, ((i|tableMask)+1)<<chunkShift) // the end of l's span
+		span(pos, stop-pos, func(i int64, o, lo, hi int) {
+			l.zero(int(i&tableMask), o, hi-lo, drop, &m.chunks)
+		})
+		pos = stop
+	}
 }
 
 // CanFastZero reports true: zeroing memory is never slower than writing.

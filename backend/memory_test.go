@@ -2,6 +2,7 @@ package backend
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -75,6 +76,39 @@ func TestMemoryHuge(t *testing.T) {
 		require.Equal(t, size, ext[1].Offset+ext[1].Length)
 		_, err = m.WriteAt([]byte{1}, size)
 		require.ErrorIs(t, err, ErrOutOfRange)
+	}
+}
+
+// TestMemoryZeroHuge trims and zeroes a whole 1 PiB export with a few
+// written chunks, far apart: only what was written may cost anything (a
+// walk over every 64 KiB chunk would take minutes), and the written data
+// must go.
+func TestMemoryZeroHuge(t *testing.T) {
+	const size = 1 << 50
+	offs := []int64{0, 1<<40 + 5, size - 1}
+	for _, drop := range []bool{true, false} {
+		m := NewMemory(size)
+		for _, off := range offs {
+			_, err := m.WriteAt([]byte{1}, off)
+			require.NoError(t, err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- m.WriteZeroes(0, size, !drop, true) }()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("zeroing a 1 PiB export with 3 chunks written took over 5 s")
+		}
+		for _, off := range offs {
+			got := []byte{9}
+			_, err := m.ReadAt(got, off)
+			require.NoError(t, err)
+			require.Equal(t, []byte{0}, got, "byte at %d after zeroing (drop %t)", off, drop)
+		}
+		if drop {
+			require.Equal(t, []Extent{{0, size, hz}}, collectExtents(t, m, 0, size))
+		}
 	}
 }
 

@@ -27,7 +27,7 @@ func (m *Memory) AppendWriteView(iov [][]byte, off, n int64) ([][]byte, error) {
 		return iov, err
 	}
 	span(off, n, func(i int64, o, lo, hi int) {
-		c := m.leaf(i, true).chunkForWrite(int(i & tableMask))
+		c := m.leaf(i, true).chunkForWrite(int(i&tableMask), &m.chunks)
 		iov = append(iov, c[o:o+hi-lo])
 	})
 	return iov, nil

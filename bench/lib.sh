@@ -28,16 +28,51 @@ make_source() { head -c "$1" /dev/urandom >"$SHM/src.img"; }
 start() {
 	local name=$1 sock=$2
 	shift 2
+	start_uri "$name" "$(uri "$sock")" "$@"
+}
+
+# start_uri NAME URI CMD...: start a server in the background and wait
+# until an NBD client reaches it at URI. Its pid is in PID_NAME (NAME must
+# be a shell name).
+start_uri() {
+	local name=$1 u=$2
+	shift 2
 	"$@" >"$WORK/$name.log" 2>&1 &
 	PIDS+=($!)
 	eval "PID_$name=$!"
 	for _ in $(seq 100); do
-		[ -S "$sock" ] && nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && return 0
+		nbdinfo --size "$u" >/dev/null 2>&1 && return 0
 		sleep 0.1
 	done
 	echo "bench: $name did not start:" >&2
 	cat "$WORK/$name.log" >&2
 	return 1
+}
+
+# stop_server NAME: stop the server start_uri started as NAME.
+stop_server() {
+	local pid
+	eval "pid=\${PID_$1:-}"
+	[ -n "$pid" ] || return 0
+	kill "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	eval "PID_$1="
+}
+
+# cpu_ticks PID: user plus system CPU of process PID and all its threads,
+# in clock ticks (proc(5) /proc/PID/stat fields 14 and 15).
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
+# wall_cpu CMD...: run CMD, output discarded, and print its wall seconds
+# and the CPU seconds (user + system) it and its children used.
+wall_cpu() {
+	quiesce
+	python3 -c '
+import resource, subprocess, sys, time
+t = time.monotonic()
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("%.4f %.4f" % (time.monotonic() - t, r.ru_utime + r.ru_stime))' "$@"
 }
 
 uri() { echo "nbd+unix:///?socket=$1"; }
@@ -59,7 +94,8 @@ seconds() {
 	echo "$t0 $t1" | awk '{printf "%.4f\n", $2-$1}'
 }
 
-# fio_iops URI RW BS DEPTH SECONDS: IOPS of one fio run with the nbd engine.
+# fio_iops URI RW BS DEPTH SECONDS: IOPS of one fio run with the nbd engine
+# (bench/compare.sh has fio_run, which reports I/Os and fio's CPU too).
 fio_iops() {
 	quiesce
 	fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" \
@@ -72,18 +108,3 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 # peak_rss_mib PID: the process's peak RSS (VmHWM) in MiB.
 peak_rss_mib() { awk '/VmHWM/ {printf "%d\n", $2/1024}' "/proc/$1/status"; }
 rss_mib() { awk '/VmRSS/ {printf "%d\n", $2/1024}' "/proc/$1/status"; }
-
-# workload WORKLOAD URI: one measurement of compare.sh's workloads against
-# the server at URI, higher is better: seqread and seqwrite (nbdcopy of
-# $SIZE bytes, from $SHM/src.img for the write; MB/s), randread1,
-# randread32 and randwrite32 (fio 4 KiB at queue depth 1 or 32 for
-# $FIO_SECONDS; IOPS).
-workload() {
-	case $1 in
-	seqread) awk -v s="$(seconds nbdcopy "$2" null:)" -v n="$SIZE" 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	seqwrite) awk -v s="$(seconds nbdcopy "$SHM/src.img" "$2")" -v n="$SIZE" 'BEGIN {printf "%d\n", n/s/1e6}' ;;
-	randread1) fio_iops "$2" randread 4k 1 "$FIO_SECONDS" ;;
-	randread32) fio_iops "$2" randread 4k 32 "$FIO_SECONDS" ;;
-	randwrite32) fio_iops "$2" randwrite 4k 32 "$FIO_SECONDS" ;;
-	esac
-}

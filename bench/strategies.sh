@@ -14,6 +14,12 @@
 #   EXPORT=file bench/strategies.sh   # every case on a file export in /dev/shm
 #   EXPORT=file EXPORT_DIR=/var/tmp bench/strategies.sh   # ... on disk
 #   EXPORT=direct EXPORT_DIR=/var/tmp CASES="c d" bench/strategies.sh
+#   DEFAULT_FLAGS=1 CONFIGS=pool CASES=c bench/strategies.sh   # (c) as a user runs it
+#
+# DEFAULT_FLAGS=1 starts nbdd with nothing but its socket, the export and
+# --strategy: every limit (connections, per-host connections, handshake
+# timeout, memory budget) at its default, which must serve (c), go-nbd
+# issue 6's 384 connections over one unix socket.
 #
 # pool-simple is pool with --no-structured-replies: go-nbd has no
 # structured replies, and a libnbd client (nbdcopy, fio) reads each
@@ -69,6 +75,7 @@ serve() {
 	# grow-unbudgeted allocating 12 GiB for 384 connections at once can
 	# keep the last handshakes waiting past the default 10 s.
 	local limits=(--max-connections 0 --max-connections-per-host 0 --handshake-timeout 1m --log-level warn)
+	[ -n "${DEFAULT_FLAGS:-}" ] && limits=()
 	case $1 in
 	go-nbd)
 		local file=()

@@ -127,4 +127,35 @@ func TestLockStateFile(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	release2()
+	if _, err := os.Stat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file after release: %v; want it removed", err)
+	}
+}
+
+// TestLockStillAt: a lock taken on a lock file that its holder removed
+// (and another throttler created anew) in between is not kept, so that
+// two throttlers never both hold a lock, one on the removed file and one
+// on the new.
+func TestLockStillAt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ksm.snapshot.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !stillAt(f, path) {
+		t.Fatal("stillAt: false for the file at its path")
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if stillAt(f, path) {
+		t.Error("stillAt: true for a removed file")
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if stillAt(f, path) {
+		t.Error("stillAt: true for a file replaced by another")
+	}
 }

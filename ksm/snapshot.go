@@ -143,21 +143,55 @@ func restorePlan(s Snapshot) []Write {
 // LockStateFile takes an exclusive lock on path+".lock" (flock), so that
 // two throttlers sharing a state file, which would restore each other's
 // snapshots and delete each other's file, cannot run at once. The lock
-// is released by release, or when the process exits.
+// is released by release, which also removes the lock file, or when the
+// process exits (a crash leaves the file, unlocked, for the next run).
 func LockStateFile(path string) (release func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("ksm: lock: %w", err)
 	}
-	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	lockPath := path + ".lock"
+	for {
+		f, err := lockFile(lockPath, path)
+		switch {
+		case err != nil:
+			return nil, err
+		case f != nil:
+			// Removed while locked, so no other throttler can lock this
+			// file after it is gone (lockFile checks for that).
+			return func() { os.Remove(lockPath); f.Close() }, nil
+		}
+	}
+}
+
+// lockFile opens and locks lockPath. It returns nil and no error when the
+// file it locked was removed or replaced before the lock was taken (a
+// throttler that released it in between), so that the caller tries again
+// rather than hold a lock on a file nobody else can see.
+func lockFile(lockPath, statePath string) (*os.File, error) {
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("ksm: lock: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("ksm: another throttler (another nbdd --ksm) uses the state file %s", path)
+			return nil, fmt.Errorf("ksm: another throttler (another nbdd --ksm) uses the state file %s", statePath)
 		}
-		return nil, fmt.Errorf("ksm: lock %s.lock: %w", path, err)
+		return nil, fmt.Errorf("ksm: lock %s: %w", lockPath, err)
 	}
-	return func() { f.Close() }, nil
+	if !stillAt(f, lockPath) {
+		f.Close()
+		return nil, nil
+	}
+	return f, nil
+}
+
+// stillAt reports whether f is the file now at path.
+func stillAt(f *os.File, path string) bool {
+	held, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	now, err := os.Stat(path)
+	return err == nil && os.SameFile(held, now)
 }

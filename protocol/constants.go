@@ -13,15 +13,15 @@ const (
 	OptionReplyMagic uint64 = 0x0003e889045565a9
 	// RequestMagic prefixes a compact transmission request.
 	RequestMagic uint32 = 0x25609513
-	// ExtendedRequestMagic prefixes an extended-header request (experimental
-	// extension "extended headers"; recognised, not negotiated).
+	// ExtendedRequestMagic prefixes a request once NBD_OPT_EXTENDED_HEADERS
+	// is negotiated (the "extended headers" extension).
 	ExtendedRequestMagic uint32 = 0x21e41c71
 	// SimpleReplyMagic prefixes a simple reply.
 	SimpleReplyMagic uint32 = 0x67446698
 	// StructuredReplyMagic prefixes a structured reply chunk.
 	StructuredReplyMagic uint32 = 0x668e33ef
-	// ExtendedReplyMagic prefixes an extended-header reply chunk
-	// (experimental; recognised, not negotiated).
+	// ExtendedReplyMagic prefixes every reply chunk once
+	// NBD_OPT_EXTENDED_HEADERS is negotiated.
 	ExtendedReplyMagic uint32 = 0x6e8a278c
 )
 

@@ -10,7 +10,9 @@ import (
 // structured reply payloads, the counterparts of the Append* encoders.
 
 // ErrMalformedReply is returned when option reply data or a structured
-// reply payload does not have the layout proto.md gives it.
+// reply payload does not have the layout proto.md gives it (a client
+// "MUST initiate a hard disconnect" on such a structured reply: proto.md
+// "Structured reply types").
 var ErrMalformedReply = errors.New("nbd: malformed reply data")
 
 func malformedReply(format string, args ...any) error {

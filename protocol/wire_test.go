@@ -322,6 +322,7 @@ func TestSlicePut(t *testing.T) {
 	}{
 		{"SimpleReply", SimpleReplySize, SimpleReply{EIO, 9}.Put},
 		{"ChunkHeader", ChunkHeaderSize, ChunkHeader{ReplyFlagDone, ReplyTypeNone, 9, 0}.Put},
+		{"ExtendedChunkHeader", ExtendedChunkHeaderSize, ExtendedChunkHeader{ReplyFlagDone, ReplyTypeNone, 9, 4096, 0}.Put},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

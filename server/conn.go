@@ -31,6 +31,13 @@ type conn struct {
 	closed atomic.Bool
 	cancel context.CancelFunc // ends the connection's context: budget waits give up
 
+	// peer is the client (peer.go). started and errLog feed the log: the
+	// summary line at the end (with counts) and the connection's budget
+	// of failed-request lines (logging.go).
+	peer    Peer
+	started time.Time
+	errLog  logBudget
+
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
 	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
 	tls        bool
@@ -92,17 +99,14 @@ type conn struct {
 }
 
 func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {
-	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel}
+	c := &conn{srv: s, id: s.nextConnID.Add(1), rwc: rwc, raw: rwc, cancel: cancel, started: time.Now()}
 	c.nc, _ = rwc.(net.Conn)
 	c.sizeSendBuffer()
 	c.src = &sockReader{conn: rwc}
 	c.br = bufio.NewReaderSize(c.src, readBufferSize)
 	c.bytes = newByteGate(s.maxInflightBytes())
-	attrs := []any{"conn", c.id}
-	if c.nc != nil && c.nc.RemoteAddr() != nil {
-		attrs = append(attrs, "remote", c.nc.RemoteAddr().String())
-	}
-	c.log = s.logger().With(attrs...)
+	c.peer = peerOf(c.nc)
+	c.log = s.logger().With(append([]any{"conn", c.id}, c.peer.logAttrs()...)...)
 	return c
 }
 
@@ -135,24 +139,24 @@ func (c *conn) serve(ctx context.Context) error {
 }
 
 // logEnd logs the end of a connection once, at the level its cause
-// deserves, and returns nil for a clean end.
+// deserves, with what it did (summary), and returns nil for a clean end.
 func (c *conn) logEnd(err error) error {
 	switch {
 	case err == nil || errors.Is(err, errDisconnect):
-		c.log.Info("client disconnected")
+		c.log.Info("client disconnected", c.summary()...)
 		c.log.Debug("buffer stats", "buffers", c.srv.bufs.Stats())
 		return nil
 	case errors.Is(err, errAbort):
 		c.log.Debug("handshake aborted by client")
 		return nil
 	case c.closed.Load() && c.srv.inShutdown.Load():
-		c.log.Info("connection closed by shutdown")
+		c.log.Info("connection closed by shutdown", c.summary()...)
 		return ErrServerClosed
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
-		c.log.Info("connection closed", "err", err)
+		c.log.Info("connection closed", append(c.summary(), "err", err)...)
 		return err
 	default:
-		c.log.Warn("connection failed", "err", err)
+		c.log.Warn("connection failed", append(c.summary(), "err", err)...)
 		return err
 	}
 }
@@ -214,7 +218,13 @@ func (c *conn) setDeadline(d time.Duration) {
 	c.nc.SetDeadline(t)
 }
 
-func (c *conn) maxPayload() uint32 { return c.srv.maxRequestSize() }
+// maxPayload is the largest READ or WRITE the selected export takes.
+func (c *conn) maxPayload() uint32 {
+	if c.exp != nil {
+		return c.exp.maxRequest(c.srv.maxRequestSize())
+	}
+	return c.srv.maxRequestSize()
+}
 
 // writeAll writes b to the client in one call.
 func (c *conn) writeAll(b []byte) error {

@@ -33,11 +33,7 @@ func (c *conn) exec(ctx context.Context, o *op) {
 	case protocol.CmdBlockStatus:
 		err = c.blockStatus(o)
 	}
-	if err != nil {
-		c.log.Debug("request failed", "cmd", o.req.Type, "cookie", o.req.Cookie,
-			"offset", o.req.Offset, "len", o.req.Length, "err", err)
-	}
-	o.fail(err)
+	o.fail(err) // logged when the op finishes (conn.count)
 	o.encode(c.format)
 }
 

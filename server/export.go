@@ -22,6 +22,36 @@ type Export struct {
 	// TLSOnly hides the export from clients that have not negotiated TLS
 	// (proto.md "SELECTIVETLS").
 	TLSOnly bool
+	// Access limits which clients may use the export, by address and by
+	// client certificate, besides Server.Access; the zero value allows
+	// every client the server admits.
+	Access Access
+
+	// MultiConn advertises NBD_FLAG_CAN_MULTI_CONN (clients may open
+	// several connections and expect a FLUSH on one to cover writes
+	// acknowledged on all; proto.md "Transmission flags") even when the
+	// backend does not say so through backend.MultiConner: go-nbd's
+	// SupportsMultiConn, which its servers set by default.
+	MultiConn bool
+	// MinBlockSize, PreferredBlockSize and MaxBlockSize are the block
+	// size constraints announced in NBD_INFO_BLOCK_SIZE (proto.md "Block
+	// size constraints"); 0 means the default: the backend's minimum
+	// (backend.BlockSizer) or 1, then 4096 or the minimum if larger, then
+	// Server.MaxRequestSize. Minimum and preferred are powers of 2 (the
+	// minimum at most 64 KiB), the preferred at least the minimum, and
+	// the maximum, capped at Server.MaxRequestSize, a multiple of the
+	// minimum. READs and WRITEs that break the minimum or maximum get
+	// NBD_EINVAL.
+	MinBlockSize, PreferredBlockSize, MaxBlockSize uint32
+	// SerialBackend calls the backend one request at a time, as go-nbd
+	// called its backends, for backends that are not safe for concurrent
+	// use. nbdd otherwise calls a backend from several goroutines at once
+	// (io.ReaderAt and io.WriterAt allow it; backend.Backend says what is
+	// expected). Requests are still read and answered in a pipeline; only
+	// the backend calls wait for each other, across all the export's
+	// connections. The paths that call a backend from elsewhere (lent
+	// memory, sendfile, splice) are not used.
+	SerialBackend bool
 }
 
 // ExportSource resolves export names that are not in Server.Exports, such
@@ -39,17 +69,20 @@ type ExportSource interface {
 // http.Flusher), and the transmission flags they imply (proto.md
 // "Transmission flags"). The planner reads them (plan.go).
 type caps struct {
-	size      uint64
-	readOnly  bool
-	flusher   bool
-	trimmer   backend.Trimmer
-	zeroer    backend.Zeroer
-	fastZero  bool
-	cacher    backend.Cacher
-	fua       backend.FUAWriter
-	extenter  backend.Extenter
-	multiConn bool
-	minBlock  uint32
+	size     uint64
+	readOnly bool
+	// preferredBlock and maxBlock are announced with minBlock in
+	// NBD_INFO_BLOCK_SIZE; maxBlock 0 means the server's maximum.
+	preferredBlock, maxBlock uint32
+	flusher                  bool
+	trimmer                  backend.Trimmer
+	zeroer                   backend.Zeroer
+	fastZero                 bool
+	cacher                   backend.Cacher
+	fua                      backend.FUAWriter
+	extenter                 backend.Extenter
+	multiConn                bool
+	minBlock                 uint32
 	// nonBlocking backends run small requests inline on the reader;
 	// syncWaits ones (backend.SyncWaiter) except FLUSH and FUA writes.
 	nonBlocking bool
@@ -130,7 +163,46 @@ func discoverCaps(e *Export) (caps, error) {
 			return caps{}, fmt.Errorf("export %q: the backend's minimum block size %d is not a power of 2 up to 64 KiB", e.Name, c.minBlock)
 		}
 	}
+	c.multiConn = c.multiConn || e.MultiConn
+	if err := c.blockSizes(e); err != nil {
+		return caps{}, fmt.Errorf("export %q: %w", e.Name, err)
+	}
 	return c, nil
+}
+
+// blockSizes applies the Export's block size constraints over the
+// backend's (proto.md "Block size constraints").
+func (c *caps) blockSizes(e *Export) error {
+	isPow2 := func(n uint32) bool { return n&(n-1) == 0 }
+	if m := e.MinBlockSize; m > 1 {
+		if !isPow2(m) || m > 64<<10 {
+			return fmt.Errorf("MinBlockSize %d is not a power of 2 up to 64 KiB", m)
+		}
+		c.minBlock = max(c.minBlock, m)
+	}
+	c.preferredBlock = max(4096, c.minBlock)
+	if p := e.PreferredBlockSize; p != 0 {
+		if !isPow2(p) || p < c.minBlock {
+			return fmt.Errorf("PreferredBlockSize %d is not a power of 2 of at least the minimum %d", p, c.minBlock)
+		}
+		c.preferredBlock = p
+	}
+	if m := e.MaxBlockSize; m != 0 {
+		if m%c.minBlock != 0 || m < c.preferredBlock {
+			return fmt.Errorf("MaxBlockSize %d is not a multiple of the minimum %d of at least the preferred %d", m, c.minBlock, c.preferredBlock)
+		}
+		c.maxBlock = m
+	}
+	return nil
+}
+
+// maxRequest is the largest READ or WRITE the export takes, when the
+// server's limit is serverMax.
+func (c *caps) maxRequest(serverMax uint32) uint32 {
+	if c.maxBlock != 0 && c.maxBlock < serverMax {
+		return c.maxBlock
+	}
+	return serverMax
 }
 
 // flags are the transmission flags for the export. Writes are emulated where

@@ -156,6 +156,10 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 		return false, violation("export name of %d bytes", len(data))
 	}
 	exp, err := c.openExport(string(data))
+	if ae := (*accessError)(nil); errors.As(err, &ae) {
+		c.log.Warn("client refused", "opt", protocol.OptExportName, "export", string(data), "reason", ae.reason)
+		return false, violation("NBD_OPT_EXPORT_NAME refused: %v", err) // it has no error reply
+	}
 	if err != nil && !errors.Is(err, errTLSRequired) {
 		return false, err
 	}
@@ -188,6 +192,11 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 		return false, c.optReply(opt, protocol.RepErrInvalid, err.Error())
 	}
 	exp, err := c.openExport(req.Name)
+	if ae := (*accessError)(nil); errors.As(err, &ae) {
+		c.log.Warn("client refused", "opt", opt, "export", req.Name, "reason", ae.reason)
+		c.replyBuf = append(c.replyBuf[:0], protocol.Message(ae.reason, protocol.MaxStringLen)...)
+		return false, c.optReplyData(opt, protocol.RepErrPolicy, c.replyBuf) // logged above
+	}
 	if errors.Is(err, errTLSRequired) {
 		if c.tlsMode() == TLSOff { // NOTLS: never NBD_REP_ERR_TLS_REQD
 			return false, c.optReply(opt, protocol.RepErrPolicy, fmt.Sprintf("export %q requires TLS, which this connection cannot use", req.Name))
@@ -225,7 +234,7 @@ func (c *conn) sendInfos(opt protocol.Opt, exp *openExport, req protocol.ExportR
 	if err := c.optReplyData(opt, protocol.RepInfo, b); err != nil {
 		return err
 	}
-	bs := protocol.BlockSize{Min: exp.minBlock, Preferred: max(4096, exp.minBlock), Max: c.maxPayload()}
+	bs := protocol.BlockSize{Min: exp.minBlock, Preferred: min(exp.preferredBlock, exp.maxRequest(c.srv.maxRequestSize())), Max: exp.maxRequest(c.srv.maxRequestSize())}
 	b = protocol.AppendInfoBlockSize(c.replyBuf[:0], bs)
 	if err := c.optReplyData(opt, protocol.RepInfo, b); err != nil {
 		return err
@@ -264,6 +273,9 @@ func (c *conn) optList(data []byte) error {
 	for _, e := range exports {
 		if e.TLSOnly && !c.tls {
 			continue // SELECTIVETLS: hidden before TLS
+		}
+		if c.checkAccess(&e) != nil {
+			continue // not for this client
 		}
 		c.replyBuf = protocol.AppendServer(c.replyBuf[:0], e.Name, e.Description)
 		if err := c.optReplyData(protocol.OptList, protocol.RepServer, c.replyBuf); err != nil {
@@ -326,7 +338,7 @@ func (c *conn) optReply(opt protocol.Opt, typ protocol.Rep, msg string) error {
 		if opt == protocol.OptGo {
 			level = slog.LevelInfo
 		}
-		c.log.Log(context.Background(), level, "option refused", "opt", opt, "reply", typ, "msg", msg)
+		c.log.Log(context.Background(), level, "option refused", "opt", opt, "reply", typ, "reason", msg)
 	}
 	c.replyBuf = append(c.replyBuf[:0], protocol.Message(msg, protocol.MaxStringLen)...)
 	return c.optReplyData(opt, typ, c.replyBuf)
@@ -377,6 +389,12 @@ func (c *conn) withCaps(e *Export, closeFn func() error) (*openExport, error) {
 		}
 		return nil, errTLSRequired // SELECTIVETLS
 	}
+	if err := c.checkAccess(e); err != nil {
+		if closeFn != nil {
+			closeFn()
+		}
+		return nil, err
+	}
 	cp, err := discoverCaps(e)
 	if err != nil {
 		if closeFn != nil {
@@ -384,7 +402,11 @@ func (c *conn) withCaps(e *Export, closeFn func() error) (*openExport, error) {
 		}
 		return nil, err
 	}
-	return &openExport{Export: e, caps: cp, close: closeFn}, nil
+	exp := &openExport{Export: e, caps: cp, close: closeFn}
+	if e.SerialBackend {
+		exp.serialize(c.srv.serialMutex(e))
+	}
+	return exp, nil
 }
 
 func (s *Server) defaultExportName() string {

@@ -157,7 +157,7 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 	default:
 		c.counts.aborted.Add(1)
 		w.fail(fmt.Errorf("%v failed after its reply header was sent: %w", protocol.CmdRead, err))
-		c.log.Warn("read failed mid-reply; disconnecting", "offset", off+done, "err", err)
+		c.requestFailed(o.req, Errno(err), fmt.Errorf("at offset %d, after the reply header was sent (a simple reply cannot carry the error: disconnecting): %w", off+done, err))
 	}
 }
 
@@ -184,9 +184,9 @@ func (w *replyWriter) trailerSent() {
 // chunk saying the data failed at offset at (proto.md
 // "NBD_REPLY_TYPE_ERROR_OFFSET"); the connection carries on.
 func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
-	w.c.log.Debug("read failed mid-reply", "offset", at, "err", err)
 	errno := replyErrno(o.req, Errno(err))
 	w.c.counts.failed(o.req, o.plan.data, errno)
+	w.c.requestFailed(o.req, errno, fmt.Errorf("at offset %d, after part of the data was sent: %w", at, err))
 	msg := protocol.AppendErrorChunk(nil, errno, clientMessage(err), true, uint64(at))
 	k := w.c.format.putChunk(w.chunkHdr[:], protocol.ReplyFlagDone, protocol.ReplyTypeErrorOffset, o.req.Cookie, len(msg))
 	w.writev2(w.chunkHdr[:k], msg)

@@ -118,7 +118,8 @@ type Server struct {
 	MaxBackendCalls int
 
 	// MaxConns bounds connections server-wide, MaxConnsPerHost per client
-	// host; 0 means no limit.
+	// IP address; 0 means no limit. Unix-socket peers count only toward
+	// MaxConns (see Peer).
 	MaxConns, MaxConnsPerHost int
 
 	// NoStructuredReplies refuses NBD_OPT_STRUCTURED_REPLY with
@@ -129,6 +130,11 @@ type Server struct {
 	// 4 KiB READ instead of two), which costs a client-bound workload such
 	// as fio's 4 KiB random reads. False, the zero value, offers them.
 	NoStructuredReplies bool
+
+	// Access limits which clients may connect, by address, and which may
+	// use the exports, by client certificate; every export also has its
+	// own. The zero value allows every client.
+	Access Access
 
 	// TLSConfig enables NBD_OPT_STARTTLS when TLSMode is not TLSOff.
 	TLSConfig *tls.Config
@@ -153,6 +159,12 @@ type Server struct {
 	// ended holds the counters of ended connections, by export name
 	// (Stats); guarded by mu.
 	ended map[string]*exportCounters
+
+	// Guarded by mu too: budgets of failed-request lines per export name
+	// (logging.go), and the locks of static exports with SerialBackend
+	// (serial.go).
+	errLogs map[string]*logBudget
+	serial  map[*Export]*sync.Mutex
 }
 
 func (s *Server) init() {
@@ -268,9 +280,10 @@ func (s *Server) Serve(l net.Listener) error {
 }
 
 func (s *Server) serveNetConn(nc net.Conn) {
-	host := remoteHost(nc)
+	peer := peerOf(nc)
+	host := peer.host()
 	if !s.admit(host) {
-		s.logger().Warn("connection refused: too many connections", "remote", nc.RemoteAddr().String())
+		s.logger().Warn("connection refused: too many connections", append(peer.logAttrs(), "max_connections", s.MaxConns, "max_connections_per_host", s.MaxConnsPerHost)...)
 		nc.Close()
 		return
 	}
@@ -285,6 +298,11 @@ func (s *Server) serveNetConn(nc net.Conn) {
 // vectored writes and TLS are used when rwc is a net.Conn.
 func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
 	s.init()
+	if nc, ok := rwc.(net.Conn); ok && len(s.Access.Addrs) > 0 {
+		if err := s.admitAddr(nc, peerOf(nc)); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	c := newConn(s, rwc, cancel)
@@ -435,10 +453,12 @@ func (s *Server) admit(host string) bool {
 	if s.MaxConns > 0 && s.nconns >= s.MaxConns {
 		return false
 	}
-	if s.MaxConnsPerHost > 0 && s.perHost[host] >= s.MaxConnsPerHost {
+	if host != "" && s.MaxConnsPerHost > 0 && s.perHost[host] >= s.MaxConnsPerHost {
 		return false
 	}
-	s.perHost[host]++
+	if host != "" {
+		s.perHost[host]++
+	}
 	s.nconns++
 	return true
 }
@@ -447,18 +467,10 @@ func (s *Server) release(host string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.nconns--
+	if host == "" {
+		return
+	}
 	if s.perHost[host]--; s.perHost[host] <= 0 {
 		delete(s.perHost, host)
 	}
-}
-
-func remoteHost(nc net.Conn) string {
-	addr := nc.RemoteAddr()
-	if addr == nil {
-		return ""
-	}
-	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
-		return host
-	}
-	return addr.Network() // unix sockets: one bucket
 }

@@ -385,23 +385,30 @@ func TestIdleTimeoutSparesSlowWriter(t *testing.T) {
 }
 
 // TestMaxConns: connections over the limit are closed before the greeting,
-// and a slot is free again once a client leaves.
+// and a slot is free again once a client leaves. MaxConnsPerHost counts
+// TCP clients by address; unix-socket clients count only toward MaxConns
+// (TestUnixPeersNotPerHost).
 func TestMaxConns(t *testing.T) {
-	for name, srv := range map[string]*Server{"MaxConns": {MaxConns: 1}, "MaxConnsPerHost": {MaxConnsPerHost: 1}} {
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		srv     *Server
+		network string
+	}{{"MaxConns", &Server{MaxConns: 1}, "unix"}, {"MaxConnsPerHost", &Server{MaxConnsPerHost: 1}, "tcp"}} {
+		t.Run(tc.name, func(t *testing.T) {
 			checkLeaks(t)
+			srv := tc.srv
 			srv.Exports = []Export{{Name: "mem", Backend: backend.NewMemory(1 << 20)}}
 			srv.Logger = testLogger(t)
-			sock, _ := serveUnix(t, srv)
-			first := dialClient(t, sock)
+			dial := dialerFor(t, srv, tc.network)
+			first := dial()
 			first.handshake("mem")
-			second := dialClient(t, sock)
+			second := dial()
 			second.wantClosed()
 			first.disc()
 			first.wantClosed()
 			deadline := time.Now().Add(ioTimeout)
 			for {
-				c := dialClient(t, sock)
+				c := dial()
 				c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
 				if _, err := c.br.Peek(1); err == nil {
 					c.handshake("mem")
@@ -413,6 +420,30 @@ func TestMaxConns(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// dialerFor serves srv on a unix socket or on TCP 127.0.0.1 and returns a
+// function that connects a client to it.
+func dialerFor(t *testing.T, srv *Server, network string) func() *client {
+	t.Helper()
+	if network == "unix" {
+		sock, _ := serveUnix(t, srv)
+		return func() *client { return dialClient(t, sock) }
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	return func() *client {
+		nc, err := net.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { nc.Close() })
+		return newClient(t, nc)
 	}
 }
 

@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 )
 
 // ErrTLSPSK refuses clients that offer only pre-shared-key cipher suites:
@@ -10,11 +11,32 @@ import (
 // only.
 var ErrTLSPSK = errors.New("nbd: TLS-PSK is not supported; use X.509 certificates")
 
+// ErrNoClientCertificate ends a TLS handshake in which the client sent no
+// certificate although TLSConfig requires one
+// (tls.RequireAndVerifyClientCert). The error says what to do.
+var ErrNoClientCertificate = errors.New("nbd: the client sent no TLS certificate, which this server requires")
+
 // tlsConfig wraps the configured TLS settings so that a PSK-only client
-// gets a clear error instead of a bare "no cipher suite in common".
+// gets a clear error instead of a bare "no cipher suite in common", and
+// one that sends no certificate where one is required gets a hint instead
+// of "tls: client didn't provide a certificate".
 func (s *Server) tlsConfig() *tls.Config {
 	base := s.TLSConfig
 	cfg := base.Clone()
+	if cfg.ClientAuth == tls.RequireAndVerifyClientCert {
+		// The same verification, with the missing certificate caught
+		// here rather than inside crypto/tls, whose error has no hint.
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return noCertificateError(cs.Version)
+			}
+			if base.VerifyConnection != nil {
+				return base.VerifyConnection(cs)
+			}
+			return nil
+		}
+	}
 	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if onlyPSKSuites(hello.CipherSuites) {
 			return nil, ErrTLSPSK
@@ -25,6 +47,18 @@ func (s *Server) tlsConfig() *tls.Config {
 		return nil, nil
 	}
 	return cfg
+}
+
+// noCertificateError explains a missing client certificate. Under TLS 1.3
+// the usual cause is GnuTLS before 3.8.13 (the libnbd and qemu of Debian
+// 12) with an RSA client key: it finds no RSA-PSS key to answer Go's
+// certificate request with and sends nothing.
+func noCertificateError(version uint16) error {
+	if version == tls.VersionTLS13 {
+		return fmt.Errorf("%w: under TLS 1.3, GnuTLS clients before 3.8.13 (libnbd and qemu of Debian 12) send none for an RSA key: "+
+			"give the client an ECDSA key, or let clients use TLS 1.2 (nbdd serve --tls-max-version 1.2; tls.Config.MaxVersion)", ErrNoClientCertificate)
+	}
+	return fmt.Errorf("%w: check the client's certificate and key settings (libnbd: tls-certificates=DIR with client-cert.pem and client-key.pem)", ErrNoClientCertificate)
 }
 
 // onlyPSKSuites reports whether every cipher suite offered (other than

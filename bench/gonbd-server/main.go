@@ -1,5 +1,5 @@
 // Command gonbd-server serves one go-nbd v0.3.2 export, memory or a file,
-// on a unix socket. It exists only as the baseline of bench/compare.sh and
+// on a unix socket or a TCP address. It exists only as the baseline of bench/compare.sh and
 // bench/strategies.sh: go-nbd is the library nbdd's backends stay
 // compatible with, so its server is the reference nbdd must beat.
 package main
@@ -16,6 +16,7 @@ import (
 
 func main() {
 	sock := flag.String("socket", "", "unix socket path")
+	tcp := flag.String("tcp", "", "listen on this TCP address instead of -socket")
 	size := flag.Int64("size", 1<<30, "export size in bytes")
 	file := flag.String("file", "", "serve this file (go-nbd's FileBackend) instead of memory")
 	flag.Parse()
@@ -29,8 +30,13 @@ func main() {
 	} else {
 		b = backend.NewMemoryBackend(make([]byte, *size))
 	}
-	os.Remove(*sock)
-	l, err := net.Listen("unix", *sock)
+	network, addr := "unix", *sock
+	if *tcp != "" {
+		network, addr = "tcp", *tcp
+	} else {
+		os.Remove(*sock)
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,17 +49,17 @@ func attachCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "attach",
 		Usage:     "attach a kernel /dev/nbdX to an NBD server (instead of nbd-client)",
-		UsageText: "nbdd attach [--export NAME] [--block-size N] [--connections N] [--timeout D] [--netlink|--ioctl] HOST:PORT|unix:///PATH /dev/nbdX",
+		UsageText: "nbdd attach [--export NAME] [--block-size N] [--connections N] [--timeout D] [--netlink|--ioctl] nbd://HOST[:PORT]/EXPORT|nbd+unix:///EXPORT?socket=PATH|HOST:PORT|unix:PATH /dev/nbdX",
 		Description: "With --netlink (the default) the kernel keeps the connections and nbdd exits once\n" +
 			"the device is up; detach it with `nbdd detach`. With --ioctl nbdd stays in the\n" +
 			"foreground, serving the device, until it is detached or gets SIGINT/SIGTERM.\n" +
 			"Needs root (CAP_SYS_ADMIN) and the nbd module.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "export", Usage: "export `NAME` (default: the server's default export)"},
-			&cli.UintFlag{Name: "block-size", Usage: "logical block size: 512, 1024, 2048 or 4096 (default: 512, or the server's minimum if larger)"},
+			&cli.UintFlag{Name: "block-size", Usage: "logical block size: 512, 1024, 2048 or 4096", DefaultText: "512, or the server's minimum if larger"},
 			&cli.IntFlag{Name: "connections", Value: 1, Usage: "connections to the server (more than 1 needs NBD_FLAG_CAN_MULTI_CONN)"},
-			&cli.DurationFlag{Name: "timeout", Usage: "fail a request the server has not answered in this time (whole seconds; 0: the kernel's default, which waits with one connection, but with several gives up on a connection after 30 s)"},
-			&cli.BoolFlag{Name: "netlink", Usage: "configure the kernel through generic netlink and return (default)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "fail a request the server has not answered in this time (whole seconds; 0: the kernel's default, which waits with one connection, but with several gives up on a connection after 30 s)", DefaultText: "0"},
+			&cli.BoolFlag{Name: "netlink", Usage: "configure the kernel through generic netlink and return (the default)"},
 			&cli.BoolFlag{Name: "ioctl", Usage: "configure the kernel through ioctls and serve in the foreground"},
 		},
 		Action:       attach,
@@ -71,7 +73,7 @@ func detachCommand() *cli.Command {
 		Usage:     "detach a kernel /dev/nbdX (as nbd-client -d)",
 		UsageText: "nbdd detach [--netlink|--ioctl] /dev/nbdX",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "netlink", Usage: "disconnect with NBD_CMD_DISCONNECT (default)"},
+			&cli.BoolFlag{Name: "netlink", Usage: "disconnect with NBD_CMD_DISCONNECT (the default)"},
 			&cli.BoolFlag{Name: "ioctl", Usage: "disconnect with NBD_DISCONNECT and NBD_CLEAR_SOCK"},
 		},
 		Action:       detach,
@@ -101,9 +103,16 @@ func parseAttachOptions(c *cli.Context) (attachOptions, error) {
 		timeout:     c.Duration("timeout"),
 		ioctl:       c.Bool("ioctl"),
 	}
-	var err error
-	if o.network, o.addr, err = parseListenURL(c.Args().Get(0)); err != nil {
+	srv, err := parseAttachServer(c.Args().Get(0))
+	if err != nil {
 		return attachOptions{}, usage("attach: server %q: %v", c.Args().Get(0), err)
+	}
+	o.network, o.addr = srv.network, srv.addr
+	if srv.hasExport {
+		if c.IsSet("export") && o.export != srv.export {
+			return attachOptions{}, usage("attach: --export %q and the URI's export %q differ", o.export, srv.export)
+		}
+		o.export = srv.export
 	}
 	if c.Bool("netlink") && c.Bool("ioctl") {
 		return attachOptions{}, usage("attach: --netlink and --ioctl are exclusive")
@@ -124,6 +133,53 @@ func parseAttachOptions(c *cli.Context) (attachOptions, error) {
 		return attachOptions{}, usage("attach: --timeout %v: must not be negative", o.timeout)
 	}
 	return o, nil
+}
+
+// attachServer is where nbdd attach connects, and the export a URI names.
+type attachServer struct {
+	network, addr string
+	export        string
+	hasExport     bool // the URI named an export (its path, "/" for the default)
+}
+
+// parseAttachServer accepts what --listen takes (HOST:PORT, tcp://,
+// unix:) and the NBD URIs that nbdd serve prints (doc/uri.md in the nbd
+// repository): nbd://HOST[:PORT]/EXPORT and nbd+unix:///EXPORT?socket=PATH.
+// TLS URIs are refused: the kernel client cannot use TLS.
+func parseAttachServer(raw string) (attachServer, error) {
+	scheme, _, isURI := strings.Cut(raw, "://")
+	switch scheme {
+	case "nbds", "nbds+unix":
+		return attachServer{}, errors.New("the kernel client cannot use TLS (nbds): serve the export without tls-only to attach it")
+	case "nbd", "nbd+unix":
+	default:
+		network, addr, err := parseListenURL(raw)
+		if err != nil && isURI {
+			err = errors.New("want nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, HOST:PORT or unix:PATH")
+		}
+		return attachServer{network: network, addr: addr}, err
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return attachServer{}, err
+	}
+	srv := attachServer{network: "tcp", export: strings.TrimPrefix(u.Path, "/"), hasExport: true}
+	if scheme == "nbd+unix" {
+		srv.network, srv.addr = "unix", u.Query().Get("socket")
+		if srv.addr == "" || u.Host != "" {
+			return attachServer{}, errors.New("want nbd+unix:///EXPORT?socket=PATH")
+		}
+		return srv, nil
+	}
+	if u.Hostname() == "" {
+		return attachServer{}, errors.New("want nbd://HOST[:PORT]/EXPORT")
+	}
+	port := u.Port()
+	if port == "" {
+		port = "10809" // doc/uri.md: the default port
+	}
+	srv.addr = net.JoinHostPort(u.Hostname(), port)
+	return srv, nil
 }
 
 func attach(c *cli.Context) error {

@@ -47,7 +47,7 @@ func TestAttachUsageErrors(t *testing.T) {
 		{[]string{"attach"}, "attach takes a server and a device (got 0 arguments)"},
 		{[]string{"attach", "127.0.0.1:10809"}, "got 1 arguments"},
 		{[]string{"attach", "a:1", "/dev/nbd0", "extra"}, "got 3 arguments"},
-		{[]string{"attach", "ftp://host", "/dev/nbd0"}, `attach: server "ftp://host": want tcp://HOST:PORT or unix:///PATH`},
+		{[]string{"attach", "ftp://host", "/dev/nbd0"}, `attach: server "ftp://host": want nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, HOST:PORT or unix:PATH`},
 		{[]string{"attach", "hostonly", "/dev/nbd0"}, `attach: server "hostonly": want HOST:PORT`},
 		{[]string{"attach", "--block-size", "1000", "a:1", "/dev/nbd0"}, "--block-size 1000: want 512, 1024, 2048 or 4096"},
 		{[]string{"attach", "--block-size", "0", "a:1", "/dev/nbd0"}, "--block-size 0: want 512"},
@@ -59,6 +59,10 @@ func TestAttachUsageErrors(t *testing.T) {
 		{[]string{"attach", "--netlink", "--ioctl", "a:1", "/dev/nbd0"}, "--netlink and --ioctl are exclusive"},
 		{[]string{"attach", "--no-such-flag", "a:1", "/dev/nbd0"}, "unknown flag --no-such-flag"},
 		{[]string{"attach", "--export", string(make([]byte, 4097)), "a:1", "/dev/nbd0"}, "--export of 4097 bytes, at most 4096"},
+		{[]string{"attach", "nbds://host/x", "/dev/nbd0"}, "the kernel client cannot use TLS"},
+		{[]string{"attach", "nbd+unix:///x", "/dev/nbd0"}, "want nbd+unix:///EXPORT?socket=PATH"},
+		{[]string{"attach", "nbd:///x", "/dev/nbd0"}, "want nbd://HOST[:PORT]/EXPORT"},
+		{[]string{"attach", "--export", "a", "nbd://h/b", "/dev/nbd0"}, `--export "a" and the URI's export "b" differ`},
 		{[]string{"detach"}, "detach takes one device (got 0 arguments)"},
 		{[]string{"detach", "/dev/nbd0", "/dev/nbd1"}, "got 2 arguments"},
 		{[]string{"detach", "--netlink", "--ioctl", "/dev/nbd0"}, "--netlink and --ioctl are exclusive"},
@@ -74,6 +78,29 @@ func TestAttachUsageErrors(t *testing.T) {
 // A device that does not exist is a runtime error (status 1) explained in
 // one line, found before any connection is made: the server address here
 // does not answer.
+// TestParseAttachServer: attach takes the URIs nbdd serve prints, as
+// well as what --listen takes.
+func TestParseAttachServer(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want attachServer
+	}{
+		{"nbd://127.0.0.1:10810/disk", attachServer{"tcp", "127.0.0.1:10810", "disk", true}},
+		{"nbd://example.org/", attachServer{"tcp", "example.org:10809", "", true}},
+		{"nbd://[::1]:7/a%20b", attachServer{"tcp", "[::1]:7", "a b", true}},
+		{"nbd+unix:///disk?socket=/run/nbdd.sock", attachServer{"unix", "/run/nbdd.sock", "disk", true}},
+		{"nbd+unix:///?socket=rel.sock", attachServer{"unix", "rel.sock", "", true}},
+		{"127.0.0.1:10809", attachServer{"tcp", "127.0.0.1:10809", "", false}},
+		{"unix:///run/nbdd.sock", attachServer{"unix", "/run/nbdd.sock", "", false}},
+		{"unix:rel.sock", attachServer{"unix", "rel.sock", "", false}},
+	} {
+		got, err := parseAttachServer(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("parseAttachServer(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
 func TestAttachMissingDevice(t *testing.T) {
 	dev := filepath.Join(t.TempDir(), "nbd9")
 	for _, args := range [][]string{

@@ -25,6 +25,8 @@ type config struct {
 	closers   []io.Closer
 	mergeable map[string]bool // exports marked ksm
 	files     []exportedFile  // the files of --export, to catch one exported twice
+	faultSpec string          // --fault, when set
+	logger    *slog.Logger
 }
 
 // exportedFile is a file of an --export.
@@ -44,11 +46,14 @@ func (c *config) close() {
 }
 
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
-	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}}
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger}
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}
 	if err := cfg.configureTLS(c); err != nil {
+		return nil, err
+	}
+	if err := cfg.configureAccess(c); err != nil {
 		return nil, err
 	}
 	if err := cfg.exports(c); err != nil {
@@ -152,6 +157,11 @@ func (cfg *config) exports(c *cli.Context) error {
 			return err
 		}
 	}
+	for _, v := range c.StringSlice("s3") {
+		if err := cfg.addExport("s3", v, c.Bool("read-only"), cfg.openS3Export(c.String("s3-cache-dir"))); err != nil {
+			return err
+		}
+	}
 	if len(cfg.srv.Exports) == 0 && cfg.dir == "" {
 		cfg.srv.Exports = []server.Export{{Name: "default", Description: "nbdd in-memory export", Backend: backend.NewMemory(defaultMemorySize), ReadOnly: c.Bool("read-only")}}
 	}
@@ -173,14 +183,14 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 	}
 	for _, e := range cfg.srv.Exports {
 		if e.Name == spec.name {
-			return usage("export %q is configured twice", spec.name)
+			return usage("export %s is configured twice", quoteShort(spec.name))
 		}
 	}
 	if readOnly {
 		spec.opts["ro"] = "" // --read-only: opened read-only too, not only served so
 	}
 	if spec.has("tls-only") && cfg.srv.TLSMode == server.TLSOff {
-		return usage("export %q is tls-only, which needs --tls on or --tls require", spec.name)
+		return usage("export %s is tls-only, which needs --tls on or --tls require", quoteShort(spec.name))
 	}
 	b, err := open(spec)
 	if err != nil {
@@ -192,12 +202,17 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 	if spec.has("ksm") {
 		cfg.mergeable[spec.name] = true
 	}
+	access, err := cfg.exportAccess(spec)
+	if err != nil {
+		return err
+	}
 	cfg.srv.Exports = append(cfg.srv.Exports, server.Export{
 		Name:        spec.name,
 		Description: spec.opts["description"],
 		Backend:     b,
 		ReadOnly:    spec.has("ro"),
 		TLSOnly:     spec.has("tls-only"),
+		Access:      access,
 	})
 	return nil
 }
@@ -210,22 +225,30 @@ func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 	if spec.has("ksm") && !spec.has("load") {
 		return nil, usage("--export %s: ksm needs load (only anonymous memory can be merged)", spec.name)
 	}
-	if spec.has("load") {
-		b, err := backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
-		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 2)
-		}
-		return b, nil
+	var b backend.Backend
+	var err error
+	switch {
+	case spec.has("load"):
+		b, err = backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
+	case spec.has("direct"):
+		b, err = backend.OpenFileDirect(spec.value, ro) // O_DIRECT: no page cache; 512-byte minimum block size
+	default:
+		b, err = backend.OpenFile(spec.value, ro)
 	}
-	open := backend.OpenFile
-	if spec.has("direct") {
-		open = backend.OpenFileDirect // O_DIRECT: no page cache; 512-byte minimum block size
-	}
-	f, err := open(spec.value, ro)
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, unwrapPathError(err)), 2)
+		return nil, cli.Exit(fmt.Sprintf("export %s: %v%s", quoteShort(spec.name), unwrapPathError(err), openHint(err, ro)), 2)
 	}
-	return f, nil
+	if err := guardExport(cfg.logger, spec.name, spec.value, b, spec.has("raw")); err != nil {
+		closeBackend(b)
+		return nil, err
+	}
+	return b, nil
+}
+
+func closeBackend(b backend.Backend) {
+	if c, ok := b.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // checkExportedTwice refuses a file exported a second time when either
@@ -238,7 +261,7 @@ func (cfg *config) checkExportedTwice(spec exportSpec, copyBack bool) error {
 	}
 	for _, f := range cfg.files {
 		if os.SameFile(f.info, info) && (copyBack || f.copyBack) {
-			return usage("exports %q and %q are the same file, and a writable load export's copy would overwrite the other's writes (make them ro, or export it once)", f.name, spec.name)
+			return usage("exports %s and %s are the same file, and a writable load export's copy would overwrite the other's writes (make them ro, or export it once)", quoteShort(f.name), quoteShort(spec.name))
 		}
 	}
 	cfg.files = append(cfg.files, exportedFile{name: spec.name, info: info, copyBack: copyBack})
@@ -249,21 +272,33 @@ func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {
 	size, err := parseSize(spec.value)
 	switch {
 	case err != nil:
-		return nil, usage("--memory %s: %v", spec.name, err)
+		return nil, usage("--memory %s: %v", quoteShort(spec.name), err)
 	case size <= 0:
-		return nil, usage("--memory %s: size %q must be more than 0", spec.name, spec.value)
+		return nil, usage("--memory %s: size %q must be more than 0", quoteShort(spec.name), spec.value)
 	}
-	if spec.has("ksm") {
-		b, err := backend.NewMapped(size, true)
-		if err != nil {
-			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
+	var b backend.Backend
+	switch {
+	case spec.has("ksm") && spec.has("prealloc"):
+		return nil, usage("--memory %s: ksm and prealloc exclude each other (KSM merges pages that preallocation would fault in apart)", quoteShort(spec.name))
+	case spec.has("ksm"):
+		if b, err = backend.NewMapped(size, true); err != nil {
+			return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 1)
 		}
-		return b, nil
+	default:
+		m := backend.NewMemory(size)
+		if spec.has("prealloc") {
+			if err := m.Preallocate(); err != nil {
+				return nil, cli.Exit(fmt.Sprintf("export %s: %v", quoteShort(spec.name), err), 1)
+			}
+		}
+		b = m
 	}
-	return backend.NewMemory(size), nil
+	return b, guardExport(cfg.logger, spec.name, "memory", b, true)
 }
 
-// faults wraps every export in fault injection (hidden flag, for tests).
+// faults wraps every export in fault injection (for tests), and says so:
+// a --fault, or an NBDD_FAULT left in the environment, makes exports fail
+// on purpose, which must not pass for a failing disk.
 func (cfg *config) faults(spec string) error {
 	if spec == "" {
 		return nil
@@ -272,6 +307,8 @@ func (cfg *config) faults(spec string) error {
 	if err != nil {
 		return usage("--fault: %v", err)
 	}
+	cfg.faultSpec = spec
+	cfg.logger.Warn("FAULT INJECTION IS ON: exports fail on purpose as --fault (or NBDD_FAULT) says; unset it to serve normally", "fault", spec)
 	for i := range cfg.srv.Exports {
 		cfg.srv.Exports[i].Backend = backend.NewFault(cfg.srv.Exports[i].Backend, rules...)
 	}
@@ -292,7 +329,7 @@ func (cfg *config) defaultExport(name string) error {
 		cfg.srv.DefaultExport = name
 		return nil
 	}
-	return usage("--default-export %q: no such export", name)
+	return usage("--default-export %s: no such export", quoteShort(name))
 }
 
 // unwrapPathError keeps "open PATH: no such file or directory" short.

@@ -3,51 +3,91 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/nbdd/nbdd/protocol"
 )
 
-// exportSpec is one --export or --memory value: NAME=VALUE followed by
-// comma-separated options, each a bare key, or description=TEXT, which
-// takes the rest of the value, commas and all, so it must come last.
+// exportSpec is one --export, --memory or --s3 value: NAME=VALUE followed
+// by comma-separated options, each a bare key, KEY=VALUE for the options
+// in valueExportOpts (the value ends at the next comma), a list option
+// KEY=VALUE that may be repeated (listExportOpts), or description=TEXT,
+// which takes the rest of the value, commas and all, so it must come last.
 type exportSpec struct {
 	name, value string
 	opts        map[string]string
+	lists       map[string][]string
 }
 
 // knownExportOpts lists the options each kind of export accepts.
 var knownExportOpts = map[string][]string{
-	"export": {"ro", "description", "load", "ksm", "tls-only", "direct"},
-	"memory": {"ro", "description", "ksm", "tls-only"},
+	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw", "allow", "tls-allow"},
+	"memory": {"ro", "description", "ksm", "prealloc", "tls-only", "allow", "tls-allow"},
+	"s3":     {"ro", "description", "tls-only", "allow", "tls-allow", "takeover", "journal", "cache", "dirty", "flush-timeout", "addressing"},
 }
+
+// listExportOpts take a value and may be given more than once.
+var listExportOpts = []string{"allow", "tls-allow"}
+
+// valueExportOpts are the options that take one value (KEY=VALUE).
+var valueExportOpts = map[string]bool{"journal": true, "cache": true, "dirty": true, "flush-timeout": true, "addressing": true}
+
+// exportValueName names the VALUE of each kind of export, for messages.
+var exportValueName = map[string]string{"export": "PATH", "memory": "SIZE", "s3": "s3://BUCKET/PREFIX"}
 
 func parseExportSpec(kind, s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok || name == "" {
-		return exportSpec{}, fmt.Errorf("--%s %q: want NAME=%s[,option...]", kind, s, map[string]string{"export": "PATH", "memory": "SIZE"}[kind])
+		return exportSpec{}, fmt.Errorf("--%s %s: want NAME=%s[,option...]", kind, quoteShort(s), exportValueName[kind])
 	}
-	if strings.ContainsRune(name, 0) || len(name) > 4096 {
-		return exportSpec{}, fmt.Errorf("--%s %q: invalid export name", kind, s)
+	if len(name) > protocol.MaxStringLen {
+		return exportSpec{}, fmt.Errorf("--%s %s: export name of %d bytes; NBD allows at most %d", kind, quoteShort(name), len(name), protocol.MaxStringLen)
 	}
-	spec := exportSpec{name: name, opts: map[string]string{}}
+	if strings.ContainsRune(name, 0) {
+		return exportSpec{}, fmt.Errorf("--%s %s: export name holds a NUL byte", kind, quoteShort(name))
+	}
+	s = quoteShort(s)
+	spec := exportSpec{name: name, opts: map[string]string{}, lists: map[string][]string{}}
 	parts := strings.Split(rest, ",")
 	spec.value = parts[0]
 	if spec.value == "" {
-		return exportSpec{}, fmt.Errorf("--%s %q: missing %s", kind, s, map[string]string{"export": "path", "memory": "size"}[kind])
+		return exportSpec{}, fmt.Errorf("--%s %s: missing %s", kind, s, exportValueName[kind])
 	}
 	for i := 1; i < len(parts); i++ {
-		key, val, _ := strings.Cut(parts[i], "=")
+		key, val, hasValue := strings.Cut(parts[i], "=")
 		if key == "description" {
 			val = strings.Join(append([]string{val}, parts[i+1:]...), ",")
 			i = len(parts)
 		}
 		if !contains(knownExportOpts[kind], key) {
-			return exportSpec{}, fmt.Errorf("--%s %q: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
+			return exportSpec{}, fmt.Errorf("--%s %s: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
 		}
-		if key != "description" && strings.Contains(parts[i], "=") {
-			return exportSpec{}, fmt.Errorf("--%s %q: option %q takes no value", kind, s, key)
+		if contains(listExportOpts, key) {
+			if val == "" {
+				return exportSpec{}, fmt.Errorf("--%s %s: option %q needs a value (%s=VALUE)", kind, s, key, key)
+			}
+			spec.lists[key] = append(spec.lists[key], val)
+			continue
+		}
+		switch {
+		case valueExportOpts[key] && (!hasValue || val == ""):
+			return exportSpec{}, fmt.Errorf("--%s %s: option %q needs a value (%s=VALUE)", kind, s, key, key)
+		case !valueExportOpts[key] && key != "description" && hasValue:
+			return exportSpec{}, fmt.Errorf("--%s %s: option %q takes no value", kind, s, key)
 		}
 		spec.opts[key] = val
 	}
 	return spec, nil
+}
+
+// quoteShort quotes s for a message, cut to its first 64 bytes (and the
+// length said) when longer: a message is one line, and a mistyped
+// 5000-byte value would fill a screen.
+func quoteShort(s string) string {
+	const show = 64
+	if len(s) <= show {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", strings.ToValidUTF8(s[:show], ""), len(s))
 }
 
 func (e exportSpec) has(opt string) bool {

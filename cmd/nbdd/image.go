@@ -54,6 +54,7 @@ func imageCommand() *cli.Command {
 			},
 			{
 				Name: "gc", Usage: "reclaim the space of overwritten data", ArgsUsage: "REF",
+				Flags: []cli.Flag{&cli.DurationFlag{Name: "grace", Usage: "keep objects that readers opened before may still use for `DURATION` (S3)"}},
 				Action: imageAction(1, func(c *cli.Context, st imageStore, refs []string) error {
 					return st.gc(c, refs[0])
 				}),

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -36,16 +38,29 @@ type ksmRunner struct {
 	sigs   chan os.Signal
 }
 
+// checkKSMFlags refuses the throttler's settings without --ksm, where
+// they would be ignored, and a policy that does not exist, whether or not
+// --ksm is given.
+func checkKSMFlags(c *cli.Context) error {
+	if _, err := ksm.ParsePolicy(c.String("ksm-policy")); err != nil {
+		return usage("--ksm-policy: %v", err)
+	}
+	if c.Bool("ksm") {
+		return nil
+	}
+	for _, f := range []string{"ksm-policy", "ksm-watch", "ksm-socket", "ksm-state-file"} {
+		if c.IsSet(f) {
+			return usage("--%s needs --ksm", f)
+		}
+	}
+	return nil
+}
+
 // startKSM starts the throttler when --ksm is set, registers the mergeable
 // exports and kicks it for them: their pages were just loaded and are
 // waiting to be merged.
 func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, error) {
 	if !c.Bool("ksm") {
-		for _, f := range []string{"ksm-watch", "ksm-socket"} {
-			if c.IsSet(f) {
-				return nil, usage("--%s needs --ksm", f)
-			}
-		}
 		return nil, nil
 	}
 	policy, err := ksm.ParsePolicy(c.String("ksm-policy"))
@@ -142,12 +157,13 @@ func (r *ksmRunner) stop(cfg *config) error {
 }
 
 func ksmCommand() *cli.Command {
+	socketFlag := &cli.StringFlag{Name: "socket", Usage: "a running nbdd's --ksm-socket `PATH`", EnvVars: []string{"NBDD_KSM_SOCKET"}}
 	return &cli.Command{
 		Name:  "ksm",
-		Usage: "inspect the KSM throttler",
+		Usage: "inspect and kick the KSM throttler",
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return usage("ksm: unknown command %q (commands: status)", c.Args().First())
+				return usage("ksm: unknown command %q (commands: status, kick)", c.Args().First())
 			}
 			return cli.ShowSubcommandHelp(c)
 		},
@@ -155,15 +171,27 @@ func ksmCommand() *cli.Command {
 			Name:  "status",
 			Usage: "print the KSM knobs, counters, the throttler's state and per-export merged bytes",
 			Flags: []cli.Flag{
-				&cli.StringFlag{Name: "socket", Usage: "a running nbdd's --ksm-socket `PATH`", EnvVars: []string{"NBDD_KSM_SOCKET"}},
+				socketFlag,
+				&cli.BoolFlag{Name: "json", Usage: "print the status as JSON (the control socket's status reply)"},
 				&cli.StringFlag{Name: "ksm-root", Value: ksm.DefaultRoot, Hidden: true},
 			},
-			Action: ksmStatus,
+			Action:       ksmStatus,
+			OnUsageError: usageError,
+		}, {
+			Name:         "kick",
+			Usage:        "make a running throttler scan at full rate now (as SIGUSR1 does)",
+			ArgsUsage:    "[REASON]",
+			Flags:        []cli.Flag{socketFlag},
+			Action:       ksmKick,
+			OnUsageError: usageError,
 		}},
 	}
 }
 
 func ksmStatus(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usage("ksm status takes no arguments (got %q)", c.Args().First())
+	}
 	var st ksm.Status
 	var err error
 	if path := c.String("socket"); path != "" {
@@ -176,5 +204,28 @@ func ksmStatus(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("ksm status: %v", err), 1)
 	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
 	return st.Print(c.App.Writer)
+}
+
+// ksmKick sends "kick" to a running nbdd's control socket.
+func ksmKick(c *cli.Context) error {
+	path := c.String("socket")
+	if path == "" {
+		return usage("ksm kick needs --socket PATH (a running nbdd --ksm --ksm-socket PATH); or send that nbdd SIGUSR1")
+	}
+	if c.NArg() > 1 {
+		return usage("ksm kick takes at most one REASON (got %d arguments)", c.NArg())
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
+	defer cancel()
+	if _, err := ksm.Call(ctx, path, strings.TrimSpace("kick "+c.Args().First())); err != nil {
+		return cli.Exit(fmt.Sprintf("ksm kick: %v", err), 1)
+	}
+	fmt.Fprintln(c.App.Writer, "nbdd: KSM throttler kicked")
+	return nil
 }

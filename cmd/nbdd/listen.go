@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -28,19 +29,28 @@ func (l *listener) uri(name string, tls bool) string {
 		scheme = "nbds" // doc/uri.md: the client must use TLS
 	}
 	if l.network == "unix" {
-		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + l.addr
+		return scheme + "+unix:///" + url.PathEscape(name) + "?socket=" + l.socketPath()
 	}
 	return scheme + "://" + l.Addr().String() + "/" + url.PathEscape(name)
 }
 
-func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, error) {
-	urls := c.StringSlice("listen")
-	if len(urls) == 0 {
-		urls = []string{defaultListen}
+// socketPath is the absolute path of a unix listener's socket, for
+// clients that may run in another directory.
+func (l *listener) socketPath() string {
+	if path, err := filepath.Abs(l.addr); err == nil {
+		return path
 	}
-	mode, err := strconv.ParseUint(c.String("socket-mode"), 8, 32)
+	return l.addr
+}
+
+// listenAll opens a listener for each URL, unix sockets with mode.
+func listenAll(urls []string, socketMode string, tls bool, logger *slog.Logger) ([]*listener, error) {
+	mode, err := strconv.ParseUint(socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
-		return nil, usage("--socket-mode %q: want an octal mode such as 0660", c.String("socket-mode"))
+		return nil, usage("--socket-mode %q: want an octal mode such as 0660", socketMode)
+	}
+	if err := checkListedOnce(urls); err != nil {
+		return nil, err
 	}
 	var ls []*listener
 	for _, u := range urls {
@@ -51,9 +61,7 @@ func listenAll(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, erro
 			}
 			return nil, err
 		}
-		if l.network == "tcp" && !tls && !isLoopback(hostOf(l.addr)) {
-			logger.Warn("listening beyond this machine without TLS: anyone who can reach it can read and write the exports", "listen", u)
-		}
+		warnIfExposed(l, tls, logger)
 		ls = append(ls, l)
 	}
 	return ls, nil
@@ -83,12 +91,38 @@ func listen(raw string, mode os.FileMode) (*listener, error) {
 	return &listener{Listener: nl, url: raw, network: network, addr: addr}, nil
 }
 
-// parseListenURL accepts tcp://HOST:PORT, unix:///PATH, and a bare
-// HOST:PORT as TCP.
+// checkListedOnce refuses a socket listed twice, which would otherwise
+// fail as "in use by a running server" (the first listener) or "address
+// already in use". TCP port 0 may repeat: each is a port of its own.
+func checkListedOnce(urls []string) error {
+	seen := map[string]string{}
+	for _, u := range urls {
+		network, addr, err := parseListenURL(u)
+		if err != nil {
+			continue // reported by listen
+		}
+		key := network + " " + addr
+		if network == "unix" {
+			if abs, err := filepath.Abs(addr); err == nil {
+				key = network + " " + abs
+			}
+		} else if _, port, _ := net.SplitHostPort(addr); port == "0" {
+			continue
+		}
+		if first, ok := seen[key]; ok {
+			return usage("--listen %s and --listen %s are the same socket: list it once", first, u)
+		}
+		seen[key] = u
+	}
+	return nil
+}
+
+// parseListenURL accepts tcp://HOST:PORT, unix:///PATH, unix:PATH (a
+// relative path too, as qemu spells it), and a bare HOST:PORT as TCP.
 func parseListenURL(raw string) (network, addr string, err error) {
 	switch {
-	case strings.HasPrefix(raw, "unix://"):
-		path := strings.TrimPrefix(raw, "unix://")
+	case strings.HasPrefix(raw, "unix:"):
+		path := strings.TrimPrefix(strings.TrimPrefix(raw, "unix:"), "//")
 		if path == "" {
 			return "", "", errors.New("missing socket path")
 		}
@@ -96,7 +130,7 @@ func parseListenURL(raw string) (network, addr string, err error) {
 	case strings.HasPrefix(raw, "tcp://"):
 		raw = strings.TrimPrefix(raw, "tcp://")
 	case strings.Contains(raw, "://"):
-		return "", "", errors.New("want tcp://HOST:PORT or unix:///PATH")
+		return "", "", errors.New("want tcp://HOST:PORT, unix:///PATH or unix:PATH")
 	}
 	if _, _, err := net.SplitHostPort(raw); err != nil {
 		return "", "", fmt.Errorf("want HOST:PORT: %v", err)
@@ -123,6 +157,13 @@ func removeStaleSocket(path string) error {
 		return fmt.Errorf("%s is in use by a running server", path)
 	}
 	return os.Remove(path)
+}
+
+// warnIfExposed warns of a TCP listener beyond this machine without TLS.
+func warnIfExposed(l *listener, tls bool, logger *slog.Logger) {
+	if l.network == "tcp" && !tls && !isLoopback(hostOf(l.addr)) {
+		logger.Warn("listening beyond this machine without TLS: anyone who can reach it can read and write the exports", "listen", l.url)
+	}
 }
 
 func hostOf(addr string) string {

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"runtime/debug"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -30,7 +32,9 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "nbdd:", err)
+	if msg := err.Error(); msg != "" { // empty: a --run command's status, passed on
+		fmt.Fprintln(os.Stderr, "nbdd:", msg)
+	}
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		return ec.ExitCode()
@@ -39,8 +43,8 @@ func run(args []string) int {
 }
 
 func newApp() *cli.App {
-	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, "nbdd", version) }
-	return &cli.App{
+	cli.VersionPrinter = func(c *cli.Context) { fmt.Fprintln(c.App.Writer, versionLine()) }
+	app := &cli.App{
 		Name:    "nbdd",
 		Usage:   "serve block devices over the NBD protocol",
 		Version: version,
@@ -60,11 +64,60 @@ func newApp() *cli.App {
 				Name:  "version",
 				Usage: "print the version",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintln(c.App.Writer, "nbdd", version)
+					fmt.Fprintln(c.App.Writer, versionLine())
 					return nil
 				},
 			},
 		},
+	}
+	hideSwitchDefaults(app.Commands)
+	return app
+}
+
+// versionLine is "nbdd VERSION (commit REV[, modified], Go VERSION)". The
+// commit comes from the build information the go command records
+// (runtime/debug.ReadBuildInfo): vcs.revision for a build in a git
+// checkout, or the module version for `go install ...@VERSION`, whose
+// pseudo-versions end in the commit too. Neither needs -ldflags.
+func versionLine() string {
+	info, _ := debug.ReadBuildInfo()
+	return describeBuild(version, info)
+}
+
+func describeBuild(version string, info *debug.BuildInfo) string {
+	line := "nbdd " + version
+	if info == nil {
+		return line
+	}
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			rev = "commit " + s.Value[:min(len(s.Value), 12)]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			modified = ", modified"
+		}
+	}
+	if v := info.Main.Version; rev == "" && v != "" && v != "(devel)" {
+		rev = "module " + v
+	}
+	if rev == "" {
+		rev = "commit unknown: built without VCS information"
+	}
+	return fmt.Sprintf("%s (%s%s, %s)", line, rev, modified, info.GoVersion)
+}
+
+// hideSwitchDefaults keeps help from printing "(default: false)" after
+// every switch: a switch is off unless given, and for one whose text says
+// it is the default behaviour (attach --netlink) it contradicts the text.
+func hideSwitchDefaults(cmds []*cli.Command) {
+	for _, cmd := range cmds {
+		for _, f := range cmd.Flags {
+			if b, ok := f.(*cli.BoolFlag); ok && !b.Value {
+				b.DisableDefaultText = true
+			}
+		}
+		hideSwitchDefaults(cmd.Subcommands)
 	}
 }
 
@@ -86,7 +139,7 @@ func topLevel(c *cli.Context) error {
 
 // usageError turns a flag parsing error into one line and status 2, with
 // flags spelled as they are typed (the flag package writes "-export").
-func usageError(_ *cli.Context, err error, _ bool) error {
+func usageError(c *cli.Context, err error, _ bool) error {
 	msg := err.Error()
 	for _, r := range [][2]string{
 		{"flag provided but not defined: -", "unknown flag --"},
@@ -95,7 +148,39 @@ func usageError(_ *cli.Context, err error, _ bool) error {
 	} {
 		msg = strings.Replace(msg, r[0], r[1], 1)
 	}
+	if m := badDurationRE.FindStringSubmatch(msg); m != nil && isDurationFlag(c, m[2]) {
+		msg = fmt.Sprintf("invalid value %q for --%s: want a duration with a unit, such as %ss, 500ms or 2m", m[1], m[2], durationExample(m[1]))
+	}
 	return usage("%s", msg)
+}
+
+// badDurationRE matches the flag package's message for a value that
+// time.ParseDuration refused: it says only "parse error".
+var badDurationRE = regexp.MustCompile(`^invalid value "(.*)" for --([a-z0-9-]+): parse error$`)
+
+func isDurationFlag(c *cli.Context, name string) bool {
+	var flags []cli.Flag
+	if c != nil && c.Command != nil {
+		flags = c.Command.Flags
+	}
+	if c != nil && c.App != nil {
+		flags = append(flags, c.App.Flags...)
+	}
+	for _, f := range flags {
+		if d, ok := f.(*cli.DurationFlag); ok && d.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// durationExample is v when it is a bare number (the unit is what is
+// missing), 10 otherwise.
+func durationExample(v string) string {
+	if v != "" && strings.Trim(v, "0123456789.") == "" {
+		return v
+	}
+	return "10"
 }
 
 // usage is a command-line mistake: exit status 2.

@@ -14,11 +14,23 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/nbdd/nbdd/server"
 	"github.com/urfave/cli/v2"
 )
 
 const defaultListen = "tcp://127.0.0.1:10809"
+
+// Connection limits. An idle connection costs about 20 KiB (2,000 idle
+// connections: 45 MiB RSS), so the server-wide default serves a host
+// with a thousand kernel devices at -C 4 in about 80 MiB; the per-host
+// one lets one network host take a quarter of it (256 devices at -C 4).
+// Unix-socket clients (go-nbd issue 6: 384 connections of one program)
+// are not counted per host (server.Peer says why).
+const (
+	defaultMaxConnections        = 4096
+	defaultMaxConnectionsPerHost = 1024
+)
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
@@ -26,7 +38,7 @@ func serveCommand() *cli.Command {
 		Usage:     "serve exports until SIGINT, SIGTERM or SIGHUP",
 		UsageText: "nbdd serve [--listen URL]... [--export NAME=PATH[,ro]]... [--memory NAME=SIZE[,ro]]...",
 		Description: "With no export, nbdd serves a 1 GiB in-memory export named \"default\".\n" +
-			"Every flag can also be set through the environment variable shown.",
+			"Every flag can also be set through the environment variable shown." + faultsActiveNote(),
 		Flags:  serveFlags(),
 		Action: serve,
 		// Without it urfave/cli prints "Incorrect Usage" and the help to
@@ -38,8 +50,10 @@ func serveCommand() *cli.Command {
 func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
-		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,tls-only][,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
-		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,tls-only][,description=TEXT] (repeatable; description last)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,raw][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,prealloc][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description last; prealloc holds the whole size from the start, so that first writes cost no page faults)", EnvVars: []string{"NBDD_MEMORY"}},
+		&cli.StringSliceFlag{Name: "s3", Usage: "export an image in S3: `NAME=s3://BUCKET/PREFIX`[,ro][,takeover][,journal=DIR][,cache=SIZE][,dirty=SIZE][,flush-timeout=DURATION][,addressing=auto|path|virtual][,tls-only][,description=TEXT] (repeatable; endpoint and credentials from the AWS environment; see docs/s3.md)", EnvVars: []string{"NBDD_S3"}},
+		&cli.StringFlag{Name: "s3-cache-dir", Usage: "keep S3 exports' journals under `DIR` (default: the user cache directory, nbdd/s3)", EnvVars: []string{s3CacheDirEnv}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
 		&cli.BoolFlag{Name: "read-only", Usage: "make every export read-only", EnvVars: []string{"NBDD_READ_ONLY"}},
@@ -52,26 +66,32 @@ func serveFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "handshake-timeout", Value: server.DefaultHandshakeTimeout, Usage: "time a client has to finish the handshake", EnvVars: []string{"NBDD_HANDSHAKE_TIMEOUT"}},
 		&cli.DurationFlag{Name: "idle-timeout", Usage: "close connections idle, or whose client reads no reply or stops mid-WRITE, this long (0: never)", EnvVars: []string{"NBDD_IDLE_TIMEOUT"}},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 30 * time.Second, Usage: "time in-flight requests get to finish on SIGTERM, SIGINT or SIGHUP", EnvVars: []string{"NBDD_SHUTDOWN_TIMEOUT"}},
-		&cli.IntFlag{Name: "max-connections", Value: 1024, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
+		&cli.IntFlag{Name: "max-connections", Value: defaultMaxConnections, Usage: "connections server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS"}},
 		&cli.IntFlag{Name: "max-backend-calls", Value: server.DefaultMaxBackendCalls, Usage: "backend calls running at once on their own goroutines, server-wide (0: no limit)", EnvVars: []string{"NBDD_MAX_BACKEND_CALLS"}},
-		&cli.IntFlag{Name: "max-connections-per-host", Value: 256, Usage: "connections per client host (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
+		&cli.IntFlag{Name: "max-connections-per-host", Value: defaultMaxConnectionsPerHost, Usage: "connections per client IP address; unix-socket clients count only toward --max-connections (0: no limit)", EnvVars: []string{"NBDD_MAX_CONNECTIONS_PER_HOST"}},
 		&cli.BoolFlag{Name: "no-structured-replies", Usage: "refuse structured replies, so every reply is simple (like nbdkit --no-sr); clients lose sparse reads, block status and error messages", EnvVars: []string{"NBDD_NO_STRUCTURED_REPLIES"}},
 		&cli.StringFlag{Name: "socket-mode", Value: "0660", Usage: "permissions of unix sockets", EnvVars: []string{"NBDD_SOCKET_MODE"}},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"NBDD_LOG_LEVEL"}},
+		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line), on stderr", EnvVars: []string{"NBDD_LOG_FORMAT"}},
 		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},
-		&cli.StringFlag{Name: "fault", Usage: "inject faults into every export (testing): `SPEC`", EnvVars: []string{"NBDD_FAULT"}, Hidden: true},
-	}, append(tlsFlags(), ksmFlags()...)...)
+		&cli.StringFlag{Name: "fault", Usage: "FOR TESTING: make every export fail as `SPEC` says, e.g. read:0-4K:eio,sync:enospc (OP[:RANGE][:ERRNO|short|delay=D]...); nbdd warns at start while it is set", EnvVars: []string{"NBDD_FAULT"}},
+	}, append(append(append(tlsFlags(), accessFlags()...), ksmFlags()...), serviceFlags()...)...)
 }
 
 // serve runs the server until a signal: the first SIGINT, SIGTERM or SIGHUP
 // shuts down gracefully within --shutdown-timeout, a second exits at once.
 func serve(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return usage("serve takes no arguments (got %q); use --export or --memory", c.Args().First())
+		return usage("serve takes no arguments (got %q); use --export, --memory or --s3", c.Args().First())
 	}
-	logger, err := newLogger(c.String("log-level"))
+	logger, err := newLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return usage("%v", err)
+	}
+	if c.Bool("exit-with-parent") {
+		if err := exitWithParent(); err != nil {
+			return err
+		}
 	}
 	if path := c.String("cpuprofile"); path != "" {
 		stop, err := startCPUProfile(path)
@@ -80,15 +100,19 @@ func serve(c *cli.Context) error {
 		}
 		defer stop()
 	}
+	if err := checkKSMFlags(c); err != nil {
+		return err
+	}
 	cfg, err := buildServer(c, logger)
 	if err != nil {
 		return err
 	}
 	defer cfg.close()
-	listeners, err := listenAll(c, cfg.srv.TLSMode != server.TLSOff, logger)
+	listeners, cleanup, err := openListeners(c, cfg.srv.TLSMode != server.TLSOff, logger)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	k, err := startKSM(c, cfg, logger)
 	if err != nil {
 		return err
@@ -98,21 +122,100 @@ func serve(c *cli.Context) error {
 	// exits at once), and on any other way out.
 	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
 	defer stopKSM()
-	announce(c, cfg, listeners)
-	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger, func() {
-		if err := stopKSM(); err != nil {
-			logger.Error("restoring the KSM settings", "err", err)
+	removePidfile, err := writePidfile(c.String("pidfile"))
+	if err != nil {
+		return err
+	}
+	defer removePidfile()
+	var cp *captive
+	var quit <-chan struct{}
+	if script := c.String("run"); script != "" {
+		if cp, err = startCaptive(script, cfg.srv, listeners); err != nil {
+			return err
 		}
+		defer cp.stop()
+		quit = cp.done
+	}
+	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger, runHooks{
+		quit: quit,
+		ready: func() {
+			if cp == nil { // in captive mode stdout is the command's
+				announce(c, cfg, listeners)
+			}
+			notify(logger, daemon.SdNotifyReady+"\nSTATUS="+statusLine(cfg, listeners))
+		},
+		onSignal: func() {
+			notify(logger, daemon.SdNotifyStopping+"\nSTATUS=shutting down")
+			if err := stopKSM(); err != nil {
+				logger.Error("restoring the KSM settings", "err", err)
+			}
+		},
 	})
-	return errors.Join(err, stopKSM())
+	if err := errors.Join(err, stopKSM()); err != nil || cp == nil {
+		return err
+	}
+	cp.stop()
+	if st := cp.status(); st != 0 {
+		return cli.Exit("", st) // the command's own status; it has said why
+	}
+	return nil
 }
 
-func newLogger(level string) (*slog.Logger, error) {
+// openListeners opens the sockets nbdd serves on: those a service manager
+// passed (socket activation) and every --listen; with neither, a private
+// socket for --run, or the default address.
+func openListeners(c *cli.Context, tls bool, logger *slog.Logger) ([]*listener, func(), error) {
+	activated, err := activatedListeners()
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, l := range activated {
+		warnIfExposed(l, tls, logger)
+		logger.Info("serving a socket passed by the service manager", "name", strings.TrimPrefix(l.url, "activated:"), "addr", l.addr)
+	}
+	urls, cleanup := c.StringSlice("listen"), func() {}
+	switch {
+	case len(urls) > 0 || len(activated) > 0:
+	case c.String("run") != "":
+		var u string
+		if u, cleanup, err = privateSocket(); err != nil {
+			return nil, nil, err
+		}
+		urls = []string{u}
+	default:
+		urls = []string{defaultListen}
+	}
+	ls, err := listenAll(urls, c.String("socket-mode"), tls, logger)
+	if err != nil {
+		closeListeners(activated)
+		cleanup()
+		return nil, nil, err
+	}
+	return append(activated, ls...), cleanup, nil
+}
+
+// statusLine is the one-line status a service manager shows.
+func statusLine(cfg *config, listeners []*listener) string {
+	n := fmt.Sprintf("%d exports", len(cfg.srv.Exports))
+	if cfg.dir != "" {
+		n += " and the files of " + cfg.dir
+	}
+	return fmt.Sprintf("serving %s on %d sockets", n, len(listeners))
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 // announce prints where each export can be reached, as NBD URIs
@@ -122,7 +225,7 @@ func announce(c *cli.Context, cfg *config, listeners []*listener) {
 		size, _ := e.Backend.Size()
 		for _, l := range listeners {
 			tls := cfg.srv.TLSMode == server.TLSRequire || e.TLSOnly
-			fmt.Fprintf(c.App.Writer, "nbdd: export %q (%s%s) at %s\n", e.Name, formatSize(size), roSuffix(e.ReadOnly), l.uri(e.Name, tls))
+			fmt.Fprintf(c.App.Writer, "nbdd: export %q (%s%s%s) at %s\n", e.Name, formatSize(size), roSuffix(e.ReadOnly), faultSuffix(cfg.faultSpec), l.uri(e.Name, tls))
 		}
 	}
 	if cfg.dir != "" {
@@ -132,6 +235,22 @@ func announce(c *cli.Context, cfg *config, listeners []*listener) {
 	}
 }
 
+// faultsActiveNote warns in nbdd serve --help that NBDD_FAULT is set: a
+// value left in the environment would make every export fail on purpose.
+func faultsActiveNote() string {
+	if spec := os.Getenv("NBDD_FAULT"); spec != "" {
+		return fmt.Sprintf("\n\nWARNING: NBDD_FAULT=%s is set in this environment: nbdd serve would inject those faults into every export.", quoteShort(spec))
+	}
+	return ""
+}
+
+func faultSuffix(spec string) string {
+	if spec != "" {
+		return ", FAULTS INJECTED"
+	}
+	return ""
+}
+
 func roSuffix(ro bool) string {
 	if ro {
 		return ", read-only"
@@ -139,9 +258,16 @@ func roSuffix(ro bool) string {
 	return ""
 }
 
-// runUntilSignal serves on listeners until a signal, then runs onSignal
-// and shuts srv down gracefully.
-func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger, onSignal func()) error {
+// runHooks are what runUntilSignal calls besides serving.
+type runHooks struct {
+	quit     <-chan struct{} // closed: shut down as on a signal (nil: never)
+	ready    func()          // once signals are handled and serving began
+	onSignal func()          // when the shutdown begins
+}
+
+// runUntilSignal serves on listeners until a signal or until h.quit is
+// closed, then runs h.onSignal and shuts srv down gracefully.
+func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger, h runHooks) error {
 	sigs := make(chan os.Signal, 2)
 	// SIGHUP too: a closed terminal must not lose unflushed writes.
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
@@ -157,14 +283,17 @@ func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Dura
 			}
 		}()
 	}
+	h.ready()
 	select {
 	case err := <-errs:
 		srv.Close()
 		return err
 	case sig := <-sigs:
 		logger.Info("shutting down", "signal", sig.String(), "timeout", timeout)
+	case <-h.quit:
+		logger.Info("shutting down: the --run command exited", "timeout", timeout)
 	}
-	onSignal()
+	h.onSignal()
 	go func() {
 		sig := <-sigs
 		logger.Warn("second signal: exiting at once", "signal", sig.String())

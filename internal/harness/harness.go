@@ -65,7 +65,9 @@ func BuildNBDD(out string, static bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/nbdd")
+	// -buildvcs=auto overrides a GOFLAGS=-buildvcs=false of the
+	// environment, so that nbdd version names the commit.
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-o", out, "./cmd/nbdd")
 	cmd.Dir = root
 	cmd.Env = os.Environ()
 	if static {

@@ -67,6 +67,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"max request size below 64 KiB", []string{"--max-request-size", "1KiB"}, nil, "max-request-size"},
 		{"tls-only export without TLS", []string{"--memory", "s=1M,tls-only"}, nil, "tls-only"},
 		{"value on a bare option", []string{"--memory", "s=1M,ro=false"}, nil, "ro"},
+		{"ksm with prealloc", []string{"--memory", "s=1M,ksm,prealloc"}, nil, "prealloc"},
 		{"load export of a file exported twice", []string{"--export", "a=" + same + ",load", "--export", "b=" + same + ",ro"}, nil, "same file"},
 		{"load export of a file in --dir", []string{"--dir", dir, "--export", "a=" + same + ",load"}, nil, "same.img"},
 		{"negative max connections", []string{"--max-connections", "-1"}, nil, "max-connections"},
@@ -109,13 +110,24 @@ func TestCLIUsageErrors(t *testing.T) {
 	}
 }
 
-// TestCLIVersion checks `nbdd version` and `nbdd --version`.
+// TestCLIVersion checks `nbdd version` and `nbdd --version`: the version
+// and the commit it was built from, which in a git checkout (a .git
+// directory, as in CI's clone) must be the checkout's HEAD.
 func TestCLIVersion(t *testing.T) {
-	re := regexp.MustCompile(`^nbdd (version )?v?\d+\.\d+\.\d+\S*\n$`)
+	re := regexp.MustCompile(`^nbdd v?\d+\.\d+\.\d+\S* \((commit ([0-9a-f]{12})|module \S+|commit unknown: built without VCS information)(, modified)?, go\S+\)\n$`)
 	for _, args := range [][]string{{"version"}, {"--version"}} {
 		stdout, stderr, status := runNBDD(t, nil, args...)
-		if status != 0 || !re.MatchString(stdout) {
-			t.Errorf("nbdd %s: status %d, stdout %q, stderr %q; want 0 and %q", args[0], status, stdout, stderr, re)
+		m := re.FindStringSubmatch(stdout)
+		if status != 0 || m == nil {
+			t.Fatalf("nbdd %s: status %d, stdout %q, stderr %q; want 0 and %q", args[0], status, stdout, stderr, re)
+		}
+		head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+		fi, statErr := os.Stat("../../.git")
+		switch {
+		case m[2] != "" && err == nil && !strings.HasPrefix(string(head), m[2]):
+			t.Errorf("nbdd %s names commit %s; want HEAD %s", args[0], m[2], head)
+		case m[2] == "" && err == nil && statErr == nil && fi.IsDir():
+			t.Errorf("nbdd %s: %q; want the commit of this git checkout (%s)", args[0], stdout, strings.TrimSpace(string(head)))
 		}
 	}
 }

@@ -42,6 +42,20 @@ func openRaw(sock, name string) (*rawClient, error) {
 	return &rawClient{conn: nc, nbd: nbd, size: exp.Size, flags: exp.Flags}, nil
 }
 
+// openRawOn opens export name on the connection nc, which it closes if
+// that fails.
+func openRawOn(nc net.Conn, name string) (*rawClient, error) {
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	nbd := nbdclient.New(nc)
+	exp, err := nbd.Open(name)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	return &rawClient{conn: nc, nbd: nbd, size: exp.Size, flags: exp.Flags}, nil
+}
+
 // send writes one request header and its payload.
 func (c *rawClient) send(r protocol.Request, payload []byte) error {
 	return c.nbd.Send(r, payload)

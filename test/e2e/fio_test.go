@@ -46,22 +46,32 @@ func TestFIOVerify(t *testing.T) {
 	requireTool(t, "fio")
 	forEachStrategyAndExport(t, 64<<20, func(t *testing.T, strategy string, export []string) {
 		s := startNBDD(t, append([]string{"--strategy", strategy}, export...)...)
-		const size = 16 << 20
-		jobs := fio(t, s.unixURI(t, "disk"),
-			"--iodepth=32", "--size=16m", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
-			"--name=rand4k", "--rw=randwrite", "--bs=4k", "--offset=0",
-			"--name=seq1m", "--rw=write", "--bs=1m", "--offset=32m")
-		if len(jobs) != 2 {
-			t.Fatalf("fio ran %d jobs; want 2", len(jobs))
-		}
-		for _, j := range jobs {
-			if j.Error != 0 {
-				t.Errorf("fio job %s: error %d; want 0", j.Name, j.Error)
-			}
-			if j.Write.IOBytes != size || j.Read.IOBytes != size {
-				t.Errorf("fio job %s: wrote %d, verified %d bytes; want %d each", j.Name, j.Write.IOBytes, j.Read.IOBytes, size)
-			}
+		for _, j := range fioVerify(t, s.unixURI(t, "disk")) {
 			t.Logf("fio %s %s: %.0f write IOPS", strategy, j.Name, j.Write.IOPS)
 		}
 	})
+}
+
+// fioVerify runs TestFIOVerify's two jobs against uri, an export of at
+// least 48 MiB, and fails t unless each wrote and verified all of its
+// 16 MiB without an error.
+func fioVerify(t *testing.T, uri string) []fioJob {
+	t.Helper()
+	const size = 16 << 20
+	jobs := fio(t, uri,
+		"--iodepth=32", "--size=16m", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
+		"--name=rand4k", "--rw=randwrite", "--bs=4k", "--offset=0",
+		"--name=seq1m", "--rw=write", "--bs=1m", "--offset=32m")
+	if len(jobs) != 2 {
+		t.Fatalf("fio ran %d jobs; want 2", len(jobs))
+	}
+	for _, j := range jobs {
+		if j.Error != 0 {
+			t.Errorf("fio job %s: error %d; want 0", j.Name, j.Error)
+		}
+		if j.Write.IOBytes != size || j.Read.IOBytes != size {
+			t.Errorf("fio job %s: wrote %d, verified %d bytes; want %d each", j.Name, j.Write.IOBytes, j.Read.IOBytes, size)
+		}
+	}
+	return jobs
 }

@@ -271,7 +271,7 @@ func TestTLSRequire(t *testing.T) {
 		p5writePEM(t, filepath.Join(dir, "ca-cert.pem"), "CERTIFICATE", pki.ca.der)
 		out := p5refused(t, command{name: "nbdinfo", args: []string{p5tlsURI(s.unixURI(t, "disk"), dir)}})
 		t.Logf("without a client certificate: %s", strings.TrimSpace(out))
-		if !s.stderr.waitFor("didn't provide a certificate", 5*time.Second) {
+		if !s.stderr.waitFor("the client sent no TLS certificate", 5*time.Second) {
 			t.Errorf("nbdd did not log the missing client certificate:\n%s", s.stderr)
 		}
 	})

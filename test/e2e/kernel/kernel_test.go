@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/internal/harness"
+	"github.com/nbdd/nbdd/internal/s3test"
 )
 
 //go:embed guest-tests.sh
@@ -58,8 +59,9 @@ const (
 
 type export struct {
 	name string
-	file bool   // file-backed, else memory
+	file bool   // file-backed, else memory (or S3)
 	mode string // full | lite
+	s3   bool   // an S3 image on a versitygw the test starts
 }
 
 type config struct {
@@ -71,11 +73,11 @@ type config struct {
 }
 
 var allConfigs = []config{
-	{name: "nbdkit", exports: []export{{"mem", false, "full"}}, stop: "mem"},
+	{name: "nbdkit", exports: []export{{"mem", false, "full", false}}, stop: "mem"},
 	{name: "nbdd-pool", nbdd: true, strategy: "pool",
-		exports: []export{{"mem", false, "full"}, {"file", true, "lite"}}, stop: "mem"},
+		exports: []export{{"mem", false, "full", false}, {"file", true, "lite", false}, {"s3", false, "lite", true}}, stop: "mem"},
 	{name: "nbdd-stream", nbdd: true, strategy: "stream",
-		exports: []export{{"file", true, "full"}, {"mem", false, "lite"}}, stop: "file"},
+		exports: []export{{"file", true, "full", false}, {"mem", false, "lite", false}}, stop: "file"},
 }
 
 // result is one row of the table: a guest step or a host-side check.
@@ -301,8 +303,17 @@ type server struct {
 // the test failed.
 func startServer(t *testing.T, name string, port int, argv ...string) *server {
 	t.Helper()
+	return startServerEnv(t, name, port, nil, argv...)
+}
+
+// startServerEnv is startServer with env added to the environment.
+func startServerEnv(t *testing.T, name string, port int, env []string, argv ...string) *server {
+	t.Helper()
 	s := &server{name: name, log: &harness.SyncBuffer{}, port: port}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = s.log, s.log
 	t.Logf("start %s: %s", name, strings.Join(argv, " "))
 	p, err := harness.Start(cmd)
@@ -372,7 +383,14 @@ func (r *runner) startServers() {
 	// debug: nbdd logs "flushed on disconnect" at that level
 	args := []string{r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", mainPort), "--strategy", r.cfg.strategy,
 		"--log-level", "debug"}
+	var env []string
 	for _, e := range r.cfg.exports {
+		if e.s3 {
+			var spec string
+			spec, env = r.s3Export(e.name)
+			args = append(args, "--s3", spec)
+			continue
+		}
 		if e.file {
 			p := filepath.Join(r.dir, e.name+".img")
 			f, err := os.Create(p)
@@ -390,7 +408,7 @@ func (r *runner) startServers() {
 		}
 	}
 	args = append(args, strings.Fields(os.Getenv("NBDD_KERNEL_NBDD_ARGS"))...)
-	r.main = startServer(t, "nbdd", mainPort, args...)
+	r.main = startServerEnv(t, "nbdd", mainPort, env, args...)
 	r.ro = startServer(t, "nbdd-ro", roPort, r.nbdd, "serve", "--listen", fmt.Sprintf("tcp://127.0.0.1:%d", roPort),
 		"--strategy", r.cfg.strategy, "--read-only", "--memory", "ro=64M")
 	// --fault (hidden, for tests) wraps every export of the process.
@@ -872,4 +890,20 @@ func writeInitrd(path string, files []cpioFile, base string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// s3Export starts versitygw, creates a 1 GiB image in a fresh bucket with
+// nbdd image create, and returns the --s3 value and the environment that
+// reaches it (with the journal under the run directory).
+func (r *runner) s3Export(name string) (spec string, env []string) {
+	t := r.t
+	srv := s3test.Start(t)
+	ref := "s3://" + srv.NewBucket(t) + "/" + name
+	env = append(srv.Env(), "NBDD_S3_CACHE_DIR="+filepath.Join(r.dir, "s3cache"))
+	cmd := exec.Command(r.nbdd, "image", "create", "--size", strconv.Itoa(exportSize), ref)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nbdd image create %s: %v\n%s", ref, err, out)
+	}
+	return name + "=" + ref, env
 }

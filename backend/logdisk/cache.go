@@ -1,0 +1,206 @@
+package logdisk
+
+import (
+	"container/list"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// cacheBlock is the unit of the read cache: 16 KiB of one object, aligned.
+// Small enough that a 4 KiB random READ fetches little it does not need,
+// large enough that the cache's bookkeeping is about 1 % of it.
+const cacheBlock = 16 << 10
+
+// maxRun bounds the blocks one GET fetches, and so the memory a GET in
+// flight holds (Config.Reads of them at most).
+const maxRun = 128
+
+type blockKey struct {
+	seq uint64
+	idx int64 // object offset / cacheBlock
+}
+
+// block is one cached block, or one being fetched (ready not yet closed).
+// Readers pin it while they copy from it, so an eviction never recycles
+// a buffer in use.
+type block struct {
+	key     blockKey
+	data    []byte
+	err     error
+	ready   chan struct{}
+	elem    *list.Element // in cache.lru, once ready and kept
+	pins    int
+	evicted bool
+}
+
+// cache holds recently read blocks of segment objects, least recently
+// used first out, within limit bytes. Blocks of immutable objects never go
+// stale. The buffers come from one anonymous mapping of limit bytes,
+// outside the Go heap: the garbage collector neither scans them nor
+// counts them when it sizes the heap, so the process holds the cache plus
+// a heap sized by what the rest of nbdd keeps, not twice the cache.
+type cache struct {
+	mu     sync.Mutex
+	limit  int64
+	bytes  int64
+	blocks map[blockKey]*block
+	lru    list.List // of *block, most recent at the front
+	free   [][]byte  // unused buffers of the arena
+	arena  []byte
+}
+
+func newCache(limit int64) *cache {
+	c := &cache{limit: max(limit, 0), blocks: map[blockKey]*block{}}
+	n := c.limit / cacheBlock
+	if n == 0 {
+		return c
+	}
+	arena, err := unix.Mmap(-1, 0, int(n*cacheBlock), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return c // buffers then come from the heap
+	}
+	c.arena = arena
+	for i := n - 1; i >= 0; i-- {
+		c.free = append(c.free, arena[i*cacheBlock:(i+1)*cacheBlock:(i+1)*cacheBlock])
+	}
+	return c
+}
+
+// close releases the arena. No block may be used afterwards.
+func (c *cache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.arena != nil {
+		unix.Munmap(c.arena)
+		c.arena, c.free = nil, nil
+		c.blocks = map[blockKey]*block{}
+		c.lru.Init()
+		c.bytes = 0
+	}
+}
+
+// lookup returns the block for key, pinned, and true if the caller must
+// fetch it (it was absent and is now registered as being fetched).
+func (c *cache) lookup(key blockKey) (*block, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b, ok := c.blocks[key]; ok {
+		if b.elem != nil {
+			c.lru.MoveToFront(b.elem)
+		}
+		b.pins++
+		return b, false
+	}
+	b := &block{key: key, ready: make(chan struct{}), pins: 1}
+	c.blocks[key] = b
+	return b, true
+}
+
+// tryLookup is lookup for prefetching: it returns nil if key is cached or
+// being fetched already.
+func (c *cache) tryLookup(key blockKey) *block {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.blocks[key]; ok {
+		return nil
+	}
+	b := &block{key: key, ready: make(chan struct{}), pins: 1}
+	c.blocks[key] = b
+	return b
+}
+
+// fill completes a fetch with a copy of src (or with err, which is not
+// kept, so the next read tries again). The fetcher's pin stays.
+func (c *cache) fill(b *block, src []byte, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b.err = err
+	if err == nil && src != nil {
+		b.data = c.allocLocked(len(src))
+		copy(b.data, src)
+	}
+	close(b.ready)
+	if err != nil || c.limit == 0 {
+		delete(c.blocks, b.key)
+		b.evicted = true
+		return
+	}
+	b.elem = c.lru.PushFront(b)
+	c.bytes += int64(cap(b.data))
+	for c.bytes > c.limit && c.lru.Len() > 0 {
+		c.evictLocked(c.lru.Back().Value.(*block))
+	}
+}
+
+func (c *cache) evictLocked(b *block) {
+	c.lru.Remove(b.elem)
+	b.elem = nil
+	delete(c.blocks, b.key)
+	c.bytes -= int64(cap(b.data))
+	b.evicted = true
+	if b.pins == 0 {
+		c.recycleLocked(b)
+	}
+}
+
+// release drops a pin taken by lookup or tryLookup.
+func (c *cache) release(b *block) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b.pins--
+	if b.pins == 0 && b.evicted {
+		c.recycleLocked(b)
+	}
+}
+
+func (c *cache) recycleLocked(b *block) {
+	if cap(b.data) == cacheBlock && int64(len(c.free)) < c.limit/cacheBlock {
+		c.free = append(c.free, b.data[:cacheBlock])
+	}
+	b.data = nil
+}
+
+// buffer gives b, being fetched by the caller, a buffer of n bytes to read
+// into; fill(b, nil, err) then completes it.
+func (c *cache) buffer(b *block, n int) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b.data = c.allocLocked(n)
+	return b.data
+}
+
+// allocLocked takes a buffer from the arena, evicting the least recently
+// used blocks if none is free, and from the heap if every block is pinned.
+func (c *cache) allocLocked(n int) []byte {
+	for len(c.free) == 0 && c.lru.Len() > 0 && n <= cacheBlock {
+		c.evictLocked(c.lru.Back().Value.(*block))
+	}
+	if k := len(c.free); k > 0 && n <= cacheBlock {
+		buf := c.free[k-1]
+		c.free = c.free[:k-1]
+		return buf[:n]
+	}
+	return make([]byte, n, cacheBlock)
+}
+
+// drop forgets every block of segment seq (it was deleted).
+func (c *cache) drop(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, b := range c.blocks {
+		if k.seq == seq && b.elem != nil {
+			c.evictLocked(b)
+		}
+	}
+}
+
+// size returns the bytes held.
+func (c *cache) size() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// runBuffers holds the buffers of GETs in flight, maxRun blocks each.
+var runBuffers = sync.Pool{New: func() any { b := make([]byte, maxRun*cacheBlock); return &b }}

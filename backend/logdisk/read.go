@@ -1,0 +1,468 @@
+package logdisk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nbdd/nbdd/backend"
+)
+
+// piece is one part of a READ: a data extent to fetch into dst.
+type piece struct {
+	dst   []byte
+	m     mapping
+	seg   *segment
+	local bool // from the segment's journal file (a reference is held)
+}
+
+// ReadAt implements io.ReaderAt. Holes and zero extents are filled
+// locally; data comes from the journal while its segment is not yet in
+// the store, else from the read cache or ranged GETs, in parallel.
+func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
+	if err := d.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	err := d.read(p, off)
+	if errors.Is(err, ErrNotFound) && d.cfg.ReadOnly {
+		// The writer's garbage collection deleted a segment this reader's
+		// map still names: load the log as it is now and read again.
+		if rerr := d.refresh(); rerr != nil {
+			return 0, errors.Join(err, rerr)
+		}
+		err = d.read(p, off)
+	}
+	if err != nil {
+		return 0, err
+	}
+	d.readAheadAfter(off, int64(len(p)))
+	return len(p), nil
+}
+
+func (d *Disk) read(p []byte, off int64) error {
+	pieces, err := d.resolve(p, off)
+	if err != nil {
+		return err
+	}
+	err = d.readPieces(pieces)
+	d.release(pieces)
+	return err
+}
+
+// refresh reloads a read-only Disk's map from the store.
+func (d *Disk) refresh() error {
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	fresh := newDisk(d.cfg, d.meta)
+	fresh.cache.close()
+	fresh.cancel()
+	fresh.store = d.store
+	st, err := fresh.loadLog(ctx)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	fresh.apply(st)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.m, d.segs, d.epoch, d.lastTail = fresh.m, fresh.segs, fresh.epoch, fresh.lastTail
+	d.ckpt.seq, d.dataBytes = fresh.ckpt.seq, fresh.dataBytes
+	d.nextSeq, d.durable = st.max+1, st.max
+	d.log.Info("reloaded the image: a segment was collected since it was opened", "image", d.prefix, "checkpoint", d.ckpt.seq)
+	return nil
+}
+
+// resolve looks [off, off+len(p)) up in the map, zeroes what holds no
+// data, and returns the data pieces, holding a reference on each journal
+// file it will read.
+func (d *Disk) resolve(p []byte, off int64) ([]piece, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.failed != nil:
+		return nil, d.failed
+	case d.stopped:
+		return nil, ErrClosed
+	}
+	var pieces []piece
+	pos := off
+	end := off + int64(len(p))
+	d.m.each(off, end, func(m mapping) bool {
+		clear(p[pos-off : m.off-off])
+		dst := p[m.off-off : m.end()-off]
+		pos = m.end()
+		if m.kind != kindData {
+			clear(dst)
+			return true
+		}
+		s := d.segs[m.seg]
+		pc := piece{dst: dst, m: m, seg: s}
+		if s.jf != nil {
+			s.refs++
+			pc.local = true
+		}
+		pieces = append(pieces, pc)
+		return true
+	})
+	clear(p[pos-off:])
+	return pieces, nil
+}
+
+func (d *Disk) release(pieces []piece) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, pc := range pieces {
+		if pc.local {
+			pc.seg.refs--
+			d.dropJournalLocked(pc.seg)
+		}
+	}
+}
+
+// readPieces fills every piece: the local ones inline, the remote ones
+// on up to pieceWorkers goroutines.
+func (d *Disk) readPieces(pieces []piece) error {
+	var remote []piece
+	var errs []error
+	for _, pc := range pieces {
+		if pc.local || len(pieces) == 1 {
+			errs = append(errs, d.readPiece(pc))
+		} else {
+			remote = append(remote, pc)
+		}
+	}
+	if len(remote) == 0 {
+		return errors.Join(errs...)
+	}
+	workers := min(len(remote), pieceWorkers)
+	remoteErrs := make([]error, workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(len(remote)); i = next.Add(1) - 1 {
+				if err := d.readPiece(remote[i]); err != nil && remoteErrs[w] == nil {
+					remoteErrs[w] = err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(append(errs, remoteErrs...)...)
+}
+
+// pieceWorkers bounds the goroutines one READ uses for its remote pieces.
+const pieceWorkers = 8
+
+func (d *Disk) readPiece(pc piece) error {
+	if pc.local {
+		_, err := pc.seg.jf.f.ReadAt(pc.dst, pc.m.dataOff)
+		if err != nil {
+			return fmt.Errorf("journal %s: %w", pc.seg.jf.path, err)
+		}
+		return nil
+	}
+	if err := d.readRemote(pc.seg, pc.seg.hdrLen+pc.m.dataOff, pc.dst); err != nil {
+		return err
+	}
+	if pc.m.whole {
+		if got := crc32c(pc.dst); got != pc.m.crc {
+			return fmt.Errorf("%s at %d: %w", d.key(logDir, pc.seg.seq), pc.m.dataOff,
+				corrupt("data CRC %08x, want %08x", got, pc.m.crc))
+		}
+	}
+	return nil
+}
+
+// readRemote reads dst from object offset objOff of segment s through the
+// block cache: blocks already cached or being fetched are shared, runs of
+// missing blocks are fetched with one GET each.
+func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
+	first := objOff / cacheBlock
+	last := (objOff + int64(len(dst)) - 1) / cacheBlock
+	blocks := make([]*block, last-first+1)
+	var mine []int
+	for i := range blocks {
+		b, fetch := d.cache.lookup(blockKey{s.seq, first + int64(i)})
+		blocks[i] = b
+		if fetch {
+			mine = append(mine, i)
+		}
+	}
+	defer func() {
+		for _, b := range blocks {
+			d.cache.release(b)
+		}
+	}()
+	for len(mine) > 0 {
+		n := 1
+		for n < len(mine) && n < maxRun && mine[n] == mine[0]+n {
+			n++
+		}
+		d.fetchBlocks(s, blocks[mine[0]:mine[0]+n])
+		mine = mine[n:]
+	}
+	for i, b := range blocks {
+		<-b.ready
+		if b.err != nil {
+			return b.err
+		}
+		bOff := (first + int64(i)) * cacheBlock
+		lo := max(objOff, bOff)
+		hi := min(objOff+int64(len(dst)), bOff+cacheBlock)
+		if hi-bOff > int64(len(b.data)) {
+			return fmt.Errorf("%s: %w", d.key(logDir, s.seq), corrupt("object shorter than its header says"))
+		}
+		copy(dst[lo-objOff:hi-objOff], b.data[lo-bOff:hi-bOff])
+	}
+	return nil
+}
+
+// readTimeout bounds the retries of one GET.
+const readTimeout = 30 * time.Second
+
+// fetchBlocks fetches up to maxRun consecutive blocks of s with one
+// ranged GET and fills them.
+func (d *Disk) fetchBlocks(s *segment, blocks []*block) {
+	start := blocks[0].key.idx * cacheBlock
+	end := min((blocks[len(blocks)-1].key.idx+1)*cacheBlock, s.hdrLen+s.dataLen)
+	d.readSem <- struct{}{}
+	defer func() { <-d.readSem }()
+	if vr, ok := d.store.(VectorReader); ok || len(blocks) == 1 {
+		// straight into the blocks' buffers
+		bufs := make([][]byte, len(blocks))
+		for i, b := range blocks {
+			lo := start + int64(i)*cacheBlock
+			bufs[i] = d.cache.buffer(b, int(max(min(lo+cacheBlock, end)-lo, 0)))
+		}
+		err := d.getv(vr, d.key(logDir, s.seq), bufs, start)
+		for _, b := range blocks {
+			d.cache.fill(b, nil, err)
+		}
+		return
+	}
+	bp := runBuffers.Get().(*[]byte)
+	defer runBuffers.Put(bp)
+	buf := (*bp)[:max(end-start, 0)]
+	err := d.get(d.key(logDir, s.seq), buf, start)
+	for i, b := range blocks {
+		lo := min(int64(i)*cacheBlock, int64(len(buf)))
+		hi := min(lo+cacheBlock, int64(len(buf)))
+		d.cache.fill(b, buf[lo:hi], err)
+	}
+}
+
+// get reads len(p) bytes of key at off, retrying transient failures for
+// up to readTimeout.
+func (d *Disk) get(key string, p []byte, off int64) error {
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
+		n, err := d.store.ReadAt(ctx, key, p, off)
+		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
+		if errors.Is(err, io.EOF) && n == len(p) {
+			err = nil
+		}
+		if err == nil && n < len(p) {
+			err = corrupt("%s: %d bytes at %d, want %d", key, n, off, len(p))
+		}
+		return err
+	})
+}
+
+// getv is get into several buffers: with the store's VectorReader when
+// it has one (vr), else for a single buffer.
+func (d *Disk) getv(vr VectorReader, key string, bufs [][]byte, off int64) error {
+	if vr == nil {
+		return d.get(key, bufs[0], off)
+	}
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
+		n, err := vr.ReadAtv(ctx, key, bufs, off)
+		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
+		if errors.Is(err, io.EOF) && n == total {
+			err = nil
+		}
+		if err == nil && n < total {
+			err = corrupt("%s: %d bytes at %d, want %d", key, n, off, total)
+		}
+		return err
+	})
+}
+
+// readAhead follows up to raStreams sequential readers.
+type readAhead struct {
+	mu      sync.Mutex
+	streams [raStreams]raStream
+	next    int
+	running int
+}
+
+type raStream struct{ end, fetched int64 }
+
+const (
+	raStreams   = 8
+	raTolerance = 4 << 20 // a read this close to a stream's end continues it
+	raParallel  = 4       // prefetches at once
+	raRuns      = 8       // GETs at once per prefetch
+)
+
+// readAheadAfter notes a READ of [off, off+n) and, when it continues a
+// sequential stream, fetches the blocks ahead of it in the background.
+func (d *Disk) readAheadAfter(off, n int64) {
+	window := d.cfg.readAhead()
+	if window <= 0 {
+		return
+	}
+	end := off + n
+	r := &d.ra
+	r.mu.Lock()
+	var s *raStream
+	for i := range r.streams {
+		if st := &r.streams[i]; st.end != 0 && off <= st.end+raTolerance && off >= st.end-raTolerance {
+			s = st
+			break
+		}
+	}
+	if s == nil {
+		r.streams[r.next] = raStream{end: end, fetched: end}
+		r.next = (r.next + 1) % raStreams
+		r.mu.Unlock()
+		return
+	}
+	s.end = max(s.end, end)
+	from, to := max(s.fetched, s.end), min(s.end+window, d.meta.Size)
+	if to-from < window/4 || r.running >= raParallel {
+		r.mu.Unlock()
+		return
+	}
+	s.fetched = to
+	r.running++
+	r.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.prefetch(from, to)
+		r.mu.Lock()
+		r.running--
+		r.mu.Unlock()
+	}()
+}
+
+// prefetch brings the data of [off, end) that lives in the store into
+// the read cache, at most raRuns GETs at once.
+func (d *Disk) prefetch(off, end int64) {
+	var runs [][]*block
+	var segs []*segment
+	// Where the data is scattered over many segments, a block holds little
+	// of the range: fetch at most twice the range's size.
+	budget := 2 * (end - off) / cacheBlock
+	d.mu.Lock()
+	if d.failed == nil {
+		d.m.each(off, end, func(m mapping) bool {
+			s := d.segs[m.seg]
+			if m.kind != kindData || s.jf != nil || s.hdrLen == 0 {
+				return true
+			}
+			lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
+			var run []*block
+			for idx := lo / cacheBlock; idx*cacheBlock < hi; idx++ {
+				b := d.cache.tryLookup(blockKey{s.seq, idx})
+				if b == nil || len(run) == maxRun {
+					if len(run) > 0 {
+						runs, segs = append(runs, run), append(segs, s)
+					}
+					run = nil
+				}
+				if b != nil {
+					run = append(run, b)
+					budget--
+				}
+			}
+			if len(run) > 0 {
+				runs, segs = append(runs, run), append(segs, s)
+			}
+			return budget > 0
+		})
+	}
+	d.mu.Unlock()
+	sem := make(chan struct{}, raRuns)
+	var wg sync.WaitGroup
+	for i, run := range runs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			d.fetchBlocks(segs[i], run)
+			for _, b := range run {
+				d.cache.release(b)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// Cache implements backend.Cacher (NBD_CMD_CACHE): the range is fetched
+// into the read cache.
+func (d *Disk) Cache(off, length int64) error {
+	if err := d.checkRange(off, length); err != nil {
+		return err
+	}
+	d.prefetch(off, off+length)
+	return nil
+}
+
+// Extents implements backend.Extenter from the map: data extents are
+// allocated, zero extents read as zeroes, holes and ranges never written
+// are holes that read as zeroes.
+func (d *Disk) Extents(off, length int64, fn func(backend.Extent) bool) error {
+	if err := d.checkRange(off, length); err != nil {
+		return err
+	}
+	var exts []backend.Extent
+	add := func(o, n int64, f backend.ExtentFlags) {
+		if k := len(exts) - 1; k >= 0 && exts[k].Flags == f && exts[k].Offset+exts[k].Length == o {
+			exts[k].Length += n
+			return
+		}
+		exts = append(exts, backend.Extent{Offset: o, Length: n, Flags: f})
+	}
+	end := off + length
+	pos := off
+	d.mu.Lock()
+	d.m.each(off, end, func(m mapping) bool {
+		if m.off > pos {
+			add(pos, m.off-pos, backend.ExtentHole|backend.ExtentZero)
+		}
+		switch m.kind {
+		case kindData:
+			add(m.off, m.len, 0)
+		case kindZero:
+			add(m.off, m.len, backend.ExtentZero)
+		default:
+			add(m.off, m.len, backend.ExtentHole|backend.ExtentZero)
+		}
+		pos = m.end()
+		return len(exts) < 1<<16
+	})
+	d.mu.Unlock()
+	if pos < end && len(exts) < 1<<16 {
+		add(pos, end-pos, backend.ExtentHole|backend.ExtentZero)
+	}
+	for _, e := range exts {
+		if !fn(e) {
+			break
+		}
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+package logdisk
+
+import (
+	"errors"
+	"os"
+	"testing"
+)
+
+// crash stops d as kill -9 would: no close object, no checkpoint, the
+// journal left as it is.
+func crash(d *Disk) { d.abandon() }
+
+func TestCrashReplaysJournal(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	cfg := testConfig(t, st)
+	a := openDisk(t, cfg)
+	x1 := fill(8192, 1)
+	mustWrite(t, a, x1, 0)
+	mustSync(t, a)
+	down := make(chan struct{})
+	st.Hook = func(op Op, key string) error {
+		select {
+		case <-down:
+			return nil
+		default:
+			return errInjected
+		}
+	}
+	x2 := fill(100<<10, 2) // two segments: one sealed, one open
+	mustWrite(t, a, x2, 16384)
+	x3 := fill(512, 3)
+	mustWrite(t, a, x3, 3000)
+	if err := a.Trim(200<<10, 8192); err != nil {
+		t.Fatal(err)
+	}
+	crash(a)
+	close(down)
+
+	// The same journal, no takeover: the crashed writer was this one.
+	b := openDisk(t, cfg)
+	want := make([]byte, 1<<20)
+	copy(want, x1)
+	copy(want[16384:], x2)
+	copy(want[3000:], x3)
+	clear(want[200<<10 : 200<<10+8192])
+	got := make([]byte, 1<<20)
+	if _, err := b.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	requireEqual(t, got, want, "after replay")
+	requireEqual(t, readAll(t, st), want, "a reader after replay")
+	if files, _, _ := listJournals(cfg.JournalDir); len(files) != 0 {
+		t.Fatalf("%d journal files left after replay and flush", len(files))
+	}
+}
+
+// TestCrashAfterUploadBeforeDurable: a later segment landed, an earlier
+// one did not; after the restart's claim the later one no longer counts,
+// so both are replayed, in order.
+func TestCrashPartialUploadReplaysInOrder(t *testing.T) {
+	mem := NewMemStore()
+	createImage(t, mem, 1<<20)
+	var failKey string
+	cfg := testConfig(t, mem)
+	a := openDisk(t, cfg)
+	s := a.nextSeq
+	failKey = a.key(logDir, s)
+	mem.Hook = func(op Op, key string) error {
+		if op == OpPut && key == failKey {
+			return errInjected // segment s never lands
+		}
+		return nil
+	}
+	old := fill(64<<10, 1)
+	mustWrite(t, a, old, 0) // segment s
+	newer := fill(64<<10, 2)
+	mustWrite(t, a, newer, 0) // segment s+1: lands, overwrites the same range
+	waitFor(t, "segment s+1", func() bool { _, ok := mem.Object(a.key(logDir, s+1)); return ok })
+	crash(a)
+	mem.Hook = nil
+
+	b := openDisk(t, cfg)
+	got := make([]byte, 64<<10)
+	if _, err := b.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	requireEqual(t, got, newer, "after replay")
+	requireEqual(t, readAll(t, mem)[:64<<10], newer, "a reader after replay")
+}
+
+// TestJournalDroppedAfterTakeover: another writer took over after the
+// crash; the old journal must not be replayed over its writes.
+func TestJournalDroppedAfterTakeover(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	cfg := testConfig(t, st)
+	a := openDisk(t, cfg)
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut {
+			return errInjected
+		}
+		return nil
+	}
+	mustWrite(t, a, fill(4096, 1), 0)
+	crash(a)
+	st.Hook = nil
+	other := testConfig(t, st)
+	other.Takeover = true
+	b := openDisk(t, other)
+	x := fill(4096, 2)
+	mustWrite(t, b, x, 4096)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := openDisk(t, cfg) // the crashed writer's journal
+	got := make([]byte, 8192)
+	if _, err := c.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 8192)
+	copy(want[4096:], x)
+	requireEqual(t, got, want, "after reopening with a stale journal")
+}
+
+func TestJournalDirLockedAndTornTail(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	cfg := testConfig(t, st)
+	a := openDisk(t, cfg)
+	cfg2 := cfg
+	cfg2.Takeover = true
+	if _, err := Open(t.Context(), cfg2); err == nil || errors.Is(err, ErrInUse) {
+		t.Fatalf("a second Disk on one journal directory: got %v; want a lock error", err)
+	}
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut {
+			return errInjected
+		}
+		return nil
+	}
+	x := fill(4096, 1)
+	mustWrite(t, a, x, 0)
+	mustWrite(t, a, fill(4096, 2), 8192)
+	path := a.openSeg.jf.path
+	size := a.openSeg.jf.size
+	crash(a)
+	st.Hook = nil
+	// Tear the last record: it must be dropped, the first kept.
+	if err := os.Truncate(path, size-100); err != nil {
+		t.Fatal(err)
+	}
+	b := openDisk(t, cfg)
+	got := make([]byte, 12288)
+	if _, err := b.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 12288)
+	copy(want, x)
+	requireEqual(t, got, want, "after a torn tail")
+}
