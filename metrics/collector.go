@@ -27,7 +27,7 @@ var (
 	connsOpen     = desc("nbdd_connections", "Connections open now, in the handshake or the transmission phase.")
 	connsAccepted = desc("nbdd_connections_accepted_total", "Connections accepted and served (those refused at once excluded).")
 	connsRefused  = desc("nbdd_connections_refused_total", "Connections closed at once: over --max-connections or --max-connections-per-host (reason=limit), or an address --allow does not list (reason=address).", "reason")
-	optsRefused   = desc("nbdd_exports_refused_total", "NBD_OPT_GO or NBD_OPT_INFO requests refused with NBD_REP_ERR_POLICY by an export's allow lists.")
+	exportRefused = desc("nbdd_export_access_refused_total", "Export selections (NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_EXPORT_NAME) refused by an export's allow lists.")
 
 	exportConns  = desc("nbdd_export_connections_total", "Connections that entered the transmission phase with the export.", "export")
 	requests     = desc("nbdd_requests_total", "Requests read, by command, whether they succeeded, failed or were refused (NBD_CMD_DISC excluded; command=unknown: commands the server does not know).", "export", "command")
@@ -72,7 +72,7 @@ var (
 // Describe sends the descriptors of every metric the Collector may
 // report.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connsOpen, connsAccepted, connsRefused, optsRefused,
+	for _, d := range []*prometheus.Desc{connsOpen, connsAccepted, connsRefused, exportRefused,
 		exportConns, requests, requestErrs, readBytes, writtenBytes, holeBytes, aborted,
 		pathRequests, pathBytes, pathOnReader, latency,
 		bufStrategy, bufHeld, bufInUse, bufIdle, bufAllocs, bufHits, bufReclaimed, bufWaits} {
@@ -97,6 +97,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.cfg.Server.Stats()
 	m := emitter{ch}
 	m.gauge(connsOpen, float64(st.Conns))
+	m.counter(connsAccepted, st.Accepted)
+	m.counter(connsRefused, st.RefusedLimit, "limit")
+	m.counter(connsRefused, st.RefusedAddr, "address")
+	m.counter(exportRefused, st.RefusedExport)
 	for _, es := range st.Exports {
 		collectExport(m, es)
 	}

@@ -136,6 +136,10 @@ func TestCollector(t *testing.T) {
 	require.Equal(t, 5.0*4096, f.Sum("nbdd_path_bytes_total", exp...)-float64(3*64<<10), "paths add up to the bytes")
 	require.Equal(t, 1.0, value("nbdd_export_connections_total", exp...))
 	require.Equal(t, 1.0, value("nbdd_connections"))
+	require.Equal(t, 1.0, value("nbdd_connections_accepted_total"))
+	require.Equal(t, 0.0, value("nbdd_connections_refused_total", "reason", "limit"))
+	require.Equal(t, 0.0, value("nbdd_connections_refused_total", "reason", "address"))
+	require.Equal(t, 0.0, value("nbdd_export_access_refused_total"))
 
 	for c, n := range map[protocol.Cmd]uint64{protocol.CmdRead: 6, protocol.CmdWrite: 3, protocol.CmdFlush: 1} {
 		h := f.Metric("nbdd_request_duration_seconds", cmd(c)...).GetHistogram()

@@ -148,6 +148,7 @@ type Server struct {
 	calls      chan struct{} // a token per backend call in progress; nil: no bound
 	inShutdown atomic.Bool
 	nextConnID atomic.Uint64
+	connCounts connCounters // accepted and refused (stats.go)
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
@@ -284,6 +285,7 @@ func (s *Server) serveNetConn(nc net.Conn) {
 	host := peer.host()
 	if !s.admit(host) {
 		s.logger().Warn("connection refused: too many connections", append(peer.logAttrs(), "max_connections", s.MaxConns, "max_connections_per_host", s.MaxConnsPerHost)...)
+		s.connCounts.refusedLimit.Add(1)
 		nc.Close()
 		return
 	}
@@ -311,6 +313,7 @@ func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
 		return ErrServerClosed
 	}
 	defer s.trackConn(c, false)
+	s.connCounts.accepted.Add(1)
 	stop := context.AfterFunc(ctx, func() { c.closeNow() })
 	defer stop()
 	return c.serve(ctx)

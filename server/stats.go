@@ -24,6 +24,22 @@ type Stats struct {
 	Exports []ExportStats
 	// Buffers are the buffer strategy's counters (see BufferStats).
 	Buffers bufstrategy.Stats
+	// Accepted counts the connections served: those that passed
+	// MaxConns, MaxConnsPerHost and Access.Addrs.
+	Accepted int64
+	// RefusedLimit counts the connections closed at once because of
+	// MaxConns or MaxConnsPerHost; RefusedAddr those from an address
+	// Access.Addrs does not allow.
+	RefusedLimit, RefusedAddr int64
+	// RefusedExport counts export selections (NBD_OPT_GO, NBD_OPT_INFO,
+	// NBD_OPT_EXPORT_NAME) refused by an export's access lists.
+	RefusedExport int64
+}
+
+// connCounters are the server's counts of connections accepted and
+// refused (Stats).
+type connCounters struct {
+	accepted, refusedLimit, refusedAddr, refusedExport atomic.Int64
 }
 
 // ExportStats are the counters of one export, summed over every
@@ -379,7 +395,13 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	s.mu.Unlock()
-	st := Stats{Conns: conns, Buffers: s.bufs.Stats()}
+	st := Stats{
+		Conns: conns, Buffers: s.bufs.Stats(),
+		Accepted:      s.connCounts.accepted.Load(),
+		RefusedLimit:  s.connCounts.refusedLimit.Load(),
+		RefusedAddr:   s.connCounts.refusedAddr.Load(),
+		RefusedExport: s.connCounts.refusedExport.Load(),
+	}
 	for _, t := range totals {
 		st.Exports = append(st.Exports, t.snapshot())
 	}

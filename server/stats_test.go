@@ -1,6 +1,8 @@
 package server
 
 import (
+	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -185,4 +187,45 @@ func TestLatencyBucket(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestStatsConnections: Stats counts the connections served and those
+// refused, by reason: over MaxConns, from an address Access.Addrs does
+// not allow, and export selections an export's Access refuses.
+func TestStatsConnections(t *testing.T) {
+	serveTCP := func(srv *Server) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		go srv.Serve(l)
+		t.Cleanup(func() { srv.Close() })
+		return l.Addr().String()
+	}
+	dial := func(addr string) *client {
+		nc, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { nc.Close() })
+		return newClient(t, nc)
+	}
+	elsewhere := Access{Addrs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+
+	srv := socketServer(t, "pool", 1<<20, bufferConfig{})
+	srv.MaxConns = 1
+	srv.Exports = append(srv.Exports, Export{Name: "locked", Backend: backend.NewMemory(1 << 20), Access: elsewhere})
+	addr := serveTCP(srv)
+	a := dial(addr)
+	a.start()
+	_, rep := a.infoOrGoErr(protocol.OptInfo, "locked")
+	require.Equal(t, protocol.RepErrPolicy, rep.typ)
+	a.goExport("mem")
+	dial(addr).wantClosed() // over MaxConns
+	st := srv.Stats()
+	require.Equal(t, [4]int64{1, 1, 0, 1}, [4]int64{st.Accepted, st.RefusedLimit, st.RefusedAddr, st.RefusedExport},
+		"accepted, refused: limit, address, export")
+
+	closed := socketServer(t, "pool", 1<<20, bufferConfig{})
+	closed.Access = elsewhere
+	dial(serveTCP(closed)).wantClosed()
+	st = closed.Stats()
+	require.Equal(t, [4]int64{0, 0, 1, 0}, [4]int64{st.Accepted, st.RefusedLimit, st.RefusedAddr, st.RefusedExport},
+		"accepted, refused: limit, address, export")
 }
