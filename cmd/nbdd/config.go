@@ -23,9 +23,10 @@ type config struct {
 	srv       *server.Server
 	dir       string
 	closers   []io.Closer
-	mergeable map[string]bool // exports marked ksm
-	files     []exportedFile  // the files of --export, to catch one exported twice
-	faultSpec string          // --fault, when set
+	mergeable map[string]bool     // exports marked ksm
+	files     []exportedFile      // the files of --export, to catch one exported twice
+	faultSpec string              // --fault, when set
+	budget    *bufstrategy.Budget // --memory-budget, shared by every connection's buffers
 	logger    *slog.Logger
 }
 
@@ -127,6 +128,7 @@ func (cfg *config) limits(c *cli.Context) error {
 	if err != nil {
 		return usage("--memory-budget: %v", err)
 	}
+	cfg.budget = b
 	s.Buffers, err = bufstrategy.New(c.String("strategy"), bufstrategy.Config{MaxRequest: int(maxReq), Budget: b})
 	if err != nil {
 		return usage("--strategy: %v", err)
