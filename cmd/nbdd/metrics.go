@@ -2,9 +2,7 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"runtime/debug"
 	"time"
@@ -17,14 +15,21 @@ func metricsFlag() cli.Flag {
 	return &cli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at http://`ADDR`/metrics: HOST:PORT, or unix:PATH (docs/operations.md lists them)", EnvVars: []string{"NBDD_METRICS"}}
 }
 
-// startMetrics serves the Prometheus endpoint at addr (--metrics; ""
-// serves none) until the returned function runs. The registry reads the
-// server, its budget and the KSM throttler k (nil: off) at each scrape.
-func startMetrics(addr string, cfg *config, k *ksmRunner, logger *slog.Logger) (stop func(), err error) {
+// startMetrics serves the Prometheus endpoint that --metrics names
+// (none if unset) until the returned function runs: HOST:PORT or a unix
+// socket, spelled as for --listen and made with --socket-mode. The
+// registry reads the server, its budget and the KSM throttler k (nil:
+// off) at each scrape.
+func startMetrics(c *cli.Context, cfg *config, k *ksmRunner, logger *slog.Logger) (stop func(), err error) {
+	addr := c.String("metrics")
 	if addr == "" {
 		return func() {}, nil
 	}
-	l, err := listenMetrics(addr)
+	mode, err := parseSocketMode(c.String("socket-mode"))
+	if err != nil {
+		return nil, err
+	}
+	l, err := listen("--metrics", addr, mode)
 	if err != nil {
 		return nil, err
 	}
@@ -56,21 +61,3 @@ func startMetrics(addr string, cfg *config, k *ksmRunner, logger *slog.Logger) (
 	return func() { hs.Close() }, nil
 }
 
-// listenMetrics opens --metrics: HOST:PORT (tcp:// optional) or a unix
-// socket, spelled as for --listen.
-func listenMetrics(raw string) (net.Listener, error) {
-	network, addr, err := parseListenURL(raw)
-	if err != nil {
-		return nil, usage("--metrics %q: %v", raw, err)
-	}
-	if network == "unix" {
-		if err := removeStaleSocket(addr); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("--metrics %s: %v", raw, err), 1)
-		}
-	}
-	l, err := net.Listen(network, addr)
-	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("--metrics %s: %v", raw, err), 1)
-	}
-	return l, nil
-}

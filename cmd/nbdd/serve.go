@@ -122,7 +122,7 @@ func serve(c *cli.Context) error {
 	// exits at once), and on any other way out.
 	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
 	defer stopKSM()
-	stopMetrics, err := startMetrics(c.String("metrics"), cfg, k, logger)
+	stopMetrics, err := startMetrics(c, cfg, k, logger)
 	if err != nil {
 		return err
 	}
