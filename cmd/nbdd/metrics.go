@@ -60,4 +60,3 @@ func startMetrics(c *cli.Context, cfg *config, k *ksmRunner, logger *slog.Logger
 	logger.Info("serving metrics", "addr", l.Addr().String(), "path", "/metrics")
 	return func() { hs.Close() }, nil
 }
-
