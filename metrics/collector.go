@@ -8,8 +8,9 @@ import (
 )
 
 // Collector is a prometheus.Collector that reads Server.Stats, the
-// budget and the KSM throttler at each scrape. It is unchecked in one
-// way only: the KSM metrics appear only when Config.KSM is set.
+// budget and the KSM throttler at each scrape. The budget's and the
+// throttler's metrics are described, and collected, only when Config
+// has them.
 type Collector struct {
 	cfg Config
 }
