@@ -334,4 +334,3 @@ func openUnnamed(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
-
