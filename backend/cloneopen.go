@@ -183,15 +183,10 @@ func openCloneOn(ov overlayStore, base *CloneBase, readOnly bool) (*Clone, error
 	if err := base.check(&h); err != nil {
 		return nil, err
 	}
-	c := newClone(base.b, ov, &h, readOnly, false)
-	if err := c.loadMap(); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return loadOverlay(ov, base.b, &h, readOnly)
 }
 
-// readHeader reads and decodes the header of the overlay in ov, and
-// checks that the store holds the whole overlay it describes.
+// readHeader reads and decodes the header of the overlay in ov.
 func readHeader(ov overlayStore) (overlayHeader, error) {
 	b := make([]byte, headerSize)
 	if _, err := ov.ReadAt(b, 0); err != nil {
@@ -200,20 +195,26 @@ func readHeader(ov overlayStore) (overlayHeader, error) {
 		}
 		return overlayHeader{}, fmt.Errorf("read overlay header: %w", err)
 	}
-	h, err := decodeHeader(b)
-	if err != nil {
-		return h, err
-	}
+	return decodeHeader(b)
+}
+
+// loadOverlay checks that ov holds the whole overlay h describes, before
+// anything is allocated for its map, then reads the map.
+func loadOverlay(ov overlayStore, base Backend, h *overlayHeader, readOnly bool) (*Clone, error) {
 	if s, ok := ov.(interface{ Size() (int64, error) }); ok {
 		size, err := s.Size()
 		if err != nil {
-			return h, err
+			return nil, err
 		}
 		if want := h.dataOff + h.blocks()<<h.blockShift; size < want {
-			return h, fmt.Errorf("%w: %d bytes, its header needs %d", ErrOverlayCorrupt, size, want)
+			return nil, fmt.Errorf("%w: %d bytes, its header needs %d", ErrOverlayCorrupt, size, want)
 		}
 	}
-	return h, nil
+	c := newClone(base, ov, h, readOnly, false)
+	if err := c.loadMap(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // loadMap reads both slots of every map page and keeps the valid one with
