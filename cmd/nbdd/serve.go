@@ -38,7 +38,7 @@ func serveCommand() *cli.Command {
 func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
-		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,tls-only][,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,cow=OVERLAY|,snapshot][,tls-only][,description=TEXT] (repeatable; cow=OVERLAY: a copy-on-write clone of PATH whose writes go to OVERLAY, created if absent; snapshot: a throw-away clone; description takes the rest, so comes last; a comma in a path is written ,,)", EnvVars: []string{"NBDD_EXPORT"}},
 		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,tls-only][,description=TEXT] (repeatable; description last)", EnvVars: []string{"NBDD_MEMORY"}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
