@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -335,3 +336,77 @@ func openUnnamed(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// IsOverlay reports whether the file at path starts as an nbdd overlay
+// does. nbdd never probes an export's file with it: a raw image whose
+// guest wrote the magic would otherwise be taken for an overlay.
+func IsOverlay(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b := make([]byte, len(overlayMagic))
+	if _, err := io.ReadFull(f, b); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		return false, err
+	}
+	return isOverlayHeader(b), nil
+}
+
+// OverlayInfo describes an overlay file at rest.
+type OverlayInfo struct {
+	Size      int64 // the export size, the base's
+	BlockSize int64
+	DataBytes int64 // bytes of the export the overlay holds
+	ZeroBytes int64 // bytes it masks as zeroes
+	// Base is the base's path as the header names it, resolved against
+	// the overlay's directory when relative; BaseName is as written.
+	Base, BaseName string
+	BaseModTime    time.Time // zero when not recorded (a block device)
+	// InUse is set when a writable Clone holds the overlay: the figures
+	// are then a snapshot of its last FLUSH.
+	InUse  bool
+	header overlayHeader
+}
+
+// ReadOverlayInfo reads the header and map of the overlay at path,
+// without locking it.
+func ReadOverlayInfo(path string) (OverlayInfo, error) {
+	f, err := openImage(path, true, 0)
+	if err != nil {
+		return OverlayInfo{}, err
+	}
+	info := OverlayInfo{InUse: lockOverlay(f, true) != nil}
+	fb, err := NewFile(f, true) // owns f: closing it drops the lock
+	if err != nil {
+		f.Close()
+		return OverlayInfo{}, err
+	}
+	defer fb.Close()
+	h, err := readHeader(fb)
+	if err != nil {
+		return OverlayInfo{}, fmt.Errorf("overlay %s: %w", path, err)
+	}
+	c, err := loadOverlay(fb, nil, &h, true)
+	if err != nil {
+		return OverlayInfo{}, fmt.Errorf("overlay %s: %w", path, err)
+	}
+	info.header = h
+	info.Size, info.BlockSize = h.size, 1<<h.blockShift
+	info.DataBytes, info.ZeroBytes = c.Allocated()
+	info.BaseName, info.Base = h.basePath, h.basePath
+	if !filepath.IsAbs(h.basePath) {
+		info.Base = filepath.Join(filepath.Dir(path), h.basePath)
+	}
+	if h.baseModTime != 0 {
+		info.BaseModTime = time.Unix(0, h.baseModTime)
+	}
+	return info, nil
+}
+
+// CheckBase returns ErrBaseChanged, saying what differs, unless b is the
+// base the overlay was made over.
+func (o OverlayInfo) CheckBase(b *CloneBase) error { return b.check(&o.header) }
