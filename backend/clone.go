@@ -344,15 +344,27 @@ func (c *Clone) Trim(off, length int64) error {
 	return c.mask(lo, hi)
 }
 
-// mask puts blocks [lo, hi) in stateZero, then punches their data out of
-// the overlay. A crash before the next Sync may leave the map on disk
-// saying data over a punched block: it reads zeroes, as the TRIM meant.
+// mask puts blocks [lo, hi) in stateZero and punches their data out of
+// the overlay.
 func (c *Clone) mask(lo, hi int64) error {
-	if lo >= hi || c.states.all(lo, hi, stateZero) {
+	if lo >= hi {
 		return nil
 	}
-	c.states.set(lo, hi, stateZero)
-	c.markDirty(lo, hi)
+	return c.setZero(lo, hi, true)
+}
+
+// setZero puts blocks [lo, hi) in stateZero, then, if punch is set,
+// punches their data out of the overlay. A crash before the next Sync
+// may leave the map on disk saying data over a punched block: it reads
+// zeroes, as the TRIM or WRITE_ZEROES meant.
+func (c *Clone) setZero(lo, hi int64, punch bool) error {
+	if !c.states.all(lo, hi, stateZero) {
+		c.states.set(lo, hi, stateZero)
+		c.markDirty(lo, hi)
+	}
+	if !punch {
+		return nil
+	}
 	start := c.blockStart(lo)
 	if err := c.ov.Trim(c.dataOff+start, (hi-lo)<<c.shift); err != nil {
 		return fmt.Errorf("clone trim at %d: %w", start, err)
@@ -361,10 +373,13 @@ func (c *Clone) mask(lo, hi int64) error {
 }
 
 // WriteZeroes zeroes [off, off+length): whole blocks are masked as Trim
-// masks them, or, with noHole, zeroed in the overlay and kept as data;
-// the partial blocks at the edges are written with zeroes (those already
-// zero are left alone). fast is honoured by the overlay's own zeroing
-// when noHole is set; masking is always fast.
+// masks them; the partial blocks at the edges are written with zeroes
+// (those already zero are left alone). With noHole, the masked blocks'
+// space in the overlay is zeroed and kept instead of punched, so a later
+// write to them cannot run out of space (proto.md "NBD_CMD_FLAG_NO_HOLE");
+// they are still reported as holes that read as zeroes, as qemu reports
+// the zero clusters of a qcow2 overlay. fast is honoured by the overlay's
+// own zeroing when noHole is set; masking is always fast.
 func (c *Clone) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if err := c.checkWrite("write zeroes", off, length); err != nil || length == 0 {
 		return err
@@ -374,20 +389,19 @@ func (c *Clone) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if lo >= hi { // no whole block: zero the range as a write
 		return c.zeroPartial(off, end)
 	}
+	if noHole {
+		start := c.blockStart(lo)
+		if err := c.ov.WriteZeroes(c.dataOff+start, (hi-lo)<<c.shift, true, fast); err != nil {
+			return fmt.Errorf("clone write zeroes at %d: %w", start, err)
+		}
+	}
 	if err := c.zeroPartial(off, c.blockStart(lo)); err != nil {
 		return err
 	}
 	if err := c.zeroPartial(min(c.blockStart(hi), end), end); err != nil {
 		return err
 	}
-	if !noHole {
-		return c.mask(lo, hi)
-	}
-	start := c.blockStart(lo)
-	if err := c.ov.WriteZeroes(c.dataOff+start, (hi-lo)<<c.shift, true, fast); err != nil {
-		return fmt.Errorf("clone write zeroes at %d: %w", start, err)
-	}
-	c.publish(lo, hi)
+	c.setZero(lo, hi, !noHole)
 	return nil
 }
 
