@@ -53,6 +53,8 @@ const copyStripes = 256
 // and base), Cacher, FUAWriter, MultiConner, ReadOnlyer, and, where its
 // files allow, NonBlocker, CachedReader and PipeWriter.
 type Clone struct {
+	cb       *CloneBase   // nil in tests that give a Backend alone
+	unmap    func() error // undoes Export's mapping of the overlay
 	base     Backend
 	ov       overlayStore
 	size     int64
@@ -591,6 +593,10 @@ func (c *Clone) Close() error {
 	var err error
 	if !c.readOnly {
 		err = c.Sync()
+	}
+	if c.unmap != nil {
+		err = errors.Join(err, c.unmap())
+		c.unmap = nil
 	}
 	return errors.Join(err, c.ov.Close())
 }

@@ -4,6 +4,7 @@ package backend
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -414,4 +415,44 @@ func TestCloneErrors(t *testing.T) {
 	require.ErrorIs(t, ro.Trim(0, 4096), ErrReadOnly)
 	require.ErrorIs(t, ro.WriteZeroes(0, 4096, false, false), ErrReadOnly)
 	require.False(t, ro.CanWriteFromPipe())
+}
+
+// TestCloneViews: a clone whose base and overlay are in memory lends its
+// READs (Viewer), and what it lends is what ReadAt reads: the base's
+// bytes, the overlay's and zeroes; on a disk it lends nothing.
+func TestCloneViews(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "clone")
+	if err != nil {
+		t.Skip("no /dev/shm")
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	_, model := testBase(t, cloneTestSize)
+	shmBase := filepath.Join(dir, "base.raw")
+	require.NoError(t, os.WriteFile(shmBase, model, 0o644))
+	for _, load := range []bool{false, true} {
+		base, err := OpenCloneBase(shmBase, load, false)
+		require.NoError(t, err)
+		ovl := filepath.Join(dir, fmt.Sprint("vm", load, ".ovl"))
+		require.NoError(t, CreateOverlay(ovl, base, 0))
+		c, err := OpenClone(ovl, base, false)
+		require.NoError(t, err)
+		v, ok := c.Export().(Viewer)
+		require.True(t, ok, "load=%v: base and overlay in memory", load)
+		want := bytes.Clone(model)
+		_, err = c.WriteAt(randBytes(10000, 4), 5000)
+		require.NoError(t, err)
+		copy(want[5000:], randBytes(10000, 4))
+		require.NoError(t, c.Trim(20*4096, 14*4096))
+		clear(want[20*4096 : 34*4096])
+		for _, r := range [][2]int64{{0, cloneTestSize}, {4999, 10002}, {20*4096 - 1, 70000}, {cloneTestSize - 1, 1}} {
+			iov, err := v.AppendView(nil, r[0], r[1])
+			require.NoError(t, err)
+			require.Equal(t, want[r[0]:r[0]+r[1]], bytes.Join(iov, nil), "view of %d+%d", r[0], r[1])
+		}
+		require.NoError(t, c.Close())
+		require.NoError(t, base.Close())
+	}
+	disk, _, _ := newTestClone(t, cloneTestSize, 0)
+	_, ok := disk.Export().(Viewer)
+	require.Equal(t, isTmpfs(t.TempDir()), ok, "a clone on disk lends nothing")
 }

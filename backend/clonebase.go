@@ -37,6 +37,7 @@ type CloneBase struct {
 	size        int64
 	modTime     int64 // ns since the epoch; 0 for block devices
 	fingerprint [32]byte
+	mem         baseView // for clones that lend their READs (cloneview.go)
 }
 
 // OpenCloneBase opens the image file or block device at path read-only
@@ -130,7 +131,14 @@ func (b *CloneBase) Size() int64 { return b.size }
 
 // Close closes the base's storage. The clones over it must be closed
 // first.
-func (b *CloneBase) Close() error { return closeBackend(b.b) }
+func (b *CloneBase) Close() error {
+	var err error
+	if b.mem.unmap != nil {
+		err = b.mem.unmap()
+		b.mem.unmap = nil
+	}
+	return errors.Join(err, closeBackend(b.b))
+}
 
 func closeBackend(b Backend) error {
 	if c, ok := b.(io.Closer); ok {

@@ -184,7 +184,12 @@ func openCloneOn(ov overlayStore, base *CloneBase, readOnly bool) (*Clone, error
 	if err := base.check(&h); err != nil {
 		return nil, err
 	}
-	return loadOverlay(ov, base.b, &h, readOnly)
+	c, err := loadOverlay(ov, base.b, &h, readOnly)
+	if err != nil {
+		return nil, err
+	}
+	c.cb = base
+	return c, nil
 }
 
 // readHeader reads and decodes the header of the overlay in ov.
@@ -314,7 +319,9 @@ func NewTempClone(dir string, base *CloneBase, blockSize int) (*Clone, error) {
 		f.Close()
 		return nil, err
 	}
-	return newClone(base.b, fb, &h, false, true), nil
+	c := newClone(base.b, fb, &h, false, true)
+	c.cb = base
+	return c, nil
 }
 
 // openUnnamed opens a new file in dir that has no name.

@@ -51,7 +51,7 @@ func (cfg *config) openCloneExport(spec exportSpec) (backend.Backend, error) {
 		if err != nil {
 			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
 		}
-		return c, nil
+		return c.Export(), nil
 	}
 	path := spec.opts["cow"]
 	if err := cfg.checkOverlay(spec.name, path); err != nil {
@@ -66,7 +66,7 @@ func (cfg *config) openCloneExport(spec exportSpec) (backend.Backend, error) {
 	if err != nil {
 		return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, unwrapPathError(err)), 1)
 	}
-	return c, nil
+	return c.Export(), nil
 }
 
 // cloneBase returns the base of a clone export, opening it the first

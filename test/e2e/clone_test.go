@@ -125,22 +125,28 @@ func TestCloneWritesOverlay(t *testing.T) {
 	requireTool(t, "qemu-io")
 	requireTool(t, "nbdcopy")
 	forEachStrategy(t, func(t *testing.T, strategy string) {
-		dir := t.TempDir()
-		base, data := cloneBaseImage(t, dir)
-		sum := fileSHA256(t, base)
-		spec := "vm=" + base + ",cow=" + filepath.Join(dir, "vm.ovl")
-		s := startNBDD(t, "--strategy", strategy, "--export", spec)
-		uri := s.unixURI(t, "vm")
-		requireBytes(t, readExport(t, uri), data, "an unwritten clone")
-		writeClone(t, uri)
-		want := patched(data)
-		requireBytes(t, readExport(t, uri), want, "the clone after its writes")
-		s.stop(t)
-		if got := fileSHA256(t, base); got != sum {
-			t.Fatalf("the base's SHA-256 changed: %s; want %s", got, sum)
+		// On disk, and in memory (/dev/shm), where a clone lends its
+		// READs from mappings of its files.
+		for where, dirOf := range map[string]func(*testing.T) string{"disk": func(t *testing.T) string { return t.TempDir() }, "shm": shmDir} {
+			t.Run(where, func(t *testing.T) {
+				dir := dirOf(t)
+				base, data := cloneBaseImage(t, dir)
+				sum := fileSHA256(t, base)
+				spec := "vm=" + base + ",cow=" + filepath.Join(dir, "vm.ovl")
+				s := startNBDD(t, "--strategy", strategy, "--export", spec)
+				uri := s.unixURI(t, "vm")
+				requireBytes(t, readExport(t, uri), data, "an unwritten clone")
+				writeClone(t, uri)
+				want := patched(data)
+				requireBytes(t, readExport(t, uri), want, "the clone after its writes")
+				s.stop(t)
+				if got := fileSHA256(t, base); got != sum {
+					t.Fatalf("the base's SHA-256 changed: %s; want %s", got, sum)
+				}
+				s2 := startNBDD(t, "--strategy", strategy, "--export", spec)
+				requireBytes(t, readExport(t, s2.unixURI(t, "vm")), want, "the clone after a restart")
+			})
 		}
-		s2 := startNBDD(t, "--strategy", strategy, "--export", spec)
-		requireBytes(t, readExport(t, s2.unixURI(t, "vm")), want, "the clone after a restart")
 	})
 }
 

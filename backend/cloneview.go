@@ -1,0 +1,117 @@
+//go:build linux
+
+package backend
+
+import (
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Clone whose base and overlay are both in memory (a base loaded into
+// memory or a file on tmpfs, and an overlay on tmpfs) can lend its READs
+// as a memory backend does (Viewer): the base's bytes and the overlay's
+// come from read-only shared mappings of their files, which are the
+// files' pages in memory themselves, so the kernel copies a READ's data
+// once, from those pages to the socket, as sendfile does for a raw file
+// export. On a disk, a page not in memory would make the kernel wait for
+// it in the middle of sending the reply, so a Clone there lends nothing.
+
+// viewClone is a Clone that lends its READs (see Clone.Export).
+type viewClone struct {
+	*Clone
+	base []byte // the base's content
+	ov   []byte // the overlay file
+}
+
+// Export returns the Backend to serve for c: c itself, or, when its base
+// and overlay are both in memory, c with Viewer too. The mappings it
+// makes are undone by Close (the overlay's) and CloneBase.Close (the
+// base's).
+func (c *Clone) Export() Backend {
+	if !c.NonBlocking() {
+		return c
+	}
+	ovFile, ok := c.ov.(*File)
+	if !ok || c.cb == nil {
+		return c
+	}
+	base, err := c.cb.view()
+	if err != nil {
+		return c
+	}
+	size, _ := ovFile.Size()
+	if size == 0 || c.size == 0 {
+		return c
+	}
+	var ov []byte
+	err = ovFile.control(func(fd int) (err error) {
+		ov, err = unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+		return err
+	})
+	if err != nil {
+		return c
+	}
+	c.unmap = func() error { return unix.Munmap(ov) }
+	return viewClone{Clone: c, base: base, ov: ov}
+}
+
+// AppendView implements Viewer: one slice per run of blocks in one
+// state, from the base's mapping, the overlay's, or shared zeroes.
+func (v viewClone) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
+	c := v.Clone
+	if err := checkRange("view", off, n, c.size); err != nil || n == 0 {
+		return iov, err
+	}
+	end := off + n
+	last := (end - 1) >> c.shift
+	for pos := off; pos < end; {
+		s, run := c.runOf(pos>>c.shift, last+1)
+		stop := min(run<<c.shift, end)
+		switch s {
+		case stateBase:
+			iov = append(iov, v.base[pos:stop])
+		case stateData:
+			iov = append(iov, v.ov[c.dataOff+pos:c.dataOff+stop])
+		default:
+			for z := pos; z < stop; z += chunkSize {
+				iov = append(iov, zeroChunk[:min(chunkSize, stop-z)])
+			}
+		}
+		pos = stop
+	}
+	return iov, nil
+}
+
+// baseView is a CloneBase's content as memory, made once for all its
+// clones: a Mapped base's own memory, or a read-only shared mapping of
+// its file.
+type baseView struct {
+	once  sync.Once
+	mem   []byte
+	err   error
+	unmap func() error
+}
+
+// view returns the base's content as memory (see baseView).
+func (b *CloneBase) view() ([]byte, error) {
+	b.mem.once.Do(func() {
+		switch be := b.b.(type) {
+		case *Mapped:
+			b.mem.mem = be.Bytes()
+		case *File:
+			b.mem.err = be.control(func(fd int) (err error) {
+				b.mem.mem, err = unix.Mmap(fd, 0, int(b.size), unix.PROT_READ, unix.MAP_SHARED)
+				return err
+			})
+			if b.mem.err == nil {
+				m := b.mem.mem
+				b.mem.unmap = func() error { return unix.Munmap(m) }
+			}
+		default:
+			b.mem.err = fmt.Errorf("base %s: %T cannot be mapped", b.path, b.b)
+		}
+	})
+	return b.mem.mem, b.mem.err
+}
