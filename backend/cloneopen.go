@@ -15,7 +15,7 @@ import (
 
 // CreateOverlay creates an empty overlay file at path for clones of base,
 // with blocks of blockSize bytes (0 means DefaultCloneBlockSize). It
-// fails if path exists. The file appears whole or not at all: it is
+// fails, with an error matching fs.ErrExist, if path exists. The file appears whole or not at all: it is
 // written under a temporary name, synced, and linked into place.
 func CreateOverlay(path string, base *CloneBase, blockSize int) error {
 	h, err := newHeader(base, blockSize)
@@ -105,10 +105,11 @@ func writeNewOverlay(f *os.File, h *overlayHeader) error {
 	return f.Sync()
 }
 
-// unwrapLinkError turns link's EEXIST into a plain message.
+// unwrapLinkError turns link's error for an existing name into a short
+// one, still matching fs.ErrExist.
 func unwrapLinkError(err error, path string) error {
 	if errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("%s already exists", path)
+		return fmt.Errorf("%s: %w", path, os.ErrExist)
 	}
 	return err
 }

@@ -58,7 +58,8 @@ func (cfg *config) openCloneExport(spec exportSpec) (backend.Backend, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && !ro {
-		if err := backend.CreateOverlay(path, base, 0); err != nil {
+		// Another nbdd may create it at the same moment: then open theirs.
+		if err := backend.CreateOverlay(path, base, 0); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
 		}
 	}
