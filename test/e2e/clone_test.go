@@ -1,16 +1,19 @@
 package e2e
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // cloneSize is the size of the bases of the clone tests.
@@ -512,4 +515,113 @@ func imageInfoJSON(t *testing.T, ref string) imageInfoOut {
 		t.Fatalf("image info --json %s: %v\n%s", ref, err, out)
 	}
 	return info
+}
+
+// TestCloneKSMReal: clones over a base loaded into mergeable memory
+// (,load,ksm) hold one copy of the base per process, however many clones;
+// the throttler in another nbdd registers its base once and the two
+// processes' copies merge (real KSM, NBDD_KSM_REAL=1 as TestKSMReal);
+// reads are the base's before and after, a write to one clone shows in no
+// other, and the knobs are restored at exit.
+func TestCloneKSMReal(t *testing.T) {
+	requireRealKSM(t)
+	requireTool(t, "nbdcopy")
+	requireTool(t, "qemu-io")
+	before := readKnobs(t)
+	dir := t.TempDir()
+	base, data := cloneBaseImage(t, dir)
+	clone := func(name string) []string {
+		return []string{"--export", name + "=" + base + ",cow=" + filepath.Join(dir, name+".ovl") + ",load,ksm"}
+	}
+	p1 := startNBDD(t, append(clone("a1"), clone("a2")...)...)
+	sock := filepath.Join(dir, "ksm.sock")
+	p2 := startNBDD(t, append(clone("b"), "--ksm", "--ksm-state-file", filepath.Join(dir, "ksm.state"), "--ksm-socket", sock)...)
+	// The base's 48 MiB of data are loaded (its hole is not): one copy
+	// and the Go heap stay under 80 MiB, two copies would not.
+	if anon := statusKiB(t, p1.cmd.Process.Pid, "RssAnon") << 10; anon > 80<<20 {
+		t.Errorf("the nbdd serving two clones of a loaded base with 48 MiB of data holds %d MiB of anonymous memory; want one copy", anon>>20)
+	}
+	requireBytes(t, readExport(t, p1.unixURI(t, "a1")), data, "a1 before merging")
+
+	// The base is 48 MiB of data and a 16 MiB hole, which is never loaded.
+	want := int64(cloneSize-16<<20) * 2 * 9 / 10
+	start := time.Now()
+	for {
+		got := smapsKSM(t, p1.cmd.Process.Pid) + smapsKSM(t, p2.cmd.Process.Pid)
+		if got >= want {
+			t.Logf("KSM: %d MiB of the two processes' base copies merged %v after the throttler's start", got>>20, time.Since(start).Round(100*time.Millisecond))
+			break
+		}
+		if time.Since(start) > 60*time.Second {
+			t.Fatalf("only %d of %d bytes merged within 60 s", got, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st := ksmSocketStatus(t, sock)
+	found := false
+	for _, e := range st.Exports {
+		if e.Name == "base:"+base {
+			found = e.MergedBytes > 0
+		}
+	}
+	if !found {
+		t.Errorf("the throttler's status has no merged export named %q: %+v", "base:"+base, st.Exports)
+	}
+
+	qemuIO(t, p1.unixURI(t, "a1"), "write -P 0x99 1M 64k", "flush")
+	qemuIO(t, p1.unixURI(t, "a2"), "read -P 0 16M 16M")
+	requireBytes(t, readExport(t, p1.unixURI(t, "a2")), data, "a2 after a write to a1")
+	requireBytes(t, readExport(t, p2.unixURI(t, "b")), data, "b after merging and a write to a1")
+	p1.stop(t)
+	p2.stop(t)
+	if after := readKnobs(t); !equalKnobs(before, after) {
+		t.Errorf("KSM knobs not restored:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+// statusKiB returns a "kB" field of /proc/PID/status.
+func statusKiB(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// ksmSocketStatus asks a throttler's control socket for its status.
+func ksmSocketStatus(t *testing.T, sock string) ksmStatus {
+	t.Helper()
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "status\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st ksmStatus
+	if err := json.Unmarshal([]byte(line), &st); err != nil {
+		t.Fatalf("status %q: %v", line, err)
+	}
+	return st
+}
+
+type ksmStatus struct {
+	Exports []struct {
+		Name        string `json:"name"`
+		MergedBytes int64  `json:"merged_bytes"`
+	} `json:"exports"`
 }
