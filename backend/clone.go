@@ -145,11 +145,7 @@ func (c *Clone) ReadAt(p []byte, off int64) (int, error) {
 
 // read fills p from off, which lie inside the export.
 func (c *Clone) read(p []byte, off int64) error {
-	end := off + int64(len(p))
-	last := (end - 1) >> c.shift
-	for pos := off; pos < end; {
-		s, run := c.runOf(pos>>c.shift, last+1)
-		stop := min(run<<c.shift, end)
+	return c.eachRun(off, off+int64(len(p)), func(s blockState, pos, stop int64) error {
 		seg := p[pos-off : stop-off]
 		var err error
 		switch s {
@@ -163,10 +159,28 @@ func (c *Clone) read(p []byte, off int64) error {
 		if err != nil {
 			return fmt.Errorf("clone read at %d: %w", pos, err)
 		}
+		return nil
+	})
+}
+
+// eachRun calls fn for each run of blocks in one state that [off, end)
+// touches, cut to the range, in order, until fn returns an error, which
+// it returns.
+func (c *Clone) eachRun(off, end int64, fn func(s blockState, pos, stop int64) error) error {
+	last := (end - 1) >> c.shift
+	for pos := off; pos < end; {
+		s, run := c.runOf(pos>>c.shift, last+1)
+		stop := min(run<<c.shift, end)
+		if err := fn(s, pos, stop); err != nil {
+			return err
+		}
 		pos = stop
 	}
 	return nil
 }
+
+// errStopRuns ends an eachRun walk early without an error to report.
+var errStopRuns = errors.New("stop")
 
 // readFullAt reads all of p at off; io.EOF with a full count is success.
 func readFullAt(r io.ReaderAt, p []byte, off int64) error {
@@ -431,11 +445,7 @@ func (c *Clone) Extents(off, length int64, fn func(Extent) bool) error {
 		return err
 	}
 	mr := extentMerger{fn: fn}
-	end := off + length
-	last := (end - 1) >> c.shift
-	for pos := off; pos < end && !mr.stopped; {
-		s, run := c.runOf(pos>>c.shift, last+1)
-		stop := min(run<<c.shift, end)
+	err := c.eachRun(off, off+length, func(s blockState, pos, stop int64) error {
 		switch s {
 		case stateData:
 			mr.add(pos, stop-pos, 0)
@@ -446,7 +456,13 @@ func (c *Clone) Extents(off, length int64, fn func(Extent) bool) error {
 				return err
 			}
 		}
-		pos = stop
+		if mr.stopped {
+			return errStopRuns
+		}
+		return nil
+	})
+	if err != nil && err != errStopRuns {
+		return err
 	}
 	mr.flush()
 	return nil
@@ -483,28 +499,19 @@ func (c *Clone) Cache(off, length int64) error {
 	if err := checkRange("cache", off, length, c.size); err != nil || length == 0 {
 		return err
 	}
-	end := off + length
-	last := (end - 1) >> c.shift
-	for pos := off; pos < end; {
-		s, run := c.runOf(pos>>c.shift, last+1)
-		stop := min(run<<c.shift, end)
-		var err error
+	return c.eachRun(off, off+length, func(s blockState, pos, stop int64) error {
 		switch s {
 		case stateBase:
 			if cb, ok := c.base.(Cacher); ok {
-				err = cb.Cache(pos, stop-pos)
+				return cb.Cache(pos, stop-pos)
 			}
 		case stateData:
 			if cb, ok := c.ov.(Cacher); ok {
-				err = cb.Cache(c.dataOff+pos, stop-pos)
+				return cb.Cache(c.dataOff+pos, stop-pos)
 			}
 		}
-		if err != nil {
-			return err
-		}
-		pos = stop
-	}
-	return nil
+		return nil
+	})
 }
 
 // Sync makes every completed write durable (NBD_CMD_FLUSH), in an order

@@ -38,27 +38,18 @@ func (c *Clone) ReadCached(p []byte, off int64) bool {
 	if n, _ := readLimit(len(p), off, c.size); n < len(p) {
 		return false
 	}
-	end := off + int64(len(p))
-	last := (end - 1) >> c.shift
-	for pos := off; pos < end; {
-		s, run := c.runOf(pos>>c.shift, last+1)
-		stop := min(run<<c.shift, end)
+	err := c.eachRun(off, off+int64(len(p)), func(s blockState, pos, stop int64) error {
 		seg := p[pos-off : stop-off]
-		switch s {
-		case stateBase:
-			if !readCachedFrom(c.base, seg, pos) {
-				return false
-			}
-		case stateData:
-			if !readCachedFrom(c.ov, seg, c.dataOff+pos) {
-				return false
-			}
-		default:
+		switch {
+		case s == stateBase && !readCachedFrom(c.base, seg, pos),
+			s == stateData && !readCachedFrom(c.ov, seg, c.dataOff+pos):
+			return errStopRuns
+		case s == stateZero:
 			clear(seg)
 		}
-		pos = stop
-	}
-	return true
+		return nil
+	})
+	return err == nil
 }
 
 // readCachedFrom reads p at off from r if that waits on no device: r

@@ -64,11 +64,7 @@ func (v viewClone) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 	if err := checkRange("view", off, n, c.size); err != nil || n == 0 {
 		return iov, err
 	}
-	end := off + n
-	last := (end - 1) >> c.shift
-	for pos := off; pos < end; {
-		s, run := c.runOf(pos>>c.shift, last+1)
-		stop := min(run<<c.shift, end)
+	c.eachRun(off, off+n, func(s blockState, pos, stop int64) error {
 		switch s {
 		case stateBase:
 			iov = append(iov, v.base[pos:stop])
@@ -79,8 +75,8 @@ func (v viewClone) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 				iov = append(iov, zeroChunk[:min(chunkSize, stop-z)])
 			}
 		}
-		pos = stop
-	}
+		return nil
+	})
 	return iov, nil
 }
 
