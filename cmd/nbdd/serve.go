@@ -98,8 +98,14 @@ func serve(c *cli.Context) error {
 	// exits at once), and on any other way out.
 	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
 	defer stopKSM()
+	// Signals are caught before the exports are announced: a client, or
+	// a supervisor, may stop nbdd as soon as it sees them.
+	sigs := make(chan os.Signal, 2)
+	// SIGHUP too: a closed terminal must not lose unflushed writes.
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	announce(c, cfg, listeners)
-	err = runUntilSignal(cfg.srv, listeners, c.Duration("shutdown-timeout"), logger, func() {
+	err = runUntilSignal(cfg.srv, listeners, sigs, c.Duration("shutdown-timeout"), logger, func() {
 		if err := stopKSM(); err != nil {
 			logger.Error("restoring the KSM settings", "err", err)
 		}
@@ -139,13 +145,9 @@ func roSuffix(ro bool) string {
 	return ""
 }
 
-// runUntilSignal serves on listeners until a signal, then runs onSignal
-// and shuts srv down gracefully.
-func runUntilSignal(srv *server.Server, listeners []*listener, timeout time.Duration, logger *slog.Logger, onSignal func()) error {
-	sigs := make(chan os.Signal, 2)
-	// SIGHUP too: a closed terminal must not lose unflushed writes.
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+// runUntilSignal serves on listeners until a signal arrives on sigs, then
+// runs onSignal and shuts srv down gracefully.
+func runUntilSignal(srv *server.Server, listeners []*listener, sigs <-chan os.Signal, timeout time.Duration, logger *slog.Logger, onSignal func()) error {
 	errs := make(chan error, len(listeners))
 	var wg sync.WaitGroup
 	for _, l := range listeners {
