@@ -23,6 +23,10 @@ type viewClone struct {
 	*Clone
 	base []byte // the base's content
 	ov   []byte // the overlay file
+	// baseHoles is set when the base is a file with holes, which views
+	// must not lend: a read of a hole through a shared mapping of a tmpfs
+	// file allocates a page for it, where pread does not.
+	baseHoles bool
 }
 
 // Export returns the Backend to serve for c: c itself, or, when its base
@@ -54,7 +58,22 @@ func (c *Clone) Export() Backend {
 		return c
 	}
 	c.unmap = func() error { return unix.Munmap(ov) }
-	return viewClone{Clone: c, base: base, ov: ov}
+	return viewClone{Clone: c, base: base, ov: ov, baseHoles: hasHoles(c.base, c.size)}
+}
+
+// hasHoles reports whether b reports any hole (or cannot say), for a
+// file; memory never needs the care.
+func hasHoles(b Backend, size int64) bool {
+	f, ok := b.(*File)
+	if !ok {
+		return false
+	}
+	holes := false
+	err := f.Extents(0, size, func(e Extent) bool {
+		holes = e.Flags&ExtentHole != 0
+		return !holes
+	})
+	return holes || err != nil
 }
 
 // AppendView implements Viewer: one slice per run of blocks in one
@@ -65,19 +84,49 @@ func (v viewClone) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 		return iov, err
 	}
 	c.eachRun(off, off+n, func(s blockState, pos, stop int64) error {
-		switch s {
-		case stateBase:
+		switch {
+		case s == stateBase && v.baseHoles:
+			iov = v.appendBase(iov, pos, stop)
+		case s == stateBase:
 			iov = append(iov, v.base[pos:stop])
-		case stateData:
+		case s == stateData:
 			iov = append(iov, v.ov[c.dataOff+pos:c.dataOff+stop])
 		default:
-			for z := pos; z < stop; z += chunkSize {
-				iov = append(iov, zeroChunk[:min(chunkSize, stop-z)])
-			}
+			iov = appendZeroes(iov, stop-pos)
 		}
 		return nil
 	})
 	return iov, nil
+}
+
+// appendBase appends views of the base's [pos, stop), its holes as
+// shared zeroes.
+func (v viewClone) appendBase(iov [][]byte, pos, stop int64) [][]byte {
+	next := pos
+	v.Clone.base.(Extenter).Extents(pos, stop-pos, func(e Extent) bool {
+		lo, hi := max(e.Offset, next), min(e.Offset+e.Length, stop)
+		if hi > lo {
+			if e.Flags&ExtentZero != 0 {
+				iov = appendZeroes(iov, hi-lo)
+			} else {
+				iov = append(iov, v.base[lo:hi])
+			}
+			next = hi
+		}
+		return hi < stop
+	})
+	if next < stop { // the base could not tell: read it as it is
+		iov = append(iov, v.base[next:stop])
+	}
+	return iov
+}
+
+// appendZeroes appends n bytes of shared zeroes.
+func appendZeroes(iov [][]byte, n int64) [][]byte {
+	for ; n > 0; n -= chunkSize {
+		iov = append(iov, zeroChunk[:min(chunkSize, n)])
+	}
+	return iov
 }
 
 // baseView is a CloneBase's content as memory, made once for all its
