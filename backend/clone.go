@@ -123,10 +123,11 @@ func (c *Clone) CanFastZero() bool { return true }
 func (c *Clone) blockStart(i int64) int64 { return i << c.shift }
 func (c *Clone) blockEnd(i int64) int64   { return min((i+1)<<c.shift, c.size) }
 
-// runOf returns the state of block lo and the end of its run, at most hi.
+// runOf returns the state of block lo and the end of the run of blocks
+// in that state from it, at most hi.
 func (c *Clone) runOf(lo, hi int64) (blockState, int64) {
 	s := c.states.get(lo)
-	return s, c.states.runEnd(lo, hi)
+	return s, c.states.runEnd(lo, hi, s)
 }
 
 // ReadAt reads blocks from the base, from the overlay or as zeroes, as

@@ -59,9 +59,15 @@ func TestStateMapRuns(t *testing.T) {
 	m.set(100, 101, stateZero)
 	for _, c := range []struct{ lo, hi, want int64 }{
 		{0, 200, 10}, {10, 200, 100}, {40, 200, 100}, {40, 64, 64}, {100, 200, 101}, {101, 200, 200}, {101, 150, 150},
+		{199, 200, 200}, {63, 64, 64}, {31, 100, 32 + 68},
 	} {
-		require.Equal(t, c.want, m.runEnd(c.lo, c.hi), "runEnd(%d, %d)", c.lo, c.hi)
+		require.Equal(t, c.want, m.runEnd(c.lo, c.hi, m.get(c.lo)), "runEnd(%d, %d)", c.lo, c.hi)
 	}
+	// A run of the state the caller saw, not of the state block lo holds
+	// now: a caller that saw block 10 as base (a write has made it data
+	// since) gets a run of one block, not the 90 blocks of data after it.
+	require.EqualValues(t, 11, m.runEnd(10, 200, stateBase))
+	require.EqualValues(t, 200, m.runEnd(100, 200, stateBase), "block 100 counts as seen; 101 on are base")
 	require.EqualValues(t, 90, m.count(200, stateData))
 	require.True(t, m.all(10, 100, stateData))
 	require.False(t, m.all(10, 101, stateData))

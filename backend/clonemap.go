@@ -44,18 +44,17 @@ func (m stateMap) set(lo, hi int64, s blockState) {
 
 // all reports whether every block of [lo, hi) is in state s.
 func (m stateMap) all(lo, hi int64, s blockState) bool {
-	return m.runEnd(lo, hi) == hi && m.get(lo) == s
+	return m.get(lo) == s && m.runEnd(lo, hi, s) == hi
 }
 
-// runEnd returns the end of the run of blocks that share block lo's
-// state, at most hi. Words whose remaining blocks all match are passed
-// over at once.
-func (m stateMap) runEnd(lo, hi int64) int64 {
-	if lo >= hi {
-		return hi
-	}
-	rep := repeated(m.get(lo))
-	for i := lo; i < hi; {
+// runEnd returns the end of the run of blocks in state s that starts at
+// block lo, at most hi. Block lo counts as in s, whatever it holds now:
+// the caller read its state, which a concurrent write may have changed
+// since, and the run must not take in the blocks of another state after
+// it. Words whose remaining blocks all match are passed over at once.
+func (m stateMap) runEnd(lo, hi int64, s blockState) int64 {
+	rep := repeated(s)
+	for i := lo + 1; i < hi; {
 		k := i % 32
 		diff := (m[i/32].Load() ^ rep) >> (2 * k)
 		if diff != 0 {
@@ -63,15 +62,16 @@ func (m stateMap) runEnd(lo, hi int64) int64 {
 		}
 		i += 32 - k
 	}
-	return hi
+	return max(hi, lo+1)
 }
 
 // count returns how many blocks of [0, n) are in state s.
 func (m stateMap) count(n int64, s blockState) int64 {
 	var c int64
 	for lo := int64(0); lo < n; {
-		hi := m.runEnd(lo, n)
-		if m.get(lo) == s {
+		st := m.get(lo)
+		hi := m.runEnd(lo, n, st)
+		if st == s {
 			c += hi - lo
 		}
 		lo = hi
