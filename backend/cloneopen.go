@@ -14,9 +14,9 @@ import (
 )
 
 // CreateOverlay creates an empty overlay file at path for clones of base,
-// with blocks of blockSize bytes (0 means DefaultCloneBlockSize). It
-// fails, with an error matching fs.ErrExist, if path exists. The file appears whole or not at all: it is
-// written under a temporary name, synced, and linked into place.
+// with blocks of blockSize bytes (0 means DefaultCloneBlockSize), whole
+// or not at all (CreateImageFile). It fails, with an error matching
+// fs.ErrExist, if path exists.
 func CreateOverlay(path string, base *CloneBase, blockSize int) error {
 	h, err := newHeader(base, blockSize)
 	if err != nil {
@@ -25,24 +25,11 @@ func CreateOverlay(path string, base *CloneBase, blockSize int) error {
 	if h.basePath, err = basePathFrom(path, base.path); err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
+	err = CreateImageFile(path, 0o600, func(f *os.File) error { return writeNewOverlay(f, &h) })
 	if err != nil {
 		return fmt.Errorf("create overlay: %w", err)
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful link, only the temporary name
-	if err := writeNewOverlay(f, &h); err != nil {
-		f.Close()
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	if err := os.Link(tmp, path); err != nil {
-		return fmt.Errorf("create overlay: %w", unwrapLinkError(err, path))
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // newHeader returns the header of a new overlay over base, but for the
@@ -89,8 +76,8 @@ func basePathFrom(path, base string) (string, error) {
 }
 
 // writeNewOverlay writes the header of a new overlay, reserves its map
-// (so that a FLUSH never fails for want of space for the map), sizes the
-// file, and syncs it.
+// (so that a FLUSH never fails for want of space for the map) and sizes
+// the file.
 func writeNewOverlay(f *os.File, h *overlayHeader) error {
 	if _, err := f.WriteAt(h.encode(), 0); err != nil {
 		return err
@@ -99,32 +86,7 @@ func writeNewOverlay(f *os.File, h *overlayHeader) error {
 	if err := unix.Fallocate(int(f.Fd()), 0, headerSize, mapEnd-headerSize); err != nil && !unsupported(err) {
 		return fmt.Errorf("reserve the map: %w", err)
 	}
-	if err := f.Truncate(h.dataOff + h.blocks()<<h.blockShift); err != nil {
-		return err
-	}
-	return f.Sync()
-}
-
-// unwrapLinkError turns link's error for an existing name into a short
-// one, still matching fs.ErrExist.
-func unwrapLinkError(err error, path string) error {
-	if errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("%s: %w", path, os.ErrExist)
-	}
-	return err
-}
-
-// syncDir fsyncs a directory, so that a name made in it survives a crash.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
+	return f.Truncate(h.dataOff + h.blocks()<<h.blockShift)
 }
 
 // OpenClone opens the overlay at path as a clone of base. The overlay is

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/internal/progress"
@@ -192,48 +192,19 @@ func copyRaw(c *cli.Context, cmd, src, out string, mode os.FileMode) error {
 }
 
 // writeImage creates the image path, which must not exist, with fill,
-// under a temporary name in its directory, then syncs it, sets its mode
-// and links it into place: an interrupted command leaves no partial
-// image under that name.
+// whole or not at all (backend.CreateImageFile).
 func writeImage(path string, mode os.FileMode, fill func(f *os.File) error) error {
+	exists := cli.Exit(fmt.Sprintf("image: %s already exists", path), 1)
 	if _, err := os.Lstat(path); err == nil {
-		return cli.Exit(fmt.Sprintf("image: %s already exists", path), 1)
+		return exists // before any copying
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
-	if err != nil {
-		return imageErr("create", err)
-	}
-	defer os.Remove(f.Name())
-	err = fill(f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Link(f.Name(), path)
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
+	if err := backend.CreateImageFile(path, mode, fill); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return exists
+		}
 		return imageErr("write "+path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // copySparse copies src into dst at the same offsets, leaving holes where
