@@ -464,6 +464,13 @@ func TestImageCommandsLocal(t *testing.T) {
 	writeClone(t, s.unixURI(t, "vm"))
 	qemuIO(t, s.unixURI(t, "vm"), "discard 8M 1M", "flush")
 	served := readExport(t, s.unixURI(t, "vm"))
+	_, stderr, status := runNBDD(t, nil, "image", "flatten", ovl, filepath.Join(dir, "busy.raw"))
+	if status != 1 || !strings.Contains(stderr, "in use") {
+		t.Errorf("image flatten of an overlay nbdd is writing: status %d, %q; want 1 and \"in use\"", status, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "busy.raw")); err == nil {
+		t.Error("a refused flatten left its output behind")
+	}
 	s.stop(t)
 
 	info := imageInfoJSON(t, ovl)
