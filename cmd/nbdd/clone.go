@@ -54,14 +54,14 @@ func (cfg *config) openCloneExport(spec exportSpec) (backend.Backend, error) {
 		return c.Export(), nil
 	}
 	path := spec.opts["cow"]
-	if err := cfg.checkOverlay(spec.name, path); err != nil {
-		return nil, err
-	}
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && !ro {
 		// Another nbdd may create it at the same moment: then open theirs.
 		if err := backend.CreateOverlay(path, base, 0); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, cli.Exit(fmt.Sprintf("export %q: %v", spec.name, err), 1)
 		}
+	}
+	if err := cfg.checkOverlay(spec.name, path); err != nil { // noted after it was made, for --dir
+		return nil, err
 	}
 	c, err := backend.OpenClone(path, base, ro)
 	if err != nil {
@@ -105,7 +105,7 @@ func (cfg *config) cloneBase(spec exportSpec) (*backend.CloneBase, error) {
 func (cfg *config) checkOverlay(name, path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil // created next, or reported by the open
+		return nil // reported by the open
 	}
 	return cfg.noteFile(name, fi, exportedFile{overlay: true})
 }

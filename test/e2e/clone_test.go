@@ -411,6 +411,7 @@ func TestCloneCLIErrors(t *testing.T) {
 	ovl := filepath.Join(dir, "vm.ovl")
 	command{name: nbddBin, args: []string{"image", "clone", base, ovl}}.run(t)
 	sock := "unix://" + filepath.Join(dir, "s")
+	otherDir := t.TempDir()
 	for _, tc := range []struct {
 		name   string
 		args   []string
@@ -426,6 +427,7 @@ func TestCloneCLIErrors(t *testing.T) {
 		{"overlay exported raw", []string{"--export", "a=" + base + ",cow=" + ovl, "--export", "b=" + ovl}, 2, "overlay"},
 		{"base exported writable", []string{"--export", "a=" + base + ",cow=" + ovl, "--export", "b=" + base}, 2, "base of a clone"},
 		{"base in a writable --dir", []string{"--dir", dir, "--export", "a=" + base + ",cow=" + ovl}, 2, "base.raw"},
+		{"new overlay in a writable --dir", []string{"--dir", otherDir, "--export", "a=" + base + ",cow=" + filepath.Join(otherDir, "new.ovl")}, 2, "new.ovl"},
 		{"read-only clone without its overlay", []string{"--export", "a=" + base + ",cow=" + filepath.Join(dir, "none.ovl") + ",ro"}, 1, "none.ovl"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
