@@ -51,7 +51,8 @@ const copyStripes = 256
 //
 // Clone implements Trimmer, FastZeroer, Extenter (the union of overlay
 // and base), Cacher, FUAWriter, MultiConner, ReadOnlyer, and, where its
-// files allow, NonBlocker, CachedReader and PipeWriter.
+// files allow, NonBlocker, CachedReader and PipeWriter. Serve Export(),
+// which adds Viewer when the base and the overlay are in memory.
 type Clone struct {
 	cb       *CloneBase   // nil in tests that give a Backend alone
 	unmap    func() error // undoes Export's mapping of the overlay
