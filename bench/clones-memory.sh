@@ -71,7 +71,7 @@ part1() {
 		ovls+=("$WORK/vm$i.ovl")
 		args+=(--export "vm$i=$WORK/base.raw,cow=$WORK/vm$i.ovl")
 	done
-	start nbdd1 "$WORK/p1.sock" "$WORK/nbdd" serve --listen "unix://$WORK/p1.sock" "${args[@]}" --log-level warn
+	start nbdd1 "$WORK/p1.sock" "$WORK/nbdd" serve --listen "unix://$WORK/p1.sock" "${args[@]}" --default-export vm0 --log-level warn
 	pid=$PID_nbdd1
 	sync
 	drop_cache "$WORK/base.raw" "${ovls[@]}"
@@ -117,7 +117,7 @@ part2() {
 		done
 		[ $p = 3 ] && args+=(--ksm --ksm-state-file "$WORK/ksm.state")
 		[ $p = 3 ] && t0=$(date +%s.%N)
-		start "k$p" "$WORK/k$p.sock" "$WORK/nbdd" serve --listen "unix://$WORK/k$p.sock" "${args[@]}" --log-level warn
+		start "k$p" "$WORK/k$p.sock" "$WORK/nbdd" serve --listen "unix://$WORK/k$p.sock" "${args[@]}" --default-export "vm$((p * 4))" --log-level warn
 		eval "pids+=(\$PID_k$p)"
 		socks+=("$WORK/k$p.sock")
 	done
