@@ -49,20 +49,26 @@ for p in sys.argv[1:]:
 # cached_bytes FILE...: bytes of the files in the page cache.
 cached_bytes() { fincore --bytes --noheadings --output RES "$@" | awk '{s+=$1} END {print s+0}'; }
 
-# clients SOCKET...: client i writes 64 MiB at 64 MiB × i of clone vm$i
-# (on the i-th socket given, cycling), then reads all of it; all at once.
+# clients SOCKET...: client i writes 64 MiB at 64 MiB × i of clone vm$i,
+# then reads all of it; all at once. The clones are spread evenly over the
+# sockets given, in order (vm0-vm3 on the first of four). A client that
+# fails is counted and reported, and the others go on.
 clients() {
-	local socks=("$@") pids=() i
+	local socks=("$@") pids=() i failed=0
 	for i in $(seq 0 $((CLONES - 1))); do
 		(
-			u="nbd+unix:///vm$i?socket=${socks[$((i % ${#socks[@]}))]}"
+			u="nbd+unix:///vm$i?socket=${socks[$((i * ${#socks[@]} / CLONES))]}"
 			fio --name=w --ioengine=nbd --uri="$u" --rw=write --bs=1M --iodepth=4 \
-				--offset=$((i * WRITE)) --size=$WRITE --output=/dev/null >/dev/null 2>&1
-			nbdcopy "$u" null:
+				--offset=$((i * WRITE)) --size=$WRITE --output=/dev/null >/dev/null 2>&1 &&
+				nbdcopy "$u" null:
 		) &
 		pids+=($!)
 	done
-	for p in "${pids[@]}"; do wait "$p"; done
+	for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
+	if [ $failed -gt 0 ]; then
+		echo "clones-memory.sh: $failed of $CLONES clients failed; server logs:" >&2
+		tail -n 5 "$WORK"/*.log >&2
+	fi
 }
 
 part1() {

@@ -45,7 +45,7 @@ SERVERS="raw clone nbdkit qemu"
 
 # start_servers: every server on a fresh overlay (raw: a fresh copy).
 start_servers() {
-	rm -f "$D/raw.img" "$D/clone.ovl" "$D/q.qcow2"
+	rm -f "$D/raw.img" "$D/clone.ovl" "$D/q.qcow2" "$WORK"/*.sock
 	cp "$D/base.img" "$D/raw.img" && chmod u+w "$D/raw.img"
 	"$WORK/nbdd" image clone --block-size "$BLOCK" "$D/base.img" "$D/clone.ovl"
 	qemu-img create -q -f qcow2 -b "$D/base.img" -F raw "$D/q.qcow2"
