@@ -26,6 +26,11 @@
 //	TestBackendFaults(SimpleReplies), TestFlushFault   injected EIO reaches only the faulty requests
 //	TestHandshakeTimeout, TestMaxConnections, TestUnknownExport, TestReadOnlyFlag   limits and access
 //	TestCLIUsageErrors, TestCLIVersion, TestServeDefaults, TestSocketInUse
+//	TestCloneWritesOverlay         clones: writes in the overlay, the base's SHA-256 unchanged, reads of the base, restart
+//	TestCloneKill9AfterFlush       a clone's flushed and FUA writes survive kill -9
+//	TestCloneTrimMasksBase         TRIM and WRITE_ZEROES read as zeroes over the base's data, and are holes
+//	TestCloneBlockStatusMatchesQCOW2  qemu-img map of a clone equals that of the qcow2 chain after the same ops
+//	TestCloneThrowAway, TestManyClones, TestCloneCLIErrors, TestImageCommandsLocal
 package e2e
 
 import (

@@ -11,7 +11,9 @@
 // Configurations (NBDD_KERNEL_CONFIGS=nbdkit,nbdd-pool,nbdd-stream; default
 // all): nbdkit memory proves the harness; nbdd under the pool and stream
 // strategies, each serving a memory and a file export (one runs the full
-// list, the other the data-integrity subset).
+// list, the other the data-integrity subset), and under pool a
+// copy-on-write clone of a file base too (the subset: dd, mkfs.ext4,
+// e2fsck; the host then wants the base unchanged).
 //
 // Environment: CI (missing tools fail instead of skipping), NBDD_KERNEL_CACHE
 // (default ~/.cache/nbdd-kernel), NBDD_KERNEL_TIMEOUT (seconds per boot),
@@ -58,10 +60,11 @@ const (
 )
 
 type export struct {
-	name string
-	file bool   // file-backed, else memory (or S3)
-	mode string // full | lite
-	s3   bool   // an S3 image on a versitygw the test starts
+	name  string
+	file  bool   // file-backed, else memory (or S3)
+	mode  string // full | lite
+	s3    bool   // an S3 image on a versitygw the test starts
+	clone bool   // a copy-on-write clone of a file base (implies file)
 }
 
 type config struct {
@@ -73,11 +76,11 @@ type config struct {
 }
 
 var allConfigs = []config{
-	{name: "nbdkit", exports: []export{{"mem", false, "full", false}}, stop: "mem"},
+	{name: "nbdkit", exports: []export{{"mem", false, "full", false, false}}, stop: "mem"},
 	{name: "nbdd-pool", nbdd: true, strategy: "pool",
-		exports: []export{{"mem", false, "full", false}, {"file", true, "lite", false}, {"s3", false, "lite", true}}, stop: "mem"},
+		exports: []export{{"mem", false, "full", false, false}, {"file", true, "lite", false, false}, {"s3", false, "lite", true, false}, {"clone", true, "lite", false, true}}, stop: "mem"},
 	{name: "nbdd-stream", nbdd: true, strategy: "stream",
-		exports: []export{{"file", true, "full", false}, {"mem", false, "lite", false}}, stop: "file"},
+		exports: []export{{"file", true, "full", false, false}, {"mem", false, "lite", false, false}}, stop: "file"},
 }
 
 // result is one row of the table: a guest step or a host-side check.
@@ -339,6 +342,7 @@ func startServerEnv(t *testing.T, name string, port int, env []string, argv ...s
 // ---- one configuration: servers + one guest boot ----
 
 type runner struct {
+	bases   map[string][2]string // clone export → its base file and the base's SHA-256
 	t       *testing.T
 	cfg     config
 	img     guestImage
@@ -389,6 +393,10 @@ func (r *runner) startServers() {
 			var spec string
 			spec, env = r.s3Export(e.name)
 			args = append(args, "--s3", spec)
+			continue
+		}
+		if e.clone {
+			args = append(args, "--export", e.name+"="+r.cloneBase(e.name)+",cow="+filepath.Join(r.dir, e.name+".ovl"))
 			continue
 		}
 		if e.file {
@@ -625,6 +633,57 @@ func (r *runner) boot(initrd string) {
 	}
 	if r.cfg.nbdd && !r.main.Running() {
 		r.checkServerLog()
+	}
+	r.checkCloneBases()
+}
+
+// cloneBase writes the base of clone export name: an image of exportSize
+// bytes whose first 64 MiB hold a pattern (the rest a hole), so the guest
+// reads the base where the clone has not written, and notes its SHA-256.
+func (r *runner) cloneBase(name string) string {
+	t := r.t
+	p := filepath.Join(r.dir, name+".base")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := make([]byte, 64<<20)
+	for i := range rnd {
+		rnd[i] = byte(i*7919 ^ i>>13)
+	}
+	if _, err := f.Write(rnd); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(exportSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if r.bases == nil {
+		r.bases = map[string][2]string{}
+	}
+	sum, err := fileSHA(p, 0, exportSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.bases[name] = [2]string{p, sum}
+	return p
+}
+
+// checkCloneBases wants every clone's base unchanged by the guest's
+// writes, mkfs and fsck, which all went to the overlay.
+func (r *runner) checkCloneBases() {
+	for name, b := range r.bases {
+		res := result{step: "host-clone-base-" + name, conns: -1}
+		sum, err := fileSHA(b[0], 0, exportSize)
+		switch {
+		case err != nil:
+			res.detail = err.Error()
+		case sum != b[1]:
+			res.detail = fmt.Sprintf("base %s changed: sha256 %s, was %s", b[0], sum, b[1])
+		default:
+			res.ok, res.note = true, "base sha256 unchanged"
+		}
+		r.add(res)
 	}
 }
 
