@@ -95,8 +95,21 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect reads the server's Stats, and the budget and KSM throttler if
 // configured, and sends them as metrics.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	st := c.cfg.Server.Stats()
 	m := emitter{ch}
+	if c.cfg.Server != nil {
+		collectServer(m, c.cfg.Server.Stats())
+	}
+	if b := c.cfg.Budget; b != nil {
+		m.gauge(budgetLimit, float64(b.Size()))
+		m.gauge(budgetInUse, float64(b.InUse()))
+		m.gauge(budgetWaitQ, float64(b.Waiting()))
+	}
+	if c.cfg.KSM != nil {
+		collectKSM(m, c.cfg.KSM.Status())
+	}
+}
+
+func collectServer(m emitter, st server.Stats) {
 	m.gauge(connsOpen, float64(st.Conns))
 	m.counter(connsAccepted, st.Accepted)
 	m.counter(connsRefused, st.RefusedLimit, "limit")
@@ -106,14 +119,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		collectExport(m, es)
 	}
 	collectBuffers(m, st)
-	if b := c.cfg.Budget; b != nil {
-		m.gauge(budgetLimit, float64(b.Size()))
-		m.gauge(budgetInUse, float64(b.InUse()))
-		m.gauge(budgetWaitQ, float64(b.Waiting()))
-	}
-	if c.cfg.KSM != nil {
-		collectKSM(m, c.cfg.KSM.Status())
-	}
 }
 
 // emitter sends const metrics; the descriptors above are valid, so

@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Config says what a Collector reads. Only Server is required.
+// Config says what a Collector reads; what is nil is left out.
 type Config struct {
 	// Server is the server whose Stats are exported.
 	Server *server.Server
