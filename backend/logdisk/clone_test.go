@@ -491,3 +491,54 @@ func TestCloneRefusedWhileSnapshotRemoved(t *testing.T) {
 		t.Fatal("a clone of an image, not a snapshot, was made")
 	}
 }
+
+// TestSweepRereadsPins: a snapshot sealed while a sweep is under way,
+// after the sweep read the pins, keeps its segments: the sweep reads the
+// pins again before it deletes.
+func TestSweepRereadsPins(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	holdSnap, holdSweep := make(chan struct{}), make(chan struct{})
+	snapAtPin, sweepListing := make(chan struct{}, 1), make(chan struct{}, 1)
+	var sweeping atomic.Bool
+	st.Hook = func(op Op, key string) error {
+		switch {
+		case op == OpPut && key == testPrefix+snapDir+"s":
+			snapAtPin <- struct{}{}
+			<-holdSnap
+		case op == OpList && key == testPrefix+ckptDir && sweeping.Load():
+			sweepListing <- struct{}{}
+			<-holdSweep
+		}
+		return nil
+	}
+	cfg := testConfig(t, st)
+	w := openDisk(t, cfg)
+	a := fill(1<<20, 1)
+	mustWrite(t, w, a, 0)
+	if err := w.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	snapDone := make(chan error, 1)
+	go func() { _, err := Snapshot(t.Context(), cfg, "s"); snapDone <- err }()
+	<-snapAtPin // the snapshot has loaded the log: it pins the checkpoint written above
+	mustWrite(t, w, fill(1<<20, 2), 0)
+	if err := w.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	sweeping.Store(true)
+	gcDone := make(chan error, 1)
+	go func() { gcDone <- w.sweep(0) }()
+	<-sweepListing // the sweep has read the pins: none yet
+	close(holdSnap)
+	if err := <-snapDone; err != nil {
+		t.Fatalf("Snapshot: %v", err)
+	}
+	close(holdSweep)
+	if err := <-gcDone; err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	ro := testConfig(t, st)
+	ro.ReadOnly, ro.Snapshot, ro.CacheSize = true, "s", -1
+	requireEqual(t, readAt(t, openDisk(t, ro), 1<<20, 0), a, "the snapshot sealed during a sweep")
+}
