@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/backend/logdisk"
 	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/server"
 	"github.com/urfave/cli/v2"
@@ -27,6 +28,7 @@ type config struct {
 	files     []exportedFile  // the files of --export, to catch one exported twice
 	faultSpec string          // --fault, when set
 	logger    *slog.Logger
+	s3Bases   *logdisk.Bases // the bases of the S3 clones served, shared
 }
 
 // exportedFile is a file of an --export.
@@ -46,7 +48,7 @@ func (c *config) close() {
 }
 
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
-	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger}
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger, s3Bases: &logdisk.Bases{}}
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}
