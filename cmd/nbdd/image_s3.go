@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
@@ -71,6 +72,9 @@ func (s3Images) info(c *cli.Context, ref string) (imageInfo, error) {
 			{"last_seq", in.LastSeq},
 			{"image_id", d.Meta().ID},
 		},
+	}
+	if r.snapshot != "" { // sealed: no writer, ever
+		info.Details = slices.DeleteFunc(info.Details, func(f infoField) bool { return f.Key == "writer" || f.Key == "writer_epoch" })
 	}
 	return info, addSnapshotInfo(&info, r)
 }

@@ -127,7 +127,7 @@ func openS3Image(ref s3Ref, o s3Options, logger *slog.Logger) (*logdisk.Disk, er
 func s3Error(ref s3Ref, err error) error {
 	switch {
 	case errors.Is(err, logdisk.ErrNoImage):
-		return cli.Exit(fmt.Sprintf("%s: no image there (nbdd image create --size SIZE %s makes one)", ref, ref), 1)
+		return cli.Exit(fmt.Sprintf("%s: no image there (nbdd image create --size SIZE %s makes one)", ref.image(), ref.image()), 1)
 	case errors.Is(err, logdisk.ErrInUse):
 		return cli.Exit(fmt.Sprintf("%s: %v", ref, err), 1)
 	case errors.Is(err, logdisk.ErrImageExists):
