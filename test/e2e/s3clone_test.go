@@ -361,14 +361,25 @@ func TestS3CloneLifecycle(t *testing.T) {
 // snapshot, every client reading its whole disk, holds the base's read
 // cache once: its peak RSS against four nbdd, one clone each. The
 // request buffers are bounded to 16 MiB (--memory-budget), so the cache
-// is most of what each process holds.
+// is most of what each process holds. NBDD_S3_CLONES and
+// NBDD_S3_CLONE_BASE change the number of clones and the base's size, for
+// docs/s3.md's larger figures.
 func TestS3ClonesShareBaseMemory(t *testing.T) {
 	requireTool(t, "nbdcopy")
-	const clones, cache = 4, 64 << 20
-	im := newS3Image(t, "256M")
+	const cache = 64 << 20
+	clones, base := 4, "256M"
+	if v := os.Getenv("NBDD_S3_CLONES"); v != "" {
+		if _, err := fmt.Sscan(v, &clones); err != nil || clones < 1 {
+			t.Fatalf("NBDD_S3_CLONES=%q: want a number of clones", v)
+		}
+	}
+	if v := os.Getenv("NBDD_S3_CLONE_BASE"); v != "" {
+		base = v
+	}
+	im := newS3Image(t, base)
 	env := append(im.withCacheDir(t.TempDir()), "NBDD_MEMORY_BUDGET=16MiB")
 	w := im.serve(t, im.env)
-	command{name: "nbdcopy", args: []string{"--flush", "--", "[", "nbdkit", "random", "256M", "]", w.unixURI(t, "disk")}}.run(t)
+	command{name: "nbdcopy", args: []string{"--flush", "--", "[", "nbdkit", "random", base, "]", w.unixURI(t, "disk")}}.run(t)
 	w.stop(t)
 	im.nbdd(t, "image", "snapshot", im.ref, "s1")
 	var specs []string
@@ -393,9 +404,9 @@ func TestS3ClonesShareBaseMemory(t *testing.T) {
 		separate += vmHWM(t, s.cmd.Process.Pid)
 		s.stop(t)
 	}
-	t.Logf("%d clones of a 256 MiB snapshot, each read whole, cache=%d MiB: one nbdd peaks at %d MiB RSS; %d nbdd, one clone each, at %d MiB together",
-		clones, cache>>20, shared>>20, clones, separate>>20)
-	if perProcess := separate / clones; shared > perProcess+32<<20 {
+	t.Logf("%d clones of a %s snapshot, each read whole, cache=%d MiB: one nbdd peaks at %d MiB RSS; %d nbdd, one clone each, at %d MiB together",
+		clones, base, cache>>20, shared>>20, clones, separate>>20)
+	if perProcess := separate / int64(clones); shared > perProcess+32<<20 {
 		t.Errorf("one nbdd serving %d clones peaked at %d MiB; want at most what an nbdd serving one clone peaks at (%d MiB) plus 32 MiB", clones, shared>>20, perProcess>>20)
 	}
 	if shared*2 > separate {
