@@ -542,3 +542,27 @@ func TestSweepRereadsPins(t *testing.T) {
 	ro.ReadOnly, ro.Snapshot, ro.CacheSize = true, "s", -1
 	requireEqual(t, readAt(t, openDisk(t, ro), 1<<20, 0), a, "the snapshot sealed during a sweep")
 }
+
+// TestCloneCachePrefetchesBase: NBD_CMD_CACHE on a clone brings what it
+// never wrote from the base into the base's cache, so the READ after it
+// fetches nothing.
+func TestCloneCachePrefetchesBase(t *testing.T) {
+	x := fill(1<<20, 1)
+	st := newBase(t, x)
+	c := openDisk(t, newClone(t, st, clonePrefix))
+	mustWrite(t, c, fill(4096, 2), 0)
+	if err := c.Cache(0, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	base := c.clone.base
+	fetched := base.Stats().GetBytes
+	if fetched < 1<<20-4096 {
+		t.Fatalf("CACHE fetched %d bytes of the base; want its 1 MiB but the clone's 4 KiB", fetched)
+	}
+	want := bytes.Clone(x)
+	copy(want, fill(4096, 2))
+	requireEqual(t, readAt(t, c, 1<<20, 0), want, "the clone after CACHE")
+	if got := base.Stats().GetBytes; got != fetched {
+		t.Fatalf("the READ after CACHE fetched %d more bytes of the base; want 0", got-fetched)
+	}
+}
