@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
-	"github.com/nbdd/nbdd/kernel/nbdkernel"
 	"github.com/nbdd/nbdd/internal/nbdclient"
+	"github.com/nbdd/nbdd/kernel/nbdkernel"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/nbdd/nbdd/server"
 	"github.com/stretchr/testify/require"
