@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/binary"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
@@ -12,8 +11,6 @@ const (
 	// maxSparseChunks bounds the chunks of one sparse reply; extents past
 	// it are sent as data.
 	maxSparseChunks = 64
-	chunkDataHdr    = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
-	chunkHoleLen    = protocol.ChunkHeaderSize + protocol.OffsetHoleSize
 )
 
 // segment is a run of a READ that is either data or a known-zero hole.
@@ -52,7 +49,7 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 		}
 	}
 	o.segViews = append(o.segViews, len(o.views))
-	o.buildSparse(segs)
+	o.buildSparse(c.format, segs)
 	for _, s := range segs {
 		if s.hole {
 			c.counts.holes.Add(s.n)
@@ -90,37 +87,40 @@ func (c *conn) segments(off, n int64) ([]segment, error) {
 // hole chunks, whatever else their flags say.
 func holeKey(f backend.ExtentFlags) backend.ExtentFlags { return f & backend.ExtentZero }
 
-// buildSparse encodes one chunk per segment into o.extra and points o.iov
-// at those headers and at the data slices in o.views (data segment k is
-// o.views[o.segViews[k]:o.segViews[k+1]]); the last chunk carries DONE.
-func (o *op) buildSparse(segs []segment) {
+// buildSparse encodes one chunk per segment into o.extra, its headers
+// written by f, and points o.iov at those chunks and at the data slices in
+// o.views (data segment k is o.views[o.segViews[k]:o.segViews[k+1]]); the
+// last chunk carries DONE.
+func (o *op) buildSparse(f replyFormat, segs []segment) {
 	b := o.extra[:0]
+	var h [maxReplyHeader]byte
+	holeLen, dataHdr := 0, 0 // the same for every chunk of a connection
 	for i, s := range segs {
 		flags := protocol.ReplyFlag(0)
 		if i == len(segs)-1 {
 			flags = protocol.ReplyFlagDone
 		}
-		var h [protocol.ChunkHeaderSize]byte
 		if s.hole {
-			protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetHole, Cookie: o.req.Cookie, Length: protocol.OffsetHoleSize}.Put(h[:])
-			b = protocol.AppendOffsetHole(append(b, h[:]...), uint64(s.off), uint32(s.n))
+			k := f.putChunk(h[:], flags, protocol.ReplyTypeOffsetHole, o.req.Cookie, protocol.OffsetHoleSize)
+			b = protocol.AppendOffsetHole(append(b, h[:k]...), uint64(s.off), uint32(s.n))
+			holeLen = k + protocol.OffsetHoleSize
 			continue
 		}
-		protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetData, Cookie: o.req.Cookie, Length: uint32(protocol.OffsetDataHeaderSize + s.n)}.Put(h[:])
-		b = binary.BigEndian.AppendUint64(append(b, h[:]...), uint64(s.off))
+		dataHdr = f.putData(h[:], flags, o.req.Cookie, uint64(s.off), int(s.n))
+		b = append(b, h[:dataHdr]...)
 	}
 	o.extra = b
 	o.iov = o.iov[:0]
 	pos, k := 0, 0
 	for _, s := range segs {
 		if s.hole {
-			o.iov = append(o.iov, b[pos:pos+chunkHoleLen])
-			pos += chunkHoleLen
+			o.iov = append(o.iov, b[pos:pos+holeLen])
+			pos += holeLen
 			continue
 		}
-		o.iov = append(o.iov, b[pos:pos+chunkDataHdr])
+		o.iov = append(o.iov, b[pos:pos+dataHdr])
 		o.iov = append(o.iov, o.views[o.segViews[k]:o.segViews[k+1]]...)
-		pos += chunkDataHdr
+		pos += dataHdr
 		k++
 	}
 }

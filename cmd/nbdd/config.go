@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/backend/logdisk"
 	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/server"
 	"github.com/urfave/cli/v2"
@@ -28,7 +29,8 @@ type config struct {
 	faultSpec string              // --fault, when set
 	budget    *bufstrategy.Budget // --memory-budget, shared by every connection's buffers
 	logger    *slog.Logger
-	bases     []cloneBase // the bases of clone exports, closed after them
+	s3Bases   *logdisk.Bases // the bases of the S3 clones served, shared
+	bases     []cloneBase    // the bases of clone exports, closed after them
 	// dirWritable is set for a writable --dir, which must not export
 	// the files of clone exports.
 	dirWritable bool
@@ -57,7 +59,7 @@ func (c *config) close() {
 }
 
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
-	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger}
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger, s3Bases: &logdisk.Bases{}}
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}

@@ -34,7 +34,7 @@ var listExportOpts = []string{"allow", "tls-allow"}
 var valueExportOpts = map[string]bool{"journal": true, "cache": true, "dirty": true, "flush-timeout": true, "addressing": true, "cow": true}
 
 // exportValueName names the VALUE of each kind of export, for messages.
-var exportValueName = map[string]string{"export": "PATH", "memory": "SIZE", "s3": "s3://BUCKET/PREFIX"}
+var exportValueName = map[string]string{"export": "PATH", "memory": "SIZE", "s3": "s3://BUCKET/PREFIX[@SNAPSHOT]"}
 
 func parseExportSpec(kind, s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")

@@ -78,6 +78,7 @@ func imageCommand() *cli.Command {
 					return st.flatten(c, refs[0], refs[1])
 				}),
 			},
+			imageRemoveCommand(),
 		},
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/internal/nbdclient"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/nbdd/nbdd/server"
 	"github.com/stretchr/testify/require"
@@ -70,18 +71,10 @@ func TestHandshakeAgainstServer(t *testing.T) {
 // a READ request on the same stream gets its reply.
 func requireTransmission(t *testing.T, c io.ReadWriter) {
 	t.Helper()
-	var req [protocol.RequestSize]byte
-	protocol.Request{Type: protocol.CmdRead, Cookie: 42, Length: 512}.Put(&req)
-	_, err := c.Write(req[:])
+	rep, err := nbdclient.Unbuffered(c).Do(protocol.Request{Type: protocol.CmdRead, Cookie: 42, Length: 512}, nil)
 	require.NoError(t, err)
-	var hdr [protocol.SimpleReplySize]byte
-	_, err = io.ReadFull(c, hdr[:])
-	require.NoError(t, err)
-	rep, err := protocol.DecodeSimpleReply(&hdr)
-	require.NoError(t, err)
-	require.Equal(t, protocol.SimpleReply{Error: protocol.EOK, Cookie: 42}, rep)
-	_, err = io.ReadFull(c, make([]byte, 512))
-	require.NoError(t, err)
+	require.Equal(t, protocol.EOK, rep.Errno)
+	require.Len(t, rep.Data, 512)
 }
 
 func TestHandshakeDefaultExport(t *testing.T) {

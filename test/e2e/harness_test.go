@@ -43,13 +43,19 @@ type nbdd struct {
 // that only args configure the server.
 func startNBDD(t *testing.T, args ...string) *nbdd {
 	t.Helper()
+	return startNBDDEnv(t, nil, args...)
+}
+
+// startNBDDEnv is startNBDD with env added to nbdd's environment.
+func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
+	t.Helper()
 	dir, err := os.MkdirTemp(shortTempDir(), "nbdd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "s")
-	s := launchNBDD(t, nil, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
+	s := launchNBDD(t, env, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
 	s.sock = sock
 	waitDial(t, "unix", sock, startTimeout)
 	return s
@@ -128,7 +134,8 @@ func announcements(args []string) int {
 	exports, listeners := 0, 1
 	for _, a := range args {
 		switch {
-		case a == "--export" || a == "--memory" || strings.HasPrefix(a, "--export=") || strings.HasPrefix(a, "--memory="):
+		case a == "--export" || a == "--memory" || a == "--s3" ||
+			strings.HasPrefix(a, "--export=") || strings.HasPrefix(a, "--memory=") || strings.HasPrefix(a, "--s3="):
 			exports++
 		case a == "--listen" || strings.HasPrefix(a, "--listen="):
 			listeners++
