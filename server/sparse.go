@@ -1,7 +1,6 @@
 package server
 
 import (
-
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
 )
