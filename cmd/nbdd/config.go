@@ -24,9 +24,10 @@ type config struct {
 	srv       *server.Server
 	dir       string
 	closers   []io.Closer
-	mergeable map[string]bool // exports marked ksm
-	files     []exportedFile  // the files of --export, to catch one exported twice
-	faultSpec string          // --fault, when set
+	mergeable map[string]bool     // exports marked ksm
+	files     []exportedFile      // the files of --export, to catch one exported twice
+	faultSpec string              // --fault, when set
+	budget    *bufstrategy.Budget // --memory-budget, shared by every connection's buffers
 	logger    *slog.Logger
 	s3Bases   *logdisk.Bases // the bases of the S3 clones served, shared
 	bases     []cloneBase    // the bases of clone exports, closed after them
@@ -52,8 +53,8 @@ func (c *config) close() {
 	for _, b := range c.bases {
 		b.base.Close()
 	}
-	if f, ok := c.srv.Buffers.(io.Closer); ok {
-		f.Close()
+	if c.srv.Buffers != nil {
+		c.srv.Buffers.Close()
 	}
 }
 
@@ -139,6 +140,7 @@ func (cfg *config) limits(c *cli.Context) error {
 	if err != nil {
 		return usage("--memory-budget: %v", err)
 	}
+	cfg.budget = b
 	s.Buffers, err = bufstrategy.New(c.String("strategy"), bufstrategy.Config{MaxRequest: int(maxReq), Budget: b})
 	if err != nil {
 		return usage("--strategy: %v", err)

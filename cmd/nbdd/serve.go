@@ -75,7 +75,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line), on stderr", EnvVars: []string{"NBDD_LOG_FORMAT"}},
 		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},
 		&cli.StringFlag{Name: "fault", Usage: "FOR TESTING: make every export fail as `SPEC` says, e.g. read:0-4K:eio,sync:enospc (OP[:RANGE][:ERRNO|short|delay=D]...); nbdd warns at start while it is set", EnvVars: []string{"NBDD_FAULT"}},
-	}, append(append(append(tlsFlags(), accessFlags()...), ksmFlags()...), serviceFlags()...)...)
+	}, append(append(append(append(tlsFlags(), accessFlags()...), ksmFlags()...), serviceFlags()...), metricsFlag())...)
 }
 
 // serve runs the server until a signal: the first SIGINT, SIGTERM or SIGHUP
@@ -122,6 +122,11 @@ func serve(c *cli.Context) error {
 	// exits at once), and on any other way out.
 	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
 	defer stopKSM()
+	stopMetrics, err := startMetrics(c, cfg, k, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	removePidfile, err := writePidfile(c.String("pidfile"))
 	if err != nil {
 		return err

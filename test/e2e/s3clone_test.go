@@ -23,20 +23,11 @@ import (
 // on a fresh unix socket.
 func (im *s3Image) serveS3(t *testing.T, env []string, specs ...string) *nbdd {
 	t.Helper()
-	dir, err := os.MkdirTemp(shortTempDir(), "nbdd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
-	args := []string{"serve", "--listen", "unix://" + sock}
+	var args []string
 	for _, s := range specs {
 		args = append(args, "--s3", s)
 	}
-	s := launchNBDD(t, env, args, len(specs))
-	s.sock = sock
-	waitDial(t, "unix", sock, startTimeout)
-	return s
+	return startNBDDEnv(t, env, args...)
 }
 
 // etags returns every object under prefix with its ETag.
