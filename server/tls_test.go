@@ -187,12 +187,15 @@ func TestIdleTimeoutSparesSlowTLSReader(t *testing.T) {
 	const size = 2 << 20
 	srv := tlsServer(TLSOn)
 	srv.Exports = []Export{{Name: "big", Backend: backend.NewMemory(size)}}
-	srv.IdleTimeout = 150 * time.Millisecond
+	// A TLS reply goes out in 256 KiB pieces, each under a fresh stall
+	// deadline; the client reads one in 80 ms or more. 400 ms leaves room
+	// for a loaded machine and still less than the reply takes.
+	srv.IdleTimeout = 400 * time.Millisecond
 	srv.SendBuffer = 64 << 10
 	sock, _ := serveUnix(t, srv)
 	c := dialClient(t, sock)
 	c.start()
 	c.startTLS()
 	c.goExport("big")
-	c.readSlowly(size, "TLS") // the reply takes 4 idle timeouts
+	c.readSlowly(size, "TLS") // the reply takes 640 ms or more
 }
