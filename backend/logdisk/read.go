@@ -379,9 +379,20 @@ type fetchRun struct {
 }
 
 // planFetch registers the blocks holding the stored data of [off, end)
-// that are neither cached nor being fetched, in runs for fetchRuns.
+// that are neither cached nor being fetched, in runs for fetchRuns. A run
+// goes on across the extents of one segment that lie next to each other
+// in it (a write's record header sits between them), so data written in
+// small WRITEs is still fetched in large GETs.
 func (d *Disk) planFetch(off, end int64) []fetchRun {
 	var runs []fetchRun
+	var cur fetchRun
+	var last int64 // the index of the last block looked at in cur.seg
+	flush := func() {
+		if len(cur.blocks) > 0 {
+			runs = append(runs, cur)
+		}
+		cur.blocks = nil
+	}
 	// Where the data is scattered over many segments, a block holds little
 	// of the range: fetch at most twice the range's size.
 	budget := 2 * (end - off) / cacheBlock
@@ -396,25 +407,29 @@ func (d *Disk) planFetch(off, end int64) []fetchRun {
 			return true
 		}
 		lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
-		var run []*block
-		for idx := lo / cacheBlock; idx*cacheBlock < hi; idx++ {
+		idx := lo / cacheBlock
+		if s != cur.seg {
+			flush()
+			cur.seg = s
+		} else if idx == last {
+			idx++ // the block the previous extent ended in was looked at
+		} else if idx != last+1 {
+			flush()
+		}
+		for ; idx*cacheBlock < hi; idx++ {
+			last = idx
 			b := d.cache.tryLookup(blockKey{s.seq, idx})
-			if b == nil || len(run) == maxRun {
-				if len(run) > 0 {
-					runs = append(runs, fetchRun{s, run})
-				}
-				run = nil
+			if b == nil || len(cur.blocks) == maxRun {
+				flush()
 			}
 			if b != nil {
-				run = append(run, b)
+				cur.blocks = append(cur.blocks, b)
 				budget--
 			}
 		}
-		if len(run) > 0 {
-			runs = append(runs, fetchRun{s, run})
-		}
 		return budget > 0
 	})
+	flush()
 	return runs
 }
 
