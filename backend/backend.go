@@ -5,10 +5,23 @@
 //
 // The core interface has the same method set as go-nbd v0.3.2's
 // backend.Backend, so any backend written for github.com/pojntfx/go-nbd
-// plugs into nbdd unchanged. Everything beyond it is an optional capability,
-// discovered by type assertion the way net/http discovers http.Flusher, and
-// it decides which transmission flags the server advertises (proto.md
-// "Transmission flags").
+// plugs into nbdd unchanged. Everything beyond it is optional, discovered
+// by type assertion the way net/http discovers http.Flusher, in two
+// groups:
+//
+//   - Capabilities change what the server advertises and does (proto.md
+//     "Transmission flags"): Trimmer, Zeroer, FastZeroer, Cacher,
+//     FUAWriter, Extenter, MultiConner, ReadOnlyer, BlockSizer (this file).
+//     Where a backend lacks one, the server either withdraws the feature
+//     (TRIM, FAST_ZERO, multi-conn) or does it itself (WRITE_ZEROES by
+//     writing zeroes, FUA by a Sync, block status as one data extent).
+//   - Accelerators only make the server faster: NonBlocker, SyncWaiter,
+//     Viewer, WriteViewer, FileSource, DataKnower, PipeWriter,
+//     CachedReader (accelerators.go).
+//
+// Decorators (ReadOnly, Fault; wrap.go) wrap a Backend as nbdkit's filters
+// wrap a plugin: they advertise what the backend they wrap can do, and
+// never forward an accelerator that would bypass them.
 package backend
 
 import (

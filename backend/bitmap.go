@@ -34,6 +34,16 @@ func (b bitmap) unset(lo, hi int64) {
 	}
 }
 
+// all reports whether blocks [lo, hi) are all set.
+func (b bitmap) all(lo, hi int64) bool {
+	for i := lo; i < hi; i++ {
+		if !b.get(i) {
+			return false
+		}
+	}
+	return true
+}
+
 // blockRun is a half-open run of block numbers.
 type blockRun struct{ lo, hi int64 }
 

@@ -9,21 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// CachedReader is implemented by backends that can try a read without
-// waiting on a device. ReadCached reads all of p at off and reports true
-// when the data is in memory already (the page cache) and the read needs
-// no I/O; otherwise it reports false and p holds nothing useful, and the
-// caller reads with ReadAt, which may wait and reports any error. It
-// never waits on I/O.
-//
-// The server uses it to answer small READs of cached data on the
-// goroutine that read the request, as it does for backends that never
-// block (NonBlocker), instead of handing each one to a goroutine of its
-// own.
-type CachedReader interface {
-	ReadCached(p []byte, off int64) bool
-}
-
 // ReadCached implements CachedReader with preadv2(2) and RWF_NOWAIT
 // (Linux 4.14), which fails with EAGAIN rather than start I/O. A short
 // read (part of the range cached) counts as a miss. Files opened with

@@ -76,10 +76,10 @@ func (r *FaultRule) err() error {
 }
 
 // Fault is a Backend decorator that injects errors, short reads and delays
-// into chosen requests, for testing how the server and clients cope. It
-// passes every optional capability of the wrapped backend through, with the
-// same defaults as ReadOnly where the backend lacks one. Rules are fixed at
-// construction; Fault is safe for concurrent use.
+// into chosen requests, for testing how the server and clients cope. It is
+// a Decorator: it passes the capabilities of the wrapped backend through
+// and advertises only those. Rules are fixed at construction; Fault is
+// safe for concurrent use.
 type Fault struct {
 	wrapper
 	rules []FaultRule

@@ -462,7 +462,7 @@ func (f *File) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if fast {
 		return fmt.Errorf("write zeroes: %w", ErrNotFast)
 	}
-	return writeZeroes(f, off, length)
+	return WriteZeroesAt(f, off, length)
 }
 
 // seek runs lseek(2) with SEEK_DATA or SEEK_HOLE. It moves the file offset,

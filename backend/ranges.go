@@ -33,14 +33,18 @@ func readLimit(n int, off, size int64) (int, error) {
 	return n, nil
 }
 
-// zeroBuf is a read-only source of zeroes for the WriteAt fallbacks of
-// WriteZeroes. It is shared by every goroutine, which is safe because nothing
-// ever writes to it.
+// zeroBuf is the one read-only source of zeroes: WriteZeroesAt writes
+// from it and Zeroes lends it. It is shared by every goroutine, which is
+// safe because nothing ever writes to it.
 var zeroBuf [256 << 10]byte
 
-// writeZeroes writes length zero bytes at off through w in bounded chunks,
-// for backends that cannot zero a range any faster.
-func writeZeroes(w io.WriterAt, off, length int64) error {
+// Zeroes returns up to n zero bytes, at least one if n > 0, from a buffer
+// shared by every caller, which must not write to it.
+func Zeroes(n int64) []byte { return zeroBuf[:min(n, int64(len(zeroBuf)))] }
+
+// WriteZeroesAt writes length zero bytes at off through w in bounded
+// chunks: WRITE_ZEROES for a backend that cannot zero a range any faster.
+func WriteZeroesAt(w io.WriterAt, off, length int64) error {
 	for length > 0 {
 		n := min(length, int64(len(zeroBuf)))
 		if _, err := w.WriteAt(zeroBuf[:n], off); err != nil {
@@ -50,6 +54,33 @@ func writeZeroes(w io.WriterAt, off, length int64) error {
 		length -= n
 	}
 	return nil
+}
+
+// WalkExtents calls fn, in order, for the extents e reports over
+// [off, off+length), each clipped to the range and merged with the
+// neighbours whose flags have the same key (key nil: the same flags;
+// the extent fn sees carries the key as its flags), until fn returns
+// false or the range is covered. It is the one place extents are
+// clipped and merged: for holes in a READ, for BLOCK_STATUS, and for the
+// backends that track allocation in blocks (blockExtents).
+func WalkExtents(e Extenter, off, length int64, key func(ExtentFlags) ExtentFlags, fn func(Extent) bool) error {
+	end := off + length
+	mr := extentMerger{fn: fn}
+	err := e.Extents(off, length, func(x Extent) bool {
+		start, stop := max(x.Offset, off), min(x.Offset+x.Length, end)
+		if stop <= start {
+			return stop < end
+		}
+		f := x.Flags
+		if key != nil {
+			f = key(f)
+		}
+		return mr.add(start, stop-start, f) && stop < end
+	})
+	if err == nil {
+		mr.flush()
+	}
+	return err
 }
 
 // extentMerger coalesces neighbouring extents with equal flags before

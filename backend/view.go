@@ -1,42 +1,5 @@
 package backend
 
-// Viewer is implemented by memory backends that can lend their own bytes
-// for a READ reply, so the server hands them to writev(2) without copying
-// them into a buffer first ("a memory backend may write straight from its
-// own pages").
-//
-// AppendView appends to iov slices that together hold the n bytes at off,
-// and returns the extended iov. The slices alias the backend's memory: the
-// caller must not modify them, and their contents may change under a
-// concurrent write to the same range, which NBD leaves undefined anyway
-// (proto.md "Ordering of messages and writes"). The memory stays valid
-// while the slices are referenced; unwritten ranges alias a shared,
-// read-only block of zeroes. Only the kernel may read the slices while
-// writes can run (the server uses views on sockets only), because a Go
-// read of them would race with WriteAt.
-type Viewer interface {
-	AppendView(iov [][]byte, off, n int64) ([][]byte, error)
-}
-
-// WriteViewer is implemented by memory backends that lend their own bytes
-// for a WRITE, so the server reads the payload from the socket straight
-// into the export with readv(2): one copy, by the kernel, instead of one
-// into a buffer and a second into the export.
-//
-// AppendWriteView appends to iov slices that together are the n bytes at
-// off, allocating storage where there is none, and returns the extended
-// iov. The caller fills them completely or the connection dies, then calls
-// CommitWriteView with the same range, whatever happened; the range reads
-// as written from then on. As with Viewer, only the kernel may write the
-// slices: a concurrent request to the same range sees old bytes, new bytes
-// or a mix, which NBD leaves undefined (proto.md "Ordering of messages and
-// writes"), and a concurrent Trim of the range may drop the write, as it
-// could drop it if run just after.
-type WriteViewer interface {
-	AppendWriteView(iov [][]byte, off, n int64) ([][]byte, error)
-	CommitWriteView(off, n int64)
-}
-
 // zeroChunk backs views of unwritten memory. Nothing ever writes to it.
 var zeroChunk chunk
 

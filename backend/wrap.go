@@ -1,91 +1,122 @@
 package backend
 
 import (
+	"errors"
 	"fmt"
 )
 
-// wrapper is the base of nbdd's decorators, in the manner of an nbdkit
-// filter's next_ops: it embeds the wrapped Backend and implements every
-// optional capability by delegating to it, so that type assertions on a
-// decorator find the capabilities. Where the wrapped backend lacks one, the
-// method falls back to a safe default, documented on each method.
+// A Decorator is a Backend that wraps another, in the manner of an nbdkit
+// filter over its next plugin: ReadOnly and Fault. Unwrap returns the
+// backend it wraps.
+//
+// The decorator rule:
+//
+//   - A decorator advertises what the backend it wraps can do. Its type
+//     has a method for each capability it passes through (Trim, Extents,
+//     ...) whether or not the backend it wraps has that capability, so
+//     the server finds those capabilities with Has, which looks through
+//     the decorator, as nbdkit's filters pass can_trim and friends
+//     through. Capabilities with a query method (CanFastZero,
+//     CanMultiConn, ReadOnly, MinBlockSize) answer it for the decorator.
+//   - A decorator never forwards an accelerator that would move data
+//     around it (accelerators.go): its type has none of Viewer,
+//     WriteViewer, FileSource, DataKnower, PipeWriter and CachedReader.
+type Decorator interface {
+	Backend
+	Unwrap() Backend
+}
+
+// Has returns b as a T when b has the capability T, an optional interface
+// without a query method (Trimmer, Zeroer, Cacher, FUAWriter, Extenter):
+// b implements T and, if b is a Decorator, so does the backend it wraps,
+// all the way down.
+func Has[T any](b Backend) (T, bool) {
+	t, ok := b.(T)
+	for inner := b; ok; {
+		d, isDecorator := inner.(Decorator)
+		if !isDecorator {
+			return t, true
+		}
+		inner = d.Unwrap()
+		_, ok = inner.(T)
+	}
+	var zero T
+	return zero, false
+}
+
+// errMissing is what a decorator's method returns for a capability the
+// backend it wraps lacks; the server never calls it (Has).
+var errMissing = errors.ErrUnsupported
+
+// wrapper is the base of nbdd's decorators: it embeds the wrapped Backend
+// and passes every capability through to it, failing with
+// errors.ErrUnsupported where the wrapped backend lacks one.
 type wrapper struct {
 	Backend
 }
 
-// Trim delegates, or does nothing if the wrapped backend is not a
-// Trimmer. A decorator always has this method, so the server advertises
-// NBD_FLAG_SEND_TRIM for it; TRIM is a hint that a server "MAY" act on
-// (proto.md "NBD_CMD_TRIM"), so ignoring it is correct, where an error
-// would be NBD_ENOTSUP, which the spec keeps for fast zeroes.
+// Unwrap implements Decorator.
+func (w wrapper) Unwrap() Backend { return w.Backend }
+
+// Trim passes through.
 func (w wrapper) Trim(off, length int64) error {
 	if t, ok := w.Backend.(Trimmer); ok {
 		return t.Trim(off, length)
 	}
-	return nil
+	return fmt.Errorf("trim: %w", errMissing)
 }
 
-// WriteZeroes delegates, or writes zeroes with WriteAt (ErrNotFast when
-// fast is set) if the wrapped backend is not a Zeroer.
+// WriteZeroes passes through.
 func (w wrapper) WriteZeroes(off, length int64, noHole, fast bool) error {
 	if z, ok := w.Backend.(Zeroer); ok {
 		return z.WriteZeroes(off, length, noHole, fast)
 	}
-	if fast {
-		return fmt.Errorf("write zeroes: %w", ErrNotFast)
-	}
-	return writeZeroes(w.Backend, off, length)
+	return fmt.Errorf("write zeroes: %w", errMissing)
 }
 
-// CanFastZero delegates, or reports false.
+// CanFastZero passes through, or reports false.
 func (w wrapper) CanFastZero() bool {
 	z, ok := w.Backend.(FastZeroer)
 	return ok && z.CanFastZero()
 }
 
-// WriteAtFUA delegates, or follows WriteAt with Sync.
+// WriteAtFUA passes through.
 func (w wrapper) WriteAtFUA(p []byte, off int64) (int, error) {
 	if fw, ok := w.Backend.(FUAWriter); ok {
 		return fw.WriteAtFUA(p, off)
 	}
-	n, err := w.Backend.WriteAt(p, off)
-	if err != nil {
-		return n, err
-	}
-	return n, w.Backend.Sync()
+	return 0, fmt.Errorf("write with FUA: %w", errMissing)
 }
 
-// Extents delegates, or reports the whole range as one data extent, which
-// claims nothing about holes or zeroes and so is always correct.
+// Extents passes through.
 func (w wrapper) Extents(off, length int64, fn func(Extent) bool) error {
 	if e, ok := w.Backend.(Extenter); ok {
 		return e.Extents(off, length, fn)
 	}
-	fn(Extent{Offset: off, Length: length})
-	return nil
+	return fmt.Errorf("extents: %w", errMissing)
 }
 
-// Cache delegates, or does nothing (CACHE is only a hint).
+// Cache passes through.
 func (w wrapper) Cache(off, length int64) error {
 	if c, ok := w.Backend.(Cacher); ok {
 		return c.Cache(off, length)
 	}
-	return nil
+	return fmt.Errorf("cache: %w", errMissing)
 }
 
-// CanMultiConn delegates, or reports false, the conservative answer.
+// CanMultiConn passes through, or reports false, the conservative answer.
 func (w wrapper) CanMultiConn() bool {
 	m, ok := w.Backend.(MultiConner)
 	return ok && m.CanMultiConn()
 }
 
-// ReadOnly delegates, or reports false.
+// ReadOnly passes through, or reports false.
 func (w wrapper) ReadOnly() bool {
 	r, ok := w.Backend.(ReadOnlyer)
 	return ok && r.ReadOnly()
 }
 
-// MinBlockSize delegates, or reports 1 (any alignment).
+// MinBlockSize passes through, or reports 1 (any alignment).
 func (w wrapper) MinBlockSize() uint32 {
 	if b, ok := w.Backend.(BlockSizer); ok {
 		return b.MinBlockSize()
@@ -93,13 +124,13 @@ func (w wrapper) MinBlockSize() uint32 {
 	return 1
 }
 
-// NonBlocking delegates, or reports false.
+// NonBlocking passes through, or reports false.
 func (w wrapper) NonBlocking() bool {
 	nb, ok := w.Backend.(NonBlocker)
 	return ok && nb.NonBlocking()
 }
 
-// SyncWaits delegates, or reports false.
+// SyncWaits passes through, or reports false.
 func (w wrapper) SyncWaits() bool {
 	sw, ok := w.Backend.(SyncWaiter)
 	return ok && sw.SyncWaits()
@@ -112,10 +143,8 @@ type readOnly struct {
 
 // ReadOnly returns b with every write refused with ErrReadOnly: WriteAt,
 // WriteAtFUA, Trim and WriteZeroes. Reads, Sync and the other capabilities
-// (Extents, Cache, CanMultiConn, MinBlockSize, NonBlocking, SyncWaits) pass through to
-// b, so type assertions on the result find them; where b lacks one, the
-// result answers with a safe default: one data extent, a no-op Cache, no
-// multi-conn, a block size of 1, possibly blocking. ReadOnly reports true.
+// (Extents, Cache, CanMultiConn, MinBlockSize, NonBlocking, SyncWaits)
+// pass through to b (see Decorator). ReadOnly reports true.
 func ReadOnly(b Backend) Backend {
 	if r, ok := b.(readOnly); ok {
 		return r

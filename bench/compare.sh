@@ -39,7 +39,9 @@
 # randwrite1, randread32, randwrite32, fio's nbd engine with 4 KiB random
 # I/O at queue depth 1 or 32 for FIO_SECONDS. Each transport starts every
 # server anew (TCP on 127.0.0.1), and its fill rows restart them RUNS
-# times; the servers take turns within each repetition.
+# times; the servers take turns within each repetition, in reverse order
+# every other one. With both nbdd and nbddb, a last table pairs their runs
+# (bench/ab.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-3}
@@ -158,13 +160,20 @@ measure() {
 	esac
 }
 
+# turns I: the servers in the order they take turns in repetition I,
+# reversed every other repetition, so that a machine whose speed drifts
+# weighs on each alike.
+turns() {
+	if [ $(($1 % 2)) = 1 ]; then echo "$SERVERS"; else echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' '; fi
+}
+
 declare -A V C K # value, server CPU per unit, client CPU %: "TRANSPORT.WORKLOAD.SERVER" -> runs
 run_rows() { # run_rows TRANSPORT WORKLOAD...
 	local tr=$1 w s r m
 	shift
 	for w in "$@"; do
-		for _ in $(seq "$RUNS"); do
-			for s in $SERVERS; do
+		for i in $(seq "$RUNS"); do
+			for s in $(turns "$i"); do
 				if [ "$w" = fill ]; then
 					stop_server "$s"
 					serve "$s" "$tr"
@@ -208,9 +217,11 @@ header="| row |"
 sep="|---|"
 for s in $SERVERS; do header+=" ${NAME[$s]} |" sep+="---|"; done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "-"}'; }
-# best_peer ROW: the peer (not an nbdd) with the highest median on ROW.
+# best_peer ROW: the peer (not an nbdd) with the highest median on ROW;
+# none when only nbdd builds were served (an A/B run).
+NAME[none]="-"
 best_peer() {
-	local s v best="" bestv=0
+	local s v best=none bestv=0
 	for s in $SERVERS; do
 		[[ $s == nbdd* ]] && continue
 		v=$(med "${V[$1.$s]}")
@@ -245,6 +256,21 @@ for row in "${ROWS[@]}"; do
 	for o in "${OURS[@]}"; do line+=" $(ratio "$(med "${C[$row.$o]}")" "$bc") | $(med "${K[$row.$o]}") |"; done
 	echo "$line"
 done
+
+# An A/B run (nbdd and nbddb both served): the ratio of each repetition's
+# pair, nbdd/nbddb (above 1: this tree is faster), and their spread.
+if [[ " $SERVERS " == *" nbdd "* && " $SERVERS " == *" nbddb "* ]]; then
+	printf '\nnbdd against nbdd (B) = %s, paired by repetition (%s pairs a row)\n\n' "$NBDD_B" "$RUNS"
+	printf '| row | nbdd | nbdd (B) | nbdd/B, median of pairs | pair ratios min–max | server CPU per unit, nbdd/B |\n|---|---|---|---|---|---|\n'
+	for row in "${ROWS[@]}"; do
+		tr=${row%%.*} w=${row#*.}
+		ratios=$(paste <(echo "${V[$row.nbdd]}" | tr ' ' '\n' | grep -v '^$') <(echo "${V[$row.nbddb]}" | tr ' ' '\n' | grep -v '^$') |
+			awk '$2 > 0 {printf "%.4f\n", $1/$2}')
+		printf '| %s %s | %s | %s | %.3f | %.2f–%.2f | %s |\n' "$tr" "${LABEL[$w]}" "$(med "${V[$row.nbdd]}")" "$(med "${V[$row.nbddb]}")" \
+			"$(echo "$ratios" | median)" "$(echo "$ratios" | sort -g | head -1)" "$(echo "$ratios" | sort -g | tail -1)" \
+			"$(ratio "$(med "${C[$row.nbdd]}")" "$(med "${C[$row.nbddb]}")")"
+	done
+fi
 
 printf '\nraw runs (value / server CPU per unit / client CPU %%):\n'
 for row in "${ROWS[@]}"; do

@@ -156,10 +156,6 @@ func (b *Budget) acquire(ctx context.Context, n int64) (waited bool, err error) 
 		b.mu.Unlock()
 		return false, nil
 	}
-	if ctx.Value(noWaitKey{}) != nil {
-		b.mu.Unlock()
-		return false, ErrBudgetExhausted
-	}
 	w := &budgetWaiter{n: n, ready: make(chan struct{})}
 	elem := b.waiters.PushBack(w)
 	b.mu.Unlock()
@@ -212,18 +208,6 @@ func (b *Budget) notify() {
 	}
 }
 
-// ErrBudgetExhausted is returned by Get, under a context from NoWait, when
-// the budget has no room for the buffer right now.
+// ErrBudgetExhausted is returned by TryGet when the budget has no room
+// for the buffer right now.
 var ErrBudgetExhausted = errors.New("bufstrategy: memory budget exhausted")
-
-type noWaitKey struct{}
-
-// NoWait returns a context under which Get fails at once with
-// ErrBudgetExhausted instead of queueing for the budget. The server uses
-// it so that a request never waits behind buffers that other connections
-// hold, perhaps forever (a client that sent a 32 MiB WRITE header and
-// stalled): it falls back to streaming through a small buffer of its own
-// instead. Create it once per connection; WithValue allocates.
-func NoWait(ctx context.Context) context.Context {
-	return context.WithValue(ctx, noWaitKey{}, true)
-}

@@ -2,7 +2,6 @@ package bufstrategy
 
 import (
 	"fmt"
-	"io"
 	"strings"
 	"time"
 )
@@ -39,7 +38,7 @@ const maxRequestLimit = 1 << 31
 
 // Config selects the limits shared by all policies. Its zero value works:
 // every zero field means the documented default. New never writes the
-// defaults back into the caller's Config (STYLE G6), so one Config can be
+// defaults back into the caller's Config, so one Config can be
 // shared.
 type Config struct {
 	// MaxRequest is the largest request length Get accepts (0: 32 MiB).
@@ -122,10 +121,9 @@ func (c Config) settings() (settings, error) {
 	return s, nil
 }
 
-// New returns the Factory for the named policy (one of Names()). The
-// concrete types (*Grow, *Resize, *Pool, *Stream) also implement io.Closer:
-// call Close when the server stops, to stop the idle reclaimer and free
-// idle buffers.
+// New returns the Factory for the named policy (one of Names()). Call its
+// Close when the server stops, to stop the idle reclaimer and free idle
+// buffers.
 func New(name string, cfg Config) (Factory, error) {
 	s, err := cfg.settings()
 	if err != nil {
@@ -144,15 +142,9 @@ func New(name string, cfg Config) (Factory, error) {
 	return nil, fmt.Errorf("%w %q (valid: %s)", ErrUnknownStrategy, name, strings.Join(Names(), ", "))
 }
 
-// closingFactory is what every concrete factory type implements.
-type closingFactory interface {
-	Factory
-	io.Closer
-}
-
 var (
-	_ closingFactory = (*Grow)(nil)
-	_ closingFactory = (*Resize)(nil)
-	_ closingFactory = (*Pool)(nil)
-	_ closingFactory = (*Stream)(nil)
+	_ Factory = (*Grow)(nil)
+	_ Factory = (*Resize)(nil)
+	_ Factory = (*Pool)(nil)
+	_ Factory = (*Stream)(nil)
 )

@@ -157,17 +157,24 @@ type acct struct {
 	out    map[*byte]struct{} // first bytes of the buffers handed out; guarded by mu
 }
 
-// charge takes size bytes from the budget for one Get.
-func (a *acct) charge(ctx context.Context, size int) error {
+// charge takes size bytes from the budget for one Get, or for one TryGet
+// (wait false), which fails with ErrBudgetExhausted rather than queue.
+func (a *acct) charge(ctx context.Context, size int, wait bool) error {
 	if a.closed.Load() {
 		return ErrClosed
 	}
-	waited, err := a.f.budget.acquire(ctx, int64(size))
-	if waited {
-		a.f.cnt.waits.Add(1)
-	}
-	if err != nil {
-		return err
+	if !wait {
+		if !a.f.budget.TryAcquire(int64(size)) {
+			return ErrBudgetExhausted
+		}
+	} else {
+		waited, err := a.f.budget.acquire(ctx, int64(size))
+		if waited {
+			a.f.cnt.waits.Add(1)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	a.mu.Lock()
 	if a.closed.Load() {

@@ -54,7 +54,7 @@ func (g *Grow) NewConn() Strategy {
 
 // Close stops the idle reclaimer and frees the idle buffers of every
 // connection. Buffers returned afterwards are dropped, not retained. It
-// implements io.Closer and always returns nil.
+// implements Factory.Close and always returns nil.
 func (g *Grow) Close() error {
 	g.close(func() int64 { return g.sweep(1<<63-1, 1<<63-1) })
 	return nil
@@ -84,14 +84,19 @@ type growConn struct {
 }
 
 // Get implements Strategy.
-func (c *growConn) Get(ctx context.Context, n int) ([]byte, error) {
+func (c *growConn) Get(ctx context.Context, n int) ([]byte, error) { return c.get(ctx, n, true) }
+
+// TryGet implements Strategy.
+func (c *growConn) TryGet(n int) ([]byte, error) { return c.get(context.Background(), n, false) }
+
+func (c *growConn) get(ctx context.Context, n int, wait bool) ([]byte, error) {
 	n, err := c.g.length(n)
 	if err != nil {
 		return nil, err
 	}
 	b := c.take(n)
 	size := max(n, cap(b))
-	if err := c.charge(ctx, size); err != nil {
+	if err := c.charge(ctx, size, wait); err != nil {
 		if b != nil {
 			c.give(b)
 		}

@@ -52,11 +52,10 @@ func TestIdleBoundedAcrossSizes(t *testing.T) {
 	forEachStrategy(t, Config{Budget: b, MaxRequest: budget, ReclaimTick: -1}, func(t *testing.T, f Factory) {
 		s := f.NewConn()
 		defer s.Close()
-		ctx := NoWait(context.Background())
 		for size := MinChunk; size <= budget; size *= 2 {
 			var bufs [][]byte
 			for range budget / size {
-				buf, err := s.Get(ctx, size)
+				buf, err := s.TryGet(size)
 				if errors.Is(err, ErrBudgetExhausted) {
 					break // stream's chunks are larger than small requests
 				}

@@ -2,7 +2,9 @@ package bufstrategy
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -18,15 +20,17 @@ var fastReclaim = Config{
 func TestIdleReclaim(t *testing.T) {
 	for _, name := range []string{NameGrow, NamePool, NameStream} {
 		t.Run(name, func(t *testing.T) {
-			f := newFactory(t, name, fastReclaim)
-			spike(t, f, 4, 8, 1<<20)
-			if st := f.Stats(); st.BytesIdle == 0 {
-				t.Fatalf("after the spike: %v; want idle > 0", st)
-			}
-			waitHeld(t, f, 0, 2*time.Second)
-			if st := f.Stats(); st.Reclaimed == 0 || st.BytesIdle != 0 {
-				t.Errorf("after reclaim: %v; want reclaimed > 0, idle 0", st)
-			}
+			synctest.Test(t, func(t *testing.T) {
+				f := newFactory(t, name, fastReclaim)
+				spike(t, f, 4, 8, 1<<20)
+				if st := f.Stats(); st.BytesIdle == 0 {
+					t.Fatalf("after the spike: %v; want idle > 0", st)
+				}
+				waitHeld(t, f, 0)
+				if st := f.Stats(); st.Reclaimed == 0 || st.BytesIdle != 0 {
+					t.Errorf("after reclaim: %v; want reclaimed > 0, idle 0", st)
+				}
+			})
 		})
 	}
 }
@@ -34,32 +38,61 @@ func TestIdleReclaim(t *testing.T) {
 // TestReclaimerRestarts checks that the reclaimer, which exits when
 // nothing is idle, starts again on the next spike.
 func TestReclaimerRestarts(t *testing.T) {
-	f := newFactory(t, NamePool, fastReclaim)
-	for range 3 {
-		spike(t, f, 2, 4, 256<<10)
-		waitHeld(t, f, 0, 2*time.Second)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFactory(t, NamePool, fastReclaim)
+		for range 3 {
+			spike(t, f, 2, 4, 256<<10)
+			waitHeld(t, f, 0)
+		}
+	})
 }
 
 // TestReclaimKeepsBusyBuffers checks that buffers used more recently than
 // IdleAfter survive the reclaimer.
 func TestReclaimKeepsBusyBuffers(t *testing.T) {
-	cfg := fastReclaim
-	cfg.IdleAfter = time.Hour
-	f := newFactory(t, NameGrow, cfg)
-	spike(t, f, 1, 2, 1<<20)
-	time.Sleep(20 * time.Millisecond) // many ticks
-	if st := f.Stats(); st.BytesIdle != 2<<20 || st.Reclaimed != 0 {
-		t.Errorf("recently used: %v; want idle %d, reclaimed 0", st, 2<<20)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		cfg := fastReclaim
+		cfg.IdleAfter = time.Hour
+		f := newFactory(t, NameGrow, cfg)
+		spike(t, f, 1, 2, 1<<20)
+		time.Sleep(time.Minute) // 60,000 ticks
+		synctest.Wait()
+		if st := f.Stats(); st.BytesIdle != 2<<20 || st.Reclaimed != 0 {
+			t.Errorf("recently used: %v; want idle %d, reclaimed 0", st, 2<<20)
+		}
+	})
 }
 
+// TestReclaimFreeOSMemory: the reclaimer hands freed pages back to the
+// kernel (debug.FreeOSMemory) after a tick that freed at least FreeOSMin
+// bytes, at most once per freeOSInterval, and never after a smaller one.
 func TestReclaimFreeOSMemory(t *testing.T) {
-	cfg := fastReclaim
-	cfg.FreeOSMin = 1 << 20
-	f := newFactory(t, NamePool, cfg)
-	spike(t, f, 1, 4, 1<<20)
-	waitHeld(t, f, 0, 2*time.Second)
+	synctest.Test(t, func(t *testing.T) {
+		cfg := fastReclaim
+		cfg.FreeOSMin = 1 << 20
+		f := newFactory(t, NamePool, cfg)
+		var calls atomic.Int32
+		f.(*Pool).rec.freeOS = func() { calls.Add(1) }
+		reclaim := func() { t.Helper(); waitHeld(t, f, 0) }
+		// 4 MiB at 3 MiB a tick: two ticks of 1 MiB or more, one call.
+		spike(t, f, 1, 4, 1<<20)
+		reclaim()
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("FreeOSMemory after 4 MiB freed in two ticks: %d calls; want 1", n)
+		}
+		time.Sleep(freeOSInterval)
+		spike(t, f, 1, 2, 1<<20)
+		reclaim()
+		if n := calls.Load(); n != 2 {
+			t.Fatalf("FreeOSMemory after another %v and 2 MiB: %d calls; want 2", freeOSInterval, n)
+		}
+		time.Sleep(freeOSInterval)
+		spike(t, f, 1, 2, 256<<10)
+		reclaim()
+		if n := calls.Load(); n != 2 {
+			t.Fatalf("FreeOSMemory after 512 KiB freed, under FreeOSMin: %d calls; want still 2", n)
+		}
+	})
 }
 
 // spike opens conns connections, each getting and returning per buffers
@@ -78,15 +111,15 @@ func spike(t *testing.T, f Factory, conns, per, size int) {
 	}
 }
 
-// waitHeld waits until f holds want bytes or fails after d.
-func waitHeld(t *testing.T, f Factory, want int64, d time.Duration) {
+// waitHeld lets the reclaimer of f, in the test's synctest bubble, run
+// until every buffer has been idle for IdleAfter and its ticks have freed
+// them at ReclaimPerTick, then checks that f holds want bytes.
+func waitHeld(t *testing.T, f Factory, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for f.Stats().BytesHeld != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v; want held=%d", d, f.Stats(), want)
-		}
-		time.Sleep(time.Millisecond)
+	time.Sleep(time.Second) // fastReclaim: 10 ms idle, 3 MiB per 1 ms tick
+	synctest.Wait()
+	if st := f.Stats(); st.BytesHeld != want {
+		t.Fatalf("after reclaim: %v; want held=%d", st, want)
 	}
 }
 

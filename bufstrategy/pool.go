@@ -63,7 +63,7 @@ func (p *Pool) NewConn() Strategy {
 }
 
 // Close stops the idle reclaimer and frees every idle buffer. Buffers
-// returned afterwards are dropped. It implements io.Closer and always
+// returned afterwards are dropped. It implements Factory.Close and always
 // returns nil.
 func (p *Pool) Close() error {
 	p.close(func() int64 { return p.sweep(1<<63-1, 1<<63-1) })

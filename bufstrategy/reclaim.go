@@ -36,6 +36,7 @@ type reclaimer struct {
 	stop     chan struct{} // closed by close; guarded by mu
 	done     chan struct{} // closed when the loop exits; guarded by mu
 	lastFree time.Time     // last FreeOSMemory; owned by the loop goroutine
+	freeOS   func()        // debug.FreeOSMemory; a test counts the calls
 }
 
 // newReclaimer returns nil when the configuration disables reclaiming.
@@ -43,7 +44,7 @@ func newReclaimer(c *core, sweep func(cutoff, limit int64) int64) *reclaimer {
 	if c.set.tick < 0 {
 		return nil
 	}
-	return &reclaimer{c: c, sweep: sweep, stop: make(chan struct{})}
+	return &reclaimer{c: c, sweep: sweep, stop: make(chan struct{}), freeOS: debug.FreeOSMemory}
 }
 
 // kick starts the loop if it is not running. It is called after idle was
@@ -89,7 +90,7 @@ func (r *reclaimer) tick() {
 	r.c.freed(freed, true)
 	if set.freeOSMin >= 0 && freed >= set.freeOSMin && time.Since(r.lastFree) >= freeOSInterval {
 		r.lastFree = time.Now()
-		debug.FreeOSMemory()
+		r.freeOS()
 	}
 }
 

@@ -42,7 +42,7 @@ func (r *Resize) NewConn() Strategy {
 }
 
 // Close marks the factory closed: buffers returned afterwards are dropped.
-// Held buffers go when their connection closes. It implements io.Closer and
+// Held buffers go when their connection closes. It implements Factory.Close and
 // always returns nil.
 func (r *Resize) Close() error {
 	r.close(func() int64 { return 0 })
@@ -59,12 +59,17 @@ type resizeConn struct {
 }
 
 // Get implements Strategy.
-func (c *resizeConn) Get(ctx context.Context, n int) ([]byte, error) {
+func (c *resizeConn) Get(ctx context.Context, n int) ([]byte, error) { return c.get(ctx, n, true) }
+
+// TryGet implements Strategy.
+func (c *resizeConn) TryGet(n int) ([]byte, error) { return c.get(context.Background(), n, false) }
+
+func (c *resizeConn) get(ctx context.Context, n int, wait bool) ([]byte, error) {
 	n, err := c.r.length(n)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.charge(ctx, n); err != nil {
+	if err := c.charge(ctx, n, wait); err != nil {
 		return nil, err
 	}
 	if b := c.take(n); b != nil {

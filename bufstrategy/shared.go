@@ -22,13 +22,18 @@ type sharedConn struct {
 }
 
 // Get implements Strategy.
-func (c *sharedConn) Get(ctx context.Context, n int) ([]byte, error) {
+func (c *sharedConn) Get(ctx context.Context, n int) ([]byte, error) { return c.get(ctx, n, true) }
+
+// TryGet implements Strategy.
+func (c *sharedConn) TryGet(n int) ([]byte, error) { return c.get(context.Background(), n, false) }
+
+func (c *sharedConn) get(ctx context.Context, n int, wait bool) ([]byte, error) {
 	n, err := c.f.length(n)
 	if err != nil {
 		return nil, err
 	}
 	st, size := c.set.stackFor(n)
-	if err := c.charge(ctx, size); err != nil {
+	if err := c.charge(ctx, size, wait); err != nil {
 		return nil, err
 	}
 	b := st.pop()

@@ -8,14 +8,13 @@
 //
 // Use: build one Factory per server with New(name, Config{Budget: b}),
 // call NewConn per connection and Close on the connection's Strategy when
-// it ends, and Close the Factory (it is an io.Closer) when the server
-// stops.
+// it ends, and Close the Factory when the server stops.
 //
 // Recycled buffers are not zeroed: a buffer may hold an earlier request's
 // data. That is safe because a WRITE payload is read with io.ReadFull over
 // the whole buffer, and a READ reply is sent only after ReaderAt.ReadAt
 // filled it, whose contract (n < len(p) implies err != nil) makes a short
-// fill an error that is never sent (STYLE G7: the reply is written only
+// fill an error that is never sent (the reply is written only
 // after the backend read succeeded). A backend that could return short
 // without an error would have to zero the tail itself; zeroing here would
 // cost a memclr per request for every other backend. Fresh buffers come
@@ -33,6 +32,12 @@ type Strategy interface {
 	// Get blocks while the server-wide budget is exhausted, and returns
 	// ctx.Err() if ctx ends first.
 	Get(ctx context.Context, n int) ([]byte, error)
+	// TryGet is Get without the wait: when the budget has no room for the
+	// buffer now it fails at once with ErrBudgetExhausted. The server uses
+	// it so that a request never waits behind buffers other connections
+	// hold, perhaps forever (a client that sent a 32 MiB WRITE header and
+	// stalled): it streams through a small buffer of its own instead.
+	TryGet(n int) ([]byte, error)
 	// Put returns a buffer from Get. b must not be used afterwards. b may
 	// be resliced b[:k] but must keep its first byte: Put recognises the
 	// buffers the connection handed out and drops any other (counted in
@@ -59,6 +64,9 @@ type Factory interface {
 	ChunkLimit() int
 	// Stats reports the factory's counters.
 	Stats() Stats
+	// Close stops the factory's idle reclaimer and frees its idle
+	// buffers; buffers returned afterwards are dropped. It returns nil.
+	Close() error
 }
 
 // Stats are the counters each policy reports. All byte counts are buffer

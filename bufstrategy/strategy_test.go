@@ -32,7 +32,7 @@ func newFactory(t testing.TB, name string, cfg Config) Factory {
 		t.Fatalf("New(%q): %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := f.(io.Closer).Close(); err != nil {
+		if err := f.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
@@ -319,7 +319,7 @@ func TestFactoryCloseFreesIdle(t *testing.T) {
 		s := f.NewConn()
 		a, b := mustGet(t, s, 1<<20), mustGet(t, s, 4096)
 		s.Put(a)
-		f.(io.Closer).Close()
+		f.Close()
 		s.Put(b) // after Close: dropped, not retained
 		s.Close()
 		if st := f.Stats(); st.BytesHeld != 0 || st.BytesIdle != 0 {
@@ -345,7 +345,7 @@ func TestNew(t *testing.T) {
 			t.Errorf("New(%q) = %v, %v; want a %q factory", name, f, err, name)
 			continue
 		}
-		f.(io.Closer).Close()
+		f.Close()
 	}
 }
 

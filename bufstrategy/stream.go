@@ -42,7 +42,7 @@ func (s *Stream) NewConn() Strategy {
 func (s *Stream) ChunkLimit() int { return s.limit }
 
 // Close stops the idle reclaimer and frees the idle chunks. Chunks
-// returned afterwards are dropped. It implements io.Closer and always
+// returned afterwards are dropped. It implements Factory.Close and always
 // returns nil.
 func (s *Stream) Close() error {
 	s.close(s.chunks.drain)

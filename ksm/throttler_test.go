@@ -14,34 +14,18 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	testharness "github.com/nbdd/nbdd/internal/harness"
 )
 
 const gib = 1 << 30
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // harness runs a Throttler on a Fake inside a synctest bubble.
 type harness struct {
 	t     *testing.T
 	fake  *Fake
 	th    *Throttler
-	logs  *syncBuffer
+	logs  *testharness.SyncBuffer
 	state string // state file path
 	stop  context.CancelFunc
 	errc  chan error
@@ -51,7 +35,7 @@ type harness struct {
 
 func newHarness(t *testing.T, fake *Fake, cfg Config) *harness {
 	t.Helper()
-	h := &harness{t: t, fake: fake, logs: &syncBuffer{}, errc: make(chan error, 1)}
+	h := &harness{t: t, fake: fake, logs: &testharness.SyncBuffer{}, errc: make(chan error, 1)}
 	if cfg.StateFile == "" {
 		cfg.StateFile = filepath.Join(t.TempDir(), "ksm.snapshot")
 	}

@@ -46,11 +46,6 @@ const (
 // consume the client's payload before failing with NBD_EINVAL").
 var ErrMalformedPayload = errors.New("nbd: malformed request payload")
 
-// ErrMalformedReply means a reply payload does not match its chunk type
-// (used by clients and tests; proto.md "Structured reply types": the client
-// "MUST initiate a hard disconnect").
-var ErrMalformedReply = errors.New("nbd: malformed reply payload")
-
 // ExtendedRequest is a transmission request with a 64-bit length: the
 // wire form once NBD_OPT_EXTENDED_HEADERS is negotiated, and the form
 // Mode.DecodeRequest gives every request, compact ones widened.

@@ -142,6 +142,7 @@ func (s *Server) admitAddr(nc net.Conn, p Peer) error {
 		return nil
 	}
 	s.logger().Warn("connection refused: address not allowed", p.logAttrs()...)
+	s.connCounts.refusedAddr.Add(1)
 	nc.Close()
 	return denied("%s is not in Server.Access.Addrs", p)
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // TestCachedReadsInline: READs of a file on a disk whose data is in the
-// page cache are answered on the reader (readCachedInline): small ones
+// page cache are answered on the reader (plan.go: planCachedRead): small ones
 // read with RWF_NOWAIT, large ones marked for sendfile, under structured
 // replies once the file's data run is known. When the backend reports
 // them uncached they run on goroutines of their own as before. The data
@@ -26,7 +26,7 @@ func TestCachedReadsInline(t *testing.T) {
 		for _, sr := range []bool{false, true} {
 			file, _ := fileExport(t, t.TempDir(), size, data)
 			f := &missingCache{diskFile: file}
-			var _ cachedFile = f
+			var _ backend.FileSource = f
 			if f.NonBlocking() {
 				testenv.SkipOutsideCI(t, "the test directory is in memory, not on a disk")
 			}
@@ -58,15 +58,15 @@ func TestCachedReadsInline(t *testing.T) {
 				for i := range 2 * missRun {
 					check(uint64(100+i), 0, 64<<10)
 				}
-				require.Zero(t, srv.cachedReads.Load(), "a hole lookup is left to the READ's goroutine")
+				require.Zero(t, readsOnReader(srv, "d"), "a hole lookup is left to the READ's goroutine")
 				check(99, 0, 4096)
-				require.Equal(t, int64(1), srv.cachedReads.Load(), "READs the reader could not try count as no misses")
+				require.Equal(t, int64(1), readsOnReader(srv, "d"), "READs the reader could not try count as no misses")
 				f.unknown.Store(false)
-				srv.cachedReads.Store(0)
 			}
+			base := readsOnReader(srv, "d")
 			for i, r := range reads {
 				check(uint64(i), r.off, r.n)
-				require.Equal(t, int64(i+1), srv.cachedReads.Load(), "cached READ %d (%d bytes at %d, structured %v) is answered on the reader", i, r.n, r.off, sr)
+				require.Equal(t, base+int64(i+1), readsOnReader(srv, "d"), "cached READ %d (%d bytes at %d, structured %v) is answered on the reader", i, r.n, r.off, sr)
 			}
 
 			// The page cache cannot be emptied reliably under this test:
@@ -79,7 +79,7 @@ func TestCachedReadsInline(t *testing.T) {
 			for i, r := range reads {
 				check(uint64(10+i), r.off, r.n)
 			}
-			require.Equal(t, int64(len(reads)), srv.cachedReads.Load(), "uncached READs run on goroutines")
+			require.Equal(t, base+int64(len(reads)), readsOnReader(srv, "d"), "uncached READs run on goroutines")
 		}
 	})
 }

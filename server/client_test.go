@@ -3,40 +3,46 @@ package server
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"sync"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/nbdd/nbdd/internal/nbdclient"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/stretchr/testify/require"
 )
 
-// client is the NBD client side of a test: a connection plus intent-level
-// helpers that fail the test on any unexpected byte.
+// client is the NBD client side of a test: nbdclient, which speaks the
+// protocol, plus intent-level helpers that fail the test on any
+// unexpected byte.
 type client struct {
-	t  testing.TB
-	nc net.Conn
-	br *bufio.Reader
+	t   testing.TB
+	nc  net.Conn
+	nbd *nbdclient.Conn
+	br  *bufio.Reader // the client's read buffer, for raw reads
 
 	noZeroes   bool
 	structured bool
 	size       uint64
 	flags      protocol.TransmissionFlag
-
-	// readLen holds the length of every simple-reply READ in flight, so a
-	// reply can be parsed in whatever order it arrives.
-	mu      sync.Mutex
-	readLen map[uint64]uint32
 }
 
 func newClient(t testing.TB, nc net.Conn) *client {
-	return &client{t: t, nc: nc, br: bufio.NewReader(nc), readLen: make(map[uint64]uint32)}
+	c := &client{t: t}
+	c.setConn(nc)
+	return c
+}
+
+// setConn makes nc the client's connection, as after STARTTLS.
+func (c *client) setConn(nc net.Conn) {
+	c.nc, c.nbd = nc, nbdclient.New(nc)
+	c.br = c.nbd.Reader().(*bufio.Reader)
+	c.structured = false
 }
 
 func (c *client) readFull(p []byte) {
@@ -50,8 +56,19 @@ func (c *client) readFull(p []byte) {
 func (c *client) writeRaw(p []byte) {
 	c.t.Helper()
 	c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
-	if _, err := c.nc.Write(p); err != nil {
+	if _, err := c.nbd.Write(p); err != nil {
 		c.t.Fatalf("writing %d bytes to the server: %v", len(p), err)
+	}
+}
+
+// deadline bounds the next exchange with the server.
+func (c *client) deadline() { c.nc.SetDeadline(time.Now().Add(ioTimeout)) }
+
+// check fails the test on err.
+func (c *client) check(err error, what string, args ...any) {
+	c.t.Helper()
+	if err != nil {
+		c.t.Fatalf("%s: %v", fmt.Sprintf(what, args...), err)
 	}
 }
 
@@ -90,7 +107,8 @@ func (c *client) wantGreeting() {
 func (c *client) sendClientFlags(f protocol.ClientFlag) {
 	c.t.Helper()
 	c.noZeroes = f&protocol.ClientNoZeroes != 0
-	c.writeRaw(binary.BigEndian.AppendUint32(nil, uint32(f)))
+	c.deadline()
+	c.check(c.nbd.SendClientFlags(f), "client flags")
 }
 
 // start reads the greeting and answers with FIXED_NEWSTYLE|NO_ZEROES.
@@ -102,9 +120,8 @@ func (c *client) start() {
 
 func (c *client) sendOption(opt protocol.Opt, data []byte) {
 	c.t.Helper()
-	var hdr [protocol.OptionHeaderSize]byte
-	protocol.OptionHeader{Opt: opt, Length: uint32(len(data))}.Put(&hdr)
-	c.writeRaw(append(hdr[:], data...))
+	c.deadline()
+	c.check(c.nbd.SendOption(opt, data), "send %v", opt)
 }
 
 // optReply is one option reply.
@@ -116,18 +133,10 @@ type optReply struct {
 
 func (c *client) readOptReply() optReply {
 	c.t.Helper()
-	var hdr [protocol.OptionReplyHeaderSize]byte
-	c.readFull(hdr[:])
-	h, err := protocol.DecodeOptionReplyHeader(&hdr)
-	if err != nil {
-		c.t.Fatalf("option reply header %x: %v", hdr, err)
-	}
-	if h.Length > 1<<20 {
-		c.t.Fatalf("option reply of %d bytes; want a sane length", h.Length)
-	}
-	data := make([]byte, h.Length)
-	c.readFull(data)
-	return optReply{h.Opt, h.Type, data}
+	c.deadline()
+	r, err := c.nbd.ReadOptionReply()
+	c.check(err, "option reply")
+	return optReply{r.Opt, r.Type, r.Data}
 }
 
 // wantOptReply reads one reply and checks its option and type.
@@ -170,52 +179,36 @@ func (c *client) infoOrGo(opt protocol.Opt, name string, infos ...protocol.Info)
 
 func (c *client) infoOrGoErr(opt protocol.Opt, name string, infos ...protocol.Info) (exportInfo, optReply) {
 	c.t.Helper()
-	c.sendOption(opt, protocol.AppendExportRequest(nil, protocol.ExportRequest{Name: name, Infos: infos}))
-	var ei exportInfo
-	sawExport := false
-	for {
-		r := c.readOptReply()
-		if r.opt != opt {
-			c.t.Fatalf("reply to %v: got option %v", opt, r.opt)
-		}
-		if r.typ != protocol.RepInfo {
-			if r.typ == protocol.RepAck && !sawExport {
-				c.t.Fatalf("%v %q: ACK without NBD_INFO_EXPORT", opt, name)
-			}
-			if r.typ == protocol.RepAck && opt == protocol.OptGo {
-				c.size, c.flags = ei.size, ei.flags
-			}
-			return ei, r
-		}
-		if len(r.data) < 2 {
-			c.t.Fatalf("NBD_REP_INFO of %d bytes", len(r.data))
-		}
-		typ := protocol.Info(binary.BigEndian.Uint16(r.data))
-		body := r.data[2:]
-		ei.infos = append(ei.infos, typ)
-		switch typ {
+	c.deadline()
+	query := c.nbd.Go
+	if opt == protocol.OptInfo {
+		query = c.nbd.Info
+	}
+	exp, err := query(name, infos...)
+	var refused *nbdclient.RefusedError
+	if errors.As(err, &refused) {
+		return exportInfo{}, optReply{refused.Opt, refused.Rep, []byte(refused.Message)}
+	}
+	c.check(err, "%v %q", opt, name)
+	ei := exportInfo{size: exp.Size, flags: exp.Flags}
+	for _, r := range exp.Infos {
+		ei.infos = append(ei.infos, r.Type)
+		switch r.Type {
 		case protocol.InfoExport:
-			require.Len(c.t, body, 10, "NBD_INFO_EXPORT body")
-			ei.size = binary.BigEndian.Uint64(body)
-			ei.flags = protocol.TransmissionFlag(binary.BigEndian.Uint16(body[8:]))
-			sawExport = true
 		case protocol.InfoName:
-			s := string(body)
-			ei.name = &s
+			ei.name = &r.Text
 		case protocol.InfoDescription:
-			s := string(body)
-			ei.description = &s
+			ei.description = &r.Text
 		case protocol.InfoBlockSize:
-			require.Len(c.t, body, 12, "NBD_INFO_BLOCK_SIZE body")
-			ei.blockSize = &protocol.BlockSize{
-				Min:       binary.BigEndian.Uint32(body),
-				Preferred: binary.BigEndian.Uint32(body[4:]),
-				Max:       binary.BigEndian.Uint32(body[8:]),
-			}
+			ei.blockSize = &r.BlockSize
 		default:
-			c.t.Fatalf("server sent info type %v nobody asked for", typ)
+			c.t.Fatalf("server sent info type %v nobody asked for", r.Type)
 		}
 	}
+	if opt == protocol.OptGo {
+		c.size, c.flags = ei.size, ei.flags
+	}
+	return ei, optReply{opt, protocol.RepAck, nil}
 }
 
 // goExport selects name with NBD_OPT_GO; the connection is then in the
@@ -233,14 +226,13 @@ func (c *client) info(name string, infos ...protocol.Info) exportInfo {
 // list sends NBD_OPT_LIST and returns the names announced.
 func (c *client) list() []string {
 	c.t.Helper()
-	c.sendOption(protocol.OptList, nil)
+	c.deadline()
+	servers, err := c.nbd.List()
+	c.check(err, "NBD_OPT_LIST")
 	var names []string
-	c.collect(protocol.OptList, protocol.RepServer, func(data []byte) {
-		require.GreaterOrEqual(c.t, len(data), 4, "NBD_REP_SERVER data")
-		n := binary.BigEndian.Uint32(data)
-		require.LessOrEqual(c.t, int(n), len(data)-4, "NBD_REP_SERVER name length")
-		names = append(names, string(data[4:4+n]))
-	})
+	for _, s := range servers {
+		names = append(names, s.Name)
+	}
 	return names
 }
 
@@ -265,23 +257,16 @@ func (c *client) collect(opt protocol.Opt, typ protocol.Rep, fn func(data []byte
 // that follows the reply unless NO_ZEROES was negotiated.
 func (c *client) exportName(name string) {
 	c.t.Helper()
-	c.sendOption(protocol.OptExportName, []byte(name))
-	var b [protocol.ExportNameReplySize]byte
-	c.readFull(b[:])
-	c.size = binary.BigEndian.Uint64(b[:])
-	c.flags = protocol.TransmissionFlag(binary.BigEndian.Uint16(b[8:]))
-	if !c.noZeroes {
-		pad := make([]byte, protocol.ExportNamePadding)
-		c.readFull(pad)
-		if !bytes.Equal(pad, make([]byte, protocol.ExportNamePadding)) {
-			c.t.Fatalf("EXPORT_NAME padding: got %x; want 124 zero bytes", pad)
-		}
-	}
+	c.deadline()
+	exp, err := c.nbd.ExportName(name, c.noZeroes)
+	c.check(err, "NBD_OPT_EXPORT_NAME %q", name)
+	c.size, c.flags = exp.Size, exp.Flags
 }
 
 func (c *client) structuredReply() {
 	c.t.Helper()
-	c.option(protocol.OptStructuredReply, nil, protocol.RepAck)
+	c.deadline()
+	c.check(c.nbd.StructuredReply(), "NBD_OPT_STRUCTURED_REPLY")
 	c.structured = true
 }
 
@@ -289,12 +274,13 @@ func (c *client) structuredReply() {
 // the server replied with (by name, and the ID of each).
 func (c *client) metaContext(opt protocol.Opt, name string, queries ...string) map[string]uint32 {
 	c.t.Helper()
-	c.sendOption(opt, protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: name, Queries: queries}))
+	c.deadline()
+	ctxs, err := c.nbd.MetaContext(opt, name, queries...)
+	c.check(err, "%v %q", opt, name)
 	got := map[string]uint32{}
-	c.collect(opt, protocol.RepMetaContext, func(data []byte) {
-		require.GreaterOrEqual(c.t, len(data), 4, "NBD_REP_META_CONTEXT data")
-		got[string(data[4:])] = binary.BigEndian.Uint32(data)
-	})
+	for _, m := range ctxs {
+		got[m.Name] = m.ID
+	}
 	return got
 }
 
@@ -320,6 +306,7 @@ func (c *client) handshake(name string) {
 	c.t.Helper()
 	c.start()
 	c.goExport(name)
+	c.nc.SetDeadline(time.Time{})
 }
 
 // handshakeSR enters transmission on name with structured replies and
@@ -331,6 +318,7 @@ func (c *client) handshakeSR(name string) {
 	got := c.setMeta(name, protocol.MetaContextBaseAllocation)
 	require.Equal(c.t, map[string]uint32{protocol.MetaContextBaseAllocation: baseAllocationID}, got, "SET_META_CONTEXT")
 	c.goExport(name)
+	c.nc.SetDeadline(time.Time{})
 }
 
 // ---- transmission ----
@@ -339,23 +327,15 @@ func (c *client) handshakeSR(name string) {
 func (c *client) send(req protocol.Request, payload []byte) {
 	c.t.Helper()
 	if err := c.trySend(req, payload); err != nil {
-		c.t.Fatalf("sending %v %d: %v", req.Type, req.Cookie, err)
+		c.t.Fatal(err)
 	}
 }
 
 // trySend is send for goroutines other than the test's, which must not
 // call t.Fatal.
 func (c *client) trySend(req protocol.Request, payload []byte) error {
-	var hdr [protocol.RequestSize]byte
-	req.Put(&hdr)
-	if req.Type == protocol.CmdRead && !c.structured {
-		c.mu.Lock()
-		c.readLen[req.Cookie] = req.Length
-		c.mu.Unlock()
-	}
 	c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
-	_, err := c.nc.Write(append(hdr[:], payload...))
-	return err
+	return c.nbd.Send(req, payload)
 }
 
 // sendAsync sends reqs (payloads[i] after reqs[i], if given) from another
@@ -384,7 +364,7 @@ func (c *client) sendAll(reqs []protocol.Request, payloads [][]byte) <-chan erro
 				p = payloads[i]
 			}
 			if err := c.trySend(req, p); err != nil {
-				errc <- fmt.Errorf("sending %v %d: %w", req.Type, req.Cookie, err)
+				errc <- err
 				return
 			}
 		}
@@ -473,130 +453,21 @@ type reply struct {
 // read up to the one flagged DONE.
 func (c *client) readReply() reply {
 	c.t.Helper()
-	var magic [4]byte
-	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-	p, err := c.br.Peek(4)
-	if err != nil {
-		c.t.Fatalf("reading a reply: %v", err)
-	}
-	copy(magic[:], p)
-	switch binary.BigEndian.Uint32(magic[:]) {
-	case protocol.SimpleReplyMagic:
-		return c.readSimple()
-	case protocol.StructuredReplyMagic:
-		return c.readStructured()
-	}
-	c.t.Fatalf("reply magic %x; want a simple or structured reply", magic)
-	return reply{}
-}
-
-// tryReadReply reads one simple reply without failing the test, for
-// goroutines other than the test's.
-func (c *client) tryReadReply() (reply, error) {
-	var hdr [protocol.SimpleReplySize]byte
-	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
-	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-		return reply{}, err
-	}
-	sr, err := protocol.DecodeSimpleReply(&hdr)
-	if err != nil {
-		return reply{}, err
-	}
-	r := reply{cookie: sr.Cookie, errno: sr.Error}
-	c.mu.Lock()
-	n, isRead := c.readLen[sr.Cookie]
-	delete(c.readLen, sr.Cookie)
-	c.mu.Unlock()
-	if isRead && sr.Error == 0 {
-		r.data = make([]byte, n)
-		_, err = io.ReadFull(c.br, r.data)
-	}
-	return r, err
-}
-
-func (c *client) readSimple() reply {
-	c.t.Helper()
 	r, err := c.tryReadReply()
-	if err != nil {
-		c.t.Fatalf("reading a simple reply: %v", err)
-	}
+	c.check(err, "reading a reply")
 	return r
 }
 
-func (c *client) readStructured() reply {
-	c.t.Helper()
-	r := reply{structured: true}
-	for first := true; ; first = false {
-		var hdr [protocol.ChunkHeaderSize]byte
-		c.readFull(hdr[:])
-		ch, err := protocol.DecodeChunkHeader(&hdr)
-		require.NoError(c.t, err)
-		if !first && ch.Cookie != r.cookie {
-			c.t.Fatalf("chunk for cookie %d inside the reply to %d", ch.Cookie, r.cookie)
-		}
-		r.cookie = ch.Cookie
-		if ch.Length > 64<<20 {
-			c.t.Fatalf("chunk of %d bytes", ch.Length)
-		}
-		payload := make([]byte, ch.Length)
-		c.readFull(payload)
-		r.types = append(r.types, ch.Type)
-		c.parseChunk(&r, ch.Type, payload)
-		if ch.Flags&protocol.ReplyFlagDone != 0 {
-			return r
-		}
+// tryReadReply is readReply for goroutines other than the test's.
+func (c *client) tryReadReply() (reply, error) {
+	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+	r, err := c.nbd.ReadReply()
+	out := reply{cookie: r.Cookie, errno: r.Errno, structured: r.Structured, types: r.Types, data: r.Data,
+		dataOff: r.DataOff, msg: r.Message, errOffset: r.ErrOffset, contextID: r.ContextID}
+	for _, e := range r.Extents {
+		out.extents = append(out.extents, extent{e.Length, e.Flags})
 	}
-}
-
-func (c *client) parseChunk(r *reply, typ protocol.ReplyType, p []byte) {
-	c.t.Helper()
-	switch typ {
-	case protocol.ReplyTypeNone:
-		require.Empty(c.t, p, "NBD_REPLY_TYPE_NONE payload")
-	case protocol.ReplyTypeOffsetData:
-		require.GreaterOrEqual(c.t, len(p), 8, "OFFSET_DATA payload")
-		c.place(r, binary.BigEndian.Uint64(p), p[8:])
-	case protocol.ReplyTypeOffsetHole:
-		require.Len(c.t, p, protocol.OffsetHoleSize, "OFFSET_HOLE payload")
-		c.place(r, binary.BigEndian.Uint64(p), make([]byte, binary.BigEndian.Uint32(p[8:])))
-	case protocol.ReplyTypeBlockStatus:
-		require.GreaterOrEqual(c.t, len(p), 4, "BLOCK_STATUS payload")
-		require.Zero(c.t, (len(p)-4)%8, "BLOCK_STATUS payload length")
-		r.contextID = binary.BigEndian.Uint32(p)
-		for b := p[4:]; len(b) > 0; b = b[8:] {
-			r.extents = append(r.extents, extent{binary.BigEndian.Uint32(b), binary.BigEndian.Uint32(b[4:])})
-		}
-	case protocol.ReplyTypeError, protocol.ReplyTypeErrorOffset:
-		require.GreaterOrEqual(c.t, len(p), 6, "error chunk payload")
-		r.errno = protocol.Errno(binary.BigEndian.Uint32(p))
-		n := int(binary.BigEndian.Uint16(p[4:]))
-		require.LessOrEqual(c.t, 6+n, len(p), "error message length")
-		r.msg = string(p[6 : 6+n])
-		if typ == protocol.ReplyTypeErrorOffset {
-			require.Len(c.t, p, 6+n+8, "ERROR_OFFSET payload")
-			r.errOffset = binary.BigEndian.Uint64(p[6+n:])
-		}
-	default:
-		c.t.Fatalf("unexpected chunk type %v", typ)
-	}
-}
-
-// place puts a chunk's data at its offset within r.data. Chunks of one
-// READ may come in any order but must not overlap.
-func (c *client) place(r *reply, off uint64, b []byte) {
-	if r.data == nil {
-		r.dataOff = off
-	}
-	if off < r.dataOff {
-		grown := make([]byte, int(r.dataOff-off)+len(r.data))
-		copy(grown[r.dataOff-off:], r.data)
-		r.data, r.dataOff = grown, off
-	}
-	end := int(off-r.dataOff) + len(b)
-	if end > len(r.data) {
-		r.data = append(r.data, make([]byte, end-len(r.data))...)
-	}
-	copy(r.data[off-r.dataOff:], b)
+	return out, err
 }
 
 // wantReply reads the next reply and checks its cookie and errno.
@@ -635,13 +506,7 @@ func (c *client) wantStructuredRead(cookie, off uint64, want []byte) reply {
 // contentChunks drops the NONE chunks from types: a reply whose data may
 // still fail as it goes out ends with one.
 func contentChunks(types []protocol.ReplyType) []protocol.ReplyType {
-	var out []protocol.ReplyType
-	for _, t := range types {
-		if t != protocol.ReplyTypeNone {
-			out = append(out, t)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(types), func(t protocol.ReplyType) bool { return t == protocol.ReplyTypeNone })
 }
 
 // wantStructuredError reads a structured error reply and returns its

@@ -31,13 +31,12 @@ type conn struct {
 	closed atomic.Bool
 	cancel context.CancelFunc // ends the connection's context: budget waits give up
 
-	// peer is the client (peer.go). started, counters and errLog feed the
-	// log: the summary line at the end and the connection's budget of
-	// failed-request lines (logging.go).
-	peer     Peer
-	started  time.Time
-	counters connCounters
-	errLog   logBudget
+	// peer is the client (peer.go). started and errLog feed the log: the
+	// summary line at the end (with counts) and the connection's budget
+	// of failed-request lines (logging.go).
+	peer    Peer
+	started time.Time
+	errLog  logBudget
 
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
 	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
@@ -51,7 +50,8 @@ type conn struct {
 	// Transmission state.
 	exp       *openExport
 	bufs      bufstrategy.Strategy
-	slots     chan struct{} // one token per request in flight
+	chunk     int       // the largest buffer bufs hands out; 0: any size
+	slots     *slotGate // one token per request in flight
 	inflight  sync.WaitGroup
 	nInflight atomic.Int64
 	// lastActive is when the last request arrived or reply left, in Unix
@@ -60,28 +60,25 @@ type conn struct {
 	bytes      *byteGate
 	w          *replyWriter
 	inTrans    atomic.Bool
-	// readerSpare and writerSpare are the fallback buffers of the reader
-	// and the writer when the budget is exhausted (see spare).
-	readerSpare, writerSpare []byte
-	// readSpare holds the fallback buffer of READs that run on their own
-	// goroutine (see takeReadSpare): one at a time has it.
-	readSpare chan []byte
-	// held are replies of requests the reader ran inline and has not yet
-	// handed to the writer, so that the replies of a burst of requests go
-	// out together (see hold). Owned by the reader.
+	// spares are the buffers requests use when the strategy has none
+	// (spare.go).
+	spares *spareBuffers
+	// format writes the reply headers (op.go).
+	format replyFormat
+	// held are replies of requests the reader ran and has not yet handed
+	// to the writer, so that the replies of a burst of requests go out
+	// together (held.go). Owned by the reader.
 	held      []*op
 	heldBytes int
-	// in reads WRITE payloads straight into a backend's memory
-	// (inplace.go); nil unless kernelCopies. inIov is its scratch. Both
-	// are owned by the reader.
-	in    *vecIO
+	// inIov is the scratch of a WRITE payload read into a backend's
+	// memory (payload.go); the reader's.
 	inIov [][]byte
 	// pipe takes large WRITE payloads for file exports with splice
 	// (splice.go); made on first use, owned by the reader. noSplice is set
 	// once splicing failed on this connection.
 	pipe *pipeIn
-	// cacheTries paces readCachedInline's attempts (cached.go); the
-	// reader's.
+	// cacheTries paces the reader's questions to the page cache (plan.go);
+	// the reader's.
 	cacheTries cacheTries
 	noSplice   bool
 	// exactHeader asks for the next header to be read alone (see
@@ -90,9 +87,15 @@ type conn struct {
 	// payloadArmed is set while a WRITE payload is read under the idle
 	// timeout (payload.go). Owned by the reader.
 	payloadArmed bool
-	// kernelCopies is set when replies go to a socket through writev, so
-	// backend memory lent for a READ is only ever read by the kernel.
+	// kernelCopies is set on a plain socket, whose reads and writes the
+	// reader and the writer make with raw calls (vecio.go): the kernel
+	// copies the payloads, so backend memory lent for a READ or a WRITE
+	// is never touched by Go code, and sendfile and splice can be used.
 	kernelCopies bool
+	// counts are the connection's counters (stats.go), set when the
+	// transmission phase starts; stats publishes them to Server.Stats.
+	counts *exportCounters
+	stats  atomic.Pointer[exportCounters]
 }
 
 func newConn(s *Server, rwc io.ReadWriteCloser, cancel context.CancelFunc) *conn {
@@ -229,17 +232,38 @@ func (c *conn) writeAll(b []byte) error {
 	return err
 }
 
-// sockReader is where the connection's requests are read from. It reads
-// the connection, or during the transmission phase on a plain socket a
-// vecIO of its own, whose raw system calls cost less (see vecIO).
+// sockReader is the reader's side of the socket: every read the reader
+// makes goes through it (headers and payloads through the read buffer,
+// payloads read with readv into a backend's memory or spliced into its
+// file), and each first runs beforeRead, which hands the replies the
+// reader holds to the writer (held.go). During the transmission phase on
+// a plain socket it makes raw system calls, which cost less (vecio.go).
 type sockReader struct {
 	conn io.Reader
-	v    *vecIO // nil until transmit sets it; owned by the reader
+	v    *vecIO // raw reads; nil until transmit sets it (and under -race)
+	in   *vecIO // readv into a backend's memory; nil unless kernelCopies
+	// beforeRead runs before every read; nil during the handshake.
+	beforeRead func()
 }
 
 func (r *sockReader) Read(b []byte) (int, error) {
+	if r.beforeRead != nil {
+		r.beforeRead()
+	}
 	if r.v == nil {
 		return r.conn.Read(b)
 	}
 	return r.v.readSome(b)
+}
+
+// readv reads all of iov from the socket.
+func (r *sockReader) readv(iov [][]byte) error {
+	r.beforeRead()
+	return r.in.transfer(iov)
+}
+
+// splice moves up to want bytes from the socket into p.
+func (r *sockReader) splice(p *pipeIn, want int) (int, error) {
+	r.beforeRead()
+	return p.fill(want)
 }

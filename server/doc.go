@@ -26,6 +26,15 @@
 // (backend.PipeWriter). Otherwise buffers come from the buffer strategy
 // (Server.Buffers, package bufstrategy) under a server-wide budget.
 //
+// Server.Stats reports, per export, the requests by command, the error
+// replies by errno and the requests and bytes of each data path (Path),
+// counted without a lock on the request path, for a metrics exporter to
+// read at any time.
+//
+// docs/architecture.md follows one request through the package: read,
+// validate, plan (plan.go decides where it runs and how its data moves),
+// run, reply (reply.go owns the socket).
+//
 // A Server's zero value is a working server with no exports. Serve,
 // ServeConn and Shutdown follow net/http.
 package server

@@ -64,9 +64,10 @@ type ExportSource interface {
 	List() ([]Export, error)
 }
 
-// caps are an export's capabilities, discovered once per connection by type
-// assertion (as net/http discovers http.Flusher), and the transmission flags
-// they imply (proto.md "Transmission flags").
+// caps are an export's capabilities and accelerators (package backend),
+// discovered once per connection by type assertion (as net/http discovers
+// http.Flusher), and the transmission flags they imply (proto.md
+// "Transmission flags"). The planner reads them (plan.go).
 type caps struct {
 	size     uint64
 	readOnly bool
@@ -89,19 +90,23 @@ type caps struct {
 	viewer      backend.Viewer
 	writeViewer backend.WriteViewer
 	// file is the export's file, whose READs go out with sendfile(2) when
-	// their range is in the page cache (see conn.sendsFile); nil if the
+	// their range is in the page cache (plan.go: sendsFile); nil if the
 	// backend is not a file.
-	file cachedFile
+	file backend.FileSource
 	// pipeWriter takes large WRITE payloads with splice(2) (splice.go).
 	pipeWriter backend.PipeWriter
 	// cachedReader answers small READs of cached data on the reader
-	// (cached.go); nil for backends that never block, which run them
-	// there anyway.
+	// (plan.go: planCachedRead); nil for backends that never block, which
+	// run them there anyway.
 	cachedReader backend.CachedReader
 	// dataKnower tells, without a system call, that a range of the file
 	// holds no holes (backend.File.KnownData); nil if the backend cannot.
-	dataKnower interface{ KnownData(off, n int64) bool }
+	dataKnower backend.DataKnower
 }
+
+// mayCache reports whether the page cache may hold the export's data for
+// the reader to answer READs from (plan.go: planCachedRead).
+func (c *caps) mayCache() bool { return c.file != nil || c.cachedReader != nil }
 
 // openExport is the export a connection has selected.
 type openExport struct {
@@ -122,14 +127,16 @@ func discoverCaps(e *Export) (caps, error) {
 	if ro, ok := e.Backend.(backend.ReadOnlyer); ok && ro.ReadOnly() {
 		c.readOnly = true
 	}
-	c.trimmer, _ = e.Backend.(backend.Trimmer)
-	c.zeroer, _ = e.Backend.(backend.Zeroer)
-	if fz, ok := e.Backend.(backend.FastZeroer); ok {
+	// Through decorators, only what the backend they wrap can do
+	// (backend.Decorator).
+	c.trimmer, _ = backend.Has[backend.Trimmer](e.Backend)
+	c.zeroer, _ = backend.Has[backend.Zeroer](e.Backend)
+	c.cacher, _ = backend.Has[backend.Cacher](e.Backend)
+	c.fua, _ = backend.Has[backend.FUAWriter](e.Backend)
+	c.extenter, _ = backend.Has[backend.Extenter](e.Backend)
+	if fz, ok := e.Backend.(backend.FastZeroer); ok && c.zeroer != nil {
 		c.fastZero = fz.CanFastZero()
 	}
-	c.cacher, _ = e.Backend.(backend.Cacher)
-	c.fua, _ = e.Backend.(backend.FUAWriter)
-	c.extenter, _ = e.Backend.(backend.Extenter)
 	c.viewer, _ = e.Backend.(backend.Viewer)
 	c.writeViewer, _ = e.Backend.(backend.WriteViewer)
 	if mc, ok := e.Backend.(backend.MultiConner); ok {
@@ -141,8 +148,8 @@ func discoverCaps(e *Export) (caps, error) {
 	if sw, ok := e.Backend.(backend.SyncWaiter); ok {
 		c.syncWaits = sw.SyncWaits()
 	}
-	c.file, _ = e.Backend.(cachedFile)
-	c.dataKnower, _ = e.Backend.(interface{ KnownData(off, n int64) bool })
+	c.file, _ = e.Backend.(backend.FileSource)
+	c.dataKnower, _ = e.Backend.(backend.DataKnower)
 	if !c.nonBlocking {
 		c.cachedReader, _ = e.Backend.(backend.CachedReader)
 	}

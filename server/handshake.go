@@ -158,6 +158,7 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 	exp, err := c.openExport(string(data))
 	if ae := (*accessError)(nil); errors.As(err, &ae) {
 		c.log.Warn("client refused", "opt", protocol.OptExportName, "export", string(data), "reason", ae.reason)
+		c.srv.connCounts.refusedExport.Add(1)
 		return false, violation("NBD_OPT_EXPORT_NAME refused: %v", err) // it has no error reply
 	}
 	if err != nil && !errors.Is(err, errTLSRequired) {
@@ -194,6 +195,7 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 	exp, err := c.openExport(req.Name)
 	if ae := (*accessError)(nil); errors.As(err, &ae) {
 		c.log.Warn("client refused", "opt", opt, "export", req.Name, "reason", ae.reason)
+		c.srv.connCounts.refusedExport.Add(1)
 		c.replyBuf = append(c.replyBuf[:0], protocol.Message(ae.reason, protocol.MaxStringLen)...)
 		return false, c.optReplyData(opt, protocol.RepErrPolicy, c.replyBuf) // logged above
 	}

@@ -69,17 +69,13 @@ func sendBurst(c *client, reqs []protocol.Request, tail []byte) <-chan error {
 		var hdr [protocol.RequestSize]byte
 		req.Put(&hdr)
 		b = append(b, hdr[:]...)
-		if req.Type == protocol.CmdRead && !c.structured {
-			c.mu.Lock()
-			c.readLen[req.Cookie] = req.Length
-			c.mu.Unlock()
-		}
+		c.nbd.Expect(req)
 	}
 	b = append(b, tail...)
 	errc := make(chan error, 1)
 	go func() {
 		c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
-		_, err := c.nc.Write(b)
+		_, err := c.nbd.Write(b)
 		errc <- err
 	}()
 	return errc

@@ -192,12 +192,12 @@ func TestHeaderAfterInPlaceWrite(t *testing.T) {
 			cookie++
 			sendSlowly(c, protocol.Request{Type: protocol.CmdWrite, Cookie: cookie, Length: uint32(n)}, pattern(n, 2))
 			c.wantReply(cookie, protocol.EOK)
-			before := srv.viewedBytes.Load()
+			before := exportStats(srv, "d").Paths[PathWriteIntoExport].Bytes
 			require.Positive(t, before, "the slow WRITE's payload was read into the export")
 			cookie++
 			c.write(cookie, 1<<20, small)
 			c.wantReply(cookie, protocol.EOK)
-			return srv.viewedBytes.Load() - before
+			return exportStats(srv, "d").Paths[PathWriteIntoExport].Bytes - before
 		}
 		require.Zero(t, writeAfter(4096), "a 4 KiB WRITE after a small one came through the read buffer")
 		require.EqualValues(t, len(small), writeAfter(exactHeaderMin), "a 4 KiB WRITE after a large one was read into the export")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nbdd/nbdd/protocol"
@@ -65,26 +64,10 @@ func (s *Server) exportLogBudget(name string) *logBudget {
 	return b
 }
 
-// connCounters are what a connection's summary line reports.
-type connCounters struct {
-	requests, errors        atomic.Int64
-	readBytes, writtenBytes atomic.Int64
-}
-
-// count adds a finished request to the connection's counters and logs it
-// if it failed.
-func (c *conn) count(o *op) {
-	c.counters.requests.Add(1)
-	switch o.req.Type {
-	case protocol.CmdRead:
-		if o.err == nil {
-			c.counters.readBytes.Add(int64(o.req.Length))
-		}
-	case protocol.CmdWrite:
-		if o.err == nil {
-			c.counters.writtenBytes.Add(int64(o.req.Length))
-		}
-	}
+// logIfFailed logs a finished request if it failed. What the connection did
+// is counted once, by the reader and the reply writer, in c.counts
+// (stats.go), which the summary reads.
+func (c *conn) logIfFailed(o *op) {
 	if o.err != nil {
 		c.requestFailed(o.req, o.err.errno, o.err.err)
 	}
@@ -94,7 +77,6 @@ func (c *conn) count(o *op) {
 // the connection's and the export's budgets (at debug for the errors
 // that are part of normal operation: see expectedFailure).
 func (c *conn) requestFailed(req protocol.Request, errno protocol.Errno, err error) {
-	c.counters.errors.Add(1)
 	level := slog.LevelWarn
 	if expectedFailure(req, errno) {
 		level = slog.LevelDebug
@@ -133,16 +115,29 @@ func expectedFailure(req protocol.Request, errno protocol.Errno) bool {
 }
 
 // summary are the attributes of the line that ends a connection: the
-// export, how long it lasted and what it did.
+// export, how long it lasted and what it did, read from the counters
+// Server.Stats reads (stats.go). Errors are the error replies and the
+// READs cut off by a disconnect.
 func (c *conn) summary() []any {
 	attrs := make([]any, 0, 14)
 	if c.exp != nil {
 		attrs = append(attrs, "export", c.exp.Name)
 	}
+	var es ExportStats
+	if cs := c.stats.Load(); cs != nil {
+		es = cs.snapshot()
+	}
+	var requests, errors int64
+	for _, n := range es.Requests {
+		requests += n
+	}
+	for _, n := range es.Errors {
+		errors += n
+	}
 	return append(attrs,
 		"duration", time.Since(c.started).Round(time.Millisecond),
-		"requests", c.counters.requests.Load(),
-		"read_bytes", c.counters.readBytes.Load(),
-		"written_bytes", c.counters.writtenBytes.Load(),
-		"errors", c.counters.errors.Load())
+		"requests", requests+es.UnknownCmds,
+		"read_bytes", es.ReadBytes,
+		"written_bytes", es.WriteBytes,
+		"errors", errors+es.Aborted)
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/binary"
 	"errors"
 
 	"github.com/nbdd/nbdd/backend"
@@ -87,44 +88,36 @@ func matchesBaseAllocation(queries []string, set bool) bool {
 // tell report one allocated extent.
 func (c *conn) blockStatus(o *op) error {
 	off, n := int64(o.req.Offset), int64(o.req.Length)
-	end := off + n
 	limit := maxExtents
 	if o.req.Flags&protocol.CmdFlagReqOne != 0 {
 		limit = 1
 	}
-	b := putUint32(o.extra[:0], baseAllocationID)
+	b := binary.BigEndian.AppendUint32(o.extra[:0], baseAllocationID)
 	if c.exp.extenter == nil {
 		o.extra = protocol.AppendBlockDescriptor(b, uint32(n), 0)
 		return nil
 	}
 	// A backend may report one run in pieces (Extenter asks it not to):
 	// they go out as one descriptor, so REQ_ONE's answer covers the run.
-	count, last := 0, 0 // last: where the last descriptor starts in b
-	var lastLen, lastFlags uint32
-	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
-		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
-		if stop <= start {
-			return stop < end
-		}
-		flags := stateFlags(e.Flags)
-		if count > 0 && flags == lastFlags {
-			lastLen += uint32(stop - start)
-			b = protocol.AppendBlockDescriptor(b[:last], lastLen, flags)
-			return stop < end
-		}
+	count := 0
+	err := backend.WalkExtents(c.exp.extenter, off, n, stateKey, func(e backend.Extent) bool {
 		if count == limit {
 			return false
 		}
-		last, lastLen, lastFlags = len(b), uint32(stop-start), flags
-		b = protocol.AppendBlockDescriptor(b, lastLen, flags)
+		b = protocol.AppendBlockDescriptor(b, uint32(e.Length), stateFlags(e.Flags))
 		count++
-		return stop < end
+		return true
 	})
 	if err == nil && count == 0 {
 		b = protocol.AppendBlockDescriptor(b, uint32(n), 0)
 	}
 	o.extra = b
 	return err
+}
+
+// stateKey merges extents by the base:allocation state they report.
+func stateKey(f backend.ExtentFlags) backend.ExtentFlags {
+	return f & (backend.ExtentHole | backend.ExtentZero)
 }
 
 func stateFlags(f backend.ExtentFlags) uint32 {
@@ -136,8 +129,4 @@ func stateFlags(f backend.ExtentFlags) uint32 {
 		s |= protocol.StateZero
 	}
 	return s
-}
-
-func putUint32(b []byte, v uint32) []byte {
-	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
 }

@@ -1,38 +1,28 @@
 package server
 
 import (
+	"encoding/binary"
 	"errors"
 	"sync"
 
 	"github.com/nbdd/nbdd/protocol"
 )
 
-// maxReplyHeader is the largest reply header: a structured chunk header
-// followed by the offset of an OFFSET_DATA chunk.
-const maxReplyHeader = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
-
 // op is one request in flight, from the reader through execution to the
 // reply writer. Ops are recycled, so an op's buffers are reused across
 // requests and a request allocates nothing of its own.
 type op struct {
-	c      *conn
-	req    protocol.Request
-	err    *requestError // nil on success
-	buf    []byte        // buffer from the strategy, returned after the reply
-	data   []byte        // READ payload to send after the header
-	weight int64         // bytes held in the connection's byte gate
-	stream bool          // READ too large for one buffer: the writer streams it
-	// firstRead means o.buf already holds the streamed READ's first chunk.
-	firstRead bool
-	// spare means buf is the connection's READ spare (conn.takeReadSpare),
-	// returned to it instead of to the strategy.
-	spare bool
-	// ownGoroutine means the request runs on a goroutine of its own, not
-	// inline on the reader.
-	ownGoroutine bool
-	// sendfile means the READ's data goes from the export's file to the
-	// socket with sendfile(2) after the header (see conn.sendsFile).
-	sendfile bool
+	c    *conn
+	req  protocol.Request
+	plan plan          // how it runs (plan.go); set by the reader
+	err  *requestError // nil on success
+	// buf is the request's buffer, from bufFrom; finish gives it back. A
+	// streamed READ's first chunk is in it once read.
+	buf     []byte
+	bufFrom bufSource
+	data    []byte // READ payload to send after the header
+	weight  int64  // bytes held in the connection's byte gate
+	start   int64  // requestClock when its header was read, for Stats' latency
 
 	hdr    [maxReplyHeader]byte
 	hdrLen int
@@ -42,6 +32,16 @@ type op struct {
 	// segViews indexes o.views by data segment of a sparse READ.
 	segViews []int
 }
+
+// bufSource is where an op's buffer came from, so finish gives it back
+// there.
+type bufSource uint8
+
+const (
+	bufNone      bufSource = iota
+	bufStrategy            // the connection's bufstrategy.Strategy
+	bufReadSpare           // the connection's READ spare (spare.go)
+)
 
 var opPool = sync.Pool{New: func() any { return new(op) }}
 
@@ -56,7 +56,8 @@ func putOp(o *op) {
 }
 
 // fail records a request error; errors that are not yet request errors
-// are mapped to an errno by Errno.
+// are mapped to an errno by Errno. It is the one place a request's error
+// is set, and counted (Server.Stats).
 func (o *op) fail(err error) {
 	if err == nil {
 		return
@@ -72,7 +73,12 @@ func (o *op) fail(err error) {
 	o.data = nil
 	o.iov = o.iov[:0]
 	o.views = o.views[:0]
+	o.c.counts.failed(o.req, o.plan.data, re.errno)
 }
+
+// sendsAlone reports whether o's reply is sent by replytail.go: its data
+// follows the header only as it is read or sent.
+func (o *op) sendsAlone() bool { return o.err == nil && o.plan.sendsAlone() }
 
 // replyErrno narrows errno to what proto.md "Error values" lets a reply
 // to req carry: ENOTSUP only for WRITE_ZEROES with FAST_ZERO, EOVERFLOW
@@ -90,15 +96,23 @@ func replyErrno(req protocol.Request, errno protocol.Errno) protocol.Errno {
 
 // encode builds the reply header (and structured payload) for o; the
 // writer sends o.hdr[:o.hdrLen], o.extra and o.data.
-func (o *op) encode(structured bool) {
+func (o *op) encode(f replyFormat) {
 	typ := o.req.Type
-	if !structured || (typ != protocol.CmdRead && typ != protocol.CmdBlockStatus) {
-		o.encodeSimple()
+	if !f.structured || (typ != protocol.CmdRead && typ != protocol.CmdBlockStatus) {
+		var errno protocol.Errno
+		if o.err != nil {
+			errno = o.err.errno
+		}
+		o.hdrLen = f.putSimple(o.hdr[:], errno, o.req.Cookie)
+		o.extra = o.extra[:0]
 		return
 	}
 	switch {
 	case o.err != nil:
-		o.encodeErrorChunk()
+		// A human-readable message goes with the error (proto.md
+		// "NBD_REPLY_TYPE_ERROR").
+		o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, clientMessage(o.err), false, 0)
+		o.hdrLen = f.putChunk(o.hdr[:], protocol.ReplyFlagDone, protocol.ReplyTypeError, o.req.Cookie, len(o.extra))
 	case len(o.iov) > 0: // sparse READ, chunks already built
 	case typ == protocol.CmdRead:
 		// Data the writer has yet to read (streamed) or send (sendfile)
@@ -108,41 +122,46 @@ func (o *op) encode(structured bool) {
 		// chunk as final if there is still a possibility of detecting an
 		// error before transmission of that chunk completes").
 		flags := protocol.ReplyFlagDone
-		if o.stream || o.sendfile {
+		if o.sendsAlone() {
 			flags = 0
 		}
-		o.encodeChunk(flags, protocol.ReplyTypeOffsetData, uint32(protocol.OffsetDataHeaderSize+int(o.req.Length)))
-		putUint64(o.hdr[protocol.ChunkHeaderSize:], o.req.Offset)
-		o.hdrLen = maxReplyHeader
+		o.hdrLen = f.putData(o.hdr[:], flags, o.req.Cookie, o.req.Offset, int(o.req.Length))
 	default: // block status, o.extra already filled
-		o.encodeChunk(protocol.ReplyFlagDone, protocol.ReplyTypeBlockStatus, uint32(len(o.extra)))
+		o.hdrLen = f.putChunk(o.hdr[:], protocol.ReplyFlagDone, protocol.ReplyTypeBlockStatus, o.req.Cookie, len(o.extra))
 	}
 }
 
-func (o *op) encodeSimple() {
-	var errno protocol.Errno
-	if o.err != nil {
-		errno = o.err.errno
-	}
-	protocol.SimpleReply{Error: errno, Cookie: o.req.Cookie}.Put(o.hdr[:])
-	o.hdrLen = protocol.SimpleReplySize
-	o.extra = o.extra[:0]
+// replyFormat writes every reply header of a connection: simple replies
+// and structured reply chunks (proto.md "Simple reply message",
+// "Structured reply chunk message"). It is chosen once, when the
+// transmission phase starts. Extended headers (proto.md "Extended reply
+// chunk message") would be a third format here: a wider header from the
+// same arguments, maxReplyHeader grown to fit.
+type replyFormat struct {
+	structured bool
 }
 
-func (o *op) encodeChunk(flags protocol.ReplyFlag, typ protocol.ReplyType, length uint32) {
-	protocol.ChunkHeader{Flags: flags, Type: typ, Cookie: o.req.Cookie, Length: length}.Put(o.hdr[:])
-	o.hdrLen = protocol.ChunkHeaderSize
+// maxReplyHeader is the largest reply header: a structured chunk header
+// followed by the offset of an OFFSET_DATA chunk.
+const maxReplyHeader = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
+
+// putSimple writes a simple reply and returns its length.
+func (replyFormat) putSimple(b []byte, errno protocol.Errno, cookie uint64) int {
+	protocol.SimpleReply{Error: errno, Cookie: cookie}.Put(b)
+	return protocol.SimpleReplySize
 }
 
-// encodeErrorChunk sends the error with a human-readable message
-// (proto.md "NBD_REPLY_TYPE_ERROR").
-func (o *op) encodeErrorChunk() {
-	o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, clientMessage(o.err), false, 0)
-	o.encodeChunk(protocol.ReplyFlagDone, protocol.ReplyTypeError, uint32(len(o.extra)))
+// putChunk writes the header of a chunk whose payload is length bytes
+// and returns its length.
+func (replyFormat) putChunk(b []byte, flags protocol.ReplyFlag, typ protocol.ReplyType, cookie uint64, length int) int {
+	protocol.ChunkHeader{Flags: flags, Type: typ, Cookie: cookie, Length: uint32(length)}.Put(b)
+	return protocol.ChunkHeaderSize
 }
 
-func putUint64(b []byte, v uint64) {
-	_ = b[7]
-	b[0], b[1], b[2], b[3] = byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32)
-	b[4], b[5], b[6], b[7] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+// putData writes the header and offset of an OFFSET_DATA chunk of n
+// bytes of data at off and returns their length.
+func (f replyFormat) putData(b []byte, flags protocol.ReplyFlag, cookie, off uint64, n int) int {
+	k := f.putChunk(b, flags, protocol.ReplyTypeOffsetData, cookie, protocol.OffsetDataHeaderSize+n)
+	binary.BigEndian.PutUint64(b[k:], off)
+	return k + protocol.OffsetDataHeaderSize
 }

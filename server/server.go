@@ -148,15 +148,7 @@ type Server struct {
 	calls      chan struct{} // a token per backend call in progress; nil: no bound
 	inShutdown atomic.Bool
 	nextConnID atomic.Uint64
-	// splicedBytes counts WRITE payload bytes taken with splice (splice.go),
-	// for tests.
-	splicedBytes atomic.Int64
-	// viewedBytes counts WRITE payload bytes read with readv straight into
-	// a backend's memory (inplace.go), for tests.
-	viewedBytes atomic.Int64
-	// cachedReads counts READs answered on the reader from the page cache
-	// (cached.go), for tests.
-	cachedReads atomic.Int64
+	connCounts connCounters // accepted and refused (stats.go)
 
 	mu        sync.Mutex
 	listeners map[*net.Listener]struct{}
@@ -164,6 +156,10 @@ type Server struct {
 	perHost   map[string]int // connections per client host, for MaxConnsPerHost
 	nconns    int            // accepted connections, for MaxConns
 	serving   sync.WaitGroup // Serve and ServeConn calls
+
+	// ended holds the counters of ended connections, by export name
+	// (Stats); guarded by mu.
+	ended map[string]*exportCounters
 
 	// Guarded by mu too: budgets of failed-request lines per export name
 	// (logging.go), and the locks of static exports with SerialBackend
@@ -188,14 +184,14 @@ func (s *Server) init() {
 	})
 }
 
-// acquireCall waits for a turn to call the backend (MaxBackendCalls).
-func (s *Server) acquireCall() {
+// beginCall waits for a turn to call the backend (MaxBackendCalls).
+func (s *Server) beginCall() {
 	if s.calls != nil {
 		s.calls <- struct{}{}
 	}
 }
 
-func (s *Server) releaseCall() {
+func (s *Server) endCall() {
 	if s.calls != nil {
 		<-s.calls
 	}
@@ -289,6 +285,7 @@ func (s *Server) serveNetConn(nc net.Conn) {
 	host := peer.host()
 	if !s.admit(host) {
 		s.logger().Warn("connection refused: too many connections", append(peer.logAttrs(), "max_connections", s.MaxConns, "max_connections_per_host", s.MaxConnsPerHost)...)
+		s.connCounts.refusedLimit.Add(1)
 		nc.Close()
 		return
 	}
@@ -316,6 +313,7 @@ func (s *Server) ServeConn(ctx context.Context, rwc io.ReadWriteCloser) error {
 		return ErrServerClosed
 	}
 	defer s.trackConn(c, false)
+	s.connCounts.accepted.Add(1)
 	stop := context.AfterFunc(ctx, func() { c.closeNow() })
 	defer stop()
 	return c.serve(ctx)
@@ -368,11 +366,8 @@ func (s *Server) Close() error {
 // closeOwnBuffers stops the default buffer pool's reclaimer; a Buffers
 // factory the caller supplied stays the caller's to close.
 func (s *Server) closeOwnBuffers() {
-	if s.Buffers != nil {
-		return
-	}
-	if c, ok := s.bufs.(io.Closer); ok {
-		c.Close()
+	if s.Buffers == nil {
+		s.bufs.Close()
 	}
 }
 
@@ -438,6 +433,7 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 		s.conns = make(map[*conn]struct{})
 	}
 	if !add {
+		s.endStats(c)
 		delete(s.conns, c)
 		s.serving.Done()
 		return true

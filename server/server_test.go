@@ -24,7 +24,7 @@ func TestZeroValueServer(t *testing.T) {
 	checkLeaks(t)
 	srv := &Server{Exports: []Export{{Name: "disk", Backend: backend.NewMemory(1 << 20)}}}
 	st := newServerTester(t, "", srv)
-	require.Nil(t, srv.Buffers, "the caller's Buffers field stays nil (STYLE G6)")
+	require.Nil(t, srv.Buffers, "the caller's Buffers field stays nil: defaults are never written back")
 	st.start()
 	ei := st.goExport("", protocol.InfoBlockSize)
 	require.Equal(t, uint32(protocol.DefaultMaxPayload), ei.blockSize.Max)

@@ -1,22 +1,15 @@
 package server
 
 import (
-	"encoding/binary"
-
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
 )
 
 // Sparse reads (proto.md "Structured reply types": NBD_REPLY_TYPE_OFFSET_HOLE).
 const (
-	// sparseMin is the smallest READ worth asking the backend about holes:
-	// below it an extent lookup costs more than the zeroes it saves.
-	sparseMin = 64 << 10
 	// maxSparseChunks bounds the chunks of one sparse reply; extents past
 	// it are sent as data.
 	maxSparseChunks = 64
-	chunkDataHdr    = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
-	chunkHoleLen    = protocol.ChunkHeaderSize + protocol.OffsetHoleSize
 )
 
 // segment is a run of a READ that is either data or a known-zero hole.
@@ -25,15 +18,12 @@ type segment struct {
 	hole   bool
 }
 
-// readSparse answers a structured READ whose range holds holes with
-// OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the wire. The
-// data runs are lent by the backend when lend is set (see viewable), or
-// read into o.buf. It reports false, having done nothing, when the range is
-// all data or the request does not qualify.
+// readSparse answers a structured READ planned askHoles whose range holds
+// holes with OFFSET_DATA and OFFSET_HOLE chunks, so zeroes never cross the
+// wire. The data runs are lent by the backend when lend is set
+// (PathReadLent), or read into o.buf. It reports false, having done
+// nothing, when the range is all data.
 func (c *conn) readSparse(o *op, lend bool) (bool, error) {
-	if !c.mayBeSparse(o) {
-		return false, nil
-	}
 	segs, err := c.segments(int64(o.req.Offset), int64(o.req.Length))
 	if err != nil || len(segs) < 2 && !(len(segs) == 1 && segs[0].hole) {
 		return false, nil
@@ -58,74 +48,78 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 		}
 	}
 	o.segViews = append(o.segViews, len(o.views))
-	o.buildSparse(segs)
+	o.buildSparse(c.format, segs)
+	for _, s := range segs {
+		if s.hole {
+			c.counts.holes.Add(s.n)
+		}
+	}
 	return true, nil
 }
 
-// mayBeSparse reports whether o's reply may be sent as data and hole
-// chunks: a structured READ, without DF, large enough to be worth asking
-// the backend for extents.
-func (c *conn) mayBeSparse(o *op) bool {
-	return c.structured && c.exp.extenter != nil && o.req.Length >= sparseMin && o.req.Flags&protocol.CmdFlagDF == 0
-}
-
-// segments splits [off, off+n) into data and hole runs.
+// segments splits [off, off+n) into data and hole runs, at most
+// maxSparseChunks of them: the last one then runs to the end as data.
+// Whatever the backend leaves unreported at the end is data.
 func (c *conn) segments(off, n int64) ([]segment, error) {
 	end := off + n
 	var segs []segment
-	err := c.exp.extenter.Extents(off, n, func(e backend.Extent) bool {
-		start, stop := max(e.Offset, off), min(e.Offset+e.Length, end)
-		if stop <= start {
-			return stop < end
-		}
-		hole := e.Flags&backend.ExtentZero != 0
-		if k := len(segs); k > 0 && segs[k-1].hole == hole {
-			segs[k-1].n += stop - start
-		} else if k == maxSparseChunks {
-			segs = append(segs[:k-1], segment{off: segs[k-1].off, n: end - segs[k-1].off})
+	err := backend.WalkExtents(c.exp.extenter, off, n, holeKey, func(e backend.Extent) bool {
+		if len(segs) == maxSparseChunks-1 {
+			segs = append(segs, segment{off: e.Offset, n: end - e.Offset})
 			return false
-		} else {
-			segs = append(segs, segment{off: start, n: stop - start, hole: hole})
 		}
-		return stop < end
+		segs = append(segs, segment{off: e.Offset, n: e.Length, hole: e.Flags != 0})
+		return true
 	})
 	if k := len(segs); err == nil && k > 0 && segs[k-1].off+segs[k-1].n < end {
-		segs = append(segs, segment{off: segs[k-1].off + segs[k-1].n, n: end - segs[k-1].off - segs[k-1].n})
+		last := segs[k-1].off + segs[k-1].n
+		if segs[k-1].hole {
+			segs = append(segs, segment{off: last, n: end - last})
+		} else {
+			segs[k-1].n = end - segs[k-1].off
+		}
 	}
 	return segs, err
 }
 
-// buildSparse encodes one chunk per segment into o.extra and points o.iov
-// at those headers and at the data slices in o.views (data segment k is
-// o.views[o.segViews[k]:o.segViews[k+1]]); the last chunk carries DONE.
-func (o *op) buildSparse(segs []segment) {
+// holeKey merges extents by whether they read as zeroes: those go out as
+// hole chunks, whatever else their flags say.
+func holeKey(f backend.ExtentFlags) backend.ExtentFlags { return f & backend.ExtentZero }
+
+// buildSparse encodes one chunk per segment into o.extra, its headers
+// written by f, and points o.iov at those chunks and at the data slices in
+// o.views (data segment k is o.views[o.segViews[k]:o.segViews[k+1]]); the
+// last chunk carries DONE.
+func (o *op) buildSparse(f replyFormat, segs []segment) {
 	b := o.extra[:0]
+	var h [maxReplyHeader]byte
+	holeLen, dataHdr := 0, 0 // the same for every chunk of a connection
 	for i, s := range segs {
 		flags := protocol.ReplyFlag(0)
 		if i == len(segs)-1 {
 			flags = protocol.ReplyFlagDone
 		}
-		var h [protocol.ChunkHeaderSize]byte
 		if s.hole {
-			protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetHole, Cookie: o.req.Cookie, Length: protocol.OffsetHoleSize}.Put(h[:])
-			b = protocol.AppendOffsetHole(append(b, h[:]...), uint64(s.off), uint32(s.n))
+			k := f.putChunk(h[:], flags, protocol.ReplyTypeOffsetHole, o.req.Cookie, protocol.OffsetHoleSize)
+			b = protocol.AppendOffsetHole(append(b, h[:k]...), uint64(s.off), uint32(s.n))
+			holeLen = k + protocol.OffsetHoleSize
 			continue
 		}
-		protocol.ChunkHeader{Flags: flags, Type: protocol.ReplyTypeOffsetData, Cookie: o.req.Cookie, Length: uint32(protocol.OffsetDataHeaderSize + s.n)}.Put(h[:])
-		b = binary.BigEndian.AppendUint64(append(b, h[:]...), uint64(s.off))
+		dataHdr = f.putData(h[:], flags, o.req.Cookie, uint64(s.off), int(s.n))
+		b = append(b, h[:dataHdr]...)
 	}
 	o.extra = b
 	o.iov = o.iov[:0]
 	pos, k := 0, 0
 	for _, s := range segs {
 		if s.hole {
-			o.iov = append(o.iov, b[pos:pos+chunkHoleLen])
-			pos += chunkHoleLen
+			o.iov = append(o.iov, b[pos:pos+holeLen])
+			pos += holeLen
 			continue
 		}
-		o.iov = append(o.iov, b[pos:pos+chunkDataHdr])
+		o.iov = append(o.iov, b[pos:pos+dataHdr])
 		o.iov = append(o.iov, o.views[o.segViews[k]:o.segViews[k+1]]...)
-		pos += chunkDataHdr
+		pos += dataHdr
 		k++
 	}
 }

@@ -15,12 +15,13 @@ import (
 // pipe into the file, which copies the bytes once, into the page cache.
 // Read into a buffer and written out, they would be copied twice. The
 // write runs on the reader and needs no buffer, no budget and no
-// goroutine, so it is used where the reader writes anyway:
+// goroutine, so the planner (planWrite) uses it where the reader writes
+// anyway:
 //
 //   - for files that never wait on a device (tmpfs: backend.NonBlocker),
-//     as the in-place writes of inplace.go, whatever the strategy;
-//   - for any file when the payload is streamed (streamWrite): larger than
-//     the strategy's buffers, or the budget is full.
+//     as the other in-place writes of payload.go, whatever the strategy;
+//   - for any file when the payload streams: larger than the strategy's
+//     buffers, or the budget is full.
 //
 // A WRITE to a file on a disk otherwise goes through a buffer and a
 // goroutine of its own, so that a write stalled on the device (writeback,
@@ -32,23 +33,12 @@ import (
 // payload to be read and dropped, and the client gets the error; only a
 // socket error ends the connection.
 
-// spliceMin is the smallest payload spliced. Smaller ones usually arrive
-// whole in the read buffer, and two splice calls cost more than copying
-// them.
-const spliceMin = 64 << 10
-
 // pipeSize is the capacity asked of the connection's pipe: four 256 KiB
 // payloads' worth of pages moved per pair of calls. Linux lets an
 // unprivileged process ask for up to /proc/sys/fs/pipe-max-size (1 MiB by
 // default); past pipe-user-pages-soft the request fails and the pipe keeps
 // its default 64 KiB, which still works, in smaller steps.
 const pipeSize = 1 << 20
-
-// splices reports whether o's payload is taken with splice.
-func (c *conn) splices(o *op) bool {
-	return c.exp.pipeWriter != nil && c.in != nil && !c.noSplice &&
-		o.req.Length >= spliceMin && int(o.req.Length) > c.br.Buffered()
-}
 
 // pipeIn splices from the socket into the connection's pipe. Like vecIO,
 // its state lives in the struct so that the RawConn callback is made once.
@@ -75,7 +65,7 @@ func (c *conn) openPipe() (*pipeIn, error) {
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("pipe for splice: %w", err)
 	}
-	p := &pipeIn{rc: c.in.rc, r: fds[0], w: fds[1], onBlock: c.payloadClock}
+	p := &pipeIn{rc: c.src.in.rc, r: fds[0], w: fds[1], onBlock: c.payloadClock}
 	p.fn = p.call
 	size, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, pipeSize)
 	if err != nil {
@@ -142,15 +132,15 @@ func (c *conn) spliceIntoExport(off int64, n int) (werr, rerr error) {
 	if err != nil {
 		c.log.Debug("splice unavailable; copying", "err", err)
 		c.noSplice = true
-		return c.copyIntoExport(off, n)
+		return c.copyIntoExport(nil, off, n)
 	}
 	for n > 0 {
 		c.payloadClock() // the last WriteFromPipe was the server's time
-		got, err := p.fill(n)
+		got, err := c.src.splice(p, n)
 		if errors.Is(err, unix.EINVAL) { // a socket that cannot splice; nothing moved
 			c.log.Debug("socket cannot splice; copying", "err", err)
 			c.noSplice = true
-			return c.copyIntoExport(off, n)
+			return c.copyIntoExport(nil, off, n)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("splice write payload: %w", err)
@@ -166,9 +156,8 @@ func (c *conn) spliceIntoExport(off int64, n int) (werr, rerr error) {
 			}
 			c.log.Debug("splice into export failed; copying from now on", "err", err)
 			c.noSplice = true
-			return c.copyIntoExport(off+int64(got), n-got)
+			return c.copyIntoExport(nil, off+int64(got), n-got)
 		}
-		c.srv.splicedBytes.Add(int64(got))
 		off += int64(got)
 		n -= got
 	}
@@ -190,7 +179,7 @@ func (c *conn) discardAfter(werr, rerr error, rest int) (error, error) {
 // drainPipe reads n bytes out of the pipe through the reader's spare
 // buffer and writes them to the export at off with WriteAt.
 func (c *conn) drainPipe(p *pipeIn, off int64, n int) (werr, rerr error) {
-	werr, rerr = c.copyChunks(func(b []byte) error {
+	werr, rerr = c.copyChunks(nil, func(b []byte) error {
 		_, err := io.ReadFull(pipeReader(p.r), b)
 		return err
 	}, off, n)
@@ -214,34 +203,4 @@ func (r pipeReader) Read(b []byte) (int, error) {
 		}
 		return max(n, 0), err
 	}
-}
-
-// copyIntoExport reads n payload bytes through the reader's spare buffer
-// and writes them to the export at off: the path when splice is not
-// possible.
-func (c *conn) copyIntoExport(off int64, n int) (werr, rerr error) {
-	werr, rerr = c.copyChunks(c.readPayload, off, n)
-	if rerr != nil {
-		rerr = fmt.Errorf("read write payload: %w", rerr)
-	}
-	return werr, rerr
-}
-
-// copyChunks copies n bytes, read with read, to the export at off through
-// the reader's spare buffer. After a backend error (werr) it still reads
-// all n bytes; it stops early only when read fails (rerr).
-func (c *conn) copyChunks(read func([]byte) error, off int64, n int) (werr, rerr error) {
-	buf := c.spare(&c.readerSpare)
-	for n > 0 {
-		part := buf[:min(len(buf), n)]
-		if err := read(part); err != nil {
-			return werr, err
-		}
-		if werr == nil {
-			werr = c.write(part, off, false)
-		}
-		off += int64(len(part))
-		n -= len(part)
-	}
-	return werr, nil
 }

@@ -79,7 +79,7 @@ func testSpliceWrites(t *testing.T, strategy, dir string) int64 {
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, got), "the file differs from what was written")
-	return srv.splicedBytes.Load()
+	return exportStats(srv, "d").Paths[PathWriteSpliced].Bytes
 }
 
 // brokenSplice is an in-memory file export whose splices fail after
@@ -146,7 +146,9 @@ func TestSpliceWriteFails(t *testing.T) {
 		c.wantReply(1, protocol.EOK)
 		c.write(2, 2<<20, data)
 		c.wantReply(2, protocol.EOK)
-		require.Zero(t, srv.splicedBytes.Load(), "splicing stops after it failed")
+		paths := exportStats(srv, "d").Paths
+		require.Zero(t, paths[PathWriteSpliced].Requests, "splicing stops after it failed")
+		require.Equal(t, int64(2), paths[PathWriteStreamed].Requests+paths[PathWriteBuffered].Requests, "both WRITEs were copied")
 		for i, off := range []uint64{1000, 2 << 20} {
 			c.read(uint64(10+i), off, uint32(len(data)))
 			c.wantRead(uint64(10+i), data)

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -23,7 +22,7 @@ const ioTimeout = 5 * time.Second
 
 // run runs f once per buffer strategy, as net/http's run(t, f) runs its
 // tests once per mode: every server test must hold whatever the buffer
-// policy (STYLE G9, issue 3).
+// policy.
 func run(t *testing.T, f func(t *testing.T, strategy string)) {
 	t.Helper()
 	for _, name := range bufstrategy.Names() {
@@ -59,9 +58,7 @@ func newFactory(t testing.TB, strategy string, maxRequest uint32, bc bufferConfi
 	}
 	f, err := bufstrategy.New(strategy, cfg)
 	require.NoError(t, err)
-	if c, ok := f.(io.Closer); ok {
-		t.Cleanup(func() { c.Close() })
-	}
+	t.Cleanup(func() { f.Close() })
 	return f
 }
 
@@ -209,6 +206,25 @@ func (st *serverTester) wantClosed() {
 	case <-time.After(ioTimeout):
 		st.t.Fatalf("ServeConn did not return within %v of closing", ioTimeout)
 	}
+}
+
+// exportStats returns srv's counters of the export named name, zero if
+// no connection has selected it.
+func exportStats(srv *Server, name string) ExportStats {
+	es, _ := srv.Stats().Export(name)
+	return es
+}
+
+// readsOnReader counts the READs of export name that the reader ran
+// itself.
+func readsOnReader(srv *Server, name string) int64 {
+	var n int64
+	for p, ps := range exportStats(srv, name).Paths {
+		if p.reads() {
+			n += ps.OnReader
+		}
+	}
+	return n
 }
 
 // ---- backends for tests ----

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -69,7 +68,7 @@ func (c *client) startTLS() {
 	tc := tls.Client(c.nc, &tls.Config{RootCAs: pool, ServerName: "nbd", MinVersion: tls.VersionTLS12})
 	tc.SetDeadline(time.Now().Add(ioTimeout))
 	require.NoError(c.t, tc.Handshake(), "TLS handshake")
-	c.nc, c.br, c.structured = tc, bufio.NewReader(tc), false
+	c.setConn(tc)
 }
 
 func TestStartTLS(t *testing.T) {

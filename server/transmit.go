@@ -14,35 +14,15 @@ import (
 )
 
 // transmit runs the transmission phase (proto.md "Transmission"): this
-// goroutine reads and validates requests and hands them to goroutines of
-// their own; the reply writer sends the answers. It returns errDisconnect
-// after NBD_CMD_DISC.
+// goroutine, the reader, reads each request, validates it, plans it
+// (plan.go) and starts it (run.go); the reply writer sends the answers
+// (reply.go). docs/architecture.md follows a request through. It returns
+// errDisconnect after NBD_CMD_DISC.
 func (c *conn) transmit(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// Buffers never wait for the budget: a request that finds it full
-	// streams through the connection's own small buffer instead of
-	// queueing behind buffers others may hold forever.
-	ctx = bufstrategy.NoWait(ctx)
-	c.optBuf, c.replyBuf = nil, nil // up to 64 KiB each, needed no more
-	c.bufs = c.srv.bufs.NewConn()
+	c.startTransmission()
 	defer c.bufs.Close()
-	c.slots = make(chan struct{}, c.srv.queueDepth())
-	c.readSpare = make(chan []byte, 1)
-	c.readSpare <- nil // allocated on first use
-	_, sc := c.rwc.(syscall.Conn)
-	c.kernelCopies = sc && !c.tls
-	c.w = newReplyWriter(c)
-	if c.kernelCopies {
-		if rc, err := c.rwc.(syscall.Conn).SyscallConn(); err == nil {
-			c.w.out, c.in = newVecIO(rc, true), newVecIO(rc, false)
-			c.w.out.onBlock = c.w.rearmStallDeadline
-			c.in.onBlock = c.payloadClock
-			if !raceEnabled {
-				c.src.v = newVecIO(rc, false)
-			}
-		}
-	}
 	go c.w.loop()
 	c.inTrans.Store(true)
 	err := c.readRequests(ctx)
@@ -65,10 +45,39 @@ func (c *conn) transmit(ctx context.Context) error {
 	return err
 }
 
+// startTransmission sets up what the transmission phase needs: buffers,
+// slots, counters, the reply writer and, on a plain socket, the raw
+// system calls that let the kernel copy payloads (vecio.go).
+func (c *conn) startTransmission() {
+	c.optBuf, c.replyBuf = nil, nil // up to 64 KiB each, needed no more
+	c.counts = &exportCounters{name: c.exp.Name}
+	c.counts.conns.Add(1)
+	c.stats.Store(c.counts)
+	c.bufs, c.chunk = c.srv.bufs.NewConn(), c.srv.bufs.ChunkLimit()
+	c.spares = newSpareBuffers()
+	c.slots = newSlotGate(c.srv.queueDepth())
+	c.format = replyFormat{structured: c.structured}
+	c.w = newReplyWriter(c)
+	// The reader waits in these three alone; each hands over the
+	// replies it holds first (held.go).
+	c.src.beforeRead, c.slots.beforeWait, c.bytes.beforeWait = c.sendHeld, c.sendHeld, c.sendHeld
+	if sc, ok := c.rwc.(syscall.Conn); ok && !c.tls {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.kernelCopies = true
+			c.w.out, c.src.in = newVecIO(rc, true), newVecIO(rc, false)
+			c.w.out.onBlock = c.w.rearmStallDeadline
+			c.src.in.onBlock = c.payloadClock
+			if !raceEnabled {
+				c.src.v = newVecIO(rc, false)
+			}
+		}
+	}
+}
+
 // readRequests is the reader loop.
 func (c *conn) readRequests(ctx context.Context) error {
 	var hdr [protocol.RequestSize]byte
-	defer c.release()
+	defer c.sendHeld() // the last replies held, whatever ends the loop
 	for {
 		if err := c.readHeader(&hdr); err != nil {
 			return err
@@ -90,9 +99,6 @@ func (c *conn) readRequests(ctx context.Context) error {
 // the connection is closed when nothing has been in flight and no reply
 // has gone out for IdleTimeout.
 func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
-	if c.br.Buffered() < protocol.RequestSize {
-		c.release() // about to wait for the client
-	}
 	src := c.headerSource()
 	idle := c.srv.IdleTimeout
 	if idle <= 0 || c.nc == nil || c.br.Buffered() >= protocol.RequestSize {
@@ -138,56 +144,116 @@ func (c *conn) headerSource() io.Reader {
 // touch records activity for the idle timeout.
 func (c *conn) touch() { c.lastActive.Store(time.Now().UnixNano()) }
 
-// handle validates one request and starts it. Only framing violations
-// and socket errors are returned.
+// handle validates, plans and starts one request. Only framing violations
+// and socket errors are returned; the request was then not handed on, so
+// it is finished here, the reader's one call of finish.
 func (c *conn) handle(ctx context.Context, req protocol.Request) error {
 	if req.Type == protocol.CmdWrite && c.srv.IdleTimeout > 0 {
 		defer c.endPayloadClock()
 	}
+	start := requestClock()
 	o := c.newOp(req)
-	verr := validate(req, c.exp, c.maxPayload(), c.structured, c.metaBase)
+	o.start = start
+	err := c.admit(ctx, o)
+	if err != nil {
+		c.finish(o)
+	}
+	return err
+}
+
+// admit is handle's work: validate, plan, take the request's payload
+// bytes and buffer, count it and start it.
+func (c *conn) admit(ctx context.Context, o *op) error {
+	verr := validate(o.req, c.exp, c.maxPayload(), c.structured, c.metaBase)
 	if verr == nil && c.srv.inShutdown.Load() {
 		verr = reject(protocol.ESHUTDOWN, "%w", ErrShutdown)
 	}
 	if verr != nil {
-		var re *requestError
-		if !errors.As(verr, &re) {
-			c.finish(o)
-			return verr
-		}
-		if req.Type == protocol.CmdWrite {
-			c.releaseUnlessBuffered(int(req.Length))
-			if err := c.discardPayload(int(req.Length)); err != nil {
-				c.finish(o)
-				return fmt.Errorf("skip rejected write payload: %w", err)
-			}
-		}
-		o.fail(re)
-		o.encode(c.structured)
-		c.w.enqueue(o)
-		return nil
+		return c.refuse(o, verr)
 	}
-	if req.Type == protocol.CmdWrite {
-		return c.startWrite(ctx, o)
-	}
-	if req.Type == protocol.CmdRead {
+	in := c.planInput(o.req)
+	o.plan = planRequest(&in)
+	if o.req.Type == protocol.CmdRead || o.plan.data == PathWriteBuffered || o.plan.data == PathWriteStreamed {
 		if err := c.reserve(ctx, o); err != nil {
-			c.finish(o)
 			return err
 		}
 	}
-	c.start(ctx, o)
+	if err := c.takeBuffer(o, &in); err != nil {
+		return err
+	}
+	c.counts.counted(o.req, o.plan.data, o.plan.byReader())
+	return c.start(ctx, o)
+}
+
+// refuse answers a request that failed validation: a per-request error
+// is replied to (a rejected WRITE's payload is read and dropped first, so
+// the stream stays in step); any other error ends the connection.
+func (c *conn) refuse(o *op, verr error) error {
+	var re *requestError
+	if !errors.As(verr, &re) {
+		return verr
+	}
+	c.counts.counted(o.req, PathNone, true)
+	if o.req.Type == protocol.CmdWrite {
+		if err := c.discardPayload(int(o.req.Length)); err != nil {
+			return fmt.Errorf("skip rejected write payload: %w", err)
+		}
+	}
+	o.fail(re)
+	o.encode(c.format)
+	c.hold(o)
 	return nil
+}
+
+// planInput is what the planner sees of o's request on this connection.
+func (c *conn) planInput(req protocol.Request) planInput {
+	return planInput{
+		req: req, exp: &c.exp.caps, facts: c,
+		kernelCopies: c.kernelCopies, structured: c.structured, noSplice: c.noSplice,
+		buffered: c.br.Buffered(), chunk: c.chunk,
+	}
+}
+
+// takeBuffer gives o the buffer its plan needs, from the strategy. When
+// the strategy has no room (the budget is full) or none large enough, o
+// is planned again without one: its data then streams through the
+// connection's spare buffers (spare.go).
+func (c *conn) takeBuffer(o *op, in *planInput) error {
+	switch o.plan.data {
+	case PathReadBuffered, PathReadStreamed, PathWriteBuffered, PathWriteStreamed:
+	default:
+		return nil
+	}
+	buf, err := c.bufs.TryGet(int(o.req.Length))
+	switch {
+	case err == nil:
+		o.buf, o.bufFrom = buf, bufStrategy
+	case errors.Is(err, bufstrategy.ErrBudgetExhausted), errors.Is(err, bufstrategy.ErrRequestSize):
+		in.noRoom = true
+		o.plan = planRequest(in)
+	default:
+		return fmt.Errorf("buffer for %v of %d bytes: %w", o.req.Type, o.req.Length, err)
+	}
+	return nil
+}
+
+// reserve takes o's payload bytes from the connection's byte gate, so the
+// reader stops reading the socket while too many bytes are in flight.
+func (c *conn) reserve(ctx context.Context, o *op) error {
+	n := int64(o.req.Length)
+	if c.chunk > 0 {
+		n = min(n, int64(c.chunk))
+	}
+	w, err := c.bytes.take(ctx, n)
+	o.weight = w
+	return err
 }
 
 // newOp takes a queue slot and an op for req. Taking the slot blocks when
 // the connection is full, so the reader stops reading the socket rather
 // than queueing without bound.
 func (c *conn) newOp(req protocol.Request) *op {
-	if len(c.slots) == cap(c.slots) {
-		c.release() // held replies hold slots too
-	}
-	c.slots <- struct{}{}
+	c.slots.take()
 	c.inflight.Add(1)
 	c.nInflight.Add(1)
 	o := getOp()
@@ -195,124 +261,27 @@ func (c *conn) newOp(req protocol.Request) *op {
 	return o
 }
 
-// inlineMax is the largest request run inline on the reader for a
-// non-blocking backend. Below it, handing the request to a goroutine of its
-// own costs more than the memory copy it does (see docs/performance.md).
-var inlineMax uint32 = 128 << 10
-
-// start runs o: inline when runsInline says so (a READ whose data is lent
-// or sent with sendfile is not copied, so its size costs nothing),
-// otherwise on its own goroutine, so a slow request never stalls the ones
-// behind it. At most Server.MaxBackendCalls of those run at once.
-func (c *conn) start(ctx context.Context, o *op) {
-	if c.runsInline(o) {
-		c.exec(ctx, o)
-		c.hold(o)
-		return
-	}
-	if c.readCachedInline(ctx, o) {
-		c.hold(o)
-		return
-	}
-	c.runOwn(ctx, o, false)
-}
-
-// runOwn runs o on a goroutine of its own, within Server.MaxBackendCalls,
-// and sends its reply from there. With syncOnly, o's data is written
-// already and only its FUA sync is left (syncOffReader). A flag, not a
-// func: a closure would cost each request an allocation.
-func (c *conn) runOwn(ctx context.Context, o *op, syncOnly bool) {
-	o.ownGoroutine = true
-	go func() {
-		c.srv.acquireCall()
-		if syncOnly {
-			o.fail(c.exp.Backend.Sync())
-			o.encode(c.structured)
-		} else {
-			c.exec(ctx, o)
-		}
-		c.srv.releaseCall()
-		c.w.sendOwn(o)
-	}()
-}
-
-// runsInline reports whether the reader runs o itself: when the backend
-// never blocks and o is small (or a READ whose data is lent or sent with
-// sendfile), unless o syncs a backend whose Sync may wait
-// (backend.SyncWaiter).
-func (c *conn) runsInline(o *op) bool {
-	if !c.exp.nonBlocking || c.exp.syncWaits && syncs(o.req) {
-		return false
-	}
-	return o.req.Length <= inlineMax || o.req.Type == protocol.CmdRead && c.lendsReads()
-}
-
-// syncs reports whether req makes the backend sync: FLUSH, or FUA.
-func syncs(req protocol.Request) bool {
-	return req.Type == protocol.CmdFlush || req.Flags&protocol.CmdFlagFUA != 0
-}
-
-// Limits of the replies the reader holds back: enough to share one writev
-// among a burst of small requests, small enough that the first reply of a
-// burst does not wait long.
-const (
-	maxHeld      = 64
-	maxHeldBytes = 256 << 10
-)
-
-// hold keeps the reply of a request the reader ran inline, so that the
-// replies of the requests already in the read buffer go out together in
-// one writev, sent by the reader itself when the socket is free: no
-// goroutine hand-off and one system call for the burst. The reader
-// releases them before anything that may wait (see release), so no reply
-// is held while the reader blocks.
-func (c *conn) hold(o *op) {
-	c.held = append(c.held, o)
-	c.heldBytes += replyLen(o)
-	if c.br.Buffered() < protocol.RequestSize || len(c.held) >= maxHeld || c.heldBytes >= maxHeldBytes {
-		c.release()
-	}
-}
-
-// release hands the held replies to the writer. The reader calls it before
-// every step that may wait: reading the socket beyond what is buffered,
-// taking a queue slot or payload bytes, and leaving the loop.
-func (c *conn) release() {
-	if len(c.held) == 0 {
-		return
-	}
-	c.w.enqueueAll(c.held)
-	clear(c.held)
-	c.held, c.heldBytes = c.held[:0], 0
-}
-
-// releaseUnlessBuffered releases the held replies unless the next n bytes
-// are already in the read buffer.
-func (c *conn) releaseUnlessBuffered(n int) {
-	if c.br.Buffered() < n {
-		c.release()
-	}
-}
-
-// finish releases everything o holds once its reply is out (or the
-// connection is gone).
+// finish releases everything o holds once its reply is out, or will
+// never be. It is called once per request: by the reader for a request
+// it could not hand on (handle), or by the reply writer once the reply
+// is sent (reply.go).
 func (c *conn) finish(o *op) {
 	if c.srv.IdleTimeout > 0 {
 		c.touch() // a reply went out: the idle timeout starts again
 	}
-	switch {
-	case o.spare:
-		c.readSpare <- o.buf[:cap(o.buf)] // a short READ cut it down
-	case o.buf != nil:
+	switch o.bufFrom {
+	case bufStrategy:
 		c.bufs.Put(o.buf)
+	case bufReadSpare:
+		c.spares.putRead(o.buf)
 	}
 	if o.weight > 0 {
-		c.bytes.release(o.weight)
+		c.bytes.give(o.weight)
 	}
-	c.count(o)
+	c.logIfFailed(o)
 	putOp(o)
 	c.nInflight.Add(-1)
-	<-c.slots
+	c.slots.give()
 	c.inflight.Done()
 }
 

@@ -216,6 +216,32 @@ func TestBareBackend(t *testing.T) {
 	})
 }
 
+// TestDecoratedExportFlags: a decorated backend is advertised as the
+// backend it wraps (backend.Decorator): a fault injector over a backend
+// without TRIM advertises no TRIM and answers BLOCK_STATUS without
+// asking for extents, and over a memory backend it advertises what the
+// memory backend does.
+func TestDecoratedExportFlags(t *testing.T) {
+	for name, inner := range map[string]backend.Backend{
+		"memory": backend.NewMemory(1 << 20),
+		"bare":   bare{backend.NewMemory(1 << 20)},
+	} {
+		for _, structured := range []bool{false, true} {
+			plain, err := discoverCaps(&Export{Name: "p", Backend: inner})
+			require.NoError(t, err)
+			decorated, err := discoverCaps(&Export{Name: "d", Backend: backend.NewFault(inner)})
+			require.NoError(t, err)
+			require.Equal(t, plain.flags(structured), decorated.flags(structured), "%s, structured %v", name, structured)
+			require.Equal(t, plain.extenter == nil, decorated.extenter == nil, "%s: extents asked of the decorator only if the backend has them", name)
+		}
+	}
+	st := newServerTester(t, "pool", &Server{Exports: []Export{{Name: "f", Backend: backend.NewFault(bare{backend.NewMemory(1 << 20)})}}})
+	st.handshakeSR("f")
+	require.Zero(t, st.flags&protocol.FlagSendTrim, "flags %v: no TRIM the backend will not do", st.flags)
+	st.blockStatus(1, 0, 1<<20)
+	require.Equal(t, []extent{{length: 1 << 20}}, st.wantBlockStatus(1), "one data extent, as for the bare backend")
+}
+
 func TestWriteZeroesFastNoHole(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		st := newServerTester(t, strategy, nil)
@@ -427,7 +453,7 @@ func TestQueueDepth(t *testing.T) {
 }
 
 // TestGoNBDBackends: go-nbd v0.3.2's own backends plug into Server
-// unchanged (issue 2).
+// unchanged.
 func TestGoNBDBackends(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		path := filepath.Join(t.TempDir(), "img")
@@ -506,8 +532,8 @@ func TestRequestHeaderGolden(t *testing.T) {
 }
 
 // TestSlowStreamedRead: a slow READ too large for one buffer (streamed)
-// must not hold back the replies behind it either (issue 2: "a slow
-// request must never stall the ones behind it").
+// must not hold back the replies behind it either: a slow request must
+// never stall the ones behind it.
 // The first chunk is read on the request's own goroutine; later chunks
 // must follow the header on the wire anyway under simple replies.
 func TestSlowStreamedRead(t *testing.T) {
@@ -584,7 +610,7 @@ func TestReadSpareKeepsItsSize(t *testing.T) {
 // TestPipelinedInOneWrite: requests that arrive in one segment are parsed
 // one by one; a payload is never read past its length. (go-nbd v0.3.0 read
 // a WRITE payload into its whole held buffer and swallowed the header of
-// the next request, issue 3.)
+// the next request.)
 func TestPipelinedInOneWrite(t *testing.T) {
 	run(t, func(t *testing.T, strategy string) {
 		st := newServerTester(t, strategy, nil)

@@ -216,6 +216,3 @@ func advance(vecs []unix.Iovec, n int) []unix.Iovec {
 	}
 	return vecs
 }
-
-// errFailed is returned for writes after the connection failed.
-var errFailed = errors.New("connection already failed")

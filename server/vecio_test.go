@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,8 +25,10 @@ func TestReadSome(t *testing.T) {
 	}
 	a.SetReadDeadline(time.Time{})
 
+	waiting := make(chan struct{})
+	v.onBlock = sync.OnceFunc(func() { close(waiting) }) // readSome found the socket empty
 	go func() {
-		time.Sleep(10 * time.Millisecond) // readSome is waiting by now, most likely
+		<-waiting
 		b.Write([]byte("abc"))
 		b.Close()
 	}()

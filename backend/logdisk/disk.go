@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +26,15 @@ type Config struct {
 	Prefix string
 	// ReadOnly opens the image without writing anything to the store.
 	ReadOnly bool
+	// Snapshot opens the sealed snapshot of that name instead of the
+	// image's latest state; it must be ReadOnly.
+	Snapshot string
+	// Bases shares the base snapshots of clones among the Disks opened
+	// with it (nil: each clone opens its own).
+	Bases *Bases
+	// BaseStore returns the store of a clone's base in another bucket
+	// (nil: Store, whatever the bucket).
+	BaseStore func(ctx context.Context, bucket string) (Store, error)
 	// Takeover lets a writer open an image that another writer holds (or
 	// held, and did not close): the other is fenced.
 	Takeover bool
@@ -62,6 +70,8 @@ type Config struct {
 	NoGC bool
 	// Logger receives warnings and errors (slog.Default()).
 	Logger *slog.Logger
+
+	depth int // how many clones read through to this Disk
 }
 
 func (c *Config) segmentSize() int64 { return orDefault(c.SegmentSize, 16<<20) }
@@ -127,12 +137,7 @@ func Create(ctx context.Context, cfg Config, size int64) error {
 	var id [16]byte
 	rand.Read(id[:])
 	m := Meta{Format: formatName, Version: formatV1, ID: hex.EncodeToString(id[:]), Size: size, Window: defaultWindow}
-	b, _ := json.MarshalIndent(m, "", "  ")
-	err := cfg.Store.PutIfAbsent(ctx, cfg.Prefix+metaKey, bytes.NewReader(b), int64(len(b)))
-	if errors.Is(err, ErrExists) {
-		return ErrImageExists
-	}
-	return err
+	return putMeta(ctx, cfg.Store, cfg.Prefix, m)
 }
 
 // Probe checks that the store refuses a second put-if-absent of one key.
@@ -210,6 +215,7 @@ type Disk struct {
 	sweptAt   uint64               // the checkpoint the last sweep went by
 	dataBytes int64                // sum of dataLen of the segments in segs
 
+	clone       cloneState // the base a clone reads through to
 	journalLock *os.File
 	cache       *cache
 	readSem     chan struct{}

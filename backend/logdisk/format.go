@@ -15,16 +15,21 @@ import (
 //	P/meta               image parameters (JSON), created put-if-absent
 //	P/log/<seq>          log objects, 16 hex digits: segments, claims, closes
 //	P/ckpt/<seq>         map checkpoint covering every log object <= seq
-//	P/snap/<name>        reserved for sealed snapshots (a checkpoint pinned)
+//	P/snap/<name>        a sealed snapshot: the checkpoint it pins (JSON)
+//	P/clones/<id>        a clone of one of P's snapshots (JSON), by clone ID
+//	P/snaprm/<name>      a deletion of snapshot name in progress
 //	P/probe/<random>     put-if-absent probe objects, deleted after use
 //
 // Every object is written with put-if-absent and never changed; only the
-// writer's garbage collection deletes objects.
+// writer's garbage collection and the removal of images, snapshots and
+// clones delete objects.
 const (
 	metaKey    = "meta"
 	logDir     = "log/"
 	ckptDir    = "ckpt/"
 	snapDir    = "snap/"
+	clonesDir  = "clones/"
+	snapRmDir  = "snaprm/"
 	probeDir   = "probe/"
 	seqDigits  = 16
 	formatName = "nbdd-logdisk"
@@ -69,8 +74,14 @@ type Meta struct {
 	// may write; a taker decides every sequence number up to its first
 	// claim plus Window (docs/s3.md "Fencing").
 	Window uint64 `json:"window"`
-	// Base names the snapshot a clone reads through to ("" for none).
-	Base string `json:"base,omitempty"`
+	// Base names the sealed snapshot a clone reads through to, as
+	// s3://BUCKET/PREFIX@SNAPSHOT ("" for none). BaseID and
+	// BaseCheckpoint are the base image's ID and the checkpoint the
+	// snapshot pinned when the clone was made: a base replaced since is
+	// refused, never read.
+	Base           string `json:"base,omitempty"`
+	BaseID         string `json:"base_id,omitempty"`
+	BaseCheckpoint uint64 `json:"base_checkpoint,omitempty"`
 }
 
 const (
@@ -95,6 +106,12 @@ func decodeMeta(b []byte) (Meta, error) {
 		return Meta{}, corrupt("meta: window %d", m.Window)
 	case m.ID == "" || len(m.ID) > 64:
 		return Meta{}, corrupt("meta: id %q", m.ID)
+	}
+	if m.Base != "" {
+		r, err := ParseRef(m.Base)
+		if err != nil || r.Snapshot == "" || m.BaseID == "" {
+			return Meta{}, corrupt("meta: base %q (id %q): want s3://BUCKET/PREFIX@SNAPSHOT and the base's id", m.Base, m.BaseID)
+		}
 	}
 	return m, nil
 }

@@ -76,10 +76,46 @@ func FuzzScanJournal(f *testing.F) {
 
 func FuzzDecodeMeta(f *testing.F) {
 	f.Add([]byte(`{"format":"nbdd-logdisk","version":1,"id":"0123","size":1073741824,"window":16}`))
+	f.Add([]byte(`{"format":"nbdd-logdisk","version":1,"id":"0123","size":1073741824,"window":16,"base":"s3://b/p@s1","base_id":"ab","base_checkpoint":9}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeMeta(b)
 		if err == nil && (m.Size <= 0 || m.Window == 0) {
 			t.Fatalf("accepted %+v", m)
+		}
+		if err == nil && m.Base != "" {
+			if r, err := ParseRef(m.Base); err != nil || r.Snapshot == "" {
+				t.Fatalf("accepted base %q", m.Base)
+			}
+		}
+	})
+}
+
+func FuzzDecodeSnapshot(f *testing.F) {
+	f.Add([]byte(`{"checkpoint":12,"created":"2026-01-02T03:04:05Z"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		decodeSnapshot(b)
+	})
+}
+
+func FuzzDecodeCloneEntry(f *testing.F) {
+	f.Add([]byte(`{"image":"s3://b/q","snapshot":"s1","created":"2026-01-02T03:04:05Z"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if e, err := decodeCloneEntry(b); err == nil && ValidSnapshotName(e.Snapshot) != nil {
+			t.Fatalf("accepted snapshot %q", e.Snapshot)
+		}
+	})
+}
+
+func FuzzParseRef(f *testing.F) {
+	f.Add("s3://b/a/p@s1")
+	f.Add("s3://b/@x")
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseRef(s)
+		if err != nil {
+			return
+		}
+		if back, err := ParseRef(r.String()); err != nil || back != r {
+			t.Fatalf("%q: %+v re-parses as %+v, %v", s, r, back, err)
 		}
 	})
 }

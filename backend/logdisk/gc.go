@@ -1,10 +1,8 @@
 package logdisk
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 	"time"
@@ -198,6 +196,10 @@ func (d *Disk) deleteAfterGrace(keys []string, grace time.Duration) error {
 		}
 	}
 	d.mu.Unlock()
+	due, err := d.unpinned(due)
+	if err != nil {
+		return err
+	}
 	for len(due) > 0 {
 		n := min(len(due), 1000)
 		if err := d.store.Delete(d.ctx, due[:n]); err != nil {
@@ -217,7 +219,8 @@ func (d *Disk) deleteAfterGrace(keys []string, grace time.Duration) error {
 // snapshot pins. Garbage collection keeps it and every segment it
 // references for as long as the snapshot exists.
 type snapshotObject struct {
-	Checkpoint uint64 `json:"checkpoint"`
+	Checkpoint uint64    `json:"checkpoint"`
+	Created    time.Time `json:"created,omitzero"`
 }
 
 // pinned returns the segments and checkpoints that snapshots pin.
@@ -232,14 +235,12 @@ func (d *Disk) pinned() (segs, ckpts map[uint64]bool, err error) {
 		return nil, nil, err
 	}
 	for _, o := range keys {
-		b := make([]byte, min(o.Size, 4096))
-		n, err := d.store.ReadAt(d.ctx, o.Key, b, 0)
-		if err != nil && !errors.Is(err, io.EOF) {
-			return nil, nil, err
+		so, err := readSnapshot(d.ctx, d.store, d.prefix, strings.TrimPrefix(o.Key, d.prefix+snapDir))
+		if errors.Is(err, ErrNoSnapshot) {
+			continue // removed since the list
 		}
-		var so snapshotObject
-		if err := json.Unmarshal(b[:n], &so); err != nil {
-			return nil, nil, fmt.Errorf("snapshot %s: %w", strings.TrimPrefix(o.Key, d.prefix), corrupt("%v", err))
+		if err != nil {
+			return nil, nil, err
 		}
 		ck, err := d.readCheckpoint(d.ctx, ObjectInfo{Key: d.key(ckptDir, so.Checkpoint), Size: -1})
 		if err != nil {

@@ -15,6 +15,9 @@ import (
 // image (refusing one that another writer holds, unless cfg.Takeover),
 // and replays what the journal holds that the store does not.
 func Open(ctx context.Context, cfg Config) (*Disk, error) {
+	if cfg.Snapshot != "" && !cfg.ReadOnly {
+		return nil, fmt.Errorf("snapshot %s: %w", cfg.Snapshot, ErrSnapshotReadOnly)
+	}
 	if !cfg.ReadOnly && cfg.JournalDir == "" {
 		return nil, errors.New("a writable image needs a journal directory")
 	}
@@ -26,6 +29,7 @@ func Open(ctx context.Context, cfg Config) (*Disk, error) {
 	st, scans, err := d.open(ctx)
 	if err != nil {
 		d.cancel()
+		d.releaseBase()
 		if d.journalLock != nil {
 			d.journalLock.Close()
 		}
@@ -54,7 +58,10 @@ func newDisk(cfg Config, meta Meta) *Disk {
 }
 
 func (d *Disk) open(ctx context.Context) (*loadState, []*journalScan, error) {
-	st, err := d.loadLog(ctx)
+	if err := d.openBase(ctx); err != nil {
+		return nil, nil, err
+	}
+	st, err := d.load(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

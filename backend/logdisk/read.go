@@ -18,6 +18,7 @@ type piece struct {
 	m     mapping
 	seg   *segment
 	local bool // from the segment's journal file (a reference is held)
+	base  bool // never written in a clone: from its base, at m.off
 }
 
 // ReadAt implements io.ReaderAt. Holes and zero extents are filled
@@ -29,7 +30,7 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	}
 	d.readAheadAt(off, int64(len(p)))
 	err := d.read(p, off)
-	if errors.Is(err, ErrNotFound) && d.cfg.ReadOnly {
+	if errors.Is(err, ErrNotFound) && d.cfg.ReadOnly && d.cfg.Snapshot == "" {
 		// The writer's garbage collection deleted a segment this reader's
 		// map still names: load the log as it is now and read again.
 		if rerr := d.refresh(); rerr != nil {
@@ -91,7 +92,7 @@ func (d *Disk) resolve(p []byte, off int64) ([]piece, error) {
 	pos := off
 	end := off + int64(len(p))
 	d.m.each(off, end, func(m mapping) bool {
-		clear(p[pos-off : m.off-off])
+		pieces = d.missLocked(pieces, p[pos-off:m.off-off], pos)
 		dst := p[m.off-off : m.end()-off]
 		pos = m.end()
 		if m.kind != kindData {
@@ -107,7 +108,7 @@ func (d *Disk) resolve(p []byte, off int64) ([]piece, error) {
 		pieces = append(pieces, pc)
 		return true
 	})
-	clear(p[pos-off:])
+	pieces = d.missLocked(pieces, p[pos-off:], pos)
 	return pieces, nil
 }
 
@@ -160,6 +161,9 @@ func (d *Disk) readPieces(pieces []piece) error {
 const pieceWorkers = 8
 
 func (d *Disk) readPiece(pc piece) error {
+	if pc.base {
+		return d.readBase(pc)
+	}
 	if pc.local {
 		_, err := pc.seg.jf.f.ReadAt(pc.dst, pc.m.dataOff)
 		if err != nil {
@@ -457,7 +461,7 @@ func (d *Disk) Cache(off, length int64) error {
 		return err
 	}
 	d.fetchRuns(d.planFetch(off, off+length))
-	return nil
+	return d.cacheBase(off, off+length)
 }
 
 // Extents implements backend.Extenter from the map: data extents are
@@ -480,7 +484,7 @@ func (d *Disk) Extents(off, length int64, fn func(backend.Extent) bool) error {
 	d.mu.Lock()
 	d.m.each(off, end, func(m mapping) bool {
 		if m.off > pos {
-			add(pos, m.off-pos, backend.ExtentHole|backend.ExtentZero)
+			add(pos, m.off-pos, d.gapFlags())
 		}
 		switch m.kind {
 		case kindData:
@@ -495,12 +499,7 @@ func (d *Disk) Extents(off, length int64, fn func(backend.Extent) bool) error {
 	})
 	d.mu.Unlock()
 	if pos < end && len(exts) < 1<<16 {
-		add(pos, end-pos, backend.ExtentHole|backend.ExtentZero)
+		add(pos, end-pos, d.gapFlags())
 	}
-	for _, e := range exts {
-		if !fn(e) {
-			break
-		}
-	}
-	return nil
+	return d.emitExtents(exts, fn)
 }

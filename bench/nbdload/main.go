@@ -8,16 +8,13 @@
 //	    1 GiB of 4 KiB random reads and writes on 8 connections while a
 //	    ninth reads 32 MiB every few seconds.
 //
-// It speaks just enough NBD (fixed newstyle, NBD_OPT_GO, simple
-// replies) through nbdd's protocol package.
+// It speaks NBD through nbdd's client package (fixed newstyle, NBD_OPT_GO,
+// simple replies).
 package main
 
 import (
-	"bufio"
-	"encoding/binary"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"math/rand/v2"
 	"net"
@@ -25,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nbdd/nbdd/internal/nbdclient"
 	"github.com/nbdd/nbdd/protocol"
 )
 
@@ -53,78 +51,31 @@ func main() {
 	fmt.Printf("elapsed %.2f\n", time.Since(start).Seconds())
 }
 
+// client is nbdd's NBD client (internal/nbdclient) on the default export.
 type client struct {
-	net.Conn
-	br   *bufio.Reader
+	*nbdclient.Conn
+	nc   net.Conn
 	size uint64
 	next uint64
 }
 
 func dial(sock string) (*client, error) {
-	nc, err := net.Dial("unix", sock)
+	nbd, nc, exp, err := nbdclient.Dial("unix", sock, "", time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	c := &client{Conn: nc, br: bufio.NewReaderSize(nc, 256<<10)}
-	var greet [protocol.HandshakeSize]byte
-	if _, err := io.ReadFull(c.br, greet[:]); err != nil {
-		return nil, err
-	}
-	msg := binary.BigEndian.AppendUint32(nil, uint32(protocol.ClientFixedNewstyle|protocol.ClientNoZeroes))
-	data := protocol.AppendExportRequest(nil, protocol.ExportRequest{})
-	var oh [protocol.OptionHeaderSize]byte
-	protocol.OptionHeader{Opt: protocol.OptGo, Length: uint32(len(data))}.Put(&oh)
-	if _, err := c.Write(append(append(msg, oh[:]...), data...)); err != nil {
-		return nil, err
-	}
-	return c, c.readGoReplies()
+	nbd.DiscardData = true // the load generator keeps none of the data it reads
+	return &client{Conn: nbd, nc: nc, size: exp.Size}, nil
 }
 
-// readGoReplies reads NBD_OPT_GO's replies up to the ACK, keeping the
-// export size from NBD_INFO_EXPORT.
-func (c *client) readGoReplies() error {
-	for {
-		var rh [protocol.OptionReplyHeaderSize]byte
-		if _, err := io.ReadFull(c.br, rh[:]); err != nil {
-			return err
-		}
-		h, err := protocol.DecodeOptionReplyHeader(&rh)
-		if err != nil {
-			return err
-		}
-		data := make([]byte, h.Length)
-		if _, err := io.ReadFull(c.br, data); err != nil {
-			return err
-		}
-		switch {
-		case h.Type == protocol.RepAck:
-			return nil
-		case h.Type.IsError():
-			return fmt.Errorf("NBD_OPT_GO: %v %s", h.Type, data)
-		case h.Type == protocol.RepInfo && len(data) >= 12 && binary.BigEndian.Uint16(data) == uint16(protocol.InfoExport):
-			c.size = binary.BigEndian.Uint64(data[2:])
-		}
-	}
-}
+func (c *client) Close() error { return c.nc.Close() }
 
 // do sends one request and waits for its reply.
 func (c *client) do(cmd protocol.Cmd, off uint64, n int, payload []byte) error {
 	c.next++
-	var hdr [protocol.RequestSize]byte
-	protocol.Request{Type: cmd, Cookie: c.next, Offset: off, Length: uint32(n)}.Put(&hdr)
-	if _, err := (&net.Buffers{hdr[:], payload}).WriteTo(c); err != nil {
-		return err
-	}
-	var rh [protocol.SimpleReplySize]byte
-	if _, err := io.ReadFull(c.br, rh[:]); err != nil {
-		return err
-	}
-	r, err := protocol.DecodeSimpleReply(&rh)
-	if err != nil || r.Error != 0 {
-		return fmt.Errorf("%v reply: %v %v", cmd, r.Error, err)
-	}
-	if cmd == protocol.CmdRead {
-		_, err = c.br.Discard(n)
+	r, err := c.Do(protocol.Request{Type: cmd, Cookie: c.next, Offset: off, Length: uint32(n)}, payload)
+	if err == nil && r.Errno != protocol.EOK {
+		err = fmt.Errorf("%v reply: %v", cmd, r.Errno)
 	}
 	return err
 }

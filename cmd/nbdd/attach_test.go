@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/internal/nbdclient"
 	"github.com/nbdd/nbdd/kernel/nbdkernel"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/nbdd/nbdd/server"
@@ -207,21 +208,14 @@ func TestOpenConnections(t *testing.T) {
 	require.ErrorContains(t, err, "no such file or directory")
 }
 
-// requireReadReply sends NBD_CMD_READ on f and reads the reply.
+// requireReadReply sends NBD_CMD_READ on f and reads the reply: the
+// handshake left f at the start of the transmission phase.
 func requireReadReply(t *testing.T, f *os.File) {
 	t.Helper()
-	var req [protocol.RequestSize]byte
-	protocol.Request{Type: protocol.CmdRead, Cookie: 7, Offset: 4096, Length: 4096}.Put(&req)
-	_, err := f.Write(req[:])
+	rep, err := nbdclient.Unbuffered(f).Do(protocol.Request{Type: protocol.CmdRead, Cookie: 7, Offset: 4096, Length: 4096}, nil)
 	require.NoError(t, err)
-	var hdr [protocol.SimpleReplySize]byte
-	_, err = io.ReadFull(f, hdr[:])
-	require.NoError(t, err)
-	rep, err := protocol.DecodeSimpleReply(&hdr)
-	require.NoError(t, err)
-	require.Equal(t, protocol.SimpleReply{Error: protocol.EOK, Cookie: 7}, rep)
-	_, err = io.ReadFull(f, make([]byte, 4096))
-	require.NoError(t, err)
+	require.Equal(t, protocol.EOK, rep.Errno)
+	require.Len(t, rep.Data, 4096)
 }
 
 func TestOpenConnectionsCancelled(t *testing.T) {

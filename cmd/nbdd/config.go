@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/backend/logdisk"
 	"github.com/nbdd/nbdd/bufstrategy"
 	"github.com/nbdd/nbdd/server"
 	"github.com/urfave/cli/v2"
@@ -23,30 +24,42 @@ type config struct {
 	srv       *server.Server
 	dir       string
 	closers   []io.Closer
-	mergeable map[string]bool // exports marked ksm
-	files     []exportedFile  // the files of --export, to catch one exported twice
-	faultSpec string          // --fault, when set
+	mergeable map[string]bool     // exports marked ksm
+	files     []exportedFile      // the files of --export, to catch one exported twice
+	faultSpec string              // --fault, when set
+	budget    *bufstrategy.Budget // --memory-budget, shared by every connection's buffers
 	logger    *slog.Logger
+	s3Bases   *logdisk.Bases // the bases of the S3 clones served, shared
+	bases     []cloneBase    // the bases of clone exports, closed after them
+	// dirWritable is set for a writable --dir, which must not export
+	// the files of clone exports.
+	dirWritable bool
 }
 
-// exportedFile is a file of an --export.
+// exportedFile is a file of an --export, and what the export does with it.
 type exportedFile struct {
 	name     string
 	info     os.FileInfo
 	copyBack bool // a writable load export: a copy in memory written back
+	writable bool // the export writes the file
+	base     bool // the read-only base of a clone export
+	overlay  bool // the overlay of a clone export
 }
 
 func (c *config) close() {
 	for _, cl := range c.closers {
 		cl.Close()
 	}
-	if f, ok := c.srv.Buffers.(io.Closer); ok {
-		f.Close()
+	for _, b := range c.bases {
+		b.base.Close()
+	}
+	if c.srv.Buffers != nil {
+		c.srv.Buffers.Close()
 	}
 }
 
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
-	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger}
+	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger, s3Bases: &logdisk.Bases{}}
 	if err := cfg.limits(c); err != nil {
 		return nil, err
 	}
@@ -127,6 +140,7 @@ func (cfg *config) limits(c *cli.Context) error {
 	if err != nil {
 		return usage("--memory-budget: %v", err)
 	}
+	cfg.budget = b
 	s.Buffers, err = bufstrategy.New(c.String("strategy"), bufstrategy.Config{MaxRequest: int(maxReq), Budget: b})
 	if err != nil {
 		return usage("--strategy: %v", err)
@@ -219,15 +233,22 @@ func (cfg *config) addExport(kind, value string, readOnly bool, open opener) err
 
 func (cfg *config) openFileExport(spec exportSpec) (backend.Backend, error) {
 	ro := spec.has("ro")
-	if err := cfg.checkExportedTwice(spec, spec.has("load") && !ro); err != nil {
-		return nil, err
-	}
 	if spec.has("ksm") && !spec.has("load") {
 		return nil, usage("--export %s: ksm needs load (only anonymous memory can be merged)", spec.name)
+	}
+	if !isClone(spec) {
+		if err := cfg.checkExportedTwice(spec, spec.has("load") && !ro); err != nil {
+			return nil, err
+		}
 	}
 	var b backend.Backend
 	var err error
 	switch {
+	case isClone(spec):
+		b, err = cfg.openCloneExport(spec)
+		if err != nil {
+			return nil, err
+		}
 	case spec.has("load"):
 		b, err = backend.LoadMapped(spec.value, spec.has("ksm"), !ro)
 	case spec.has("direct"):
@@ -251,21 +272,17 @@ func closeBackend(b backend.Backend) {
 	}
 }
 
-// checkExportedTwice refuses a file exported a second time when either
-// export is a writable load export: its copy in memory, written back on
-// FLUSH, and the other export would overwrite each other's writes.
+// checkExportedTwice refuses a file exported a second time when the two
+// exports conflict (see fileConflict): when either is a writable load
+// export, whose copy in memory, written back on FLUSH, and the other
+// export would overwrite each other's writes, or when it is a clone's
+// base or overlay.
 func (cfg *config) checkExportedTwice(spec exportSpec, copyBack bool) error {
 	info, err := os.Stat(spec.value)
 	if err != nil {
 		return nil // reported by the open that follows
 	}
-	for _, f := range cfg.files {
-		if os.SameFile(f.info, info) && (copyBack || f.copyBack) {
-			return usage("exports %s and %s are the same file, and a writable load export's copy would overwrite the other's writes (make them ro, or export it once)", quoteShort(f.name), quoteShort(spec.name))
-		}
-	}
-	cfg.files = append(cfg.files, exportedFile{name: spec.name, info: info, copyBack: copyBack})
-	return nil
+	return cfg.noteFile(spec.name, info, exportedFile{copyBack: copyBack, writable: !spec.has("ro")})
 }
 
 func (cfg *config) openMemoryExport(spec exportSpec) (backend.Backend, error) {

@@ -9,9 +9,11 @@ import (
 
 // exportSpec is one --export, --memory or --s3 value: NAME=VALUE followed
 // by comma-separated options, each a bare key, KEY=VALUE for the options
-// in valueExportOpts (the value ends at the next comma), a list option
-// KEY=VALUE that may be repeated (listExportOpts), or description=TEXT,
-// which takes the rest of the value, commas and all, so it must come last.
+// in valueExportOpts, a list option KEY=VALUE that may be repeated
+// (listExportOpts), or description=TEXT, which takes the rest of the
+// value, commas and all, so it must come last. A comma inside the value,
+// a path or an option's value is written twice (",,"), as in qemu's
+// options.
 type exportSpec struct {
 	name, value string
 	opts        map[string]string
@@ -20,7 +22,7 @@ type exportSpec struct {
 
 // knownExportOpts lists the options each kind of export accepts.
 var knownExportOpts = map[string][]string{
-	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw", "allow", "tls-allow"},
+	"export": {"ro", "description", "load", "ksm", "tls-only", "direct", "raw", "allow", "tls-allow", "cow", "snapshot"},
 	"memory": {"ro", "description", "ksm", "prealloc", "tls-only", "allow", "tls-allow"},
 	"s3":     {"ro", "description", "tls-only", "allow", "tls-allow", "takeover", "journal", "cache", "dirty", "flush-timeout", "addressing"},
 }
@@ -29,10 +31,10 @@ var knownExportOpts = map[string][]string{
 var listExportOpts = []string{"allow", "tls-allow"}
 
 // valueExportOpts are the options that take one value (KEY=VALUE).
-var valueExportOpts = map[string]bool{"journal": true, "cache": true, "dirty": true, "flush-timeout": true, "addressing": true}
+var valueExportOpts = map[string]bool{"journal": true, "cache": true, "dirty": true, "flush-timeout": true, "addressing": true, "cow": true}
 
 // exportValueName names the VALUE of each kind of export, for messages.
-var exportValueName = map[string]string{"export": "PATH", "memory": "SIZE", "s3": "s3://BUCKET/PREFIX"}
+var exportValueName = map[string]string{"export": "PATH", "memory": "SIZE", "s3": "s3://BUCKET/PREFIX[@SNAPSHOT]"}
 
 func parseExportSpec(kind, s string) (exportSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
@@ -47,16 +49,18 @@ func parseExportSpec(kind, s string) (exportSpec, error) {
 	}
 	s = quoteShort(s)
 	spec := exportSpec{name: name, opts: map[string]string{}, lists: map[string][]string{}}
-	parts := strings.Split(rest, ",")
+	parts, desc, hasDesc := splitOptions(rest)
 	spec.value = parts[0]
 	if spec.value == "" {
 		return exportSpec{}, fmt.Errorf("--%s %s: missing %s", kind, s, exportValueName[kind])
 	}
-	for i := 1; i < len(parts); i++ {
-		key, val, hasValue := strings.Cut(parts[i], "=")
+	if hasDesc {
+		parts = append(parts, "description")
+	}
+	for _, part := range parts[1:] {
+		key, val, hasValue := strings.Cut(part, "=")
 		if key == "description" {
-			val = strings.Join(append([]string{val}, parts[i+1:]...), ",")
-			i = len(parts)
+			val = desc
 		}
 		if !contains(knownExportOpts[kind], key) {
 			return exportSpec{}, fmt.Errorf("--%s %s: unknown option %q (known: %s)", kind, s, key, strings.Join(knownExportOpts[kind], ", "))
@@ -88,6 +92,29 @@ func quoteShort(s string) string {
 		return fmt.Sprintf("%q", s)
 	}
 	return fmt.Sprintf("%q... (%d bytes)", strings.ToValidUTF8(s[:show], ""), len(s))
+}
+
+// splitOptions splits the part of a spec after NAME= at single commas,
+// turning ",," into a comma, up to a description=, whose text it returns
+// as it is.
+func splitOptions(rest string) (parts []string, desc string, hasDesc bool) {
+	var cur strings.Builder
+	for i := 0; i < len(rest); i++ {
+		switch {
+		case rest[i] != ',':
+			cur.WriteByte(rest[i])
+		case i+1 < len(rest) && rest[i+1] == ',':
+			cur.WriteByte(',')
+			i++
+		default:
+			parts = append(parts, cur.String())
+			cur.Reset()
+			if text, ok := strings.CutPrefix(rest[i+1:], "description="); ok {
+				return parts, text, true
+			}
+		}
+	}
+	return append(parts, cur.String()), "", false
 }
 
 func (e exportSpec) has(opt string) bool {

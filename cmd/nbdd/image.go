@@ -67,6 +67,7 @@ func imageCommand() *cli.Command {
 			},
 			{
 				Name: "clone", Usage: "create a copy-on-write image CLONE over a read-only BASE", ArgsUsage: "BASE CLONE",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "block-size", Usage: "copy-on-write block `SIZE` of a local overlay, 4KiB to 1MiB (default 4KiB)"}},
 				Action: imageAction(2, func(c *cli.Context, st imageStore, refs []string) error {
 					return st.clone(c, refs[0], refs[1])
 				}),
@@ -77,6 +78,7 @@ func imageCommand() *cli.Command {
 					return st.flatten(c, refs[0], refs[1])
 				}),
 			},
+			imageRemoveCommand(),
 		},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
@@ -59,8 +60,8 @@ func (s3Images) info(c *cli.Context, ref string) (imageInfo, error) {
 	if in.Held {
 		writer = fmt.Sprintf("epoch %d holds it (or died without closing)", in.Epoch.N)
 	}
-	return imageInfo{
-		Ref: r.String(), Kind: "s3", Size: in.Size, AllocatedBytes: in.LiveBytes,
+	info := imageInfo{
+		Ref: r.String(), Kind: "s3", Size: in.Size, AllocatedBytes: in.LiveBytes, Base: d.Meta().Base,
 		Details: []infoField{
 			{"segments", in.Segments},
 			{"stored_bytes", in.StoredBytes},
@@ -71,7 +72,11 @@ func (s3Images) info(c *cli.Context, ref string) (imageInfo, error) {
 			{"last_seq", in.LastSeq},
 			{"image_id", d.Meta().ID},
 		},
-	}, nil
+	}
+	if r.snapshot != "" { // sealed: no writer, ever
+		info.Details = slices.DeleteFunc(info.Details, func(f infoField) bool { return f.Key == "writer" || f.Key == "writer_epoch" })
+	}
+	return info, addSnapshotInfo(&info, r)
 }
 
 func (s3Images) importFile(c *cli.Context, file, ref string) error {
@@ -159,6 +164,15 @@ func copyOut(d *logdisk.Disk, f *os.File, size int64, bar *progress.Bar) error {
 	if err := f.Truncate(size); err != nil {
 		return err
 	}
+	if err := eachData(d, size, bar, f.WriteAt); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// eachData reads d's data extents (what does not read as zeroes) in
+// chunks and passes each to write, at its offset.
+func eachData(d *logdisk.Disk, size int64, bar *progress.Bar, write func(p []byte, off int64) (int, error)) error {
 	var data []backend.Extent
 	err := d.Extents(0, size, func(e backend.Extent) bool {
 		if e.Flags&backend.ExtentZero == 0 {
@@ -178,13 +192,13 @@ func copyOut(d *logdisk.Disk, f *os.File, size int64, bar *progress.Bar) error {
 			if _, err := d.ReadAt(p, off); err != nil {
 				return err
 			}
-			if _, err := f.WriteAt(p, off); err != nil {
+			if _, err := write(p, off); err != nil {
 				return err
 			}
 			bar.Add(int64(len(p)))
 		}
 	}
-	return f.Sync()
+	return nil
 }
 
 func (s3Images) gc(c *cli.Context, ref string) error {
@@ -215,16 +229,6 @@ func (s3Images) gc(c *cli.Context, ref string) error {
 		after.Segments, progress.Size(after.StoredBytes), progress.Size(after.LiveBytes),
 		before.Segments, progress.Size(before.StoredBytes))
 	return nil
-}
-
-func (s3Images) snapshot(c *cli.Context, ref, name string) error {
-	return errImageUnsupported("snapshot", "S3 images yet")
-}
-func (s3Images) clone(c *cli.Context, base, clone string) error {
-	return errImageUnsupported("clone", "S3 images yet")
-}
-func (s3Images) flatten(c *cli.Context, clone, out string) error {
-	return errImageUnsupported("flatten", "S3 images yet")
 }
 
 func fileSize(f *os.File) (int64, error) {

@@ -104,6 +104,11 @@ func startKSM(c *cli.Context, cfg *config, logger *slog.Logger) (*ksmRunner, err
 			t.ExportOpened(e.Name, size)
 		}
 	}
+	for name, m := range cfg.mergeableBases() { // once per base, however many clones
+		t.RegisterMapping(name, m.Base(), uintptr(m.Len()))
+		size, _ := m.Size()
+		t.ExportOpened(name, size)
+	}
 	return r, nil
 }
 
@@ -141,6 +146,9 @@ func (r *ksmRunner) stop(cfg *config) error {
 	signal.Stop(r.sigs)
 	close(r.sigs)
 	for name := range cfg.mergeable {
+		r.t.ExportClosed(name)
+	}
+	for name := range cfg.mergeableBases() {
 		r.t.ExportClosed(name)
 	}
 	r.cancel()

@@ -45,16 +45,16 @@ func (l *listener) socketPath() string {
 
 // listenAll opens a listener for each URL, unix sockets with mode.
 func listenAll(urls []string, socketMode string, tls bool, logger *slog.Logger) ([]*listener, error) {
-	mode, err := strconv.ParseUint(socketMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return nil, usage("--socket-mode %q: want an octal mode such as 0660", socketMode)
+	mode, err := parseSocketMode(socketMode)
+	if err != nil {
+		return nil, err
 	}
 	if err := checkListedOnce(urls); err != nil {
 		return nil, err
 	}
 	var ls []*listener
 	for _, u := range urls {
-		l, err := listen(u, os.FileMode(mode))
+		l, err := listen("--listen", u, mode)
 		if err != nil {
 			for _, o := range ls {
 				o.Close()
@@ -67,25 +67,36 @@ func listenAll(urls []string, socketMode string, tls bool, logger *slog.Logger) 
 	return ls, nil
 }
 
-func listen(raw string, mode os.FileMode) (*listener, error) {
+// parseSocketMode parses --socket-mode.
+func parseSocketMode(s string) (os.FileMode, error) {
+	mode, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || mode > 0o777 {
+		return 0, usage("--socket-mode %q: want an octal mode such as 0660", s)
+	}
+	return os.FileMode(mode), nil
+}
+
+// listen opens the socket raw that flag (--listen, --metrics) names; a
+// unix socket gets mode.
+func listen(flag, raw string, mode os.FileMode) (*listener, error) {
 	network, addr, err := parseListenURL(raw)
 	if err != nil {
-		return nil, usage("--listen %q: %v", raw, err)
+		return nil, usage("%s %q: %v", flag, raw, err)
 	}
 	if network == "unix" {
 		if err := removeStaleSocket(addr); err != nil {
-			return nil, cli.Exit(fmt.Sprintf("--listen %s: %v", raw, err), 1)
+			return nil, cli.Exit(fmt.Sprintf("%s %s: %v", flag, raw, err), 1)
 		}
 	}
 	nl, err := net.Listen(network, addr)
 	if err != nil {
-		return nil, cli.Exit(fmt.Sprintf("--listen %s: %v", raw, err), 1)
+		return nil, cli.Exit(fmt.Sprintf("%s %s: %v", flag, raw, err), 1)
 	}
 	if network == "unix" {
 		nl.(*net.UnixListener).SetUnlinkOnClose(true)
 		if err := os.Chmod(addr, mode); err != nil {
 			nl.Close()
-			return nil, cli.Exit(fmt.Sprintf("--listen %s: %v", raw, err), 1)
+			return nil, cli.Exit(fmt.Sprintf("%s %s: %v", flag, raw, err), 1)
 		}
 	}
 	return &listener{Listener: nl, url: raw, network: network, addr: addr}, nil

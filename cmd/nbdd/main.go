@@ -89,22 +89,40 @@ func describeBuild(version string, info *debug.BuildInfo) string {
 	if info == nil {
 		return line
 	}
-	var rev, modified string
+	rev, modified := buildRevision(info)
+	switch {
+	case rev == "":
+		rev = "commit unknown: built without VCS information"
+	case strings.HasPrefix(rev, "v"):
+		rev = "module " + rev
+	default:
+		rev = "commit " + rev[:min(len(rev), 12)]
+	}
+	if modified {
+		rev += ", modified"
+	}
+	return fmt.Sprintf("%s (%s, %s)", line, rev, info.GoVersion)
+}
+
+// buildRevision returns the commit nbdd was built from (vcs.revision),
+// or else the module version (which for a pseudo-version ends in the
+// commit), or "" if info has neither; and whether the tree had changes.
+func buildRevision(info *debug.BuildInfo) (rev string, modified bool) {
+	if info == nil {
+		return "", false
+	}
 	for _, s := range info.Settings {
 		switch {
 		case s.Key == "vcs.revision":
-			rev = "commit " + s.Value[:min(len(s.Value), 12)]
+			rev = s.Value
 		case s.Key == "vcs.modified" && s.Value == "true":
-			modified = ", modified"
+			modified = true
 		}
 	}
 	if v := info.Main.Version; rev == "" && v != "" && v != "(devel)" {
-		rev = "module " + v
+		rev = v
 	}
-	if rev == "" {
-		rev = "commit unknown: built without VCS information"
-	}
-	return fmt.Sprintf("%s (%s%s, %s)", line, rev, modified, info.GoVersion)
+	return rev, modified
 }
 
 // hideSwitchDefaults keeps help from printing "(default: false)" after

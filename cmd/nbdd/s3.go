@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
@@ -17,34 +16,39 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// s3Ref is an image named s3://BUCKET/PREFIX.
+// s3Ref is an image named s3://BUCKET/PREFIX, or a sealed snapshot of
+// one, s3://BUCKET/PREFIX@SNAPSHOT (logdisk.ParseRef decides the form).
 type s3Ref struct {
-	raw, bucket, prefix string
+	raw, bucket, prefix, snapshot string
 }
 
 func parseS3Ref(ref string) (s3Ref, error) {
-	rest, ok := strings.CutPrefix(ref, "s3://")
-	bucket, prefix, _ := strings.Cut(rest, "/")
-	prefix = strings.Trim(prefix, "/")
-	if !ok || bucket == "" {
-		return s3Ref{}, fmt.Errorf("%q: want s3://BUCKET/PREFIX", ref)
+	r, err := logdisk.ParseRef(ref)
+	if err != nil {
+		return s3Ref{}, err
 	}
-	return s3Ref{raw: ref, bucket: bucket, prefix: prefix}, nil
+	return s3Ref{raw: ref, bucket: r.Bucket, prefix: r.Prefix, snapshot: r.Snapshot}, nil
+}
+
+// engineRef is r as the engine names images.
+func (r s3Ref) engineRef() logdisk.Ref {
+	return logdisk.Ref{Bucket: r.bucket, Prefix: r.prefix, Snapshot: r.snapshot}
 }
 
 // keyPrefix is the prefix every object of the image has.
-func (r s3Ref) keyPrefix() string {
-	if r.prefix == "" {
-		return ""
-	}
-	return r.prefix + "/"
-}
+func (r s3Ref) keyPrefix() string { return r.engineRef().KeyPrefix() }
 
-func (r s3Ref) String() string { return "s3://" + r.bucket + "/" + r.prefix }
+func (r s3Ref) String() string { return r.engineRef().String() }
 
 // s3CacheDirEnv names the directory under which S3 images keep their
 // journals, by bucket and prefix, unless an export says journal=DIR.
 const s3CacheDirEnv = "NBDD_S3_CACHE_DIR"
+
+// image is r without its snapshot.
+func (r s3Ref) image() s3Ref {
+	r.snapshot = ""
+	return r
+}
 
 // journalDir is the default journal directory of ref under root (the
 // user's cache directory, nbdd/s3, when root is empty).
@@ -69,14 +73,21 @@ type s3Options struct {
 	cacheSize, dirty   int64
 	flushTimeout       time.Duration
 	addressing         string
+	bases              *logdisk.Bases // shares clones' bases within the process
 }
 
 func (o s3Options) config(st logdisk.Store, ref s3Ref, logger *slog.Logger) logdisk.Config {
 	return logdisk.Config{
 		Store: st, Prefix: ref.keyPrefix(), ReadOnly: o.readOnly, Takeover: o.takeover,
+		Snapshot: ref.snapshot, Bases: o.bases, BaseStore: o.baseStore,
 		JournalDir: o.journal, CacheSize: o.cacheSize, DirtyLimit: o.dirty,
 		FlushTimeout: o.flushTimeout, Logger: logger,
 	}
+}
+
+// baseStore is the store of a clone's base in bucket.
+func (o s3Options) baseStore(ctx context.Context, bucket string) (logdisk.Store, error) {
+	return newS3Store(ctx, s3Ref{bucket: bucket}, o.addressing)
 }
 
 // newS3Store returns the store of ref's bucket, set up from the AWS
@@ -116,11 +127,15 @@ func openS3Image(ref s3Ref, o s3Options, logger *slog.Logger) (*logdisk.Disk, er
 func s3Error(ref s3Ref, err error) error {
 	switch {
 	case errors.Is(err, logdisk.ErrNoImage):
-		return cli.Exit(fmt.Sprintf("%s: no image there (nbdd image create --size SIZE %s makes one)", ref, ref), 1)
+		return cli.Exit(fmt.Sprintf("%s: no image there (nbdd image create --size SIZE %s makes one)", ref.image(), ref.image()), 1)
 	case errors.Is(err, logdisk.ErrInUse):
 		return cli.Exit(fmt.Sprintf("%s: %v", ref, err), 1)
 	case errors.Is(err, logdisk.ErrImageExists):
 		return cli.Exit(fmt.Sprintf("%s: an image exists there already", ref), 1)
+	case errors.Is(err, logdisk.ErrSnapshotReadOnly):
+		return cli.Exit(fmt.Sprintf("%s is a snapshot, which is read-only: serve it ro, or write a clone of it (nbdd image clone %s s3://BUCKET/PREFIX)", ref, ref), 1)
+	case errors.Is(err, logdisk.ErrNoSnapshot):
+		return cli.Exit(fmt.Sprintf("%s: no such snapshot (nbdd image info %s lists them)", ref, ref.image()), 1)
 	case errors.Is(err, logdisk.ErrNoConditionalPut):
 		return cli.Exit(fmt.Sprintf("%s: %v; serve it read-only (ro) or use a server that supports them", ref, err), 1)
 	}
@@ -138,6 +153,10 @@ func (cfg *config) openS3Export(root string) opener {
 		if err != nil {
 			return nil, err
 		}
+		if ref.snapshot != "" && !o.readOnly {
+			return nil, usage("--s3 %s: %s is a snapshot, which is read-only: add ,ro (or serve a clone of it: nbdd image clone %s s3://BUCKET/PREFIX)", spec.name, ref, ref)
+		}
+		o.bases = cfg.s3Bases
 		if !o.readOnly && o.journal == "" {
 			if o.journal, err = journalDir(root, ref); err != nil {
 				return nil, usage("--s3 %s: %v", spec.name, err)

@@ -50,9 +50,9 @@ func serveCommand() *cli.Command {
 func serveFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringSliceFlag{Name: "listen", Usage: "listen on `URL`: tcp://HOST:PORT or unix:///PATH (repeatable)", EnvVars: []string{"NBDD_LISTEN"}},
-		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,raw][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description takes the rest, so comes last)", EnvVars: []string{"NBDD_EXPORT"}},
+		&cli.StringSliceFlag{Name: "export", Usage: "export a file or block device: `NAME=PATH`[,ro][,direct][,load][,ksm][,raw][,cow=OVERLAY|,snapshot][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; cow=OVERLAY: a copy-on-write clone of PATH whose writes go to OVERLAY, created if absent; snapshot: a throw-away clone; description takes the rest, so comes last; a comma in a path is written ,,)", EnvVars: []string{"NBDD_EXPORT"}},
 		&cli.StringSliceFlag{Name: "memory", Usage: "export memory: `NAME=SIZE`[,ro][,ksm][,prealloc][,tls-only][,allow=CIDR]...[,tls-allow=NAME]...[,description=TEXT] (repeatable; description last; prealloc holds the whole size from the start, so that first writes cost no page faults)", EnvVars: []string{"NBDD_MEMORY"}},
-		&cli.StringSliceFlag{Name: "s3", Usage: "export an image in S3: `NAME=s3://BUCKET/PREFIX`[,ro][,takeover][,journal=DIR][,cache=SIZE][,dirty=SIZE][,flush-timeout=DURATION][,addressing=auto|path|virtual][,tls-only][,description=TEXT] (repeatable; endpoint and credentials from the AWS environment; see docs/s3.md)", EnvVars: []string{"NBDD_S3"}},
+		&cli.StringSliceFlag{Name: "s3", Usage: "export an image in S3, or a sealed snapshot of one (read-only): `NAME=s3://BUCKET/PREFIX[@SNAPSHOT]`[,ro][,takeover][,journal=DIR][,cache=SIZE][,dirty=SIZE][,flush-timeout=DURATION][,addressing=auto|path|virtual][,tls-only][,description=TEXT] (repeatable; endpoint and credentials from the AWS environment; see docs/s3.md)", EnvVars: []string{"NBDD_S3"}},
 		&cli.StringFlag{Name: "s3-cache-dir", Usage: "keep S3 exports' journals under `DIR` (default: the user cache directory, nbdd/s3)", EnvVars: []string{s3CacheDirEnv}},
 		&cli.StringFlag{Name: "dir", Usage: "export every regular file in `DIR` under its file name", EnvVars: []string{"NBDD_DIR"}},
 		&cli.StringFlag{Name: "default-export", Usage: "export `NAME` that clients asking for the empty name get", EnvVars: []string{"NBDD_DEFAULT_EXPORT"}},
@@ -75,7 +75,7 @@ func serveFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text (key=value) or json (one object a line), on stderr", EnvVars: []string{"NBDD_LOG_FORMAT"}},
 		&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile to `FILE` until nbdd exits", EnvVars: []string{"NBDD_CPUPROFILE"}, Hidden: true},
 		&cli.StringFlag{Name: "fault", Usage: "FOR TESTING: make every export fail as `SPEC` says, e.g. read:0-4K:eio,sync:enospc (OP[:RANGE][:ERRNO|short|delay=D]...); nbdd warns at start while it is set", EnvVars: []string{"NBDD_FAULT"}},
-	}, append(append(append(tlsFlags(), accessFlags()...), ksmFlags()...), serviceFlags()...)...)
+	}, append(append(append(append(tlsFlags(), accessFlags()...), ksmFlags()...), serviceFlags()...), metricsFlag())...)
 }
 
 // serve runs the server until a signal: the first SIGINT, SIGTERM or SIGHUP
@@ -122,6 +122,11 @@ func serve(c *cli.Context) error {
 	// exits at once), and on any other way out.
 	stopKSM := sync.OnceValue(func() error { return k.stop(cfg) })
 	defer stopKSM()
+	stopMetrics, err := startMetrics(c, cfg, k, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	removePidfile, err := writePidfile(c.String("pidfile"))
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
+	"github.com/nbdd/nbdd/internal/nbdclient"
 	"github.com/nbdd/nbdd/protocol"
 	"github.com/nbdd/nbdd/server"
 	"github.com/stretchr/testify/require"
@@ -70,18 +71,10 @@ func TestHandshakeAgainstServer(t *testing.T) {
 // a READ request on the same stream gets its reply.
 func requireTransmission(t *testing.T, c io.ReadWriter) {
 	t.Helper()
-	var req [protocol.RequestSize]byte
-	protocol.Request{Type: protocol.CmdRead, Cookie: 42, Length: 512}.Put(&req)
-	_, err := c.Write(req[:])
+	rep, err := nbdclient.Unbuffered(c).Do(protocol.Request{Type: protocol.CmdRead, Cookie: 42, Length: 512}, nil)
 	require.NoError(t, err)
-	var hdr [protocol.SimpleReplySize]byte
-	_, err = io.ReadFull(c, hdr[:])
-	require.NoError(t, err)
-	rep, err := protocol.DecodeSimpleReply(&hdr)
-	require.NoError(t, err)
-	require.Equal(t, protocol.SimpleReply{Error: protocol.EOK, Cookie: 42}, rep)
-	_, err = io.ReadFull(c, make([]byte, 512))
-	require.NoError(t, err)
+	require.Equal(t, protocol.EOK, rep.Errno)
+	require.Len(t, rep.Data, 512)
 }
 
 func TestHandshakeDefaultExport(t *testing.T) {
@@ -304,7 +297,7 @@ func TestHandshakeRejectsBrokenServers(t *testing.T) {
 	}{
 		{"oldstyle", func(s *scripted) error {
 			b := binary.BigEndian.AppendUint64(nil, protocol.NBDMagic)
-			b = binary.BigEndian.AppendUint64(b, oldstyleMagic)
+			b = binary.BigEndian.AppendUint64(b, 0x00420281861253) // oldstyle
 			_, err := s.c.Write(append(b, 0, 0))
 			return err
 		}, ErrUnsupportedServer, "oldstyle"},

@@ -79,6 +79,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"stray argument", []string{"disk.img"}, nil, "disk.img"},
 		{"bad log level", []string{"--log-level", "loud"}, nil, "loud"},
 		{"bad fault spec", []string{"--fault", "read:zz"}, nil, "fault"},
+		{"bad metrics address", []string{"--metrics", "nowhere"}, nil, "nowhere"},
 		{"strategy from env", nil, []string{"NBDD_STRATEGY=nope"}, "nope"},
 		{"memory from env", nil, []string{"NBDD_MEMORY=envdisk=huge"}, "huge"},
 	} {

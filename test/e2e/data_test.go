@@ -13,7 +13,7 @@ import (
 )
 
 // imageSize is the size of the random image of the round-trip tests
-// (issue 2: "a 256 MiB random image").
+// (a 256 MiB random image).
 const imageSize = 256 << 20
 
 // randomImage returns the path of a 256 MiB file of pseudo-random bytes,

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 5, directory exports: nbdd serve --dir exports the files of a
+// Directory exports: nbdd serve --dir exports the files of a
 // directory by name, picks up files added later, and refuses every name
 // that would reach outside it. Helpers of this file carry the prefix p5.
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// TestDurabilityKill9 proves issue 4's durability promise: a write
+// TestDurabilityKill9 proves the durability promise: a write
 // acknowledged before an acknowledged FLUSH, and a write with FUA, survive
 // kill -9 of nbdd. nbdsh writes both and stays connected (a disconnect
 // would let nbdd flush on its own); nbdd is killed, restarted on the same
@@ -29,7 +29,7 @@ func TestDurabilityKill9(t *testing.T) {
 				writeAndHold(t, s.unixURI(t, "disk"), func() { s.kill(t) })
 
 				// Restart on the same socket path: the dead server's socket
-				// file is still there and must be replaced (issue 4 item 7).
+				// file is still there and must be replaced.
 				s2 := launchNBDD(t, nil, []string{"serve", "--listen", "unix://" + s.sock, "--strategy", strategy, "--export", spec}, 1)
 				nbdsh(t, s2.unixURI(t, "disk"), "durable.py", "MODE=verify", "SEED=3")
 			})

@@ -11,7 +11,7 @@ import (
 // EIO, and makes reads of the seventh MiB short (backend/faultspec.go).
 const faultSpec = "read:1M-2M:eio,write:4M-5M:eio,read:6M-7M:short"
 
-// TestBackendFaults proves issue 4's backend-fault promise through libnbd
+// TestBackendFaults proves the backend-fault promise through libnbd
 // (structured replies): a backend error reaches the client as EIO for the
 // requests that touch the faulty range only, and the connection and other
 // connections go on (testdata/faults.py).
@@ -60,8 +60,8 @@ func TestBackendFaultsSimpleReplies(t *testing.T) {
 }
 
 // TestFlushFault checks that a failing fdatasync reaches the client: FLUSH
-// gets EIO (issue 4: "its errors reach the client as EIO. They are not
-// swallowed"), and the flush nbdd does at shutdown fails the exit status.
+// gets EIO rather than being swallowed, and the flush nbdd does at
+// shutdown fails the exit status.
 func TestFlushFault(t *testing.T) {
 	requireTool(t, "nbdsh")
 	img := sparseFile(t, t.TempDir(), 4<<20)

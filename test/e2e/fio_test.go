@@ -15,8 +15,9 @@ type fioJob struct {
 }
 
 type fioIO struct {
-	IOBytes int64   `json:"io_bytes"`
-	IOPS    float64 `json:"iops"`
+	IOBytes  int64   `json:"io_bytes"`
+	TotalIOs int64   `json:"total_ios"`
+	IOPS     float64 `json:"iops"`
 }
 
 // fio runs fio with the nbd engine against uri and returns its jobs.

@@ -2,20 +2,19 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbdd/nbdd/internal/harness"
 )
 
 const (
@@ -27,11 +26,10 @@ const (
 // nbdd is one running nbdd serve process.
 type nbdd struct {
 	cmd    *exec.Cmd
+	proc   *harness.Process
 	sock   string // the unix socket startNBDD adds
 	stderr *syncBuffer
 	uris   map[string][]string // export name → announced URIs, in order
-	done   chan struct{}       // closed when the process has exited
-	err    error               // cmd.Wait's result; read after done
 	exited bool                // stopped or killed by the test already
 	termed bool                // SIGTERM sent
 }
@@ -45,13 +43,19 @@ type nbdd struct {
 // that only args configure the server.
 func startNBDD(t *testing.T, args ...string) *nbdd {
 	t.Helper()
+	return startNBDDEnv(t, nil, args...)
+}
+
+// startNBDDEnv is startNBDD with env added to nbdd's environment.
+func startNBDDEnv(t *testing.T, env []string, args ...string) *nbdd {
+	t.Helper()
 	dir, err := os.MkdirTemp(shortTempDir(), "nbdd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "s")
-	s := launchNBDD(t, nil, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
+	s := launchNBDD(t, env, append([]string{"serve", "--listen", "unix://" + sock}, args...), announcements(args))
 	s.sock = sock
 	waitDial(t, "unix", sock, startTimeout)
 	return s
@@ -62,18 +66,18 @@ func startNBDD(t *testing.T, args ...string) *nbdd {
 // it as startNBDD says.
 func launchNBDD(t *testing.T, env, args []string, n int) *nbdd {
 	t.Helper()
-	s := &nbdd{stderr: &syncBuffer{}, uris: map[string][]string{}, done: make(chan struct{})}
+	s := &nbdd{stderr: &syncBuffer{}, uris: map[string][]string{}}
 	s.cmd = exec.Command(nbddBin, args...)
 	s.cmd.Env = append(cleanEnv(), env...)
 	s.cmd.Stderr = s.stderr
-	stdout, err := s.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.cmd.Start(); err != nil {
+	stdout, w := io.Pipe()
+	s.cmd.Stdout = w
+	var err error
+	if s.proc, err = harness.Start(s.cmd); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("started nbdd %s (pid %d)", strings.Join(args, " "), s.cmd.Process.Pid)
+	go func() { <-s.proc.Done(); w.Close() }()
 	lines := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -81,8 +85,6 @@ func launchNBDD(t *testing.T, env, args []string, n int) *nbdd {
 			lines <- sc.Text()
 		}
 		close(lines)
-		s.err = s.cmd.Wait()
-		close(s.done)
 	}()
 	t.Cleanup(func() {
 		s.stop(t)
@@ -132,7 +134,8 @@ func announcements(args []string) int {
 	exports, listeners := 0, 1
 	for _, a := range args {
 		switch {
-		case a == "--export" || a == "--memory" || strings.HasPrefix(a, "--export=") || strings.HasPrefix(a, "--memory="):
+		case a == "--export" || a == "--memory" || a == "--s3" ||
+			strings.HasPrefix(a, "--export=") || strings.HasPrefix(a, "--memory=") || strings.HasPrefix(a, "--s3="):
 			exports++
 		case a == "--listen" || strings.HasPrefix(a, "--listen="):
 			listeners++
@@ -169,20 +172,10 @@ func (s *nbdd) tcpURI(t *testing.T, name string) string {
 }
 
 // wait waits for the process to exit and returns cmd.Wait's result.
-func (s *nbdd) wait() error {
-	<-s.done
-	return s.err
-}
+func (s *nbdd) wait() error { return s.proc.Wait() }
 
 // exitedWithin reports whether nbdd exits within d.
-func (s *nbdd) exitedWithin(d time.Duration) bool {
-	select {
-	case <-s.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
+func (s *nbdd) exitedWithin(d time.Duration) bool { return s.proc.ExitedWithin(d) }
 
 // terminate sends SIGTERM once: a second one would make nbdd exit at once.
 func (s *nbdd) terminate(t *testing.T) {
@@ -230,39 +223,14 @@ func (s *nbdd) kill(t *testing.T) {
 // waitDial polls until network/addr accepts a connection.
 func waitDial(t *testing.T, network, addr string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
-		c, err := net.DialTimeout(network, addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dial %s %s: %v after %v", network, addr, err, timeout)
-		}
-		time.Sleep(delay)
-	}
+	harness.WaitDial(t, network, addr, timeout)
 }
 
-// shortTempDir is a directory for unix sockets: $TMPDIR unless it is too
-// long for a socket path (107 bytes with our suffixes).
-func shortTempDir() string {
-	if d := os.TempDir(); len(d) < 64 {
-		return d
-	}
-	return "/tmp"
-}
+// shortTempDir is a directory for unix sockets (harness.ShortTempDir).
+func shortTempDir() string { return harness.ShortTempDir() }
 
 // cleanEnv is the test's environment without NBDD_* variables.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "NBDD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+func cleanEnv() []string { return harness.CleanEnv() }
 
 // pythonEnv puts the system python, which has libnbd's module, first on
 // PATH for nbdsh (a pyenv python3 lacks it).
@@ -346,35 +314,8 @@ func pyQuote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
-// syncBuffer is a bytes.Buffer safe for the writer goroutine of exec and
-// the test reading it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer is harness.SyncBuffer under the names the e2e tests use.
+type syncBuffer struct{ harness.SyncBuffer }
 
 // waitFor polls until the buffer contains s.
-func (b *syncBuffer) waitFor(s string, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(b.String(), s) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return true
-}
-
-var _ io.Writer = (*syncBuffer)(nil)
+func (b *syncBuffer) waitFor(s string, timeout time.Duration) bool { return b.WaitFor(s, timeout) }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbdd/nbdd/internal/scrape"
 	"github.com/nbdd/nbdd/protocol"
 	"golang.org/x/sys/unix"
 )
@@ -27,7 +28,7 @@ var ksmKnobs = []string{
 	"merge_across_nodes", "max_page_sharing",
 }
 
-// TestKSMReal is issue 7's integration test against the host's real KSM:
+// TestKSMReal is the integration test against the host's real KSM:
 // two exports loaded from the same 128 MiB image and marked ksm merge
 // within seconds of the throttler's kick; reads return the image before
 // and after merging; a write to one export never shows in the other; and
@@ -51,7 +52,7 @@ func TestKSMReal(t *testing.T) {
 		}
 	}
 	s := startNBDD(t, "--export", "a="+imgA+",load,ksm", "--export", "b="+imgB+",load,ksm",
-		"--ksm", "--ksm-state-file", filepath.Join(dir, "ksm.state"))
+		"--ksm", "--ksm-state-file", filepath.Join(dir, "ksm.state"), "--metrics", "127.0.0.1:0")
 	a, b := dialRaw(t, s.sock, "a"), dialRaw(t, s.sock, "b")
 	checkSample(t, a, data, "a before merging")
 	checkSample(t, b, data, "b before merging")
@@ -63,6 +64,7 @@ func TestKSMReal(t *testing.T) {
 
 	checkSample(t, a, data, "a after merging")
 	checkSample(t, b, data, "b after merging")
+	checkKSMMetrics(t, s.metricsURL(t))
 	patch := bytes.Repeat([]byte{0x5a}, 4096)
 	if errno, _ := a.mustDo(t, protocol.Request{Type: protocol.CmdWrite, Cookie: 99, Offset: 1 << 20, Length: 4096}, patch); errno != 0 {
 		t.Fatalf("write to a: %v", errno)
@@ -174,4 +176,29 @@ func ksmStat(t *testing.T, pid int) string {
 		return err.Error()
 	}
 	return strings.Join(strings.Fields(string(b)), " ")
+}
+
+// checkKSMMetrics checks that --metrics reports the throttler at work
+// once the exports have merged: a state other than idle, pages shared
+// host-wide, and merged bytes in each export.
+func checkKSMMetrics(t *testing.T, url string) {
+	t.Helper()
+	f, err := scrape.Get(nil, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle, ok := f.Value("nbdd_ksm_state", "state", "idle"); !ok || idle != 0 {
+		t.Errorf("nbdd_ksm_state{state=idle} = %v, %v; want 0 while merging", idle, ok)
+	}
+	if n := f.Sum("nbdd_ksm_state"); n != 1 {
+		t.Errorf("nbdd_ksm_state sums to %v; want one state at 1", n)
+	}
+	if v, _ := f.Value("nbdd_ksm_pages_sharing"); v <= 0 {
+		t.Errorf("nbdd_ksm_pages_sharing = %v; want > 0", v)
+	}
+	for _, e := range []string{"a", "b"} {
+		if v, _ := f.Value("nbdd_ksm_export_merged_bytes", "export", e); v <= 0 {
+			t.Errorf("nbdd_ksm_export_merged_bytes{export=%q} = %v; want > 0", e, v)
+		}
+	}
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/nbdd/nbdd/protocol"
 )
 
-// TestHandshakeTimeout checks issue 4's slowloris bound: a client that
+// TestHandshakeTimeout checks the slowloris bound: a client that
 // stalls in the handshake, or sends it a byte at a time, is disconnected
 // once --handshake-timeout has passed, and others are still served.
 func TestHandshakeTimeout(t *testing.T) {

@@ -4,11 +4,11 @@
 // the malformed requests no real client sends (nbdkit tests/functions.sh is
 // the model: requires, start_nbdkit, kill_nbdkit).
 //
-// Every data-path scenario runs under each buffer strategy (issue 3), on a
+// Every data-path scenario runs under each buffer strategy, on a
 // unix socket, and the main round trips also on TCP 127.0.0.1. Missing tools
 // skip a test outside CI and fail it in CI, where .ci/run installs them.
 //
-// Scenarios (issue 2 "What must be shown", issue 4 promises):
+// Scenarios:
 //
 //	TestNBDInfo                    nbdinfo --list and --json: exports, sizes, flags, block sizes
 //	TestQEMUImgConvert             256 MiB random image in and out with qemu-img, cmp, qemu-img compare
@@ -26,14 +26,20 @@
 //	TestBackendFaults(SimpleReplies), TestFlushFault   injected EIO reaches only the faulty requests
 //	TestHandshakeTimeout, TestMaxConnections, TestUnknownExport, TestReadOnlyFlag   limits and access
 //	TestCLIUsageErrors, TestCLIVersion, TestServeDefaults, TestSocketInUse
+//	TestCloneWritesOverlay         clones: writes in the overlay, the base's SHA-256 unchanged, reads of the base, restart
+//	TestCloneKill9AfterFlush       a clone's flushed and FUA writes survive kill -9
+//	TestCloneTrimMasksBase         TRIM and WRITE_ZEROES read as zeroes over the base's data, and are holes
+//	TestCloneBlockStatusMatchesQCOW2  qemu-img map of a clone equals that of the qcow2 chain after the same ops
+//	TestCloneThrowAway, TestManyClones, TestCloneCLIErrors, TestImageCommandsLocal
 package e2e
 
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/nbdd/nbdd/internal/harness"
 )
 
 // nbddBin is the nbdd binary built once by TestMain, without -race: the
@@ -57,11 +63,7 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	sharedDir = dir
 	nbddBin = filepath.Join(dir, "nbdd")
-	// -buildvcs=auto overrides a GOFLAGS=-buildvcs=false of the
-	// environment, so that nbdd version names the commit (TestCLIVersion).
-	build := exec.Command("go", "build", "-buildvcs=auto", "-o", nbddBin, "github.com/nbdd/nbdd/cmd/nbdd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := harness.BuildNBDD(nbddBin, false); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building nbdd:", err)
 		return 1
 	}
@@ -69,8 +71,7 @@ func runMain(m *testing.M) int {
 }
 
 // strategies are the buffer policies of nbdd serve --strategy; every
-// data-path test runs under each (issue 3, "as net/http runs its tests per
-// mode").
+// data-path test runs under each, as net/http runs its tests per mode.
 var strategies = []string{"grow", "resize", "pool", "stream"}
 
 // forEachStrategy runs f as one subtest per buffer strategy.
@@ -119,14 +120,9 @@ func shmDir(t *testing.T) string {
 	return dir
 }
 
-// requireTool skips the test when name is not on PATH, unless CI is set:
-// .ci/run installs every peer, so a skip there would hide a broken install.
+// requireTool skips the test when name is not on PATH, unless CI is set
+// (harness.RequireTool).
 func requireTool(t *testing.T, name string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed: .ci/run must install it", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
+	harness.RequireTool(t, name)
 }

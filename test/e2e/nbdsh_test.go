@@ -123,7 +123,7 @@ func TestNBDShMultiConn(t *testing.T) {
 // TestMaxSizeRequestsUnderBudget keeps eight 32 MiB requests in flight on
 // two connections while the server-wide memory budget is 8 MiB, smaller
 // than any one of them: nbdd must wait or stream, never deadlock or fail
-// (testdata/big.py; issue 3, "a server-wide memory budget").
+// (testdata/big.py): a server-wide memory budget.
 func TestMaxSizeRequestsUnderBudget(t *testing.T) {
 	requireTool(t, "nbdsh")
 	forEachStrategy(t, func(t *testing.T, strategy string) {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -23,14 +22,7 @@ func dialRawTCP(addr, from, name string) (*rawClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &rawClient{conn: conn, br: bufio.NewReader(conn)}
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if err := c.handshake(name); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	conn.SetDeadline(time.Time{})
-	return c, nil
+	return openRawOn(conn, name)
 }
 
 // TestAllowList: --allow admits only the listed client addresses (others

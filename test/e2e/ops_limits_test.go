@@ -114,7 +114,7 @@ func readDiscard(c *rawClient, off uint64, n uint32) error {
 		return err
 	}
 	var b [protocol.SimpleReplySize]byte
-	if _, err := io.ReadFull(c.br, b[:]); err != nil {
+	if _, err := io.ReadFull(c.nbd.Reader(), b[:]); err != nil {
 		return err
 	}
 	r, err := protocol.DecodeSimpleReply(&b)
@@ -126,7 +126,7 @@ func readDiscard(c *rawClient, off uint64, n uint32) error {
 	}
 	buf := make([]byte, 256<<10) // bufio reads this large straight from the socket
 	for left := int(n); left > 0; {
-		m, err := c.br.Read(buf[:min(left, len(buf))])
+		m, err := c.nbd.Reader().Read(buf[:min(left, len(buf))])
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 5, "What must be shown": block status against SEEK_DATA/SEEK_HOLE
+// Block status against SEEK_DATA/SEEK_HOLE
 // and the memory chunk map, bytes on the wire with and without structured
 // replies, nbdsh protocol checks, and a differential run against nbdkit
 // memory and qemu-nbd. Helpers of this file carry the prefix p5.

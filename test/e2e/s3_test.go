@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -83,17 +82,7 @@ func runNBDDLong(t *testing.T, env []string, args ...string) (string, string, in
 // appended to the --s3 value) on a fresh unix socket.
 func (im *s3Image) serve(t *testing.T, env []string, opts ...string) *nbdd {
 	t.Helper()
-	dir, err := os.MkdirTemp(shortTempDir(), "nbdd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
-	spec := strings.Join(append([]string{"disk=" + im.ref}, opts...), ",")
-	s := launchNBDD(t, env, []string{"serve", "--listen", "unix://" + sock, "--s3", spec}, 1)
-	s.sock = sock
-	waitDial(t, "unix", sock, startTimeout)
-	return s
+	return im.serveS3(t, env, strings.Join(append([]string{"disk=" + im.ref}, opts...), ","))
 }
 
 // block is the content of block i of a test run: 64 KiB unique to i and seed.

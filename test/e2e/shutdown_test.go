@@ -21,7 +21,7 @@ const (
 	shutDepth  = 32
 )
 
-// TestGracefulShutdown proves issue 4's graceful shutdown: with fio and a
+// TestGracefulShutdown proves the graceful shutdown: with fio and a
 // Go client each keeping 32 slow writes in flight on a file export,
 // SIGTERM makes nbdd stop accepting, finish what is in flight, refuse new
 // requests with ESHUTDOWN (or close), and exit 0; and every write it
@@ -205,7 +205,7 @@ func (w *blockWriter) start() {
 		defer w.wg.Done()
 		defer close(readerDone)
 		for {
-			r, _, err := w.c.reply(0)
+			r, _, err := w.c.reply()
 			if err != nil {
 				return
 			}

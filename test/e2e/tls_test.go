@@ -1,6 +1,6 @@
 package e2e
 
-// Issue 5, TLS: nbdinfo, nbdcopy and qemu-img over nbds:// with an X.509
+// TLS: nbdinfo, nbdcopy and qemu-img over nbds:// with an X.509
 // CA, server and client certificates that the test generates; plaintext
 // refused in require mode; SELECTIVETLS hiding tls-only exports; the cost
 // of TLS in throughput. Helpers of this file carry the prefix p5.

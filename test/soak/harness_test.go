@@ -1,8 +1,8 @@
 // Package soak runs nbdd's server in process under load for a fixed time,
-// over real unix and TCP sockets, and checks the promises of issue 4 that
-// only show up at scale: no corruption under 200 pipelining connections
-// (item 8), bounded memory and continued service with 1000 stalled
-// writers (item 8), and connection limits and timeouts (item 3). Each test
+// over real unix and TCP sockets, and checks the promises that only show
+// up at scale: no corruption under 200 pipelining connections, bounded
+// memory and continued service with 1000 stalled writers, and connection
+// limits and timeouts. Each test
 // ends with a "summary:" log line whose figures docs/reliability.md
 // quotes; TestMain prints them all again at the end.
 //

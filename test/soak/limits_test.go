@@ -32,7 +32,7 @@ func newLimitsServer(b backend.Backend) *server.Server {
 
 // expectRefused dials with d and checks that the server closes the
 // connection at once, without a greeting: the refusal of MaxConns and
-// MaxConnsPerHost (issue 4 item 3).
+// MaxConnsPerHost.
 func expectRefused(d *net.Dialer, network, addr string) error {
 	nc, err := d.Dial(network, addr)
 	if err != nil {

@@ -84,7 +84,7 @@ func (s *soakStats) problem(format string, args ...any) {
 }
 
 // TestSoak runs 200 connections of mixed, verified I/O against one export
-// for a fixed time under each buffer strategy (issue 4 item 8), on a memory
+// for a fixed time under each buffer strategy, on a memory
 // export with its capabilities hidden so that every payload goes through
 // the strategy; then once more on a plain memory export, whose READs and
 // WRITEs go straight between the socket and its pages.
@@ -174,7 +174,7 @@ func runSoak(t *testing.T, cfg soakConfig, strategy string, lent bool, seed uint
 	if stats.BytesInUse != 0 {
 		t.Errorf("buffer bytes in use after shutdown: got %d; want 0", stats.BytesInUse)
 	}
-	f.(io.Closer).Close()
+	f.Close()
 	peak := mem.stop()
 	goroutines := checkGoroutines(t, base, 10*time.Second)
 

@@ -2,7 +2,6 @@ package soak
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"testing"
 	"time"
@@ -24,8 +23,7 @@ const (
 )
 
 // TestStalledWriters opens 1000 connections that each send the header of
-// a 32 MiB WRITE and a few bytes of its payload, then stall (issue 4 item
-// 8). The export hides its capabilities (plain), so every payload needs a
+// a 32 MiB WRITE and a few bytes of its payload, then stall. The export hides its capabilities (plain), so every payload needs a
 // buffer: a memory export would read it straight into its pages. Under each buffer strategy, with the default 256 MiB budget and the
 // default per-connection in-flight limit, the heap must stay far below
 // 1000 x 32 MiB (under 512 MiB), and a new client must still complete a
@@ -131,7 +129,7 @@ func runStalled(t *testing.T, strategy string, conns int) (uint64, time.Duration
 	}
 	drain := time.Since(hangup)
 	r.shutdown(t, 10*time.Second)
-	f.(io.Closer).Close()
+	f.Close()
 	goroutines := checkGoroutines(t, base, 10*time.Second)
 	t.Logf("%s: peak heap in use %s, peak Sys %s, peak VmRSS %s, peak buffers in use %s, held %s; "+
 		"new client %v (err %v); budget free %v after the hang-up; goroutines %d after shutdown (baseline %d); server %v",

@@ -11,7 +11,9 @@
 // Configurations (NBDD_KERNEL_CONFIGS=nbdkit,nbdd-pool,nbdd-stream; default
 // all): nbdkit memory proves the harness; nbdd under the pool and stream
 // strategies, each serving a memory and a file export (one runs the full
-// list, the other the data-integrity subset).
+// list, the other the data-integrity subset), and under pool a
+// copy-on-write clone of a file base too (the subset: dd, mkfs.ext4,
+// e2fsck; the host then wants the base unchanged).
 //
 // Environment: CI (missing tools fail instead of skipping), NBDD_KERNEL_CACHE
 // (default ~/.cache/nbdd-kernel), NBDD_KERNEL_TIMEOUT (seconds per boot),
@@ -34,7 +36,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbdd/nbdd/internal/harness"
 	"github.com/nbdd/nbdd/internal/s3test"
 )
 
@@ -58,10 +60,11 @@ const (
 )
 
 type export struct {
-	name string
-	file bool   // file-backed, else memory (or S3)
-	mode string // full | lite
-	s3   bool   // an S3 image on a versitygw the test starts
+	name  string
+	file  bool   // file-backed, else memory (or S3)
+	mode  string // full | lite
+	s3    bool   // an S3 image on a versitygw the test starts
+	clone bool   // a copy-on-write clone of a file base (implies file)
 }
 
 type config struct {
@@ -73,11 +76,11 @@ type config struct {
 }
 
 var allConfigs = []config{
-	{name: "nbdkit", exports: []export{{"mem", false, "full", false}}, stop: "mem"},
+	{name: "nbdkit", exports: []export{{"mem", false, "full", false, false}}, stop: "mem"},
 	{name: "nbdd-pool", nbdd: true, strategy: "pool",
-		exports: []export{{"mem", false, "full", false}, {"file", true, "lite", false}, {"s3", false, "lite", true}}, stop: "mem"},
+		exports: []export{{"mem", false, "full", false, false}, {"file", true, "lite", false, false}, {"s3", false, "lite", true, false}, {"clone", true, "lite", false, true}}, stop: "mem"},
 	{name: "nbdd-stream", nbdd: true, strategy: "stream",
-		exports: []export{{"file", true, "full", false}, {"mem", false, "lite", false}}, stop: "file"},
+		exports: []export{{"file", true, "full", false, false}, {"mem", false, "lite", false, false}}, stop: "file"},
 }
 
 // result is one row of the table: a guest step or a host-side check.
@@ -91,17 +94,9 @@ type result struct {
 	detail       string
 }
 
-func ci() bool { return os.Getenv("CI") != "" }
+func ci() bool { return harness.CI() }
 
-func requireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if ci() {
-			t.Fatalf("%s not installed: .ci/run must install it", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-}
+func requireTool(t *testing.T, name string) { t.Helper(); harness.RequireTool(t, name) }
 
 func TestKernel(t *testing.T) {
 	if testing.Short() && !ci() {
@@ -286,36 +281,6 @@ func buildGuest(t *testing.T) guestImage {
 	return img
 }
 
-func moduleRoot() (string, error) {
-	dir, err := filepath.Abs(filepath.Join("..", "..", ".."))
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
-		return "", fmt.Errorf("no go.mod at %s", dir)
-	}
-	return dir, nil
-}
-
-func goBuild(t *testing.T, out string, static bool) error {
-	root, err := moduleRoot()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/nbdd")
-	cmd.Dir = root
-	cmd.Env = os.Environ()
-	if static {
-		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-	}
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/nbdd: %v: %s", err, strings.TrimSpace(string(b)))
-	}
-	return nil
-}
-
 func buildNBDD(t *testing.T) (string, error) {
 	dir, err := os.MkdirTemp("", "nbdd-kbin")
 	if err != nil {
@@ -323,47 +288,22 @@ func buildNBDD(t *testing.T) (string, error) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	bin := filepath.Join(dir, "nbdd")
-	return bin, goBuild(t, bin, true) // static: the same binary can go into the guest
+	return bin, harness.BuildNBDD(bin, true) // static: the same binary can go into the guest
 }
 
 // ---- servers ----
 
+// server is a server process on 127.0.0.1:port.
 type server struct {
+	*harness.Process
 	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	log  *lockedBuffer
+	log  *harness.SyncBuffer
 	port int
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
+// startServer starts argv and waits until it answers an NBD handshake on
+// 127.0.0.1:port (harness.ProbeNBD). Cleanup stops it, showing its log if
+// the test failed.
 func startServer(t *testing.T, name string, port int, argv ...string) *server {
 	t.Helper()
 	return startServerEnv(t, name, port, nil, argv...)
@@ -372,107 +312,37 @@ func startServer(t *testing.T, name string, port int, argv ...string) *server {
 // startServerEnv is startServer with env added to the environment.
 func startServerEnv(t *testing.T, name string, port int, env []string, argv ...string) *server {
 	t.Helper()
-	s := &server{name: name, done: make(chan struct{}), log: &lockedBuffer{}, port: port}
-	s.cmd = exec.Command(argv[0], argv[1:]...)
+	s := &server{name: name, log: &harness.SyncBuffer{}, port: port}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	if env != nil {
-		s.cmd.Env = append(os.Environ(), env...)
+		cmd.Env = append(os.Environ(), env...)
 	}
-	s.cmd.Stdout = s.log
-	s.cmd.Stderr = s.log
+	cmd.Stdout, cmd.Stderr = s.log, s.log
 	t.Logf("start %s: %s", name, strings.Join(argv, " "))
-	if err := s.cmd.Start(); err != nil {
+	p, err := harness.Start(cmd)
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { s.err = s.cmd.Wait(); close(s.done) }()
+	s.Process = p
 	t.Cleanup(func() {
-		if s.running() {
-			s.stop(10 * time.Second)
+		if s.Running() {
+			s.Stop(10 * time.Second)
 		}
 		if t.Failed() || os.Getenv("NBDD_KERNEL_KEEP") != "" {
 			t.Logf("%s log:\n%s", name, tail(s.log.String(), 60))
 		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		err := probeNBD(fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			return s
-		}
-		select {
-		case <-s.done:
-			t.Fatalf("%s exited before listening: %v\n%s", name, s.err, s.log.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not serving NBD on 127.0.0.1:%d after 15 s: %v\n%s", name, port, err, s.log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := s.WaitServing(15*time.Second, func() error { return harness.ProbeNBD("tcp", addr) }); err != nil {
+		t.Fatalf("%s not serving NBD on %s: %v\n%s", name, addr, err, s.log.String())
 	}
-}
-
-// probeNBD waits for the newstyle greeting and leaves with NBD_OPT_ABORT,
-// so the readiness check does not show up as a failed connection in the
-// server's log.
-func probeNBD(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	var g [18]byte
-	if _, err := io.ReadFull(c, g[:]); err != nil {
-		return fmt.Errorf("reading the greeting: %w", err)
-	}
-	if string(g[:16]) != "NBDMAGICIHAVEOPT" {
-		return fmt.Errorf("not a newstyle NBD greeting: %q", g[:16])
-	}
-	// client flags FIXED_NEWSTYLE|NO_ZEROES, then NBD_OPT_ABORT (2), no data
-	if _, err := c.Write([]byte("\x00\x00\x00\x03IHAVEOPT\x00\x00\x00\x02\x00\x00\x00\x00")); err != nil {
-		return err
-	}
-	var ack [20]byte
-	_, _ = io.ReadFull(c, ack[:]) // the server may acknowledge; either way is fine
-	return nil
-}
-
-func (s *server) running() bool {
-	select {
-	case <-s.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends SIGTERM and waits; it kills after the grace period. It reports
-// whether the server exited by itself with status 0.
-func (s *server) stop(grace time.Duration) (graceful bool, how string, took time.Duration) {
-	t0 := time.Now()
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(grace):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-		return false, fmt.Sprintf("still running %v after SIGTERM: killed", grace), time.Since(t0)
-	}
-	took = time.Since(t0)
-	if s.err == nil {
-		return true, "exit status 0", took
-	}
-	var ee *exec.ExitError
-	if errors.As(s.err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return false, fmt.Sprintf("died of %v (no SIGTERM handler: nothing flushed)", ws.Signal()), took
-		}
-	}
-	return false, s.err.Error(), took
+	return s
 }
 
 // ---- one configuration: servers + one guest boot ----
 
 type runner struct {
+	bases   map[string][2]string // clone export → its base file and the base's SHA-256
 	t       *testing.T
 	cfg     config
 	img     guestImage
@@ -503,7 +373,7 @@ func memSize() string {
 
 func (r *runner) startServers() {
 	t := r.t
-	mainPort, roPort, faultPort := freePort(t), freePort(t), freePort(t)
+	mainPort, roPort, faultPort := harness.FreePort(t), harness.FreePort(t), harness.FreePort(t)
 	r.files = map[string]string{}
 	if !r.cfg.nbdd {
 		r.main = startServer(t, "nbdkit", mainPort, "nbdkit", "-f", "-p", strconv.Itoa(mainPort), "-i", "127.0.0.1",
@@ -523,6 +393,10 @@ func (r *runner) startServers() {
 			var spec string
 			spec, env = r.s3Export(e.name)
 			args = append(args, "--s3", spec)
+			continue
+		}
+		if e.clone {
+			args = append(args, "--export", e.name+"="+r.cloneBase(e.name)+",cow="+filepath.Join(r.dir, e.name+".ovl"))
 			continue
 		}
 		if e.file {
@@ -757,8 +631,59 @@ func (r *runner) boot(initrd string) {
 	if len(order) == 0 {
 		t.Errorf("%s: the guest ran no steps", r.cfg.name)
 	}
-	if r.cfg.nbdd && !r.main.running() {
+	if r.cfg.nbdd && !r.main.Running() {
 		r.checkServerLog()
+	}
+	r.checkCloneBases()
+}
+
+// cloneBase writes the base of clone export name: an image of exportSize
+// bytes whose first 64 MiB hold a pattern (the rest a hole), so the guest
+// reads the base where the clone has not written, and notes its SHA-256.
+func (r *runner) cloneBase(name string) string {
+	t := r.t
+	p := filepath.Join(r.dir, name+".base")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := make([]byte, 64<<20)
+	for i := range rnd {
+		rnd[i] = byte(i*7919 ^ i>>13)
+	}
+	if _, err := f.Write(rnd); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(exportSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if r.bases == nil {
+		r.bases = map[string][2]string{}
+	}
+	sum, err := fileSHA(p, 0, exportSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.bases[name] = [2]string{p, sum}
+	return p
+}
+
+// checkCloneBases wants every clone's base unchanged by the guest's
+// writes, mkfs and fsck, which all went to the overlay.
+func (r *runner) checkCloneBases() {
+	for name, b := range r.bases {
+		res := result{step: "host-clone-base-" + name, conns: -1}
+		sum, err := fileSHA(b[0], 0, exportSize)
+		switch {
+		case err != nil:
+			res.detail = err.Error()
+		case sum != b[1]:
+			res.detail = fmt.Sprintf("base %s changed: sha256 %s, was %s", b[0], sum, b[1])
+		default:
+			res.ok, res.note = true, "base sha256 unchanged"
+		}
+		r.add(res)
 	}
 }
 
@@ -846,7 +771,7 @@ func (r *runner) hostChecksAndStop(stopData []string) {
 	if !r.cfg.nbdd {
 		grace = 3 * time.Second
 	}
-	graceful, how, took := r.main.stop(grace)
+	graceful, how, took := r.main.Stop(grace)
 	res := result{step: "host-sigterm", ok: graceful, dur: took, conns: -1, note: how}
 	if !r.cfg.nbdd && strings.HasPrefix(how, "still running") {
 		res.ok = true

@@ -2,7 +2,7 @@
 # the maximum size, 32 MiB, in flight: writes of distinct data, then reads
 # of all of it, verified. With a memory budget smaller than the requests in
 # flight (or than one request) the server must wait or stream, never
-# deadlock or fail (issue 3, "a server-wide memory budget"). Prints "OK".
+# deadlock or fail: the budget is server-wide. Prints "OK".
 import os
 
 import nbd
