@@ -1,6 +1,9 @@
 package logdisk
 
-import "sort"
+import (
+	"slices"
+	"sort"
+)
 
 // mapping says where one run of the export lives: for kindData, len bytes
 // at dataOff in the data region of log object seg; for kindZero and
@@ -47,8 +50,10 @@ func (m mapping) adjoins(n mapping) bool {
 // Ranges without an entry have never been written. An extMap is not safe
 // for concurrent use.
 type extMap struct {
-	chunks [][]mapping // each non-empty and sorted; chunks sorted
-	n      int
+	chunks  [][]mapping // each non-empty and sorted; chunks sorted
+	n       int
+	scratch []mapping   // set's work space, kept so a set allocates nothing
+	repl    [][]mapping // replaceChunks' work space
 }
 
 const chunkEntries = 128
@@ -83,7 +88,7 @@ func (m *extMap) set(e mapping, removed func(mapping)) {
 	for cj+1 < len(m.chunks) && m.chunks[cj+1][0].off <= e.end() {
 		cj++
 	}
-	var out []mapping
+	out := m.scratch[:0]
 	for _, c := range m.chunks[ci : cj+1] {
 		for _, x := range c {
 			out = m.place(out, x, e, removed)
@@ -93,6 +98,7 @@ func (m *extMap) set(e mapping, removed func(mapping)) {
 	m.n -= countEntries(m.chunks[ci : cj+1])
 	m.n += len(out)
 	m.replaceChunks(ci, cj, out)
+	m.scratch = out[:0]
 }
 
 // place appends x, or the parts of x outside e, to out.
@@ -142,19 +148,29 @@ func countEntries(chunks [][]mapping) int {
 
 // replaceChunks puts entries in place of chunks ci..cj, split into chunks
 // of at most chunkEntries (half full when split, so the next inserts do not
-// split again at once).
+// split again at once). The replaced chunks' arrays are filled again and
+// the chunk list is changed in place: a random WRITE's map update then
+// allocates nothing and copies no more than the chunks it changes.
 func (m *extMap) replaceChunks(ci, cj int, entries []mapping) {
-	var repl [][]mapping
-	for len(entries) > 0 {
+	old := m.chunks[ci : cj+1]
+	repl := m.repl[:0]
+	for i := 0; len(entries) > 0; i++ {
 		k := len(entries)
 		if k > chunkEntries {
 			k = chunkEntries / 2
 		}
-		repl = append(repl, append(make([]mapping, 0, chunkEntries), entries[:k]...))
+		var c []mapping
+		if i < len(old) && cap(old[i]) >= k {
+			c = old[i][:0]
+		} else {
+			c = make([]mapping, 0, chunkEntries)
+		}
+		repl = append(repl, append(c, entries[:k]...))
 		entries = entries[k:]
 	}
-	tail := append(repl, m.chunks[cj+1:]...)
-	m.chunks = append(m.chunks[:ci], tail...)
+	m.chunks = slices.Replace(m.chunks, ci, cj+1, repl...)
+	clear(repl)
+	m.repl = repl[:0]
 }
 
 // each calls fn for each entry overlapping [off, end), clipped to it, in

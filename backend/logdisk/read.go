@@ -28,6 +28,7 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	if err := d.checkRange(off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	d.readAheadAt(off, int64(len(p)))
 	err := d.read(p, off)
 	if errors.Is(err, ErrNotFound) && d.cfg.ReadOnly && d.cfg.Snapshot == "" {
 		// The writer's garbage collection deleted a segment this reader's
@@ -40,7 +41,6 @@ func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	d.readAheadAfter(off, int64(len(p)))
 	return len(p), nil
 }
 
@@ -306,24 +306,33 @@ func (d *Disk) getv(vr VectorReader, key string, bufs [][]byte, off int64) error
 
 // readAhead follows up to raStreams sequential readers.
 type readAhead struct {
-	mu      sync.Mutex
-	streams [raStreams]raStream
-	next    int
-	running int
+	mu       sync.Mutex
+	streams  [raStreams]raStream
+	next     int
+	inFlight int64 // bytes of prefetches not yet done
 }
 
-type raStream struct{ end, fetched int64 }
+// raStream is one sequential reader: where its reads end, how far ahead
+// of them the cache has been filled, and how many bytes it has read in
+// reads that each continued it.
+type raStream struct{ end, fetched, run int64 }
 
 const (
 	raStreams   = 8
 	raTolerance = 4 << 20 // a read this close to a stream's end continues it
-	raParallel  = 4       // prefetches at once
-	raRuns      = 8       // GETs at once per prefetch
+	// raMinRun is how much a stream must have read before read-ahead
+	// starts: random 4 KiB reads land near some stream's end now and then,
+	// and must not each fetch a window.
+	raMinRun = 1 << 20
 )
 
-// readAheadAfter notes a READ of [off, off+n) and, when it continues a
-// sequential stream, fetches the blocks ahead of it in the background.
-func (d *Disk) readAheadAfter(off, n int64) {
+// readAheadAt notes a READ of [off, off+n) as it arrives and, when it
+// continues a sequential stream, registers the blocks of the window ahead
+// of it in the cache and fetches them in the background, in GETs of up to
+// maxRun blocks: the READs that follow find their blocks in flight or
+// cached instead of each making a smaller GET. Prefetches in flight hold
+// at most half the cache.
+func (d *Disk) readAheadAt(off, n int64) {
 	window := d.cfg.readAhead()
 	if window <= 0 {
 		return
@@ -339,76 +348,105 @@ func (d *Disk) readAheadAfter(off, n int64) {
 		}
 	}
 	if s == nil {
-		r.streams[r.next] = raStream{end: end, fetched: end}
+		r.streams[r.next] = raStream{end: end, fetched: end, run: n}
 		r.next = (r.next + 1) % raStreams
 		r.mu.Unlock()
 		return
 	}
 	s.end = max(s.end, end)
+	s.run += n
 	from, to := max(s.fetched, s.end), min(s.end+window, d.meta.Size)
-	if to-from < window/4 || r.running >= raParallel {
+	to = min(to, from+d.cfg.cacheSize()/2-r.inFlight)
+	if s.run < raMinRun || to-from < window/4 {
 		r.mu.Unlock()
 		return
 	}
 	s.fetched = to
-	r.running++
+	r.inFlight += to - from
 	r.mu.Unlock()
+	runs := d.planFetch(from, to)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.prefetch(from, to)
+		d.fetchRuns(runs)
 		r.mu.Lock()
-		r.running--
+		r.inFlight -= to - from
 		r.mu.Unlock()
 	}()
 }
 
-// prefetch brings the data of [off, end) that lives in the store into
-// the read cache, at most raRuns GETs at once.
-func (d *Disk) prefetch(off, end int64) {
-	var runs [][]*block
-	var segs []*segment
+// fetchRun is up to maxRun consecutive blocks of one segment, registered
+// in the cache and pinned, to be fetched with one GET.
+type fetchRun struct {
+	seg    *segment
+	blocks []*block
+}
+
+// planFetch registers the blocks holding the stored data of [off, end)
+// that are neither cached nor being fetched, in runs for fetchRuns. A run
+// goes on across the extents of one segment that lie next to each other
+// in it (a write's record header sits between them), so data written in
+// small WRITEs is still fetched in large GETs.
+func (d *Disk) planFetch(off, end int64) []fetchRun {
+	var runs []fetchRun
+	var cur fetchRun
+	var last int64 // the index of the last block looked at in cur.seg
+	flush := func() {
+		if len(cur.blocks) > 0 {
+			runs = append(runs, cur)
+		}
+		cur.blocks = nil
+	}
 	// Where the data is scattered over many segments, a block holds little
 	// of the range: fetch at most twice the range's size.
 	budget := 2 * (end - off) / cacheBlock
 	d.mu.Lock()
-	if d.failed == nil {
-		d.m.each(off, end, func(m mapping) bool {
-			s := d.segs[m.seg]
-			if m.kind != kindData || s.jf != nil || s.hdrLen == 0 {
-				return true
-			}
-			lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
-			var run []*block
-			for idx := lo / cacheBlock; idx*cacheBlock < hi; idx++ {
-				b := d.cache.tryLookup(blockKey{s.seq, idx})
-				if b == nil || len(run) == maxRun {
-					if len(run) > 0 {
-						runs, segs = append(runs, run), append(segs, s)
-					}
-					run = nil
-				}
-				if b != nil {
-					run = append(run, b)
-					budget--
-				}
-			}
-			if len(run) > 0 {
-				runs, segs = append(runs, run), append(segs, s)
-			}
-			return budget > 0
-		})
+	defer d.mu.Unlock()
+	if d.failed != nil {
+		return nil
 	}
-	d.mu.Unlock()
-	sem := make(chan struct{}, raRuns)
+	d.m.each(off, end, func(m mapping) bool {
+		s := d.segs[m.seg]
+		if m.kind != kindData || s.jf != nil || s.hdrLen == 0 {
+			return true
+		}
+		lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
+		idx := lo / cacheBlock
+		if s != cur.seg {
+			flush()
+			cur.seg = s
+		} else if idx == last {
+			idx++ // the block the previous extent ended in was looked at
+		} else if idx != last+1 {
+			flush()
+		}
+		for ; idx*cacheBlock < hi; idx++ {
+			last = idx
+			b := d.cache.tryLookup(blockKey{s.seq, idx})
+			if b == nil || len(cur.blocks) == maxRun {
+				flush()
+			}
+			if b != nil {
+				cur.blocks = append(cur.blocks, b)
+				budget--
+			}
+		}
+		return budget > 0
+	})
+	flush()
+	return runs
+}
+
+// fetchRuns fetches runs planned by planFetch, each with one GET, as
+// many at once as the GET limit allows, and unpins their blocks.
+func (d *Disk) fetchRuns(runs []fetchRun) {
 	var wg sync.WaitGroup
-	for i, run := range runs {
-		sem <- struct{}{}
+	for _, run := range runs {
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
-			d.fetchBlocks(segs[i], run)
-			for _, b := range run {
+			defer wg.Done()
+			d.fetchBlocks(run.seg, run.blocks)
+			for _, b := range run.blocks {
 				d.cache.release(b)
 			}
 		}()
@@ -422,7 +460,7 @@ func (d *Disk) Cache(off, length int64) error {
 	if err := d.checkRange(off, length); err != nil {
 		return err
 	}
-	d.prefetch(off, off+length)
+	d.fetchRuns(d.planFetch(off, off+length))
 	return d.cacheBase(off, off+length)
 }
 
