@@ -226,12 +226,12 @@ func TestDecoratedExportFlags(t *testing.T) {
 		"memory": backend.NewMemory(1 << 20),
 		"bare":   bare{backend.NewMemory(1 << 20)},
 	} {
-		for _, structured := range []bool{false, true} {
+		for _, mode := range []protocol.Mode{protocol.ModeSimple, protocol.ModeStructured, protocol.ModeExtended} {
 			plain, err := discoverCaps(&Export{Name: "p", Backend: inner})
 			require.NoError(t, err)
 			decorated, err := discoverCaps(&Export{Name: "d", Backend: backend.NewFault(inner)})
 			require.NoError(t, err)
-			require.Equal(t, plain.flags(structured), decorated.flags(structured), "%s, structured %v", name, structured)
+			require.Equal(t, plain.flags(mode), decorated.flags(mode), "%s, mode %v", name, mode)
 			require.Equal(t, plain.extenter == nil, decorated.extenter == nil, "%s: extents asked of the decorator only if the backend has them", name)
 		}
 	}
