@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -80,10 +81,7 @@ func (c *conn) readRequests(ctx context.Context) error {
 	hdr := buf[:c.mode.RequestSize()]
 	defer c.sendHeld() // the last replies held, whatever ends the loop
 	for {
-		if err := c.readHeader(hdr); err != nil {
-			return err
-		}
-		req, err := c.mode.DecodeRequest(hdr)
+		req, err := c.readRequest(hdr)
 		if err != nil {
 			return err
 		}
@@ -94,6 +92,31 @@ func (c *conn) readRequests(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// readRequest reads and decodes the next request header into hdr,
+// c.mode.RequestSize() bytes. A header longer than a compact one has its
+// magic checked as soon as a compact header's worth is in, unless it is
+// all in the read buffer already: a client that sent a compact header
+// where an extended one is due, and waits for its reply, would otherwise
+// wait for bytes that never come, where it gets a disconnect.
+func (c *conn) readRequest(hdr []byte) (protocol.ExtendedRequest, error) {
+	first := hdr
+	if len(hdr) > protocol.RequestSize && c.br.Buffered() < len(hdr) {
+		first = hdr[:protocol.RequestSize]
+	}
+	if err := c.readHeader(first); err != nil {
+		return protocol.ExtendedRequest{}, err
+	}
+	if len(first) < len(hdr) {
+		if binary.BigEndian.Uint32(hdr) != protocol.ExtendedRequestMagic {
+			return c.mode.DecodeRequest(hdr) // ErrBadMagic, whatever the rest holds
+		}
+		if err := c.readHeader(hdr[len(first):]); err != nil {
+			return protocol.ExtendedRequest{}, err
+		}
+	}
+	return c.mode.DecodeRequest(hdr)
 }
 
 // readHeader reads the next request header, c.mode.RequestSize() bytes,
