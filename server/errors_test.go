@@ -154,12 +154,12 @@ func TestValidate(t *testing.T) {
 		{"unknown with payload length", req(99, 0, 0, 1<<31), rw, simple, false, protocol.EINVAL},
 		{"payload-len flag", req(protocol.CmdRead, protocol.CmdFlagPayloadLen, 0, 1), rw, simple, false, protocol.EINVAL},
 		{"payload-len write compact", req(protocol.CmdWrite, payloadLen, 0, 1), rw, structured, false, protocol.EINVAL},
-		// Extended headers: a WRITE carries PAYLOAD_LEN, nothing else may;
+		// Extended headers: a WRITE may carry PAYLOAD_LEN, nothing else may;
 		// effect lengths are 64-bit, bounded by the export's end alone,
 		// except a READ's; a payload beyond 32 MiB is a violation
 		// whatever the command.
 		{"ext write", req(protocol.CmdWrite, payloadLen|protocol.CmdFlagFUA, 0, 4096), rw, extended, false, ok},
-		{"ext write without payload-len", req(protocol.CmdWrite, 0, 0, 4096), rw, extended, false, protocol.EINVAL},
+		{"ext write without payload-len, as qemu 10 sends it", req(protocol.CmdWrite, 0, 0, 4096), rw, extended, false, ok},
 		{"ext write over max", req(protocol.CmdWrite, payloadLen, 0, maxReq+1), rw, extended, false, protocol.EINVAL},
 		{"ext write over 32 MiB", req(protocol.CmdWrite, payloadLen, 0, protocol.DefaultMaxPayload+1), rw, extended, false, violation},
 		{"ext write past end", req(protocol.CmdWrite, payloadLen, size, 1), rw, extended, false, protocol.ENOSPC},

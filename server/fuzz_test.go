@@ -388,8 +388,9 @@ func requestSeeds(mode protocol.Mode) [][]byte {
 		join(x(protocol.CmdTrim, 0, 1, 0, 1<<40, nil), x(protocol.CmdBlockStatus, 0, 2, 0, 1<<40, nil),
 			x(protocol.CmdWriteZeroes, 0, 3, 0, fuzzExportSize, nil), x(protocol.CmdCache, 0, 4, 4096, 1<<63, nil),
 			x(protocol.CmdRead, 0, 5, 0, 1<<33, nil), disc),
-		// Payloads where none is due, a WRITE without one, a compact header.
-		join(x(protocol.CmdFlush, pl, 1, 0, 8, []byte("payload!")), x(protocol.CmdWrite, 0, 2, 0, 4, nil),
+		// Payloads where none is due, a WRITE without the flag (as qemu 10
+		// sends it), a compact header.
+		join(x(protocol.CmdFlush, pl, 1, 0, 8, []byte("payload!")), x(protocol.CmdWrite, 0, 2, 0, 4, []byte("abcd")),
 			x(protocol.CmdBlockStatus, pl, 3, 0, 12, protocol.AppendBlockStatusPayload(nil, protocol.BlockStatusPayload{EffectLength: 4096, ContextIDs: []uint32{1}})),
 			x(99, pl, 4, 0, 3, []byte("abc")), disc),
 		join(x(protocol.CmdFlush, pl, 1, 0, 1<<40, nil)),

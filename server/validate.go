@@ -39,10 +39,12 @@ var cmdRules = [...]cmdRule{
 // client that never asked for the block size constraints must get a clean
 // error.
 //
-// With extended headers a WRITE must carry NBD_CMD_FLAG_PAYLOAD_LEN, and
-// no other command may: nbdd documents no other payload (it does not
-// advertise NBD_FLAG_BLOCK_STATUS_PAYLOAD), so such a request is
-// answered EINVAL once its payload is consumed. Effect lengths are 64-bit
+// With extended headers a WRITE may carry NBD_CMD_FLAG_PAYLOAD_LEN (the
+// spec says it must; qemu 10 sends it without, and its length is the
+// payload's either way: protocol.Mode.PayloadLength), and no other
+// command may: nbdd documents no other payload (it does not advertise
+// NBD_FLAG_BLOCK_STATUS_PAYLOAD), so such a request is answered EINVAL
+// once its payload is consumed. Effect lengths are 64-bit
 // and bounded only by the export's end, except a READ's.
 func validate(req protocol.ExtendedRequest, exp *openExport, maxPayload uint32, mode protocol.Mode, metaBase bool) error {
 	if n := mode.PayloadLength(req); n > uint64(max(maxPayload, protocol.DefaultMaxPayload)) {
@@ -57,9 +59,6 @@ func validate(req protocol.ExtendedRequest, exp *openExport, maxPayload uint32, 
 	}
 	allowed := rule.flags | protocol.CmdFlagFUA
 	if mode == protocol.ModeExtended && rule.payload {
-		if req.Flags&protocol.CmdFlagPayloadLen == 0 {
-			return reject(protocol.EINVAL, "%v without NBD_CMD_FLAG_PAYLOAD_LEN under extended headers", req.Type)
-		}
 		allowed |= protocol.CmdFlagPayloadLen
 	}
 	if bad := req.Flags &^ allowed; bad != 0 {
