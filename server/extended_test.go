@@ -279,7 +279,7 @@ func TestExtendedNegotiation(t *testing.T) {
 		})
 	}
 	t.Run("STARTTLS forgets extended headers", func(t *testing.T) {
-		st := newServerTester(t, "", tlsServer(TLSOn))
+		st := newServerTester(t, "pool", tlsServer(TLSOn))
 		st.start()
 		st.extendedHeaders()
 		st.startTLS()
@@ -287,6 +287,8 @@ func TestExtendedNegotiation(t *testing.T) {
 		st.read(1, 0, 512)
 		r := st.wantReply(1, protocol.EOK)
 		require.False(t, r.structured, "a simple reply after STARTTLS")
+		st.disc()
+		st.wantClosed()
 	})
 }
 
