@@ -321,20 +321,22 @@ func (c *client) handshake(name string) {
 // base:allocation.
 func (c *client) handshakeSR(name string) {
 	c.t.Helper()
-	c.start()
-	c.structuredReply()
-	got := c.setMeta(name, protocol.MetaContextBaseAllocation)
-	require.Equal(c.t, map[string]uint32{protocol.MetaContextBaseAllocation: baseAllocationID}, got, "SET_META_CONTEXT")
-	c.goExport(name)
-	c.nc.SetDeadline(time.Time{})
+	c.handshakeChunked(name, c.structuredReply)
 }
 
 // handshakeExt enters transmission on name with extended headers and
 // base:allocation.
 func (c *client) handshakeExt(name string) {
 	c.t.Helper()
+	c.handshakeChunked(name, c.extendedHeaders)
+}
+
+// handshakeChunked enters transmission on name after negotiate, which
+// asks for reply chunks, and with base:allocation.
+func (c *client) handshakeChunked(name string, negotiate func()) {
+	c.t.Helper()
 	c.start()
-	c.extendedHeaders()
+	negotiate()
 	got := c.setMeta(name, protocol.MetaContextBaseAllocation)
 	require.Equal(c.t, map[string]uint32{protocol.MetaContextBaseAllocation: baseAllocationID}, got, "SET_META_CONTEXT")
 	c.goExport(name)
