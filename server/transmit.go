@@ -119,9 +119,9 @@ func (c *conn) readRequest(hdr []byte) (protocol.ExtendedRequest, error) {
 	return c.mode.DecodeRequest(hdr)
 }
 
-// readHeader reads the next request header, c.mode.RequestSize() bytes,
-// into hdr, applying the idle timeout: the connection is closed when
-// nothing has been in flight and no reply has gone out for IdleTimeout.
+// readHeader reads len(hdr) bytes of the next request header into hdr,
+// applying the idle timeout: the connection is closed when nothing has
+// been in flight and no reply has gone out for IdleTimeout.
 func (c *conn) readHeader(hdr []byte) error {
 	src := c.headerSource()
 	idle := c.srv.IdleTimeout
