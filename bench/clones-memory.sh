@@ -17,9 +17,14 @@
 # Part 2: four nbdd processes, each serving four of the clones over its
 # own copy of the base loaded into memory and marked mergeable
 # (,load,ksm); the last one started runs the KSM throttler (--ksm). The
-# host's KSM counters and the processes' KSM pages (smaps) are sampled
-# until 90 % of the three redundant copies are merged: pages merged and
-# the time to merge. Then the same 16 clients run, and RSS is printed.
+# processes' KSM pages (smaps_rollup) are sampled until 90 % of the four
+# copies are merged: the time to merge from the fourth start (the
+# throttler's kick). Memory is each process's own view: Anonymous counts
+# a merged page in every process mapping it, Pss_Anon divides it among
+# them, so their sums are the memory without and with KSM. (The host's
+# pages_sharing is no measure here: it also counts other users of KSM,
+# and pages of exited processes until ksmd's next scan.) Then the same
+# 16 clients run, and the figures are taken again.
 # Holds /run/nbdd-ksm-test.lock, as the KSM tests do, and
 # /tmp/nbdd-bench.lock.
 set -euo pipefail
@@ -103,8 +108,26 @@ part1() {
 	PIDS=()
 }
 
-ksm_counter() { cat "/sys/kernel/mm/ksm/$1"; }
-smaps_ksm_kib() { awk '/^KSM:/ {s+=$2} END {print s+0}' "/proc/$1/smaps"; }
+# rollup_kib FIELD PID...: FIELD of /proc/PID/smaps_rollup, summed.
+rollup_kib() {
+	local f=$1 p s=0
+	shift
+	for p in "$@"; do s=$((s + $(awk -v k="$f:" '$1 == k {print $2}' "/proc/$p/smaps_rollup"))); done
+	echo $s
+}
+
+# ksm_rows LABEL PID...: the memory of the processes, merged and not.
+ksm_rows() {
+	local l=$1 rss pss ksm
+	shift
+	rss=$(rollup_kib Anonymous "$@")
+	pss=$(rollup_kib Pss_Anon "$@")
+	ksm=$(rollup_kib KSM "$@")
+	printf '| %s: KSM pages in the 4 processes | %d MiB of %d MiB loaded |\n' "$l" $((ksm / 1024)) $((4 * SIZE >> 20))
+	printf '| %s: anonymous memory, each merged page counted in every process (smaps Anonymous) | %d MiB |\n' "$l" $((rss / 1024))
+	printf '| %s: anonymous memory, merged pages shared out (Pss_Anon) | %d MiB (%.2f of the unmerged) |\n' "$l" $((pss / 1024)) \
+		"$(awk -v a="$pss" -v b="$rss" 'BEGIN {print a/b}')"
+}
 
 part2() {
 	if [ "$(id -u)" != 0 ] || [ ! -w /sys/kernel/mm/ksm/run ]; then
@@ -114,8 +137,7 @@ part2() {
 	exec 8>/run/nbdd-ksm-test.lock
 	flock 8
 	rm -f "$WORK"/vm*.ovl
-	local p i args pids=() socks=() t0 t1 sharing0 target total
-	sharing0=$(ksm_counter pages_sharing)
+	local p i args pids=() socks=() t0 t1 total target
 	for p in 0 1 2 3; do
 		args=()
 		for i in $(seq $((p * 4)) $((p * 4 + 3))); do
@@ -127,12 +149,11 @@ part2() {
 		eval "pids+=(\$PID_k$p)"
 		socks+=("$WORK/k$p.sock")
 	done
-	# Merged: KSM pages in the four processes' smaps reach 90 % of the
-	# four copies (each copy's pages count once they all share one).
+	# Merged: KSM pages in the four processes reach 90 % of the four
+	# copies (each copy's pages count once they all share one).
 	target=$((4 * SIZE / 1024 * 9 / 10))
 	while :; do
-		total=0
-		for p in "${pids[@]}"; do total=$((total + $(smaps_ksm_kib "$p"))); done
+		total=$(rollup_kib KSM "${pids[@]}")
 		[ "$total" -ge "$target" ] && break
 		t1=$(date +%s.%N)
 		if awk -v a="$t0" -v b="$t1" 'BEGIN {exit !(b-a > 600)}'; then
@@ -142,24 +163,17 @@ part2() {
 		sleep 0.5
 	done
 	t1=$(date +%s.%N)
-	local merged_s sharing
-	merged_s=$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')
-	sharing=$(($(ksm_counter pages_sharing) - sharing0))
 	printf '\nPart 2: four nbdd, each loading the 1 GiB base into mergeable memory for 4 clones, throttler on\n\n'
 	printf '| what | value |\n|---|---|\n'
-	printf '| KSM pages in the 4 processes (smaps) | %d MiB of %d MiB loaded |\n' $((total / 1024)) $((4 * SIZE >> 20))
-	printf '| pages_sharing, rise (memory saved) | %d pages = %d MiB |\n' "$sharing" $((sharing * 4 / 1024))
-	printf '| time to merge 90 %%, from the 4th start (the kick) | %s s |\n' "$merged_s"
+	printf '| time to merge 90 %% of the 4 copies, from the 4th start (the kick) | %s s |\n' \
+		"$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')"
+	ksm_rows merged "${pids[@]}"
+	t0=$(date +%s.%N)
 	clients "${socks[@]}"
-	local rss=0 anon=0
-	for p in "${pids[@]}"; do
-		rss=$((rss + $(status_kib "$p" VmRSS)))
-		anon=$((anon + $(status_kib "$p" RssAnon)))
-	done
-	printf '| after the 16 clients: RSS of the 4 processes, summed | %d MiB (RssAnon %d MiB, counting merged pages in each) |\n' $((rss / 1024)) $((anon / 1024))
-	printf '| after the 16 clients: KSM pages (smaps), pages_sharing rise | %d MiB, %d MiB |\n' \
-		$(( $(for p in "${pids[@]}"; do smaps_ksm_kib "$p"; done | awk '{s+=$1} END {print s}') / 1024 )) \
-		$(( ($(ksm_counter pages_sharing) - sharing0) * 4 / 1024 ))
+	t1=$(date +%s.%N)
+	printf '| the 16 clients, each writing 64 MiB and reading 1 GiB | %s s |\n' "$(echo "$t0 $t1" | awk '{printf "%.1f", $2-$1}')"
+	ksm_rows "after the clients" "${pids[@]}"
+	printf '| after the clients: RSS of the 4 processes, summed | %d MiB |\n' $(($(for p in "${pids[@]}"; do status_kib "$p" VmRSS; done | awk '{s+=$1} END {print s}') / 1024))
 	for p in "${pids[@]}"; do kill "$p"; done
 	for p in "${pids[@]}"; do wait "$p" || true; done
 	PIDS=()

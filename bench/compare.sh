@@ -217,9 +217,11 @@ header="| row |"
 sep="|---|"
 for s in $SERVERS; do header+=" ${NAME[$s]} |" sep+="---|"; done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "-"}'; }
-# best_peer ROW: the peer (not an nbdd) with the highest median on ROW.
+# best_peer ROW: the peer (not an nbdd) with the highest median on ROW;
+# none when only nbdd builds were served (an A/B run).
+NAME[none]="-"
 best_peer() {
-	local s v best="" bestv=0
+	local s v best=none bestv=0
 	for s in $SERVERS; do
 		[[ $s == nbdd* ]] && continue
 		v=$(med "${V[$1.$s]}")
@@ -259,13 +261,14 @@ done
 # pair, nbdd/nbddb (above 1: this tree is faster), and their spread.
 if [[ " $SERVERS " == *" nbdd "* && " $SERVERS " == *" nbddb "* ]]; then
 	printf '\nnbdd against nbdd (B) = %s, paired by repetition (%s pairs a row)\n\n' "$NBDD_B" "$RUNS"
-	printf '| row | nbdd | nbdd (B) | nbdd/B, median of pairs | pair ratios min–max |\n|---|---|---|---|---|\n'
+	printf '| row | nbdd | nbdd (B) | nbdd/B, median of pairs | pair ratios min–max | server CPU per unit, nbdd/B |\n|---|---|---|---|---|---|\n'
 	for row in "${ROWS[@]}"; do
 		tr=${row%%.*} w=${row#*.}
 		ratios=$(paste <(echo "${V[$row.nbdd]}" | tr ' ' '\n' | grep -v '^$') <(echo "${V[$row.nbddb]}" | tr ' ' '\n' | grep -v '^$') |
 			awk '$2 > 0 {printf "%.4f\n", $1/$2}')
-		printf '| %s %s | %s | %s | %.3f | %.2f–%.2f |\n' "$tr" "${LABEL[$w]}" "$(med "${V[$row.nbdd]}")" "$(med "${V[$row.nbddb]}")" \
-			"$(echo "$ratios" | median)" "$(echo "$ratios" | sort -g | head -1)" "$(echo "$ratios" | sort -g | tail -1)"
+		printf '| %s %s | %s | %s | %.3f | %.2f–%.2f | %s |\n' "$tr" "${LABEL[$w]}" "$(med "${V[$row.nbdd]}")" "$(med "${V[$row.nbddb]}")" \
+			"$(echo "$ratios" | median)" "$(echo "$ratios" | sort -g | head -1)" "$(echo "$ratios" | sort -g | tail -1)" \
+			"$(ratio "$(med "${C[$row.nbdd]}")" "$(med "${C[$row.nbddb]}")")"
 	done
 fi
 

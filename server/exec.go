@@ -33,7 +33,7 @@ func (c *conn) exec(ctx context.Context, o *op) {
 	case protocol.CmdBlockStatus:
 		err = c.blockStatus(o)
 	}
-	o.fail(err) // logged when the op finishes (conn.count)
+	o.fail(err) // logged when the op finishes (logIfFailed)
 	o.encode(c.format)
 }
 

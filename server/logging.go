@@ -64,10 +64,10 @@ func (s *Server) exportLogBudget(name string) *logBudget {
 	return b
 }
 
-// count logs a finished request if it failed. What the connection did
+// logIfFailed logs a finished request if it failed. What the connection did
 // is counted once, by the reader and the reply writer, in c.counts
 // (stats.go), which the summary reads.
-func (c *conn) count(o *op) {
+func (c *conn) logIfFailed(o *op) {
 	if o.err != nil {
 		c.requestFailed(o.req, o.err.errno, o.err.err)
 	}

@@ -300,7 +300,7 @@ func (c *conn) finish(o *op) {
 	if o.weight > 0 {
 		c.bytes.give(o.weight)
 	}
-	c.count(o)
+	c.logIfFailed(o)
 	putOp(o)
 	c.nInflight.Add(-1)
 	c.slots.give()

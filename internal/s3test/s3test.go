@@ -349,8 +349,43 @@ func (s *Server) take() *process {
 
 // Pause stops the server process with SIGSTOP: connections are still
 // accepted by the kernel but no request is answered, as with a hung
-// server or a network partition. Resume undoes it.
-func (s *Server) Pause() { s.signal(syscall.SIGSTOP) }
+// server or a network partition. Resume undoes it. Pause returns once
+// every thread of the process has stopped: a stop signal is delivered
+// asynchronously, and a thread still running could answer one more
+// request.
+func (s *Server) Pause() {
+	s.signal(syscall.SIGSTOP)
+	pid := s.PID()
+	for deadline := time.Now().Add(10 * time.Second); pid != 0 && !allStopped(pid); {
+		if time.Now().After(deadline) {
+			s.t.Errorf("s3test: process %d did not stop within 10s of SIGSTOP", pid)
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// allStopped reports whether every thread of process pid is in the
+// stopped state ("T" in /proc/PID/task/TID/stat).
+func allStopped(pid int) bool {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, path := range tasks {
+		stat, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		// The state follows the command name, which is in parentheses
+		// and may hold spaces.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) || (stat[i+2] != 'T' && stat[i+2] != 't') {
+			return false
+		}
+	}
+	return true
+}
 
 // Resume continues a server stopped by Pause.
 func (s *Server) Resume() { s.signal(syscall.SIGCONT) }
