@@ -237,7 +237,7 @@ for row in "${ROWS[@]}"; do
 	line="| $tr ${LABEL[$w]} |"
 	for s in $SERVERS; do line+=" $(med "${V[$row.$s]}") |"; done
 	best=$(best_peer "$row")
-	line+=" ${best:+${NAME[$best]}} |"
+	line+=" ${NAME[$best]:-} |"
 	for o in "${OURS[@]}"; do line+=" $(ratio "$(med "${V[$row.$o]}")" "$(med "${V[$row.$best]:-0}")") |"; done
 	echo "$line"
 done
