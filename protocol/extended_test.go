@@ -3,6 +3,7 @@ package protocol
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"math"
@@ -140,6 +141,9 @@ func TestModeDecodeRequest(t *testing.T) {
 				t.Fatalf("wire is %d bytes; want %d", len(tt.wire), tt.mode.RequestSize())
 			}
 			got, err := tt.mode.DecodeRequest([]byte(tt.wire))
+			if magic := binary.BigEndian.Uint32([]byte(tt.wire)) == tt.mode.RequestMagic(); magic != (tt.wantErr == "") {
+				t.Errorf("RequestMagic %#x: a match %t for a header that decodes %t", tt.mode.RequestMagic(), magic, tt.wantErr == "")
+			}
 			if tt.wantErr == "" {
 				if err != nil || got != tt.want {
 					t.Fatalf("got %+v, %v; want %+v, nil", got, err, tt.want)

@@ -49,6 +49,14 @@ func (m Mode) RequestSize() int {
 	return RequestSize
 }
 
+// RequestMagic is the magic that opens a request header in mode m.
+func (m Mode) RequestMagic() uint32 {
+	if m == ModeExtended {
+		return ExtendedRequestMagic
+	}
+	return RequestMagic
+}
+
 // ChunkHeaderSize is the size of a reply chunk header in mode m, and 0 in
 // ModeSimple, which has no chunks.
 func (m Mode) ChunkHeaderSize() int {

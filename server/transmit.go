@@ -95,45 +95,29 @@ func (c *conn) readRequests(ctx context.Context) error {
 }
 
 // readRequest reads and decodes the next request header into hdr,
-// c.mode.RequestSize() bytes. A header longer than a compact one has its
-// magic checked as soon as a compact header's worth is in, unless it is
-// all in the read buffer already: a client that sent a compact header
-// where an extended one is due, and waits for its reply, would otherwise
-// wait for bytes that never come, where it gets a disconnect.
+// c.mode.RequestSize() bytes.
 func (c *conn) readRequest(hdr []byte) (protocol.ExtendedRequest, error) {
-	first := hdr
-	if len(hdr) > protocol.RequestSize && c.br.Buffered() < len(hdr) {
-		first = hdr[:protocol.RequestSize]
-	}
-	if err := c.readHeader(first); err != nil {
+	if err := c.readHeader(hdr); err != nil && !errors.Is(err, errHeaderMagic) {
 		return protocol.ExtendedRequest{}, err
 	}
-	if len(first) < len(hdr) {
-		if binary.BigEndian.Uint32(hdr) != protocol.ExtendedRequestMagic {
-			return c.mode.DecodeRequest(hdr) // ErrBadMagic, whatever the rest holds
-		}
-		if err := c.readHeader(hdr[len(first):]); err != nil {
-			return protocol.ExtendedRequest{}, err
-		}
-	}
-	return c.mode.DecodeRequest(hdr)
+	return c.mode.DecodeRequest(hdr) // ErrBadMagic after errHeaderMagic
 }
 
-// readHeader reads len(hdr) bytes of the next request header into hdr,
-// applying the idle timeout: the connection is closed when nothing has
-// been in flight and no reply has gone out for IdleTimeout.
+// readHeader reads the next request header into hdr, applying the idle
+// timeout: the connection is closed when nothing has been in flight and
+// no reply has gone out for IdleTimeout.
 func (c *conn) readHeader(hdr []byte) error {
 	src := c.headerSource()
 	idle := c.srv.IdleTimeout
 	if idle <= 0 || c.nc == nil || c.br.Buffered() >= len(hdr) {
-		_, err := io.ReadFull(src, hdr)
+		_, err := c.fillHeader(src, hdr, 0)
 		return err
 	}
 	c.touch()
 	for got := 0; ; {
 		c.nc.SetReadDeadline(time.Unix(0, c.lastActive.Load()).Add(idle))
-		n, err := io.ReadFull(src, hdr[got:])
-		got += n // a deadline may cut a header in two: keep the first part
+		n, err := c.fillHeader(src, hdr, got)
+		got = n // a deadline may cut a header in two: keep the first part
 		var ne net.Error
 		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
 			c.nc.SetReadDeadline(time.Time{})
@@ -148,6 +132,33 @@ func (c *conn) readHeader(hdr []byte) error {
 		}
 	}
 }
+
+// fillHeader reads hdr[got:] from src as io.ReadFull does, and returns
+// how much of hdr is filled. It stops with errHeaderMagic as soon as the
+// magic is in and is not the one c.mode expects: a client that sent a
+// compact header where an extended one is due, and waits for its reply,
+// would otherwise wait for bytes that never come, where it gets a
+// disconnect. It makes no read of its own for that.
+func (c *conn) fillHeader(src io.Reader, hdr []byte, got int) (int, error) {
+	for got < len(hdr) {
+		n, err := src.Read(hdr[got:])
+		got += n
+		switch {
+		case got >= 4 && got < len(hdr) && binary.BigEndian.Uint32(hdr) != c.mode.RequestMagic():
+			return got, errHeaderMagic
+		case got == len(hdr):
+			return got, nil
+		case err == io.EOF && got > 0:
+			return got, io.ErrUnexpectedEOF
+		case err != nil:
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+// errHeaderMagic: a request header began with the wrong magic.
+var errHeaderMagic = errors.New("request header with the wrong magic")
 
 // headerSource is where the next header is read from. Usually the read
 // buffer, which brings in whatever the socket holds, several requests at
