@@ -3,6 +3,7 @@ package protocol
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"math"
@@ -140,6 +141,9 @@ func TestModeDecodeRequest(t *testing.T) {
 				t.Fatalf("wire is %d bytes; want %d", len(tt.wire), tt.mode.RequestSize())
 			}
 			got, err := tt.mode.DecodeRequest([]byte(tt.wire))
+			if magic := binary.BigEndian.Uint32([]byte(tt.wire)) == tt.mode.RequestMagic(); magic != (tt.wantErr == "") {
+				t.Errorf("RequestMagic %#x: a match %t for a header that decodes %t", tt.mode.RequestMagic(), magic, tt.wantErr == "")
+			}
 			if tt.wantErr == "" {
 				if err != nil || got != tt.want {
 					t.Fatalf("got %+v, %v; want %+v, nil", got, err, tt.want)
@@ -176,7 +180,7 @@ func TestModePayloadLength(t *testing.T) {
 		{"compact READ with PAYLOAD_LEN: an invalid flag, no payload", ModeStructured, ExtendedRequest{Flags: CmdFlagPayloadLen, Type: CmdRead, Length: n}, 0, n, true},
 		{"compact BLOCK_STATUS with PAYLOAD_LEN: no payload", ModeStructured, ExtendedRequest{Flags: CmdFlagPayloadLen, Type: CmdBlockStatus, Length: 12}, 0, 12, true},
 		{"extended WRITE", ModeExtended, ExtendedRequest{Flags: CmdFlagPayloadLen, Type: CmdWrite, Length: n}, n, n, true},
-		{"extended WRITE without PAYLOAD_LEN: no payload", ModeExtended, ExtendedRequest{Type: CmdWrite, Length: n}, 0, n, true},
+		{"extended WRITE without PAYLOAD_LEN, as qemu 10 sends it", ModeExtended, ExtendedRequest{Type: CmdWrite, Length: n}, n, n, true},
 		{"extended READ", ModeExtended, ExtendedRequest{Type: CmdRead, Length: n}, 0, n, true},
 		{"extended TRIM of 1 TiB", ModeExtended, ExtendedRequest{Type: CmdTrim, Length: 1 << 40}, 0, 1 << 40, true},
 		{"extended BLOCK_STATUS with payload", ModeExtended, ExtendedRequest{Flags: CmdFlagPayloadLen, Type: CmdBlockStatus, Length: 16}, 16, 0, false},

@@ -49,6 +49,14 @@ func (m Mode) RequestSize() int {
 	return RequestSize
 }
 
+// RequestMagic is the magic that opens a request header in mode m.
+func (m Mode) RequestMagic() uint32 {
+	if m == ModeExtended {
+		return ExtendedRequestMagic
+	}
+	return RequestMagic
+}
+
 // ChunkHeaderSize is the size of a reply chunk header in mode m, and 0 in
 // ModeSimple, which has no chunks.
 func (m Mode) ChunkHeaderSize() int {
@@ -99,26 +107,23 @@ func (m Mode) PutRequest(b []byte, r ExtendedRequest) {
 }
 
 // PayloadLength is the number of bytes that follow r's header on the wire
-// in mode m. With extended headers that is r.Length when r has
-// CmdFlagPayloadLen, whatever the command, and nothing otherwise; a
-// server consumes such a payload even for a command that takes none, then
-// answers NBD_EINVAL ("Request message": "a server SHOULD gracefully
-// consume length bytes of payload ... and proceed with the next client
-// command"). In the compact forms only NBD_CMD_WRITE carries a payload,
-// of r.Length bytes; CmdFlagPayloadLen there is an invalid flag, not a
-// payload.
+// in mode m. With extended headers that is r.Length for NBD_CMD_WRITE,
+// and for any other command that has CmdFlagPayloadLen, and nothing
+// otherwise; a server consumes such a payload even for a command that
+// takes none, then answers NBD_EINVAL ("Request message": "a server
+// SHOULD gracefully consume length bytes of payload ... and proceed with
+// the next client command"). The spec has a WRITE carry the flag, but
+// qemu 10's client sends its WRITEs without it (as the draft it was
+// written to did), and qemu-nbd reads their payloads all the same: a
+// WRITE always has one. In the compact forms only NBD_CMD_WRITE carries
+// a payload, of r.Length bytes; CmdFlagPayloadLen there is an invalid
+// flag, not a payload.
 //
 // A payload beyond the server's maximum is a violation the server answers
 // with a hard disconnect (extended "Request message"); the caller checks
 // that before reading, as for a compact WRITE.
 func (m Mode) PayloadLength(r ExtendedRequest) uint64 {
-	if m == ModeExtended {
-		if r.Flags&CmdFlagPayloadLen != 0 {
-			return r.Length
-		}
-		return 0
-	}
-	if r.Type == CmdWrite {
+	if r.Type == CmdWrite || m == ModeExtended && r.Flags&CmdFlagPayloadLen != 0 {
 		return r.Length
 	}
 	return 0

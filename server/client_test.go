@@ -28,6 +28,7 @@ type client struct {
 
 	noZeroes   bool
 	structured bool
+	extended   bool
 	size       uint64
 	flags      protocol.TransmissionFlag
 }
@@ -42,7 +43,7 @@ func newClient(t testing.TB, nc net.Conn) *client {
 func (c *client) setConn(nc net.Conn) {
 	c.nc, c.nbd = nc, nbdclient.New(nc)
 	c.br = c.nbd.Reader().(*bufio.Reader)
-	c.structured = false
+	c.structured, c.extended = false, false
 }
 
 func (c *client) readFull(p []byte) {
@@ -270,6 +271,13 @@ func (c *client) structuredReply() {
 	c.structured = true
 }
 
+func (c *client) extendedHeaders() {
+	c.t.Helper()
+	c.deadline()
+	c.check(c.nbd.ExtendedHeaders(), "NBD_OPT_EXTENDED_HEADERS")
+	c.structured, c.extended = true, true
+}
+
 // metaContext sends LIST or SET_META_CONTEXT and returns the contexts
 // the server replied with (by name, and the ID of each).
 func (c *client) metaContext(opt protocol.Opt, name string, queries ...string) map[string]uint32 {
@@ -313,8 +321,22 @@ func (c *client) handshake(name string) {
 // base:allocation.
 func (c *client) handshakeSR(name string) {
 	c.t.Helper()
+	c.handshakeChunked(name, c.structuredReply)
+}
+
+// handshakeExt enters transmission on name with extended headers and
+// base:allocation.
+func (c *client) handshakeExt(name string) {
+	c.t.Helper()
+	c.handshakeChunked(name, c.extendedHeaders)
+}
+
+// handshakeChunked enters transmission on name after negotiate, which
+// asks for reply chunks, and with base:allocation.
+func (c *client) handshakeChunked(name string, negotiate func()) {
+	c.t.Helper()
 	c.start()
-	c.structuredReply()
+	negotiate()
 	got := c.setMeta(name, protocol.MetaContextBaseAllocation)
 	require.Equal(c.t, map[string]uint32{protocol.MetaContextBaseAllocation: baseAllocationID}, got, "SET_META_CONTEXT")
 	c.goExport(name)
@@ -327,6 +349,15 @@ func (c *client) handshakeSR(name string) {
 func (c *client) send(req protocol.Request, payload []byte) {
 	c.t.Helper()
 	if err := c.trySend(req, payload); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// sendExt writes one extended request as it is, and its payload.
+func (c *client) sendExt(req protocol.ExtendedRequest, payload []byte) {
+	c.t.Helper()
+	c.nc.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if err := c.nbd.SendExtended(req, payload); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -429,7 +460,7 @@ func orFlags(flags []protocol.CmdFlag) protocol.CmdFlag {
 
 // extent is one base:allocation block descriptor.
 type extent struct {
-	length uint32
+	length uint64
 	flags  uint32
 }
 
@@ -439,6 +470,8 @@ type reply struct {
 	cookie     uint64
 	errno      protocol.Errno
 	structured bool
+	extended   bool                 // extended chunks, each carrying offset
+	offset     uint64               // the request offset the extended chunks carried
 	types      []protocol.ReplyType // chunk types, in order
 	data       []byte               // READ data (OFFSET_DATA and OFFSET_HOLE assembled)
 	dataOff    uint64               // offset of data[0]
@@ -462,20 +495,31 @@ func (c *client) readReply() reply {
 func (c *client) tryReadReply() (reply, error) {
 	c.nc.SetReadDeadline(time.Now().Add(ioTimeout))
 	r, err := c.nbd.ReadReply()
-	out := reply{cookie: r.Cookie, errno: r.Errno, structured: r.Structured, types: r.Types, data: r.Data,
-		dataOff: r.DataOff, msg: r.Message, errOffset: r.ErrOffset, contextID: r.ContextID}
+	out := reply{cookie: r.Cookie, errno: r.Errno, structured: r.Structured, extended: r.Extended, offset: r.Offset,
+		types: r.Types, data: r.Data, dataOff: r.DataOff, msg: r.Message, errOffset: r.ErrOffset, contextID: r.ContextID}
 	for _, e := range r.Extents {
-		out.extents = append(out.extents, extent{e.Length, e.Flags})
+		out.extents = append(out.extents, extent{uint64(e.Length), e.Flags})
+	}
+	for _, e := range r.ExtentsExt {
+		if e.Status>>32 != 0 {
+			return out, fmt.Errorf("base:allocation status %#x has upper bits set", e.Status)
+		}
+		out.extents = append(out.extents, extent{e.Length, uint32(e.Status)})
 	}
 	return out, err
 }
 
-// wantReply reads the next reply and checks its cookie and errno.
+// wantReply reads the next reply and checks its cookie and errno, and
+// that its form is the one negotiated: under extended headers every
+// reply is extended chunks.
 func (c *client) wantReply(cookie uint64, errno protocol.Errno) reply {
 	c.t.Helper()
 	r := c.readReply()
 	if r.cookie != cookie || r.errno != errno {
 		c.t.Fatalf("reply: got cookie %d %v (%q); want cookie %d %v", r.cookie, r.errno, r.msg, cookie, errno)
+	}
+	if r.extended != c.extended {
+		c.t.Fatalf("reply %d: extended chunks %v; want %v", cookie, r.extended, c.extended)
 	}
 	return r
 }
@@ -524,7 +568,11 @@ func (c *client) wantStructuredError(cookie uint64, errno protocol.Errno) string
 func (c *client) wantBlockStatus(cookie uint64) []extent {
 	c.t.Helper()
 	r := c.wantReply(cookie, protocol.EOK)
-	require.Equal(c.t, []protocol.ReplyType{protocol.ReplyTypeBlockStatus}, r.types, "BLOCK_STATUS chunks")
+	typ := protocol.ReplyTypeBlockStatus
+	if c.extended {
+		typ = protocol.ReplyTypeBlockStatusExt
+	}
+	require.Equal(c.t, []protocol.ReplyType{typ}, r.types, "BLOCK_STATUS chunks")
 	require.Equal(c.t, uint32(baseAllocationID), r.contextID, "BLOCK_STATUS context ID")
 	return r.extents
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nbdd/nbdd/bufstrategy"
+	"github.com/nbdd/nbdd/protocol"
 )
 
 // readBufferSize is the socket read buffer: large enough to hold many
@@ -39,9 +40,11 @@ type conn struct {
 	errLog  logBudget
 
 	// Handshake state, owned by the serving goroutine; reset by STARTTLS.
-	fixed      bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
-	tls        bool
-	structured bool
+	fixed bool // the client set NBD_FLAG_C_FIXED_NEWSTYLE
+	tls   bool
+	// mode is the form of the transmission-phase messages negotiated
+	// with NBD_OPT_STRUCTURED_REPLY and NBD_OPT_EXTENDED_HEADERS.
+	mode       protocol.Mode
 	metaBase   bool   // base:allocation selected with NBD_OPT_SET_META_CONTEXT
 	metaExport string // ... for this export
 	optBuf     []byte
@@ -131,7 +134,7 @@ func (c *conn) serve(ctx context.Context) error {
 	c.log.Debug("connection opened")
 	err := c.handshake()
 	if err == nil {
-		c.log.Info("client connected", "export", c.exp.Name, "size", c.exp.size, "structured", c.structured, "tls", c.tls)
+		c.log.Info("client connected", "export", c.exp.Name, "size", c.exp.size, "mode", c.mode, "tls", c.tls)
 		err = c.transmit(ctx)
 		c.closeExport()
 	}

@@ -68,88 +68,121 @@ func TestValidate(t *testing.T) {
 	noTrim := &openExport{Export: &Export{Name: "notrim"}, caps: caps{size: size}}
 	direct := &openExport{Export: &Export{Name: "direct"}, caps: caps{size: size, minBlock: 512}}
 	fast := &openExport{Export: &Export{Name: "fast"}, caps: caps{size: size, fastZero: true}}
-	req := func(typ protocol.Cmd, flags protocol.CmdFlag, off uint64, n uint32) protocol.Request {
-		return protocol.Request{Type: typ, Flags: flags, Offset: off, Length: n}
+	req := func(typ protocol.Cmd, flags protocol.CmdFlag, off, n uint64) protocol.ExtendedRequest {
+		return protocol.ExtendedRequest{Type: typ, Flags: flags, Offset: off, Length: n}
 	}
 	const (
 		ok        = protocol.EOK
 		violation = protocol.Errno(1 << 31) // a connection-fatal protocolError
+
+		simple     = protocol.ModeSimple
+		structured = protocol.ModeStructured
+		extended   = protocol.ModeExtended
+		payloadLen = protocol.CmdFlagPayloadLen
 	)
+	huge := &openExport{Export: &Export{Name: "huge"}, caps: caps{size: 1 << 50, trimmer: backend.NewMemory(1 << 50)}}
 	tests := []struct {
-		name       string
-		req        protocol.Request
-		exp        *openExport
-		structured bool
-		meta       bool
-		want       protocol.Errno
+		name string
+		req  protocol.ExtendedRequest
+		exp  *openExport
+		mode protocol.Mode
+		meta bool
+		want protocol.Errno
 	}{
-		{"read", req(protocol.CmdRead, 0, 0, 4096), rw, false, false, ok},
-		{"read to the end", req(protocol.CmdRead, 0, size-1, 1), rw, false, false, ok},
-		{"read max", req(protocol.CmdRead, 0, 0, maxReq), rw, false, false, ok},
-		{"read FUA", req(protocol.CmdRead, protocol.CmdFlagFUA, 0, 1), rw, false, false, ok},
-		{"read over max", req(protocol.CmdRead, 0, 0, maxReq+1), rw, false, false, protocol.EINVAL},
-		{"read empty", req(protocol.CmdRead, 0, 0, 0), rw, false, false, protocol.EINVAL},
-		{"read past end", req(protocol.CmdRead, 0, size, 1), rw, false, false, protocol.EINVAL},
-		{"read straddling", req(protocol.CmdRead, 0, size-1, 2), rw, false, false, protocol.EINVAL},
-		{"read offset wraps", req(protocol.CmdRead, 0, 1<<64-1, 2), rw, false, false, protocol.EINVAL},
-		{"read DF simple", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, false, false, protocol.EINVAL},
-		{"read DF structured", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, true, false, ok},
-		{"read NO_HOLE", req(protocol.CmdRead, protocol.CmdFlagNoHole, 0, 1), rw, false, false, protocol.EINVAL},
+		{"read", req(protocol.CmdRead, 0, 0, 4096), rw, simple, false, ok},
+		{"read to the end", req(protocol.CmdRead, 0, size-1, 1), rw, simple, false, ok},
+		{"read max", req(protocol.CmdRead, 0, 0, maxReq), rw, simple, false, ok},
+		{"read FUA", req(protocol.CmdRead, protocol.CmdFlagFUA, 0, 1), rw, simple, false, ok},
+		{"read over max", req(protocol.CmdRead, 0, 0, maxReq+1), rw, simple, false, protocol.EINVAL},
+		{"read empty", req(protocol.CmdRead, 0, 0, 0), rw, simple, false, protocol.EINVAL},
+		{"read past end", req(protocol.CmdRead, 0, size, 1), rw, simple, false, protocol.EINVAL},
+		{"read straddling", req(protocol.CmdRead, 0, size-1, 2), rw, simple, false, protocol.EINVAL},
+		{"read offset wraps", req(protocol.CmdRead, 0, 1<<64-1, 2), rw, simple, false, protocol.EINVAL},
+		{"read DF simple", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, simple, false, protocol.EINVAL},
+		{"read DF structured", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, structured, false, ok},
+		{"read NO_HOLE", req(protocol.CmdRead, protocol.CmdFlagNoHole, 0, 1), rw, simple, false, protocol.EINVAL},
 		// A minimum block size binds READ and WRITE even for a client that
 		// never asked for it: an error reply, not a failure half way.
-		{"read aligned", req(protocol.CmdRead, 0, 512, 4096), direct, false, false, ok},
-		{"read unaligned length", req(protocol.CmdRead, 0, 0, 4096+100), direct, false, false, protocol.EINVAL},
-		{"read unaligned offset", req(protocol.CmdRead, 0, 100, 512), direct, false, false, protocol.EINVAL},
-		{"write unaligned", req(protocol.CmdWrite, 0, 0, 4096+100), direct, false, false, protocol.EINVAL},
-		{"write aligned", req(protocol.CmdWrite, 0, 4096, 1024), direct, false, false, ok},
-		{"trim unaligned", req(protocol.CmdTrim, 0, 100, 100), &openExport{Export: &Export{}, caps: caps{size: size, minBlock: 512, trimmer: backend.NewMemory(size)}}, false, false, ok},
-		{"read read-only", req(protocol.CmdRead, 0, 0, 1), ro, false, false, ok},
-		{"write", req(protocol.CmdWrite, protocol.CmdFlagFUA, 0, 1), rw, false, false, ok},
+		{"read aligned", req(protocol.CmdRead, 0, 512, 4096), direct, simple, false, ok},
+		{"read unaligned length", req(protocol.CmdRead, 0, 0, 4096+100), direct, simple, false, protocol.EINVAL},
+		{"read unaligned offset", req(protocol.CmdRead, 0, 100, 512), direct, simple, false, protocol.EINVAL},
+		{"write unaligned", req(protocol.CmdWrite, 0, 0, 4096+100), direct, simple, false, protocol.EINVAL},
+		{"write aligned", req(protocol.CmdWrite, 0, 4096, 1024), direct, simple, false, ok},
+		{"trim unaligned", req(protocol.CmdTrim, 0, 100, 100), &openExport{Export: &Export{}, caps: caps{size: size, minBlock: 512, trimmer: backend.NewMemory(size)}}, simple, false, ok},
+		{"read read-only", req(protocol.CmdRead, 0, 0, 1), ro, simple, false, ok},
+		{"write", req(protocol.CmdWrite, protocol.CmdFlagFUA, 0, 1), rw, simple, false, ok},
 		// Over the maximum but within 32 MiB: an error reply, the payload
 		// drained; beyond both, a framing violation.
-		{"write over max", req(protocol.CmdWrite, 0, 0, maxReq+1), rw, false, false, protocol.EINVAL},
-		{"write over max read-only", req(protocol.CmdWrite, 0, 0, maxReq+1), ro, false, false, protocol.EPERM},
-		{"write over 32 MiB", req(protocol.CmdWrite, 0, 0, protocol.DefaultMaxPayload+1), rw, false, false, violation},
-		{"write over 32 MiB past end", req(protocol.CmdWrite, 0, size, protocol.DefaultMaxPayload+1), rw, false, false, violation},
-		{"write over 32 MiB read-only", req(protocol.CmdWrite, 0, 0, protocol.DefaultMaxPayload+1), ro, false, false, violation},
-		{"write past end", req(protocol.CmdWrite, 0, size, 1), rw, false, false, protocol.ENOSPC},
-		{"write straddling", req(protocol.CmdWrite, 0, size-1, 2), rw, false, false, protocol.ENOSPC},
-		{"write empty", req(protocol.CmdWrite, 0, 0, 0), rw, false, false, protocol.EINVAL},
-		{"write read-only", req(protocol.CmdWrite, 0, 0, 1), ro, false, false, protocol.EPERM},
-		{"write DF", req(protocol.CmdWrite, protocol.CmdFlagDF, 0, 1), rw, true, false, protocol.EINVAL},
-		{"flush", req(protocol.CmdFlush, 0, 0, 0), rw, false, false, ok},
-		{"flush read-only", req(protocol.CmdFlush, 0, 0, 0), ro, false, false, ok},
-		{"flush NO_HOLE", req(protocol.CmdFlush, protocol.CmdFlagNoHole, 0, 0), rw, false, false, protocol.EINVAL},
-		{"trim", req(protocol.CmdTrim, 0, 0, size), rw, false, false, ok},
-		{"trim longer than max", req(protocol.CmdTrim, 0, 0, maxReq+1), rw, false, false, ok},
-		{"trim unsupported", req(protocol.CmdTrim, 0, 0, 1), noTrim, false, false, protocol.EINVAL},
-		{"trim read-only", req(protocol.CmdTrim, 0, 0, 1), ro, false, false, protocol.EPERM},
-		{"trim past end", req(protocol.CmdTrim, 0, size, 1), rw, false, false, protocol.EINVAL},
-		{"trim empty", req(protocol.CmdTrim, 0, 0, 0), rw, false, false, protocol.EINVAL},
-		{"cache", req(protocol.CmdCache, 0, 0, size), rw, false, false, ok},
-		{"cache empty", req(protocol.CmdCache, 0, size, 0), rw, false, false, ok},
-		{"cache past end", req(protocol.CmdCache, 0, size, 1), rw, false, false, protocol.EINVAL},
-		{"zero", req(protocol.CmdWriteZeroes, protocol.CmdFlagNoHole, 0, size), rw, false, false, ok},
-		{"zero fast", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), fast, false, false, ok},
-		{"zero fast no-hole", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), fast, false, false, protocol.ENOTSUP},
+		{"write over max", req(protocol.CmdWrite, 0, 0, maxReq+1), rw, simple, false, protocol.EINVAL},
+		{"write over max read-only", req(protocol.CmdWrite, 0, 0, maxReq+1), ro, simple, false, protocol.EPERM},
+		{"write over 32 MiB", req(protocol.CmdWrite, 0, 0, protocol.DefaultMaxPayload+1), rw, simple, false, violation},
+		{"write over 32 MiB past end", req(protocol.CmdWrite, 0, size, protocol.DefaultMaxPayload+1), rw, simple, false, violation},
+		{"write over 32 MiB read-only", req(protocol.CmdWrite, 0, 0, protocol.DefaultMaxPayload+1), ro, simple, false, violation},
+		{"write past end", req(protocol.CmdWrite, 0, size, 1), rw, simple, false, protocol.ENOSPC},
+		{"write straddling", req(protocol.CmdWrite, 0, size-1, 2), rw, simple, false, protocol.ENOSPC},
+		{"write empty", req(protocol.CmdWrite, 0, 0, 0), rw, simple, false, protocol.EINVAL},
+		{"write read-only", req(protocol.CmdWrite, 0, 0, 1), ro, simple, false, protocol.EPERM},
+		{"write DF", req(protocol.CmdWrite, protocol.CmdFlagDF, 0, 1), rw, structured, false, protocol.EINVAL},
+		{"flush", req(protocol.CmdFlush, 0, 0, 0), rw, simple, false, ok},
+		{"flush read-only", req(protocol.CmdFlush, 0, 0, 0), ro, simple, false, ok},
+		{"flush NO_HOLE", req(protocol.CmdFlush, protocol.CmdFlagNoHole, 0, 0), rw, simple, false, protocol.EINVAL},
+		{"trim", req(protocol.CmdTrim, 0, 0, size), rw, simple, false, ok},
+		{"trim longer than max", req(protocol.CmdTrim, 0, 0, maxReq+1), rw, simple, false, ok},
+		{"trim unsupported", req(protocol.CmdTrim, 0, 0, 1), noTrim, simple, false, protocol.EINVAL},
+		{"trim read-only", req(protocol.CmdTrim, 0, 0, 1), ro, simple, false, protocol.EPERM},
+		{"trim past end", req(protocol.CmdTrim, 0, size, 1), rw, simple, false, protocol.EINVAL},
+		{"trim empty", req(protocol.CmdTrim, 0, 0, 0), rw, simple, false, protocol.EINVAL},
+		{"cache", req(protocol.CmdCache, 0, 0, size), rw, simple, false, ok},
+		{"cache empty", req(protocol.CmdCache, 0, size, 0), rw, simple, false, ok},
+		{"cache past end", req(protocol.CmdCache, 0, size, 1), rw, simple, false, protocol.EINVAL},
+		{"zero", req(protocol.CmdWriteZeroes, protocol.CmdFlagNoHole, 0, size), rw, simple, false, ok},
+		{"zero fast", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), fast, simple, false, ok},
+		{"zero fast no-hole", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), fast, simple, false, protocol.ENOTSUP},
 		// Not advertised: EINVAL, not ENOTSUP (proto.md "NBD_CMD_WRITE_ZEROES").
-		{"zero fast not advertised", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), rw, false, false, protocol.EINVAL},
-		{"zero fast read-only", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), ro, false, false, protocol.EPERM},
-		{"zero past end", req(protocol.CmdWriteZeroes, 0, size, 1), rw, false, false, protocol.ENOSPC},
-		{"zero read-only", req(protocol.CmdWriteZeroes, 0, 0, 1), ro, false, false, protocol.EPERM},
-		{"zero empty", req(protocol.CmdWriteZeroes, 0, 0, 0), rw, false, false, protocol.EINVAL},
-		{"block status", req(protocol.CmdBlockStatus, protocol.CmdFlagReqOne, 0, size), rw, true, true, ok},
-		{"block status without context", req(protocol.CmdBlockStatus, 0, 0, 1), rw, true, false, protocol.EINVAL},
-		{"block status past end", req(protocol.CmdBlockStatus, 0, size, 1), rw, true, true, protocol.EINVAL},
-		{"block status empty", req(protocol.CmdBlockStatus, 0, 0, 0), rw, true, true, protocol.EINVAL},
-		{"block status read-only", req(protocol.CmdBlockStatus, 0, 0, 1), ro, true, true, ok},
-		{"resize", req(protocol.CmdResize, 0, 2*size, 0), rw, false, false, protocol.EINVAL},
-		{"unknown", req(0xffff, 0, 0, 0), rw, false, false, protocol.EINVAL},
-		{"unknown with payload length", req(99, 0, 0, 1<<31), rw, false, false, protocol.EINVAL},
-		{"payload-len flag", req(protocol.CmdRead, protocol.CmdFlagPayloadLen, 0, 1), rw, false, false, protocol.EINVAL},
+		{"zero fast not advertised", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero, 0, size), rw, simple, false, protocol.EINVAL},
+		{"zero fast read-only", req(protocol.CmdWriteZeroes, protocol.CmdFlagFastZero|protocol.CmdFlagNoHole, 0, 1), ro, simple, false, protocol.EPERM},
+		{"zero past end", req(protocol.CmdWriteZeroes, 0, size, 1), rw, simple, false, protocol.ENOSPC},
+		{"zero read-only", req(protocol.CmdWriteZeroes, 0, 0, 1), ro, simple, false, protocol.EPERM},
+		{"zero empty", req(protocol.CmdWriteZeroes, 0, 0, 0), rw, simple, false, protocol.EINVAL},
+		{"block status", req(protocol.CmdBlockStatus, protocol.CmdFlagReqOne, 0, size), rw, structured, true, ok},
+		{"block status without context", req(protocol.CmdBlockStatus, 0, 0, 1), rw, structured, false, protocol.EINVAL},
+		{"block status past end", req(protocol.CmdBlockStatus, 0, size, 1), rw, structured, true, protocol.EINVAL},
+		{"block status empty", req(protocol.CmdBlockStatus, 0, 0, 0), rw, structured, true, protocol.EINVAL},
+		{"block status read-only", req(protocol.CmdBlockStatus, 0, 0, 1), ro, structured, true, ok},
+		{"resize", req(protocol.CmdResize, 0, 2*size, 0), rw, simple, false, protocol.EINVAL},
+		{"unknown", req(0xffff, 0, 0, 0), rw, simple, false, protocol.EINVAL},
+		{"unknown with payload length", req(99, 0, 0, 1<<31), rw, simple, false, protocol.EINVAL},
+		{"payload-len flag", req(protocol.CmdRead, protocol.CmdFlagPayloadLen, 0, 1), rw, simple, false, protocol.EINVAL},
+		{"payload-len write compact", req(protocol.CmdWrite, payloadLen, 0, 1), rw, structured, false, protocol.EINVAL},
+		// Extended headers: a WRITE may carry PAYLOAD_LEN, nothing else may;
+		// effect lengths are 64-bit, bounded by the export's end alone,
+		// except a READ's; a payload beyond 32 MiB is a violation
+		// whatever the command.
+		{"ext write", req(protocol.CmdWrite, payloadLen|protocol.CmdFlagFUA, 0, 4096), rw, extended, false, ok},
+		{"ext write without payload-len, as qemu 10 sends it", req(protocol.CmdWrite, 0, 0, 4096), rw, extended, false, ok},
+		{"ext write over max", req(protocol.CmdWrite, payloadLen, 0, maxReq+1), rw, extended, false, protocol.EINVAL},
+		{"ext write over 32 MiB", req(protocol.CmdWrite, payloadLen, 0, protocol.DefaultMaxPayload+1), rw, extended, false, violation},
+		{"ext write past end", req(protocol.CmdWrite, payloadLen, size, 1), rw, extended, false, protocol.ENOSPC},
+		{"ext flush with payload", req(protocol.CmdFlush, payloadLen, 0, 16), rw, extended, false, protocol.EINVAL},
+		{"ext read with payload", req(protocol.CmdRead, payloadLen, 0, 16), rw, extended, false, protocol.EINVAL},
+		{"ext block status payload", req(protocol.CmdBlockStatus, payloadLen, 0, 12), rw, extended, true, protocol.EINVAL},
+		{"ext unknown with payload", req(99, payloadLen, 0, 16), rw, extended, false, protocol.EINVAL},
+		{"ext unknown with 4 GiB payload", req(99, payloadLen, 0, 1<<32), rw, extended, false, violation},
+		{"ext flush with 2^64-1 payload", req(protocol.CmdFlush, payloadLen, 0, 1<<64-1), rw, extended, false, violation},
+		{"ext read", req(protocol.CmdRead, 0, 0, maxReq), rw, extended, false, ok},
+		{"ext read 4 GiB", req(protocol.CmdRead, 0, 0, 1<<32), huge, extended, false, protocol.EINVAL},
+		{"ext read DF", req(protocol.CmdRead, protocol.CmdFlagDF, 0, 1), rw, extended, false, ok},
+		{"ext trim 1 PiB", req(protocol.CmdTrim, 0, 0, 1<<50), huge, extended, false, ok},
+		{"ext trim past end", req(protocol.CmdTrim, 0, 1, 1<<50), huge, extended, false, protocol.EINVAL},
+		{"ext trim length wraps", req(protocol.CmdTrim, 0, 1<<49, 1<<64-1), huge, extended, false, protocol.EINVAL},
+		{"ext zero 5 GiB", req(protocol.CmdWriteZeroes, 0, 0, 5<<30), huge, extended, false, ok},
+		{"ext zero past end", req(protocol.CmdWriteZeroes, 0, 0, 1<<50+1), huge, extended, false, protocol.ENOSPC},
+		{"ext cache 5 GiB", req(protocol.CmdCache, 0, 0, 5<<30), huge, extended, false, ok},
+		{"ext block status 1 PiB", req(protocol.CmdBlockStatus, 0, 0, 1<<50), huge, extended, true, ok},
+		{"ext block status empty", req(protocol.CmdBlockStatus, 0, 0, 0), huge, extended, true, protocol.EINVAL},
 	}
 	for _, tt := range tests {
-		err := validate(tt.req, tt.exp, maxReq, tt.structured, tt.meta)
+		err := validate(tt.req, tt.exp, maxReq, tt.mode, tt.meta)
 		var got protocol.Errno
 		var re *requestError
 		var pe *protocolError
@@ -175,18 +208,18 @@ func TestValidate(t *testing.T) {
 func TestReplyErrno(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		req  protocol.Request
+		req  protocol.ExtendedRequest
 		in   protocol.Errno
 		want protocol.Errno
 	}{
-		{"fast zero ENOTSUP", protocol.Request{Type: protocol.CmdWriteZeroes, Flags: protocol.CmdFlagFastZero}, protocol.ENOTSUP, protocol.ENOTSUP},
-		{"zero ENOTSUP", protocol.Request{Type: protocol.CmdWriteZeroes}, protocol.ENOTSUP, protocol.EINVAL},
-		{"trim ENOTSUP", protocol.Request{Type: protocol.CmdTrim}, protocol.ENOTSUP, protocol.EINVAL},
-		{"DF read EOVERFLOW", protocol.Request{Type: protocol.CmdRead, Flags: protocol.CmdFlagDF}, protocol.EOVERFLOW, protocol.EOVERFLOW},
-		{"read EOVERFLOW", protocol.Request{Type: protocol.CmdRead}, protocol.EOVERFLOW, protocol.EINVAL},
-		{"write EOVERFLOW", protocol.Request{Type: protocol.CmdWrite}, protocol.EOVERFLOW, protocol.EINVAL},
-		{"write EIO", protocol.Request{Type: protocol.CmdWrite}, protocol.EIO, protocol.EIO},
-		{"flush ENOSPC", protocol.Request{Type: protocol.CmdFlush}, protocol.ENOSPC, protocol.ENOSPC},
+		{"fast zero ENOTSUP", protocol.ExtendedRequest{Type: protocol.CmdWriteZeroes, Flags: protocol.CmdFlagFastZero}, protocol.ENOTSUP, protocol.ENOTSUP},
+		{"zero ENOTSUP", protocol.ExtendedRequest{Type: protocol.CmdWriteZeroes}, protocol.ENOTSUP, protocol.EINVAL},
+		{"trim ENOTSUP", protocol.ExtendedRequest{Type: protocol.CmdTrim}, protocol.ENOTSUP, protocol.EINVAL},
+		{"DF read EOVERFLOW", protocol.ExtendedRequest{Type: protocol.CmdRead, Flags: protocol.CmdFlagDF}, protocol.EOVERFLOW, protocol.EOVERFLOW},
+		{"read EOVERFLOW", protocol.ExtendedRequest{Type: protocol.CmdRead}, protocol.EOVERFLOW, protocol.EINVAL},
+		{"write EOVERFLOW", protocol.ExtendedRequest{Type: protocol.CmdWrite}, protocol.EOVERFLOW, protocol.EINVAL},
+		{"write EIO", protocol.ExtendedRequest{Type: protocol.CmdWrite}, protocol.EIO, protocol.EIO},
+		{"flush ENOSPC", protocol.ExtendedRequest{Type: protocol.CmdFlush}, protocol.ENOSPC, protocol.ENOSPC},
 	} {
 		if got := replyErrno(tc.req, tc.in); got != tc.want {
 			t.Errorf("%s: replyErrno(%v) = %v; want %v", tc.name, tc.in, got, tc.want)

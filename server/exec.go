@@ -137,7 +137,7 @@ func (c *conn) afterFUA(err error, fua bool) error {
 // zero runs NBD_CMD_WRITE_ZEROES, writing zeroes where the backend has no
 // faster way. With FAST_ZERO that fallback is refused with ENOTSUP
 // (proto.md "NBD_CMD_FLAG_FAST_ZERO").
-func (c *conn) zero(req protocol.Request) error {
+func (c *conn) zero(req protocol.ExtendedRequest) error {
 	off, n := int64(req.Offset), int64(req.Length)
 	noHole := req.Flags&protocol.CmdFlagNoHole != 0
 	fast := req.Flags&protocol.CmdFlagFastZero != 0

@@ -208,17 +208,15 @@ func (c *caps) maxRequest(serverMax uint32) uint32 {
 // flags are the transmission flags for the export. Writes are emulated where
 // the backend lacks a capability (WRITE_ZEROES by writing zeroes, FUA by a
 // Sync), so only TRIM depends on the backend; everything that changes data
-// is withdrawn from a read-only export.
-func (c *caps) flags(structured bool) protocol.TransmissionFlag {
-	f := protocol.FlagHasFlags | protocol.FlagSendFlush | protocol.FlagSendCache
+// is withdrawn from a read-only export; mode withdraws what it does not
+// permit (protocol.Mode.TransmissionFlags).
+func (c *caps) flags(mode protocol.Mode) protocol.TransmissionFlag {
+	f := protocol.FlagHasFlags | protocol.FlagSendFlush | protocol.FlagSendCache | protocol.FlagSendDF
 	if c.multiConn {
 		f |= protocol.FlagCanMultiConn
 	}
-	if structured {
-		f |= protocol.FlagSendDF
-	}
 	if c.readOnly {
-		return f | protocol.FlagReadOnly
+		return mode.TransmissionFlags(f | protocol.FlagReadOnly)
 	}
 	f |= protocol.FlagSendFUA | protocol.FlagSendWriteZeroes
 	if c.trimmer != nil {
@@ -227,5 +225,5 @@ func (c *caps) flags(structured bool) protocol.TransmissionFlag {
 	if c.fastZero {
 		f |= protocol.FlagSendFastZero
 	}
-	return f
+	return mode.TransmissionFlags(f)
 }

@@ -139,21 +139,34 @@ func FuzzHandshake(f *testing.F) {
 }
 
 // FuzzTransmission fuzzes the request stream after a valid handshake. The
-// prefix selects the export and, with structured, negotiates structured
-// replies and base:allocation, so the fuzzer spends its time on requests.
+// prefix selects the export and the mode (fuzzMode): with structured
+// replies or extended headers it selects base:allocation too, so the
+// fuzzer spends its time on requests.
 func FuzzTransmission(f *testing.F) {
-	for _, s := range requestSeeds() {
-		f.Add(s, false, uint8(0))
-		f.Add(s, true, uint8(0))
+	for _, mode := range fuzzModes {
+		for _, s := range requestSeeds(mode) {
+			f.Add(s, uint8(mode), uint8(0))
+		}
 	}
-	f.Add(requestBytes(protocol.Request{Type: protocol.CmdWrite, Length: 4}, []byte("abcd")), false, uint8(1))
-	f.Fuzz(func(t *testing.T, requests []byte, structured bool, export uint8) {
+	f.Add(requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Length: 4}, []byte("abcd")), uint8(0), uint8(1))
+	f.Fuzz(func(t *testing.T, requests []byte, mode uint8, export uint8) {
 		name := [...]string{"a", "ro", "bare"}[int(export)%3]
-		requests, sent := renumber(requests)
-		out := serveTranscript(t, append(handshakePrefix(name, structured), requests...))
-		checkReplies(t, out, sent)
+		m := fuzzMode(mode)
+		requests, sent := renumber(requests, m)
+		out := serveTranscript(t, append(handshakePrefix(name, m), requests...))
+		checkReplies(t, out, sent, m)
 	})
 }
+
+// fuzzModes are the modes the transmission fuzzers negotiate.
+var fuzzModes = []protocol.Mode{protocol.ModeSimple, protocol.ModeStructured, protocol.ModeExtended}
+
+// fuzzMode is the mode a fuzz input's byte selects.
+func fuzzMode(b uint8) protocol.Mode { return fuzzModes[int(b)%len(fuzzModes)] }
+
+// sentRequests are the requests of a stream the server reads whole, by
+// the cookie renumber gave them.
+type sentRequests = map[uint64]protocol.ExtendedRequest
 
 // renumber walks a request stream as the server reads it and gives the
 // requests cookies 1, 2, 3..., so that replies can be matched to them. It
@@ -161,24 +174,20 @@ func FuzzTransmission(f *testing.F) {
 // answer (DISC excluded); the rest of the stream after the point where the
 // server stops reading (bad magic, DISC, an oversized or truncated WRITE)
 // is kept as it is.
-func renumber(b []byte) ([]byte, map[uint64]protocol.Request) {
+func renumber(b []byte, mode protocol.Mode) ([]byte, sentRequests) {
 	out := make([]byte, 0, len(b))
-	sent := map[uint64]protocol.Request{}
-	for cookie := uint64(1); len(b) >= protocol.RequestSize; cookie++ {
-		hdr := (*[protocol.RequestSize]byte)(b)
-		req, err := protocol.DecodeRequest(hdr)
+	sent := sentRequests{}
+	for cookie := uint64(1); len(b) >= mode.RequestSize(); cookie++ {
+		req, err := mode.DecodeRequest(b)
 		if err != nil {
 			break
 		}
 		req.Cookie = cookie
-		req.Put(hdr)
-		n := protocol.RequestSize
-		if req.Type == protocol.CmdWrite {
-			n += int(req.Length)
-		}
-		stop := req.Type == protocol.CmdDisc ||
-			req.Type == protocol.CmdWrite && req.Length > fuzzMaxRequest ||
-			n > len(b)
+		mode.PutRequest(b, req)
+		payload := mode.PayloadLength(req)
+		stop := req.Type == protocol.CmdDisc || payload > fuzzMaxRequest
+		n := mode.RequestSize() + int(payload)
+		stop = stop || n > len(b)
 		if stop {
 			break
 		}
@@ -192,16 +201,18 @@ func renumber(b []byte) ([]byte, map[uint64]protocol.Request) {
 // NBD_OPT_GO's ACK, then one reply per request the server read whole, in
 // any order. No reply may be missing, doubled, or for a request never
 // sent: no reply is written twice or dropped.
-func checkReplies(t *testing.T, out []byte, sent map[uint64]protocol.Request) {
+func checkReplies(t *testing.T, out []byte, sent sentRequests, mode protocol.Mode) {
 	t.Helper()
-	checkRepliesOf(t, out, sent, true)
+	checkRepliesOf(t, out, sent, mode, true)
 }
 
 // checkRepliesOf is checkReplies, where all says whether every request
 // must be answered: over a socket, a stream that ends without
 // NBD_CMD_DISC (the client went away, or broke the protocol) may lose the
-// replies still in flight, but never gets a wrong or doubled one.
-func checkRepliesOf(t *testing.T, out []byte, sent map[uint64]protocol.Request, all bool) {
+// replies still in flight, but never gets a wrong or doubled one; nor,
+// with extended headers, a reply of another form or one whose chunks do
+// not carry the request's offset.
+func checkRepliesOf(t *testing.T, out []byte, sent sentRequests, mode protocol.Mode, all bool) {
 	t.Helper()
 	if !bytes.HasPrefix(out, []byte(greeting)) {
 		t.Fatalf("server output %.18q does not start with the greeting", out)
@@ -225,7 +236,7 @@ func checkRepliesOf(t *testing.T, out []byte, sent map[uint64]protocol.Request, 
 	}
 	answered := map[uint64]bool{}
 	for len(out) > 0 {
-		cookie, done, rest, cut := nextReply(t, out, sent)
+		cookie, done, rest, cut := nextReply(t, out, sent, mode)
 		if cut && !all {
 			break // the hang-up cut the last reply short: it is lost
 		}
@@ -251,12 +262,32 @@ func checkRepliesOf(t *testing.T, out []byte, sent map[uint64]protocol.Request, 
 
 // nextReply consumes one simple reply or one structured chunk; cut
 // reports that out ends inside it.
-func nextReply(t *testing.T, out []byte, sent map[uint64]protocol.Request) (cookie uint64, done bool, rest []byte, cut bool) {
+func nextReply(t *testing.T, out []byte, sent sentRequests, mode protocol.Mode) (cookie uint64, done bool, rest []byte, cut bool) {
 	t.Helper()
 	if len(out) < 4 {
 		return 0, false, nil, true
 	}
-	switch binary.BigEndian.Uint32(out) {
+	magic := binary.BigEndian.Uint32(out)
+	if (magic == protocol.ExtendedReplyMagic) != (mode == protocol.ModeExtended) {
+		t.Fatalf("reply magic %#x in %v mode", magic, mode)
+	}
+	switch magic {
+	case protocol.ExtendedReplyMagic:
+		if len(out) < protocol.ExtendedChunkHeaderSize {
+			return 0, false, nil, true
+		}
+		h, _ := protocol.DecodeExtendedChunkHeader((*[protocol.ExtendedChunkHeaderSize]byte)(out))
+		if req, ok := sent[h.Cookie]; ok && h.Offset != req.Offset {
+			t.Fatalf("%v chunk for %v %d carries offset %d; want the request's, %d", h.Type, req.Type, h.Cookie, h.Offset, req.Offset)
+		}
+		if h.Length > uint64(len(out)) {
+			return h.Cookie, false, nil, true
+		}
+		n := protocol.ExtendedChunkHeaderSize + int(h.Length)
+		if n > len(out) {
+			return h.Cookie, false, nil, true
+		}
+		return h.Cookie, h.Flags&protocol.ReplyFlagDone != 0, out[n:], false
 	case protocol.SimpleReplyMagic:
 		if len(out) < protocol.SimpleReplySize {
 			return 0, false, nil, true
@@ -285,11 +316,17 @@ func nextReply(t *testing.T, out []byte, sent map[uint64]protocol.Request) (cook
 	return 0, false, nil, false
 }
 
-// handshakePrefix is a client's handshake up to the transmission phase.
-func handshakePrefix(name string, structured bool) []byte {
+// handshakePrefix is a client's handshake up to the transmission phase
+// in mode.
+func handshakePrefix(name string, mode protocol.Mode) []byte {
 	b := clientFlagsBytes(protocol.ClientFixedNewstyle | protocol.ClientNoZeroes)
-	if structured {
+	if mode == protocol.ModeExtended {
+		b = append(b, optionBytes(protocol.OptExtendedHeaders, nil)...)
+	}
+	if mode == protocol.ModeStructured {
 		b = append(b, optionBytes(protocol.OptStructuredReply, nil)...)
+	}
+	if mode >= protocol.ModeStructured {
 		b = append(b, optionBytes(protocol.OptSetMetaContext, protocol.AppendMetaContextRequest(nil,
 			protocol.MetaContextRequest{Name: name, Queries: []string{protocol.MetaContextBaseAllocation}}))...)
 	}
@@ -297,25 +334,31 @@ func handshakePrefix(name string, structured bool) []byte {
 		protocol.ExportRequest{Name: name, Infos: []protocol.Info{protocol.InfoBlockSize}}))...)
 }
 
-func requestBytes(req protocol.Request, payload []byte) []byte {
-	var hdr [protocol.RequestSize]byte
-	req.Put(&hdr)
-	return append(hdr[:], payload...)
+// requestBytes is req in mode's form, and its payload.
+func requestBytes(mode protocol.Mode, req protocol.ExtendedRequest, payload []byte) []byte {
+	hdr := make([]byte, mode.RequestSize(), mode.RequestSize()+len(payload))
+	mode.PutRequest(hdr, req)
+	return append(hdr, payload...)
 }
 
 // requestSeeds are request streams such as qemu and the kernel send,
-// plus the bad input the unit tests cover.
-func requestSeeds() [][]byte {
+// plus the bad input the unit tests cover, in mode's form: with extended
+// headers a WRITE carries NBD_CMD_FLAG_PAYLOAD_LEN, and there are seeds
+// of 64-bit lengths and of payloads where none is due.
+func requestSeeds(mode protocol.Mode) [][]byte {
 	r := func(typ protocol.Cmd, flags protocol.CmdFlag, cookie, off uint64, n uint32) []byte {
 		var payload []byte
 		if typ == protocol.CmdWrite {
 			payload = bytes.Repeat([]byte{0xa5}, int(n))
+			if mode == protocol.ModeExtended {
+				flags |= protocol.CmdFlagPayloadLen
+			}
 		}
-		return requestBytes(protocol.Request{Type: typ, Flags: flags, Cookie: cookie, Offset: off, Length: n}, payload)
+		return requestBytes(mode, protocol.ExtendedRequest{Type: typ, Flags: flags, Cookie: cookie, Offset: off, Length: uint64(n)}, payload)
 	}
 	join := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	disc := r(protocol.CmdDisc, 0, 0, 0, 0)
-	return [][]byte{
+	seeds := [][]byte{
 		// qemu-img map: block status over the export, then a read.
 		join(r(protocol.CmdBlockStatus, 0, 1, 0, fuzzExportSize), r(protocol.CmdRead, 0, 2, 0, 65536), disc),
 		// The kernel: pipelined writes with FUA, a flush, trims and zeroes.
@@ -328,11 +371,31 @@ func requestSeeds() [][]byte {
 		join(r(protocol.CmdRead, 0, 1, fuzzExportSize, 1), r(protocol.CmdWrite, 0, 2, fuzzExportSize-1, 2),
 			r(protocol.CmdRead, 0, 3, 0, fuzzMaxRequest+1), r(99, 0, 4, 0, 0), r(protocol.CmdRead, 1<<9, 5, 0, 1), disc),
 		// A write longer than the maximum: closed without reading it.
-		requestBytes(protocol.Request{Type: protocol.CmdWrite, Length: fuzzMaxRequest + 1}, nil),
+		r(protocol.CmdWrite, 0, 1, 0, fuzzMaxRequest+1)[:mode.RequestSize()],
 		// Bad magic, and a truncated header.
 		append([]byte("\xde\xad\xbe\xef"), r(protocol.CmdRead, 0, 1, 0, 1)[4:]...),
 		r(protocol.CmdRead, 0, 1, 0, 1)[:20],
 	}
+	if mode != protocol.ModeExtended {
+		return seeds
+	}
+	x := func(typ protocol.Cmd, flags protocol.CmdFlag, cookie, off, n uint64, payload []byte) []byte {
+		return requestBytes(mode, protocol.ExtendedRequest{Type: typ, Flags: flags, Cookie: cookie, Offset: off, Length: n}, payload)
+	}
+	pl := protocol.CmdFlagPayloadLen
+	return append(seeds,
+		// 64-bit effect lengths, past the end and within it.
+		join(x(protocol.CmdTrim, 0, 1, 0, 1<<40, nil), x(protocol.CmdBlockStatus, 0, 2, 0, 1<<40, nil),
+			x(protocol.CmdWriteZeroes, 0, 3, 0, fuzzExportSize, nil), x(protocol.CmdCache, 0, 4, 4096, 1<<63, nil),
+			x(protocol.CmdRead, 0, 5, 0, 1<<33, nil), disc),
+		// Payloads where none is due, a WRITE without the flag (as qemu 10
+		// sends it), a compact header.
+		join(x(protocol.CmdFlush, pl, 1, 0, 8, []byte("payload!")), x(protocol.CmdWrite, 0, 2, 0, 4, []byte("abcd")),
+			x(protocol.CmdBlockStatus, pl, 3, 0, 12, protocol.AppendBlockStatusPayload(nil, protocol.BlockStatusPayload{EffectLength: 4096, ContextIDs: []uint32{1}})),
+			x(99, pl, 4, 0, 3, []byte("abc")), disc),
+		join(x(protocol.CmdFlush, pl, 1, 0, 1<<40, nil)),
+		join(x(protocol.CmdFlush, 0, 1, 0, 0, nil), requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdFlush, Cookie: 2}, nil)),
+	)
 }
 
 // handshakeSeeds are hand-built handshakes covering every option; the
@@ -346,8 +409,8 @@ func handshakeSeeds() [][]byte {
 	meta := func(name string, q ...string) []byte {
 		return protocol.AppendMetaContextRequest(nil, protocol.MetaContextRequest{Name: name, Queries: q})
 	}
-	read := requestBytes(protocol.Request{Type: protocol.CmdRead, Length: 512}, nil)
-	disc := requestBytes(protocol.Request{Type: protocol.CmdDisc}, nil)
+	read := requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdRead, Length: 512}, nil)
+	disc := requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdDisc}, nil)
 	long := make([]byte, 4)
 	binary.BigEndian.PutUint32(long, 1<<30)
 	return [][]byte{
@@ -362,11 +425,16 @@ func handshakeSeeds() [][]byte {
 			optionBytes(protocol.OptSetMetaContext, meta("a", "base:allocation")), optionBytes(protocol.OptStructuredReply, nil),
 			optionBytes(protocol.OptSetMetaContext, meta("a", "base:allocation", "qemu:dirty-bitmap:x")),
 			optionBytes(protocol.OptGo, goReq("a")),
-			requestBytes(protocol.Request{Type: protocol.CmdBlockStatus, Length: 4096}, nil), disc),
+			requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdBlockStatus, Length: 4096}, nil), disc),
 		join(flags, optionBytes(protocol.OptStartTLS, nil), optionBytes(protocol.OptExtendedHeaders, nil),
 			optionBytes(12345, []byte("junk")), optionBytes(protocol.OptGo, goReq("ro")), disc),
 		join(flags, optionBytes(protocol.OptGo, make([]byte, protocol.MaxOptionLen+1)), optionBytes(protocol.OptGo, goReq("bare"))),
 		join(flags, optionBytes(protocol.OptGo, long)),
+		join(flags, optionBytes(protocol.OptExtendedHeaders, nil), optionBytes(protocol.OptStructuredReply, nil),
+			optionBytes(protocol.OptExtendedHeaders, nil), optionBytes(protocol.OptGo, goReq("a")),
+			requestBytes(protocol.ModeExtended, protocol.ExtendedRequest{Type: protocol.CmdRead, Length: 512}, nil),
+			requestBytes(protocol.ModeExtended, protocol.ExtendedRequest{Type: protocol.CmdDisc}, nil)),
+		join(flags, optionBytes(protocol.OptExtendedHeaders, nil), optionBytes(protocol.OptExportName, []byte("a")), read, disc),
 		join(flags, []byte("IHAVEOPT\x00\x00\x00\x07\x40\x00\x00\x00")), // GO of 1 GiB: closed unread
 	}
 }
@@ -491,13 +559,13 @@ func TestTranscriptSeeds(t *testing.T) {
 		"onebyte": iotest.OneByteReader,
 		"half":    iotest.HalfReader,
 	}
-	for i, s := range requestSeeds() {
-		for _, structured := range []bool{false, true} {
+	for _, mode := range fuzzModes {
+		for i, s := range requestSeeds(mode) {
 			for name, wrap := range readers {
-				t.Run(fmt.Sprint("requests", i, structured, name), func(t *testing.T) {
-					requests, sent := renumber(s)
-					data := append(handshakePrefix("a", structured), requests...)
-					checkReplies(t, serveTranscriptFrom(t, data, wrap(bytes.NewReader(data))), sent)
+				t.Run(fmt.Sprint("requests", i, mode, name), func(t *testing.T) {
+					requests, sent := renumber(s, mode)
+					data := append(handshakePrefix("a", mode), requests...)
+					checkReplies(t, serveTranscriptFrom(t, data, wrap(bytes.NewReader(data))), sent, mode)
 				})
 			}
 		}

@@ -110,13 +110,10 @@ func socketPair() (server, client net.Conn, err error) {
 
 // wholeRequests reports whether requests, as renumber returned it, is
 // made of the sent requests and nothing after them.
-func wholeRequests(requests []byte, sent map[uint64]protocol.Request) bool {
+func wholeRequests(requests []byte, sent sentRequests, mode protocol.Mode) bool {
 	n := 0
 	for _, req := range sent {
-		n += protocol.RequestSize
-		if req.Type == protocol.CmdWrite {
-			n += int(req.Length)
-		}
+		n += mode.RequestSize() + int(mode.PayloadLength(req))
 	}
 	return n == len(requests)
 }
@@ -159,39 +156,46 @@ func serveSocket(t *testing.T, srv *Server, data []byte, reset bool) []byte {
 // that the fast paths a transcript never takes are fuzzed too: vectored
 // writes and reads of lent memory, sendfile, splice, direct writes of
 // held replies, the reader's tries of the page cache, and streamed
-// replies. export picks the export and the strategy (fuzzSocketServers).
+// replies. export picks the export and the strategy (fuzzSocketServers),
+// mode the form of the messages (fuzzMode).
 func FuzzTransmissionSocket(f *testing.F) {
-	for _, s := range requestSeeds() {
-		for export := range 2 * len(fuzzSocketExports) {
-			f.Add(s, false, uint8(export))
-			f.Add(s, true, uint8(export))
+	for _, mode := range fuzzModes {
+		for _, s := range requestSeeds(mode) {
+			for export := range 2 * len(fuzzSocketExports) {
+				f.Add(s, uint8(mode), uint8(export))
+			}
+		}
+		write := protocol.CmdFlag(0)
+		if mode == protocol.ModeExtended {
+			write = protocol.CmdFlagPayloadLen
+		}
+		large := bytes.Join([][]byte{
+			requestBytes(mode, protocol.ExtendedRequest{Type: protocol.CmdWrite, Flags: write, Length: fuzzMaxRequest}, bytes.Repeat([]byte{0xa5}, fuzzMaxRequest)),
+			requestBytes(mode, protocol.ExtendedRequest{Type: protocol.CmdRead, Offset: 0, Length: fuzzMaxRequest}, nil),
+			requestBytes(mode, protocol.ExtendedRequest{Type: protocol.CmdRead, Offset: fuzzExportSize / 4, Length: fuzzMaxRequest}, nil),
+			requestBytes(mode, protocol.ExtendedRequest{Type: protocol.CmdRead, Offset: 4096, Length: 4096}, nil),
+		}, nil)
+		for i := range 2 * len(fuzzSocketExports) {
+			f.Add(large, uint8(mode), uint8(i))
 		}
 	}
-	large := bytes.Join([][]byte{
-		requestBytes(protocol.Request{Type: protocol.CmdWrite, Length: fuzzMaxRequest}, bytes.Repeat([]byte{0xa5}, fuzzMaxRequest)),
-		requestBytes(protocol.Request{Type: protocol.CmdRead, Offset: 0, Length: fuzzMaxRequest}, nil),
-		requestBytes(protocol.Request{Type: protocol.CmdRead, Offset: fuzzExportSize / 4, Length: fuzzMaxRequest}, nil),
-		requestBytes(protocol.Request{Type: protocol.CmdRead, Offset: 4096, Length: 4096}, nil),
-	}, nil)
-	for i := range 2 * len(fuzzSocketExports) {
-		f.Add(large, i%2 == 0, uint8(i))
-	}
-	f.Fuzz(func(t *testing.T, requests []byte, structured bool, export uint8) {
+	f.Fuzz(func(t *testing.T, requests []byte, mode uint8, export uint8) {
 		srvs, err := fuzzSocketServers()
 		if err != nil {
 			t.Skipf("no file exports: %v", err)
 		}
 		n := len(fuzzSocketExports)
 		name, srv := fuzzSocketExports[int(export)%n], srvs[int(export)/n%2]
-		requests, sent := renumber(requests)
+		m := fuzzMode(mode)
+		requests, sent := renumber(requests, m)
 		// A stream of whole requests gets a DISC, so every one of them
 		// must be answered; one that breaks off or breaks the protocol
 		// may lose the replies in flight when the server hangs up.
-		whole := wholeRequests(requests, sent)
+		whole := wholeRequests(requests, sent, m)
 		if whole {
-			requests = append(requests, requestBytes(protocol.Request{Type: protocol.CmdDisc}, nil)...)
+			requests = append(requests, requestBytes(m, protocol.ExtendedRequest{Type: protocol.CmdDisc}, nil)...)
 		}
-		out := serveSocket(t, srv, append(handshakePrefix(name, structured), requests...), !whole)
-		checkRepliesOf(t, out, sent, whole)
+		out := serveSocket(t, srv, append(handshakePrefix(name, m), requests...), !whole)
+		checkRepliesOf(t, out, sent, m, whole)
 	})
 }

@@ -136,15 +136,15 @@ func (c *conn) dispatchOption(opt protocol.Opt, data []byte, noZeroes bool) (boo
 	case protocol.OptAbort:
 		c.optReply(opt, protocol.RepAck, "") // the client may already be gone
 		return false, errAbort
-	case protocol.OptStructuredReply:
-		return false, c.optStructuredReply(data)
+	case protocol.OptStructuredReply, protocol.OptExtendedHeaders:
+		return false, c.optHeaders(opt, data)
 	case protocol.OptListMetaContext, protocol.OptSetMetaContext:
 		return false, c.optMetaContext(opt, data)
 	case protocol.OptStartTLS:
 		return false, c.optStartTLS(data)
 	default:
-		// Unknown and experimental options (EXTENDED_HEADERS, RESIZE's
-		// companions): the data was read, so the stream stays in sync.
+		// Unknown and experimental options (RESIZE's companions): the
+		// data was read, so the stream stays in sync.
 		return false, c.optReply(opt, protocol.RepErrUnsup, fmt.Sprintf("%v is not supported", opt))
 	}
 }
@@ -152,6 +152,9 @@ func (c *conn) dispatchOption(opt protocol.Opt, data []byte, noZeroes bool) (boo
 // optExportName selects an export the old way. It has no error reply, so
 // an unknown name closes the connection (proto.md "NBD_OPT_EXPORT_NAME").
 func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
+	if !c.mode.Permits(protocol.OptExportName) {
+		return false, violation("NBD_OPT_EXPORT_NAME after NBD_OPT_EXTENDED_HEADERS")
+	}
 	if len(data) > protocol.MaxStringLen {
 		return false, violation("export name of %d bytes", len(data))
 	}
@@ -168,7 +171,7 @@ func (c *conn) optExportName(data []byte, noZeroes bool) (bool, error) {
 		return false, violation("unknown export %q", data)
 	}
 	var b [protocol.ExportNameReplySize + protocol.ExportNamePadding]byte
-	protocol.PutExportNameReply((*[protocol.ExportNameReplySize]byte)(b[:]), exp.size, exp.flags(c.structured))
+	protocol.PutExportNameReply((*[protocol.ExportNameReplySize]byte)(b[:]), exp.size, exp.flags(c.mode))
 	n := len(b)
 	if noZeroes {
 		n = protocol.ExportNameReplySize
@@ -232,7 +235,7 @@ func (c *conn) optInfo(opt protocol.Opt, data []byte) (bool, error) {
 // sendInfos sends NBD_INFO_EXPORT, the block size and whatever else was
 // asked for, then the final ACK.
 func (c *conn) sendInfos(opt protocol.Opt, exp *openExport, req protocol.ExportRequest) error {
-	b := protocol.AppendInfoExport(c.replyBuf[:0], exp.size, exp.flags(c.structured))
+	b := protocol.AppendInfoExport(c.replyBuf[:0], exp.size, exp.flags(c.mode))
 	if err := c.optReplyData(opt, protocol.RepInfo, b); err != nil {
 		return err
 	}
@@ -287,15 +290,33 @@ func (c *conn) optList(data []byte) error {
 	return c.optReply(protocol.OptList, protocol.RepAck, "")
 }
 
-func (c *conn) optStructuredReply(data []byte) error {
-	if len(data) != 0 {
-		return c.optReply(protocol.OptStructuredReply, protocol.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
-	}
+// optHeaders answers NBD_OPT_STRUCTURED_REPLY and
+// NBD_OPT_EXTENDED_HEADERS, which choose the form of the transmission
+// phase's messages: protocol.Mode.Negotiate has the rules for a client
+// that asks for both, in either order, or for one twice. With
+// Server.NoStructuredReplies both are refused as unsupported.
+func (c *conn) optHeaders(opt protocol.Opt, data []byte) error {
 	if c.srv.NoStructuredReplies {
-		return c.optReply(protocol.OptStructuredReply, protocol.RepErrUnsup, "structured replies are turned off")
+		return c.optReply(opt, protocol.RepErrUnsup, "structured replies and extended headers are turned off")
 	}
-	c.structured = true
-	return c.optReply(protocol.OptStructuredReply, protocol.RepAck, "")
+	mode, rep := c.mode.Negotiate(opt, uint32(len(data)))
+	if rep != protocol.RepAck {
+		return c.optReply(opt, rep, headersRefusal(c.mode, opt, len(data)))
+	}
+	c.mode = mode
+	return c.optReply(opt, protocol.RepAck, "")
+}
+
+// headersRefusal is the message of optHeaders's refusal of opt, with
+// dataLen bytes of data, in mode m.
+func headersRefusal(m protocol.Mode, opt protocol.Opt, dataLen int) string {
+	switch {
+	case dataLen != 0:
+		return fmt.Sprintf("%v takes no data", opt)
+	case m == protocol.ModeExtended && opt == protocol.OptStructuredReply:
+		return "extended headers are in force and cannot be downgraded to structured replies"
+	}
+	return fmt.Sprintf("%v was already negotiated", opt)
 }
 
 // optStartTLS upgrades the connection (proto.md "NBD_OPT_STARTTLS") and
@@ -325,7 +346,7 @@ func (c *conn) optStartTLS(data []byte) error {
 	c.rwc, c.nc, c.tls = tc, tc, true
 	c.src = &sockReader{conn: tc}
 	c.br.Reset(c.src)
-	c.structured, c.metaBase = false, false
+	c.mode, c.metaBase = protocol.ModeSimple, false
 	c.log.Debug("TLS established", "version", tls.VersionName(tc.ConnectionState().Version))
 	return nil
 }

@@ -1,7 +1,5 @@
 package server
 
-import "github.com/nbdd/nbdd/protocol"
-
 // The reader holds the replies of the requests it runs itself while more
 // requests are already in its read buffer, then sends them together in
 // one writev when the burst ends, itself and without waiting (reply.go):
@@ -36,7 +34,7 @@ const (
 func (c *conn) hold(o *op) {
 	c.held = append(c.held, o)
 	c.heldBytes += replyLen(o)
-	if c.br.Buffered() < protocol.RequestSize || len(c.held) >= maxHeld || c.heldBytes >= maxHeldBytes {
+	if c.br.Buffered() < c.mode.RequestSize() || len(c.held) >= maxHeld || c.heldBytes >= maxHeldBytes {
 		c.sendHeld()
 	}
 }

@@ -76,7 +76,7 @@ func (c *conn) logIfFailed(o *op) {
 // requestFailed logs a request that got an error reply, at warn within
 // the connection's and the export's budgets (at debug for the errors
 // that are part of normal operation: see expectedFailure).
-func (c *conn) requestFailed(req protocol.Request, errno protocol.Errno, err error) {
+func (c *conn) requestFailed(req protocol.ExtendedRequest, errno protocol.Errno, err error) {
 	level := slog.LevelWarn
 	if expectedFailure(req, errno) {
 		level = slog.LevelDebug
@@ -109,7 +109,7 @@ func (c *conn) requestFailed(req protocol.Request, errno protocol.Errno, err err
 // expectedFailure reports errors that say nothing is wrong: refusals
 // during a shutdown, and a FAST_ZERO the export cannot do fast, which
 // clients (qemu-img) ask for to find out (proto.md "NBD_CMD_FLAG_FAST_ZERO").
-func expectedFailure(req protocol.Request, errno protocol.Errno) bool {
+func expectedFailure(req protocol.ExtendedRequest, errno protocol.Errno) bool {
 	return errno == protocol.ESHUTDOWN ||
 		(errno == protocol.ENOTSUP && req.Type == protocol.CmdWriteZeroes && req.Flags&protocol.CmdFlagFastZero != 0)
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"encoding/binary"
 	"errors"
 
 	"github.com/nbdd/nbdd/backend"
@@ -25,7 +24,7 @@ func (c *conn) optMetaContext(opt protocol.Opt, data []byte) error {
 		// SET replaces the selection even when it fails.
 		c.metaBase, c.metaExport = false, ""
 	}
-	if set && !c.structured {
+	if set && c.mode < protocol.ModeStructured {
 		return c.optReply(opt, protocol.RepErrInvalid, "structured replies must be negotiated first")
 	}
 	req, err := protocol.DecodeMetaContextRequest(data)
@@ -84,17 +83,21 @@ func matchesBaseAllocation(queries []string, set bool) bool {
 }
 
 // blockStatus fills o.extra with the base:allocation extents of the
-// requested range (proto.md "NBD_CMD_BLOCK_STATUS"). Backends that cannot
-// tell report one allocated extent.
+// requested range (proto.md "NBD_CMD_BLOCK_STATUS"), as the payload of an
+// NBD_REPLY_TYPE_BLOCK_STATUS chunk, or with extended headers of a
+// BLOCK_STATUS_EXT one, whose 64-bit extents let one reply cover any
+// range. Backends that cannot tell report one allocated extent.
 func (c *conn) blockStatus(o *op) error {
+	mode := c.mode
 	off, n := int64(o.req.Offset), int64(o.req.Length)
 	limit := maxExtents
 	if o.req.Flags&protocol.CmdFlagReqOne != 0 {
 		limit = 1
 	}
-	b := binary.BigEndian.AppendUint32(o.extra[:0], baseAllocationID)
+	b := mode.AppendStatusHeader(o.extra[:0], baseAllocationID)
 	if c.exp.extenter == nil {
-		o.extra = protocol.AppendBlockDescriptor(b, uint32(n), 0)
+		o.extra = mode.AppendBlockDescriptor(b, uint64(n), 0)
+		mode.FinishStatus(o.extra)
 		return nil
 	}
 	// A backend may report one run in pieces (Extenter asks it not to):
@@ -104,14 +107,15 @@ func (c *conn) blockStatus(o *op) error {
 		if count == limit {
 			return false
 		}
-		b = protocol.AppendBlockDescriptor(b, uint32(e.Length), stateFlags(e.Flags))
+		b = mode.AppendBlockDescriptor(b, uint64(e.Length), stateFlags(e.Flags))
 		count++
 		return true
 	})
 	if err == nil && count == 0 {
-		b = protocol.AppendBlockDescriptor(b, uint32(n), 0)
+		b = mode.AppendBlockDescriptor(b, uint64(n), 0)
 	}
 	o.extra = b
+	mode.FinishStatus(o.extra)
 	return err
 }
 

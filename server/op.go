@@ -13,7 +13,7 @@ import (
 // requests and a request allocates nothing of its own.
 type op struct {
 	c    *conn
-	req  protocol.Request
+	req  protocol.ExtendedRequest
 	plan plan          // how it runs (plan.go); set by the reader
 	err  *requestError // nil on success
 	// buf is the request's buffer, from bufFrom; finish gives it back. A
@@ -84,7 +84,7 @@ func (o *op) sendsAlone() bool { return o.err == nil && o.plan.sendsAlone() }
 // to req carry: ENOTSUP only for WRITE_ZEROES with FAST_ZERO, EOVERFLOW
 // only for a READ with DF. A backend's ENOTSUP or EOVERFLOW elsewhere
 // becomes EINVAL.
-func replyErrno(req protocol.Request, errno protocol.Errno) protocol.Errno {
+func replyErrno(req protocol.ExtendedRequest, errno protocol.Errno) protocol.Errno {
 	switch {
 	case errno == protocol.ENOTSUP && !(req.Type == protocol.CmdWriteZeroes && req.Flags&protocol.CmdFlagFastZero != 0):
 		return protocol.EINVAL
@@ -97,8 +97,7 @@ func replyErrno(req protocol.Request, errno protocol.Errno) protocol.Errno {
 // encode builds the reply header (and structured payload) for o; the
 // writer sends o.hdr[:o.hdrLen], o.extra and o.data.
 func (o *op) encode(f replyFormat) {
-	typ := o.req.Type
-	if !f.structured || (typ != protocol.CmdRead && typ != protocol.CmdBlockStatus) {
+	if !f.chunked(o.req.Type) {
 		var errno protocol.Errno
 		if o.err != nil {
 			errno = o.err.errno
@@ -112,9 +111,9 @@ func (o *op) encode(f replyFormat) {
 		// A human-readable message goes with the error (proto.md
 		// "NBD_REPLY_TYPE_ERROR").
 		o.extra = protocol.AppendErrorChunk(o.extra[:0], o.err.errno, clientMessage(o.err), false, 0)
-		o.hdrLen = f.putChunk(o.hdr[:], protocol.ReplyFlagDone, protocol.ReplyTypeError, o.req.Cookie, len(o.extra))
+		o.hdrLen = f.putChunk(o.hdr[:], &o.req, protocol.ReplyFlagDone, protocol.ReplyTypeError, len(o.extra))
 	case len(o.iov) > 0: // sparse READ, chunks already built
-	case typ == protocol.CmdRead:
+	case o.req.Type == protocol.CmdRead:
 		// Data the writer has yet to read (streamed) or send (sendfile)
 		// may still fail, so its chunk is not final: the writer ends the
 		// reply with a NONE chunk, or an error chunk (proto.md
@@ -125,25 +124,42 @@ func (o *op) encode(f replyFormat) {
 		if o.sendsAlone() {
 			flags = 0
 		}
-		o.hdrLen = f.putData(o.hdr[:], flags, o.req.Cookie, o.req.Offset, int(o.req.Length))
-	default: // block status, o.extra already filled
-		o.hdrLen = f.putChunk(o.hdr[:], protocol.ReplyFlagDone, protocol.ReplyTypeBlockStatus, o.req.Cookie, len(o.extra))
+		o.hdrLen = f.putData(o.hdr[:], &o.req, flags, o.req.Offset, int(o.req.Length))
+	case o.req.Type == protocol.CmdBlockStatus: // o.extra already filled
+		o.hdrLen = f.putChunk(o.hdr[:], &o.req, protocol.ReplyFlagDone, f.mode.StatusChunkType(), len(o.extra))
+	default:
+		o.hdrLen = f.mode.PutSuccess(o.hdr[:], o.req.Cookie, o.req.Offset)
+		o.extra = o.extra[:0]
 	}
 }
 
-// replyFormat writes every reply header of a connection: simple replies
-// and structured reply chunks (proto.md "Simple reply message",
-// "Structured reply chunk message"). It is chosen once, when the
-// transmission phase starts. Extended headers (proto.md "Extended reply
-// chunk message") would be a third format here: a wider header from the
-// same arguments, maxReplyHeader grown to fit.
+// replyFormat writes every reply header of a connection: simple replies,
+// structured reply chunks and extended ones (proto.md "Simple reply
+// message", "Structured reply chunk message", "Extended reply chunk
+// message"), in the form of the connection's protocol.Mode. It is chosen
+// once, when the transmission phase starts.
 type replyFormat struct {
-	structured bool
+	mode protocol.Mode
 }
 
-// maxReplyHeader is the largest reply header: a structured chunk header
+// maxReplyHeader is the largest reply header: an extended chunk header
 // followed by the offset of an OFFSET_DATA chunk.
-const maxReplyHeader = protocol.ChunkHeaderSize + protocol.OffsetDataHeaderSize
+const maxReplyHeader = protocol.ExtendedChunkHeaderSize + protocol.OffsetDataHeaderSize
+
+// chunked reports whether the reply to a command of type typ is sent as
+// chunks: always with extended headers ("a simple reply MUST NOT be
+// used"); under structured replies for READ and BLOCK_STATUS, whose
+// replies carry payloads, while the others keep the shorter simple reply
+// the spec allows ("Simple reply message").
+func (f replyFormat) chunked(typ protocol.Cmd) bool {
+	switch f.mode {
+	case protocol.ModeExtended:
+		return true
+	case protocol.ModeStructured:
+		return typ == protocol.CmdRead || typ == protocol.CmdBlockStatus
+	}
+	return false
+}
 
 // putSimple writes a simple reply and returns its length.
 func (replyFormat) putSimple(b []byte, errno protocol.Errno, cookie uint64) int {
@@ -151,17 +167,17 @@ func (replyFormat) putSimple(b []byte, errno protocol.Errno, cookie uint64) int 
 	return protocol.SimpleReplySize
 }
 
-// putChunk writes the header of a chunk whose payload is length bytes
-// and returns its length.
-func (replyFormat) putChunk(b []byte, flags protocol.ReplyFlag, typ protocol.ReplyType, cookie uint64, length int) int {
-	protocol.ChunkHeader{Flags: flags, Type: typ, Cookie: cookie, Length: uint32(length)}.Put(b)
-	return protocol.ChunkHeaderSize
+// putChunk writes the header of a chunk of the reply to req whose
+// payload is length bytes, and returns its length. An extended header
+// carries req's offset, whatever the chunk.
+func (f replyFormat) putChunk(b []byte, req *protocol.ExtendedRequest, flags protocol.ReplyFlag, typ protocol.ReplyType, length int) int {
+	return f.mode.PutChunkHeader(b, protocol.ExtendedChunkHeader{Flags: flags, Type: typ, Cookie: req.Cookie, Offset: req.Offset, Length: uint64(length)})
 }
 
-// putData writes the header and offset of an OFFSET_DATA chunk of n
-// bytes of data at off and returns their length.
-func (f replyFormat) putData(b []byte, flags protocol.ReplyFlag, cookie, off uint64, n int) int {
-	k := f.putChunk(b, flags, protocol.ReplyTypeOffsetData, cookie, protocol.OffsetDataHeaderSize+n)
+// putData writes the header and offset of an OFFSET_DATA chunk of the
+// reply to req, of n bytes of data at off, and returns their length.
+func (f replyFormat) putData(b []byte, req *protocol.ExtendedRequest, flags protocol.ReplyFlag, off uint64, n int) int {
+	k := f.putChunk(b, req, flags, protocol.ReplyTypeOffsetData, protocol.OffsetDataHeaderSize+n)
 	binary.BigEndian.PutUint64(b[k:], off)
 	return k + protocol.OffsetDataHeaderSize
 }

@@ -97,7 +97,7 @@ type planFacts interface {
 
 // planInput is everything the planner looks at.
 type planInput struct {
-	req protocol.Request
+	req protocol.ExtendedRequest
 	exp *caps
 	// kernelCopies: a plain socket, which the kernel reads and writes
 	// (writev, readv, sendfile, splice); not TLS, not net.Pipe.
@@ -171,7 +171,7 @@ func (in *planInput) streams() bool {
 }
 
 // syncs reports whether req makes the backend sync: FLUSH, or FUA.
-func syncs(req protocol.Request) bool {
+func syncs(req protocol.ExtendedRequest) bool {
 	return req.Type == protocol.CmdFlush || req.Flags&protocol.CmdFlagFUA != 0
 }
 

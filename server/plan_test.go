@@ -49,8 +49,8 @@ var conns = map[string]planInput{
 	"pipe":      {},
 }
 
-func req(typ protocol.Cmd, n uint32, flags ...protocol.CmdFlag) protocol.Request {
-	return protocol.Request{Type: typ, Length: n, Flags: orFlags(flags)}
+func req(typ protocol.Cmd, n uint64, flags ...protocol.CmdFlag) protocol.ExtendedRequest {
+	return protocol.ExtendedRequest{Type: typ, Length: n, Flags: orFlags(flags)}
 }
 
 // TestPlan walks capabilities × connection × request and checks the plan
@@ -63,7 +63,7 @@ func TestPlan(t *testing.T) {
 	holey := func(p plan) plan { p.holes = askHoles; return p }
 	tests := []struct {
 		exp, conn string
-		req       protocol.Request
+		req       protocol.ExtendedRequest
 		chunk     int  // the strategy's largest buffer, 0: any
 		buffered  int  // payload bytes in the read buffer
 		noRoom    bool // the budget is full
@@ -151,8 +151,8 @@ func TestPlan(t *testing.T) {
 // connection, request and facts, the rules every plan keeps whatever the
 // thresholds.
 func TestPlanRules(t *testing.T) {
-	var reqs []protocol.Request
-	for _, n := range []uint32{1, 4096, 64 << 10, 128<<10 + 1, 1 << 20, 32 << 20} {
+	var reqs []protocol.ExtendedRequest
+	for _, n := range []uint64{1, 4096, 64 << 10, 128<<10 + 1, 1 << 20, 32 << 20, 5 << 30} {
 		for _, flags := range []protocol.CmdFlag{0, protocol.CmdFlagFUA, protocol.CmdFlagDF} {
 			reqs = append(reqs, req(protocol.CmdRead, n, flags), req(protocol.CmdWrite, n, flags&protocol.CmdFlagFUA))
 		}

@@ -269,10 +269,14 @@ func (w *replyWriter) direct(ops []*op) {
 	}
 }
 
-// directMax is the largest reply sent directly. A larger one would rarely
-// fit in the socket buffer at once, and a partial write followed by a
-// hand-off costs more than the hand-off alone.
-const directMax = 64 << 10
+// directMax is the largest READ reply sent directly. Up to it a reply
+// usually fits in the socket's send buffer (DefaultUnixSendBuffer on a
+// unix socket), so a client with one request in flight gets it without
+// the wake-up of the writer goroutine, a futex and a context switch per
+// request; what the socket does not take goes to the writer as the
+// carry, as for any direct write. docs/performance.md has the
+// measurements (serial and default-parallelism reads against 64 KiB).
+const directMax = 1 << 20
 
 // allDirect reports whether every reply of ops may be sent directly.
 func allDirect(ops []*op) bool {

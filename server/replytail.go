@@ -83,7 +83,7 @@ func (w *replyWriter) streamRead(o *op) {
 			return
 		}
 	}
-	if c.structured && o.req.Flags&protocol.CmdFlagDF == 0 {
+	if c.format.chunked(protocol.CmdRead) && o.req.Flags&protocol.CmdFlagDF == 0 {
 		w.streamChunks(o, chunk, first)
 		return
 	}
@@ -120,7 +120,7 @@ func (w *replyWriter) streamChunks(o *op, chunk, data []byte) {
 		if last {
 			flags = protocol.ReplyFlagDone
 		}
-		k := c.format.putData(w.chunkHdr[:], flags, o.req.Cookie, uint64(off+done), len(data))
+		k := c.format.putData(w.chunkHdr[:], &o.req, flags, uint64(off+done), len(data))
 		w.writev2(w.chunkHdr[:k], data)
 		done += int64(len(data))
 		if last || w.failed.Load() {
@@ -145,13 +145,13 @@ func (w *replyWriter) endData(o *op, done int64, err error) {
 	switch {
 	case w.failed.Load():
 	case err == nil:
-		if c.structured {
-			w.trailerLen = c.format.putChunk(w.trailer[:], protocol.ReplyFlagDone, protocol.ReplyTypeNone, o.req.Cookie, 0)
+		if c.format.chunked(protocol.CmdRead) {
+			w.trailerLen = c.format.putChunk(w.trailer[:], &o.req, protocol.ReplyFlagDone, protocol.ReplyTypeNone, 0)
 			w.trailerDue = true // sent with whatever is written next
 		}
 	case errors.Is(err, os.ErrDeadlineExceeded): // sendfile met the stall deadline
 		w.fail(err)
-	case c.structured:
+	case c.format.chunked(protocol.CmdRead):
 		w.pad(n - done)
 		w.sendErrorOffset(o, off+done, err)
 	default:
@@ -188,7 +188,7 @@ func (w *replyWriter) sendErrorOffset(o *op, at int64, err error) {
 	w.c.counts.failed(o.req, o.plan.data, errno)
 	w.c.requestFailed(o.req, errno, fmt.Errorf("at offset %d, after part of the data was sent: %w", at, err))
 	msg := protocol.AppendErrorChunk(nil, errno, clientMessage(err), true, uint64(at))
-	k := w.c.format.putChunk(w.chunkHdr[:], protocol.ReplyFlagDone, protocol.ReplyTypeErrorOffset, o.req.Cookie, len(msg))
+	k := w.c.format.putChunk(w.chunkHdr[:], &o.req, protocol.ReplyFlagDone, protocol.ReplyTypeErrorOffset, len(msg))
 	w.writev2(w.chunkHdr[:k], msg)
 }
 

@@ -122,8 +122,9 @@ type Server struct {
 	// MaxConns (see Peer).
 	MaxConns, MaxConnsPerHost int
 
-	// NoStructuredReplies refuses NBD_OPT_STRUCTURED_REPLY with
-	// NBD_REP_ERR_UNSUP, so every reply is a simple reply (proto.md
+	// NoStructuredReplies refuses NBD_OPT_STRUCTURED_REPLY and
+	// NBD_OPT_EXTENDED_HEADERS with NBD_REP_ERR_UNSUP, so every request
+	// is compact and every reply a simple reply (proto.md
 	// "Structured reply chunk message"; nbdkit's --no-sr). Structured
 	// replies carry holes, block status and error messages, but a client
 	// reads each READ reply in more pieces (libnbd: four receives for a

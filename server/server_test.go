@@ -255,7 +255,7 @@ func TestIdleTimeoutKeepsPartialHeader(t *testing.T) {
 	st := newServerTester(t, "pool", &Server{IdleTimeout: 100 * time.Millisecond, Exports: []Export{{Name: "f", Backend: f}}})
 	st.handshake("f")
 	st.read(1, 0, 512) // in flight while the deadline fires
-	hdr := requestBytes(protocol.Request{Type: protocol.CmdFlush, Cookie: 2}, nil)
+	hdr := requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdFlush, Cookie: 2}, nil)
 	st.writeRaw(hdr[:10])
 	time.Sleep(250 * time.Millisecond)
 	st.writeRaw(hdr[10:])
@@ -356,7 +356,7 @@ func TestIdleTimeoutClosesStalledWriter(t *testing.T) {
 		for _, export := range []string{"mem", "shm", "disk"} {
 			c := dialClient(t, sock)
 			c.handshake(export)
-			hdr := requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 1 << 20}, nil)
+			hdr := requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Cookie: 1, Length: 1 << 20}, nil)
 			c.writeRaw(append(hdr, make([]byte, 100<<10)...)) // then nothing
 			begin := time.Now()
 			c.wantClosed()
@@ -373,7 +373,7 @@ func TestIdleTimeoutSparesSlowWriter(t *testing.T) {
 		c := dialClient(t, sock)
 		c.handshake(export)
 		data := pattern(1<<20, 7)
-		c.writeRaw(requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: uint32(len(data))}, nil))
+		c.writeRaw(requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Cookie: 1, Length: uint64(len(data))}, nil))
 		for off := 0; off < len(data); off += 64 << 10 {
 			c.writeRaw(data[off : off+64<<10])
 			time.Sleep(40 * time.Millisecond) // the whole payload takes 0.64 s

@@ -100,12 +100,12 @@ func (o *op) buildSparse(f replyFormat, segs []segment) {
 			flags = protocol.ReplyFlagDone
 		}
 		if s.hole {
-			k := f.putChunk(h[:], flags, protocol.ReplyTypeOffsetHole, o.req.Cookie, protocol.OffsetHoleSize)
+			k := f.putChunk(h[:], &o.req, flags, protocol.ReplyTypeOffsetHole, protocol.OffsetHoleSize)
 			b = protocol.AppendOffsetHole(append(b, h[:k]...), uint64(s.off), uint32(s.n))
 			holeLen = k + protocol.OffsetHoleSize
 			continue
 		}
-		dataHdr = f.putData(h[:], flags, o.req.Cookie, uint64(s.off), int(s.n))
+		dataHdr = f.putData(h[:], &o.req, flags, uint64(s.off), int(s.n))
 		b = append(b, h[:dataHdr]...)
 	}
 	o.extra = b

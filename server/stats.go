@@ -252,7 +252,7 @@ func latencyBucket(ns int64) int {
 // a goroutine of its own. A READ or WRITE is counted on its path alone
 // (snapshot adds the paths up), so that a request costs the reader three
 // uncontended atomic adds at most.
-func (s *exportCounters) counted(req protocol.Request, p Path, onReader bool) {
+func (s *exportCounters) counted(req protocol.ExtendedRequest, p Path, onReader bool) {
 	if p == PathNone {
 		if int(req.Type) >= numCmds {
 			s.unknown.Add(1)
@@ -271,7 +271,7 @@ func (s *exportCounters) counted(req protocol.Request, p Path, onReader bool) {
 
 // moved moves a counted request from one path, or runner, to another:
 // a runtime outcome the plan allowed for (see plan.go).
-func (s *exportCounters) moved(req protocol.Request, from, to Path, wasOnReader, onReader bool) {
+func (s *exportCounters) moved(req protocol.ExtendedRequest, from, to Path, wasOnReader, onReader bool) {
 	if from == to && wasOnReader == onReader {
 		return
 	}
@@ -290,7 +290,7 @@ func (s *exportCounters) moved(req protocol.Request, from, to Path, wasOnReader,
 
 // failed records an error reply; a failed request's bytes come off its
 // path's.
-func (s *exportCounters) failed(req protocol.Request, p Path, errno protocol.Errno) {
+func (s *exportCounters) failed(req protocol.ExtendedRequest, p Path, errno protocol.Errno) {
 	s.errors[errnoSlot(errno)].Add(1)
 	if p != PathNone {
 		s.paths[p].bytes.Add(-int64(req.Length))

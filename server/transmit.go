@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -56,7 +57,7 @@ func (c *conn) startTransmission() {
 	c.bufs, c.chunk = c.srv.bufs.NewConn(), c.srv.bufs.ChunkLimit()
 	c.spares = newSpareBuffers()
 	c.slots = newSlotGate(c.srv.queueDepth())
-	c.format = replyFormat{structured: c.structured}
+	c.format = replyFormat{mode: c.mode}
 	c.w = newReplyWriter(c)
 	// The reader waits in these three alone; each hands over the
 	// replies it holds first (held.go).
@@ -76,13 +77,11 @@ func (c *conn) startTransmission() {
 
 // readRequests is the reader loop.
 func (c *conn) readRequests(ctx context.Context) error {
-	var hdr [protocol.RequestSize]byte
+	var buf [protocol.ExtendedRequestSize]byte
+	hdr := buf[:c.mode.RequestSize()]
 	defer c.sendHeld() // the last replies held, whatever ends the loop
 	for {
-		if err := c.readHeader(&hdr); err != nil {
-			return err
-		}
-		req, err := protocol.DecodeRequest(&hdr)
+		req, err := c.readRequest(hdr)
 		if err != nil {
 			return err
 		}
@@ -95,21 +94,30 @@ func (c *conn) readRequests(ctx context.Context) error {
 	}
 }
 
-// readHeader reads the next request header, applying the idle timeout:
-// the connection is closed when nothing has been in flight and no reply
-// has gone out for IdleTimeout.
-func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
+// readRequest reads and decodes the next request header into hdr,
+// c.mode.RequestSize() bytes.
+func (c *conn) readRequest(hdr []byte) (protocol.ExtendedRequest, error) {
+	if err := c.readHeader(hdr); err != nil && !errors.Is(err, errHeaderMagic) {
+		return protocol.ExtendedRequest{}, err
+	}
+	return c.mode.DecodeRequest(hdr) // ErrBadMagic after errHeaderMagic
+}
+
+// readHeader reads the next request header into hdr, applying the idle
+// timeout: the connection is closed when nothing has been in flight and
+// no reply has gone out for IdleTimeout.
+func (c *conn) readHeader(hdr []byte) error {
 	src := c.headerSource()
 	idle := c.srv.IdleTimeout
-	if idle <= 0 || c.nc == nil || c.br.Buffered() >= protocol.RequestSize {
-		_, err := io.ReadFull(src, hdr[:])
+	if idle <= 0 || c.nc == nil || c.br.Buffered() >= len(hdr) {
+		_, err := c.fillHeader(src, hdr, 0)
 		return err
 	}
 	c.touch()
 	for got := 0; ; {
 		c.nc.SetReadDeadline(time.Unix(0, c.lastActive.Load()).Add(idle))
-		n, err := io.ReadFull(src, hdr[got:])
-		got += n // a deadline may cut a header in two: keep the first part
+		n, err := c.fillHeader(src, hdr, got)
+		got = n // a deadline may cut a header in two: keep the first part
 		var ne net.Error
 		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
 			c.nc.SetReadDeadline(time.Time{})
@@ -124,6 +132,33 @@ func (c *conn) readHeader(hdr *[protocol.RequestSize]byte) error {
 		}
 	}
 }
+
+// fillHeader reads hdr[got:] from src as io.ReadFull does, and returns
+// how much of hdr is filled. It stops with errHeaderMagic as soon as the
+// magic is in and is not the one c.mode expects: a client that sent a
+// compact header where an extended one is due, and waits for its reply,
+// would otherwise wait for bytes that never come, where it gets a
+// disconnect. It makes no read of its own for that.
+func (c *conn) fillHeader(src io.Reader, hdr []byte, got int) (int, error) {
+	for got < len(hdr) {
+		n, err := src.Read(hdr[got:])
+		got += n
+		switch {
+		case got >= 4 && got < len(hdr) && binary.BigEndian.Uint32(hdr) != c.mode.RequestMagic():
+			return got, errHeaderMagic
+		case got == len(hdr):
+			return got, nil
+		case err == io.EOF && got > 0:
+			return got, io.ErrUnexpectedEOF
+		case err != nil:
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+// errHeaderMagic: a request header began with the wrong magic.
+var errHeaderMagic = errors.New("request header with the wrong magic")
 
 // headerSource is where the next header is read from. Usually the read
 // buffer, which brings in whatever the socket holds, several requests at
@@ -147,8 +182,8 @@ func (c *conn) touch() { c.lastActive.Store(time.Now().UnixNano()) }
 // handle validates, plans and starts one request. Only framing violations
 // and socket errors are returned; the request was then not handed on, so
 // it is finished here, the reader's one call of finish.
-func (c *conn) handle(ctx context.Context, req protocol.Request) error {
-	if req.Type == protocol.CmdWrite && c.srv.IdleTimeout > 0 {
+func (c *conn) handle(ctx context.Context, req protocol.ExtendedRequest) error {
+	if c.srv.IdleTimeout > 0 && c.mode.PayloadLength(req) > 0 {
 		defer c.endPayloadClock()
 	}
 	start := requestClock()
@@ -164,7 +199,7 @@ func (c *conn) handle(ctx context.Context, req protocol.Request) error {
 // admit is handle's work: validate, plan, take the request's payload
 // bytes and buffer, count it and start it.
 func (c *conn) admit(ctx context.Context, o *op) error {
-	verr := validate(o.req, c.exp, c.maxPayload(), c.structured, c.metaBase)
+	verr := validate(o.req, c.exp, c.maxPayload(), c.mode, c.metaBase)
 	if verr == nil && c.srv.inShutdown.Load() {
 		verr = reject(protocol.ESHUTDOWN, "%w", ErrShutdown)
 	}
@@ -194,9 +229,9 @@ func (c *conn) refuse(o *op, verr error) error {
 		return verr
 	}
 	c.counts.counted(o.req, PathNone, true)
-	if o.req.Type == protocol.CmdWrite {
-		if err := c.discardPayload(int(o.req.Length)); err != nil {
-			return fmt.Errorf("skip rejected write payload: %w", err)
+	if n := c.mode.PayloadLength(o.req); n > 0 {
+		if err := c.discardPayload(int(n)); err != nil {
+			return fmt.Errorf("skip the payload of a rejected %v: %w", o.req.Type, err)
 		}
 	}
 	o.fail(re)
@@ -206,10 +241,10 @@ func (c *conn) refuse(o *op, verr error) error {
 }
 
 // planInput is what the planner sees of o's request on this connection.
-func (c *conn) planInput(req protocol.Request) planInput {
+func (c *conn) planInput(req protocol.ExtendedRequest) planInput {
 	return planInput{
 		req: req, exp: &c.exp.caps, facts: c,
-		kernelCopies: c.kernelCopies, structured: c.structured, noSplice: c.noSplice,
+		kernelCopies: c.kernelCopies, structured: c.mode >= protocol.ModeStructured, noSplice: c.noSplice,
 		buffered: c.br.Buffered(), chunk: c.chunk,
 	}
 }
@@ -252,7 +287,7 @@ func (c *conn) reserve(ctx context.Context, o *op) error {
 // newOp takes a queue slot and an op for req. Taking the slot blocks when
 // the connection is full, so the reader stops reading the socket rather
 // than queueing without bound.
-func (c *conn) newOp(req protocol.Request) *op {
+func (c *conn) newOp(req protocol.ExtendedRequest) *op {
 	c.slots.take()
 	c.inflight.Add(1)
 	c.nInflight.Add(1)

@@ -226,12 +226,12 @@ func TestDecoratedExportFlags(t *testing.T) {
 		"memory": backend.NewMemory(1 << 20),
 		"bare":   bare{backend.NewMemory(1 << 20)},
 	} {
-		for _, structured := range []bool{false, true} {
+		for _, mode := range []protocol.Mode{protocol.ModeSimple, protocol.ModeStructured, protocol.ModeExtended} {
 			plain, err := discoverCaps(&Export{Name: "p", Backend: inner})
 			require.NoError(t, err)
 			decorated, err := discoverCaps(&Export{Name: "d", Backend: backend.NewFault(inner)})
 			require.NoError(t, err)
-			require.Equal(t, plain.flags(structured), decorated.flags(structured), "%s, structured %v", name, structured)
+			require.Equal(t, plain.flags(mode), decorated.flags(mode), "%s, mode %v", name, mode)
 			require.Equal(t, plain.extenter == nil, decorated.extenter == nil, "%s: extents asked of the decorator only if the backend has them", name)
 		}
 	}
@@ -617,10 +617,10 @@ func TestPipelinedInOneWrite(t *testing.T) {
 		st.handshake("mem")
 		big, small := pattern(100_000, 1), []byte("tiny")
 		var b []byte
-		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Offset: 0, Length: uint32(len(big))}, big)...)
-		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 2, Offset: 200_000, Length: uint32(len(small))}, small)...)
-		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdFlush, Cookie: 3}, nil)...)
-		b = append(b, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 4, Offset: 300_000, Length: uint32(len(small))}, small)...)
+		b = append(b, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Cookie: 1, Offset: 0, Length: uint64(len(big))}, big)...)
+		b = append(b, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Cookie: 2, Offset: 200_000, Length: uint64(len(small))}, small)...)
+		b = append(b, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdFlush, Cookie: 3}, nil)...)
+		b = append(b, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Cookie: 4, Offset: 300_000, Length: uint64(len(small))}, small)...)
 		st.writeRaw(b)
 		got := map[uint64]protocol.Errno{}
 		for range 4 {
@@ -733,13 +733,13 @@ func TestSlowSyncNotInline(t *testing.T) {
 			st := newServerTester(t, "", &Server{Exports: []Export{{Name: "m", Backend: b}}})
 			st.handshake("m")
 			var raw []byte
-			raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdWrite, Cookie: 1, Length: 4096}, make([]byte, 4096))...)
+			raw = append(raw, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Cookie: 1, Length: 4096}, make([]byte, 4096))...)
 			var payload []byte
 			if tc.syncer.Type == protocol.CmdWrite {
 				payload = make([]byte, 4096)
 			}
-			raw = append(raw, requestBytes(tc.syncer, payload)...)
-			raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdRead, Cookie: 3, Length: 4096}, nil)...)
+			raw = append(raw, requestBytes(protocol.ModeSimple, tc.syncer.Extended(), payload)...)
+			raw = append(raw, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdRead, Cookie: 3, Length: 4096}, nil)...)
 			begin := time.Now()
 			st.writeRaw(raw)
 			for _, want := range []uint64{1, 3} {
@@ -763,8 +763,8 @@ func TestStreamedFUASyncOffReader(t *testing.T) {
 	st := newServerTester(t, "stream", &Server{Exports: []Export{{Name: "m", Backend: b}}})
 	st.handshake("m")
 	var raw []byte
-	raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdWrite, Flags: protocol.CmdFlagFUA, Cookie: 2, Length: 16 << 10}, make([]byte, 16<<10))...)
-	raw = append(raw, requestBytes(protocol.Request{Type: protocol.CmdRead, Cookie: 3, Length: 4096}, nil)...)
+	raw = append(raw, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdWrite, Flags: protocol.CmdFlagFUA, Cookie: 2, Length: 16 << 10}, make([]byte, 16<<10))...)
+	raw = append(raw, requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdRead, Cookie: 3, Length: 4096}, nil)...)
 	begin := time.Now()
 	st.writeRaw(raw)
 	r := st.readReply()

@@ -8,7 +8,7 @@ type cmdRule struct {
 	flags      protocol.CmdFlag // flags allowed besides FUA
 	ranged     bool             // offset and length must lie inside the export
 	nonEmpty   bool             // length 0 is EINVAL
-	payload    bool             // length bytes of payload follow the header
+	payload    bool             // its data is a payload: NBD_CMD_FLAG_PAYLOAD_LEN under extended headers
 	bounded    bool             // length must not exceed the maximum request size
 	writes     bool             // refused on a read-only export
 	aligned    bool             // offset and length must be multiples of the minimum block size
@@ -27,16 +27,29 @@ var cmdRules = [...]cmdRule{
 	protocol.CmdBlockStatus: {known: true, flags: protocol.CmdFlagReqOne, ranged: true, nonEmpty: true, outOfRange: protocol.EINVAL},
 }
 
-// validate checks a request against the export before anything is
-// allocated for it (proto.md "Request types" and "Error values"). It
-// returns nil for a valid request, a *requestError to answer, or a
-// protocolError for a WRITE whose payload is too large to skip: above
-// both the maximum payload and 32 MiB, the length the spec says is never
-// to be taken for a denial of service (proto.md "Size constraints").
-// Below that, a WRITE over the maximum is answered with EINVAL and its
-// payload is read and dropped: a client that never asked for the block
-// size constraints must get a clean error.
-func validate(req protocol.Request, exp *openExport, maxPayload uint32, structured, metaBase bool) error {
+// validate checks a request, read in mode, against the export before
+// anything is allocated for it (proto.md "Request types" and "Error
+// values"). It returns nil for a valid request, a *requestError to answer
+// (the caller drops the request's payload first, mode.PayloadLength
+// bytes), or a protocolError for a payload too large to skip: above both
+// the maximum payload and 32 MiB, the length the spec says is never to be
+// taken for a denial of service (proto.md "Size constraints"; extended
+// "Request message": a hard disconnect). Below that, a WRITE over the
+// maximum is answered with EINVAL and its payload is read and dropped: a
+// client that never asked for the block size constraints must get a clean
+// error.
+//
+// With extended headers a WRITE may carry NBD_CMD_FLAG_PAYLOAD_LEN (the
+// spec says it must; qemu 10 sends it without, and its length is the
+// payload's either way: protocol.Mode.PayloadLength), and no other
+// command may: nbdd documents no other payload (it does not advertise
+// NBD_FLAG_BLOCK_STATUS_PAYLOAD), so such a request is answered EINVAL
+// once its payload is consumed. Effect lengths are 64-bit
+// and bounded only by the export's end, except a READ's.
+func validate(req protocol.ExtendedRequest, exp *openExport, maxPayload uint32, mode protocol.Mode, metaBase bool) error {
+	if n := mode.PayloadLength(req); n > uint64(max(maxPayload, protocol.DefaultMaxPayload)) {
+		return violation("%v with a payload of %d bytes exceeds the maximum of %d", req.Type, n, maxPayload)
+	}
 	var rule cmdRule
 	if int(req.Type) < len(cmdRules) {
 		rule = cmdRules[req.Type]
@@ -44,13 +57,14 @@ func validate(req protocol.Request, exp *openExport, maxPayload uint32, structur
 	if !rule.known {
 		return reject(protocol.EINVAL, "unknown command %v", req.Type)
 	}
-	if rule.payload && req.Length > max(maxPayload, protocol.DefaultMaxPayload) {
-		return violation("%v of %d bytes exceeds the maximum of %d", req.Type, req.Length, maxPayload)
+	allowed := rule.flags | protocol.CmdFlagFUA
+	if mode == protocol.ModeExtended && rule.payload {
+		allowed |= protocol.CmdFlagPayloadLen
 	}
-	if bad := req.Flags &^ (rule.flags | protocol.CmdFlagFUA); bad != 0 {
+	if bad := req.Flags &^ allowed; bad != 0 {
 		return reject(protocol.EINVAL, "%v does not take flags %v", req.Type, bad)
 	}
-	if req.Flags&protocol.CmdFlagDF != 0 && !structured {
+	if req.Flags&protocol.CmdFlagDF != 0 && mode < protocol.ModeStructured {
 		return reject(protocol.EINVAL, "NBD_CMD_FLAG_DF without structured replies")
 	}
 	if req.Type == protocol.CmdBlockStatus && !metaBase {
@@ -62,14 +76,17 @@ func validate(req protocol.Request, exp *openExport, maxPayload uint32, structur
 	if req.Type == protocol.CmdTrim && exp.trimmer == nil {
 		return reject(protocol.EINVAL, "NBD_CMD_TRIM is not supported by this export")
 	}
-	if rule.nonEmpty && req.Length == 0 {
+	// No payload is left that carries an effect length of its own (the
+	// flags above): the header's length is the effect length.
+	n, _ := mode.EffectLength(req)
+	if rule.nonEmpty && n == 0 {
 		return reject(protocol.EINVAL, "%v of length 0", req.Type)
 	}
-	if rule.bounded && req.Length > maxPayload {
-		return reject(protocol.EINVAL, "%v of %d bytes exceeds the maximum of %d", req.Type, req.Length, maxPayload)
+	if rule.bounded && n > uint64(maxPayload) {
+		return reject(protocol.EINVAL, "%v of %d bytes exceeds the maximum of %d", req.Type, n, maxPayload)
 	}
-	if rule.ranged && (req.Offset > exp.size || uint64(req.Length) > exp.size-req.Offset) {
-		return reject(rule.outOfRange, "%v at %d+%d past the end (%d)", req.Type, req.Offset, req.Length, exp.size)
+	if rule.ranged && (req.Offset > exp.size || n > exp.size-req.Offset) {
+		return reject(rule.outOfRange, "%v at %d+%d past the end (%d)", req.Type, req.Offset, n, exp.size)
 	}
 	if err := checkFastZero(req, exp); err != nil {
 		return err
@@ -88,7 +105,7 @@ func validate(req protocol.Request, exp *openExport, maxPayload uint32, structur
 // "NBD_CMD_WRITE_ZEROES": the server SHOULD NOT fail with ENOTSUP then),
 // ENOTSUP with NO_HOLE, which the spec allows but which zeroing while
 // keeping the range allocated never makes faster than writing zeroes.
-func checkFastZero(req protocol.Request, exp *openExport) error {
+func checkFastZero(req protocol.ExtendedRequest, exp *openExport) error {
 	if req.Flags&protocol.CmdFlagFastZero == 0 {
 		return nil
 	}
@@ -103,9 +120,9 @@ func checkFastZero(req protocol.Request, exp *openExport) error {
 
 // alignedTo reports whether req's offset and length are multiples of
 // minBlock, a power of 2 (or 0 or 1: no constraint).
-func alignedTo(req protocol.Request, minBlock uint32) bool {
+func alignedTo(req protocol.ExtendedRequest, minBlock uint32) bool {
 	if minBlock <= 1 {
 		return true
 	}
-	return (req.Offset|uint64(req.Length))&uint64(minBlock-1) == 0
+	return (req.Offset|req.Length)&uint64(minBlock-1) == 0
 }

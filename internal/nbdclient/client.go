@@ -4,7 +4,7 @@
 // (bench/nbdload) and the kernel attach's handshake (kernel/nbdkernel) use
 // it. It speaks fixed newstyle negotiation (proto.md "Fixed newstyle
 // negotiation") and the transmission phase with simple and structured
-// replies, many requests in flight.
+// replies or extended headers, many requests in flight.
 //
 // A Conn reads its connection through a buffer, or, made with Unbuffered,
 // reads exactly what the protocol asks for and nothing past it, so that
@@ -34,8 +34,12 @@ type Conn struct {
 
 	wmu sync.Mutex // serialises writes
 
-	// Structured is set once NBD_OPT_STRUCTURED_REPLY was acknowledged.
+	// Structured is set once NBD_OPT_STRUCTURED_REPLY or
+	// NBD_OPT_EXTENDED_HEADERS was acknowledged: replies come in chunks.
 	Structured bool
+	// Extended is set once NBD_OPT_EXTENDED_HEADERS was acknowledged:
+	// requests and reply chunks have 32-byte headers.
+	Extended bool
 	// MaxReplyData bounds the data of one option reply or one structured
 	// chunk the client accepts; 0 means 64 MiB.
 	MaxReplyData uint32

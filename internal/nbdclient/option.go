@@ -202,6 +202,20 @@ func (c *Conn) StructuredReply() error {
 	return nil
 }
 
+// ExtendedHeaders negotiates extended headers (proto.md
+// "NBD_OPT_EXTENDED_HEADERS"): from then on requests go out in the
+// 32-byte form and every reply comes as extended chunks.
+func (c *Conn) ExtendedHeaders() error {
+	if err := c.SendOption(protocol.OptExtendedHeaders, nil); err != nil {
+		return err
+	}
+	if err := c.readReplies(protocol.OptExtendedHeaders, protocol.RepAck, nil); err != nil {
+		return err
+	}
+	c.Structured, c.Extended = true, true
+	return nil
+}
+
 // MetaContext sends NBD_OPT_LIST_META_CONTEXT or NBD_OPT_SET_META_CONTEXT
 // and returns the contexts the server replied with.
 func (c *Conn) MetaContext(opt protocol.Opt, name string, queries ...string) ([]protocol.MetaContextReply, error) {

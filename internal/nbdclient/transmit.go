@@ -9,12 +9,16 @@ import (
 	"github.com/nbdd/nbdd/protocol"
 )
 
-// Reply is one transmission reply, simple or structured, as the client
-// saw it.
+// Reply is one transmission reply, simple, structured or extended, as
+// the client saw it.
 type Reply struct {
 	Cookie     uint64
 	Errno      protocol.Errno
 	Structured bool
+	// Extended: the reply came as extended chunks, every one of which
+	// carried Offset, the offset of the request answered.
+	Extended bool
+	Offset   uint64
 	// Types are the chunk types of a structured reply, in order.
 	Types []protocol.ReplyType
 	// Data is a READ's data: a simple reply's, or the OFFSET_DATA and
@@ -25,26 +29,50 @@ type Reply struct {
 	// Message and ErrOffset come from an error chunk.
 	Message   string
 	ErrOffset uint64
-	// ContextID and Extents come from a BLOCK_STATUS chunk.
-	ContextID uint32
-	Extents   []protocol.BlockDescriptor
+	// ContextID and Extents come from a BLOCK_STATUS chunk, ExtentsExt
+	// from a BLOCK_STATUS_EXT one.
+	ContextID  uint32
+	Extents    []protocol.BlockDescriptor
+	ExtentsExt []protocol.BlockDescriptorExt
 }
 
 // Send writes one request and its payload in one write. A READ sent
 // under simple replies is remembered, so that ReadReply knows how much
-// data its reply carries.
+// data its reply carries. Once extended headers are negotiated the
+// request goes out in the extended form, a WRITE with
+// NBD_CMD_FLAG_PAYLOAD_LEN.
 func (c *Conn) Send(req protocol.Request, payload []byte) error {
+	if c.Extended {
+		x := req.Extended()
+		if req.Type == protocol.CmdWrite {
+			x.Flags |= protocol.CmdFlagPayloadLen
+		}
+		return c.SendExtended(x, payload)
+	}
 	var hdr [protocol.RequestSize]byte
 	req.Put(&hdr)
 	c.Expect(req)
-	bufs := net.Buffers{hdr[:]}
+	return c.send(hdr[:], req.Type, req.Cookie, payload)
+}
+
+// SendExtended writes req as it is, in the extended form, and its
+// payload in one write: for requests a compact header cannot carry (64-bit
+// lengths) and for tests of what the flags say.
+func (c *Conn) SendExtended(req protocol.ExtendedRequest, payload []byte) error {
+	var hdr [protocol.ExtendedRequestSize]byte
+	req.Put(&hdr)
+	return c.send(hdr[:], req.Type, req.Cookie, payload)
+}
+
+func (c *Conn) send(hdr []byte, typ protocol.Cmd, cookie uint64, payload []byte) error {
+	bufs := net.Buffers{hdr}
 	if len(payload) > 0 { // no empty write: net.Pipe would wait for a reader
 		bufs = append(bufs, payload)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if _, err := bufs.WriteTo(c.rw); err != nil {
-		return fmt.Errorf("send %v %d: %w", req.Type, req.Cookie, err)
+		return fmt.Errorf("send %v %d: %w", typ, cookie, err)
 	}
 	return nil
 }
@@ -82,7 +110,7 @@ func (c *Conn) ReadReply() (Reply, error) {
 	switch m := binary.BigEndian.Uint32(magic[:]); m {
 	case protocol.SimpleReplyMagic:
 		return c.readSimple(magic)
-	case protocol.StructuredReplyMagic:
+	case protocol.StructuredReplyMagic, protocol.ExtendedReplyMagic:
 		return c.readStructured(magic)
 	default:
 		return Reply{}, fmt.Errorf("%w: reply magic %#x", protocol.ErrBadMagic, m)
@@ -117,28 +145,24 @@ func (c *Conn) readSimple(magic [4]byte) (Reply, error) {
 	return r, nil
 }
 
+// readStructured reads the chunks of a reply whose first magic, already
+// read, is magic: structured or extended. Every later chunk must have
+// the same form and cookie, and an extended one the same offset.
 func (c *Conn) readStructured(magic [4]byte) (Reply, error) {
-	r := Reply{Structured: true}
+	r := Reply{Structured: true, Extended: binary.BigEndian.Uint32(magic[:]) == protocol.ExtendedReplyMagic}
 	for first := true; ; first = false {
-		var hdr [protocol.ChunkHeaderSize]byte
-		copy(hdr[:], magic[:])
-		if first {
-			if _, err := io.ReadFull(c.r, hdr[4:]); err != nil {
-				return r, fmt.Errorf("read chunk header: %w", err)
-			}
-		} else if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
-			return r, fmt.Errorf("read chunk header: %w", err)
-		}
-		ch, err := protocol.DecodeChunkHeader(&hdr)
+		ch, err := c.readChunkHeader(r.Extended, first, magic)
 		switch {
 		case err != nil:
 			return r, err
 		case !first && ch.Cookie != r.Cookie:
 			return r, fmt.Errorf("%w: chunk for cookie %d inside the reply to %d", ErrUnexpected, ch.Cookie, r.Cookie)
-		case ch.Length > c.maxData():
+		case !first && ch.Offset != r.Offset:
+			return r, fmt.Errorf("%w: chunk for offset %d inside the reply to a request at %d", ErrUnexpected, ch.Offset, r.Offset)
+		case ch.Length > uint64(c.maxData()):
 			return r, fmt.Errorf("%w: chunk of %d bytes", ErrUnexpected, ch.Length)
 		}
-		r.Cookie = ch.Cookie
+		r.Cookie, r.Offset = ch.Cookie, ch.Offset
 		if c.DiscardData && ch.Type == protocol.ReplyTypeOffsetData && ch.Length >= protocol.OffsetDataHeaderSize {
 			r.Types = append(r.Types, ch.Type)
 			if _, err := io.CopyN(io.Discard, c.r, int64(ch.Length)); err != nil {
@@ -153,8 +177,33 @@ func (c *Conn) readStructured(magic [4]byte) (Reply, error) {
 	}
 }
 
+// readChunkHeader reads a chunk header of the form the reply's first
+// chunk had; the first chunk's magic was read already. A structured
+// header is returned widened, with offset 0.
+func (c *Conn) readChunkHeader(extended, first bool, magic [4]byte) (protocol.ExtendedChunkHeader, error) {
+	var b [protocol.ExtendedChunkHeaderSize]byte
+	n := protocol.ChunkHeaderSize
+	if extended {
+		n = protocol.ExtendedChunkHeaderSize
+	}
+	hdr := b[:n]
+	copy(hdr, magic[:])
+	rest := hdr
+	if first {
+		rest = hdr[4:]
+	}
+	if _, err := io.ReadFull(c.r, rest); err != nil {
+		return protocol.ExtendedChunkHeader{}, fmt.Errorf("read chunk header: %w", err)
+	}
+	if extended {
+		return protocol.DecodeExtendedChunkHeader(&b)
+	}
+	ch, err := protocol.DecodeChunkHeader((*[protocol.ChunkHeaderSize]byte)(hdr))
+	return protocol.ExtendedChunkHeader{Flags: ch.Flags, Type: ch.Type, Cookie: ch.Cookie, Length: uint64(ch.Length)}, err
+}
+
 // readChunk reads one chunk's payload into r.
-func (c *Conn) readChunk(r *Reply, ch protocol.ChunkHeader) error {
+func (c *Conn) readChunk(r *Reply, ch protocol.ExtendedChunkHeader) error {
 	payload := make([]byte, ch.Length)
 	if _, err := io.ReadFull(c.r, payload); err != nil {
 		return fmt.Errorf("read %v payload: %w", ch.Type, err)
@@ -188,6 +237,12 @@ func (r *Reply) addChunk(typ protocol.ReplyType, p []byte) error {
 			return err
 		}
 		r.ContextID, r.Extents = id, append(r.Extents, exts...)
+	case typ == protocol.ReplyTypeBlockStatusExt:
+		s, err := protocol.DecodeBlockStatusExt(p)
+		if err != nil {
+			return err
+		}
+		r.ContextID, r.ExtentsExt = s.ContextID, append(r.ExtentsExt, s.Descriptors...)
 	case typ.IsError():
 		e, err := protocol.DecodeErrorChunk(typ, p)
 		if err != nil {

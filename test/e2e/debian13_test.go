@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/nbdd/nbdd/protocol"
 )
@@ -32,16 +28,11 @@ import (
 //	TestTrixieQEMU               qemu-img convert and compare, qemu-io patterns across 4 GiB
 //	TestTrixieFIO                fio nbd engine, verify=crc32c at iodepth 32
 //	TestTrixieNBDSh              testdata/aio.py under nbdsh 1.22
-//	TestTrixieExtendedHeaders    64-bit TRIM, WRITE_ZEROES and BLOCK_STATUS in one request each (gated)
+//	TestTrixieExtendedHeaders    64-bit TRIM, WRITE_ZEROES and BLOCK_STATUS in one request each; compact headers when refused
 //	TestTrixieDifferentialQEMUNBD the same 64-bit session against qemu-nbd 10 and nbdd: same bytes, compatible extents
 
 // trixieTools are the programs useTrixie wraps.
 var trixieTools = []string{"nbdinfo", "nbdcopy", "nbdsh", "qemu-img", "qemu-io", "qemu-nbd", "fio", "nbdkit"}
-
-// extHeadersGate is the skip message of the tests that need nbdd to serve
-// extended headers; they skip only while nbdd answers
-// NBD_OPT_EXTENDED_HEADERS with NBD_REP_ERR_UNSUP.
-const extHeadersGate = "extended headers: server support lands with the server integration"
 
 var trixie struct {
 	once sync.Once
@@ -179,7 +170,9 @@ func TestTrixieNBDInfo(t *testing.T) {
 	if len(e.Contexts) != 1 || e.Contexts[0] != protocol.MetaContextBaseAllocation {
 		t.Errorf("nbdinfo 1.22: contexts %q; want [base:allocation]", e.Contexts)
 	}
-	t.Logf("nbdinfo 1.22: extended headers %t", info.Extended)
+	if !info.Extended {
+		t.Errorf("nbdinfo 1.22: extended headers not negotiated")
+	}
 
 	command{name: "nbdsh", env: pythonEnv(), args: []string{"-u", uri, "-c", "h.pwrite(b'x' * 65536, 1 << 20)"}}.run(t)
 	got := command{name: "nbdinfo", args: []string{"--map", uri}}.run(t)
@@ -309,63 +302,35 @@ func checkExtents(t *testing.T, who string, r ext64Result) {
 	}
 }
 
-// serverRefusesExtendedHeaders reports whether the server on the unix
-// socket sock answers NBD_OPT_EXTENDED_HEADERS with NBD_REP_ERR_UNSUP; it
-// fails t on any answer but that or NBD_REP_ACK.
-func serverRefusesExtendedHeaders(t *testing.T, sock string) bool {
-	t.Helper()
-	conn, err := net.DialTimeout("unix", sock, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	var greet [protocol.HandshakeSize]byte
-	if _, err := io.ReadFull(conn, greet[:]); err != nil {
-		t.Fatalf("read greeting: %v", err)
-	}
-	var hdr [protocol.OptionHeaderSize]byte
-	protocol.OptionHeader{Opt: protocol.OptExtendedHeaders}.Put(&hdr)
-	msg := binary.BigEndian.AppendUint32(nil, uint32(protocol.ClientFixedNewstyle|protocol.ClientNoZeroes))
-	if _, err := conn.Write(append(msg, hdr[:]...)); err != nil {
-		t.Fatal(err)
-	}
-	var rh [protocol.OptionReplyHeaderSize]byte
-	if _, err := io.ReadFull(conn, rh[:]); err != nil {
-		t.Fatalf("read reply to NBD_OPT_EXTENDED_HEADERS: %v", err)
-	}
-	r, err := protocol.DecodeOptionReplyHeader(&rh)
-	if err != nil || r.Opt != protocol.OptExtendedHeaders || (r.Type != protocol.RepAck && r.Type != protocol.RepErrUnsup) {
-		t.Fatalf("reply to NBD_OPT_EXTENDED_HEADERS: %+v, %v; want NBD_REP_ACK or NBD_REP_ERR_UNSUP", r, err)
-	}
-	return r.Type == protocol.RepErrUnsup
-}
-
 // TestTrixieExtendedHeaders checks that libnbd 1.22 negotiates extended
 // headers with nbdd and uses them: the 3 GiB WRITE_ZEROES and the TRIM of
 // more than 1 GiB go out as one request each (7 requests for the session's
-// writes, zero, trim and flush; 10 with compact headers), and the bytes
-// and extents are right. It skips, with extHeadersGate, only while nbdd
-// refuses the option.
+// writes, zero, trim and flush), one BLOCK_STATUS covers the 8 GiB
+// export, and the bytes and extents are right. The same session with
+// extended headers refused by the client, in compact requests of at most
+// 1 GiB, shows what the counts would be without them (10 requests, 8
+// BLOCK_STATUS), and gives the same bytes.
 func TestTrixieExtendedHeaders(t *testing.T) {
 	useTrixie(t)
-	s := startNBDD(t, "--memory", "disk=8G")
-	if serverRefusesExtendedHeaders(t, s.sock) {
-		t.Skip(extHeadersGate)
+	for _, noExt := range []bool{false, true} {
+		s := startNBDD(t, "--memory", "disk=8G")
+		r := ext64(t, s.unixURI(t, "disk"), noExt)
+		want := ext64Result{Extended: true, Mutations: 7, StatusRequests: 1}
+		if noExt {
+			want = ext64Result{Extended: false, Mutations: 10, StatusRequests: 8}
+		}
+		if r.Extended != want.Extended || r.Mutations != want.Mutations || r.StatusRequests != want.StatusRequests {
+			t.Errorf("libnbd 1.22 against nbdd (client refuses extended headers: %t): extended %t, %d requests for the writes, zero, trim and flush, %d BLOCK_STATUS; want %t, %d, %d",
+				noExt, r.Extended, r.Mutations, r.StatusRequests, want.Extended, want.Mutations, want.StatusRequests)
+		}
+		checkExtents(t, "nbdd", r)
 	}
-	r := ext64(t, s.unixURI(t, "disk"), false)
-	if !r.Extended || r.Mutations != 7 {
-		t.Errorf("libnbd 1.22 against nbdd: extended %t, %d requests for the writes, zero, trim and flush; want true, 7", r.Extended, r.Mutations)
-	}
-	checkExtents(t, "nbdd", r)
 }
 
 // TestTrixieDifferentialQEMUNBD runs testdata/ext64.py against qemu-nbd
 // 10 and nbdd, each on a sparse 8 GiB export, and compares: the same
-// bytes, extents that both report the written data as data. Against
-// qemu-nbd extended headers must be negotiated and used; against nbdd the
-// session runs in whatever form nbdd offers, and the extended-header
-// subtest skips with extHeadersGate while nbdd refuses them.
+// bytes, extents that both report the written data as data, and on both
+// extended headers negotiated and used (the same requests).
 func TestTrixieDifferentialQEMUNBD(t *testing.T) {
 	useTrixie(t)
 	dir := t.TempDir()
@@ -385,7 +350,6 @@ func TestTrixieDifferentialQEMUNBD(t *testing.T) {
 	checkExtents(t, "qemu-nbd 10", want)
 
 	s := startNBDD(t, "--memory", "disk=8G")
-	refuses := serverRefusesExtendedHeaders(t, s.sock)
 	got := ext64(t, s.unixURI(t, "disk"), false)
 	checkExtents(t, "nbdd", got)
 	for off, h := range want.Hashes {
@@ -394,12 +358,7 @@ func TestTrixieDifferentialQEMUNBD(t *testing.T) {
 		}
 	}
 	t.Logf("qemu-nbd 10: %d + %d requests; nbdd (extended %t): %d + %d", want.Mutations, want.StatusRequests, got.Extended, got.Mutations, got.StatusRequests)
-	t.Run("extended", func(t *testing.T) {
-		if refuses {
-			t.Skip(extHeadersGate)
-		}
-		if !got.Extended || got.Mutations != want.Mutations {
-			t.Errorf("nbdd: extended %t, %d requests; want true, %d as qemu-nbd 10", got.Extended, got.Mutations, want.Mutations)
-		}
-	})
+	if !got.Extended || got.Mutations != want.Mutations {
+		t.Errorf("nbdd: extended %t, %d requests; want true, %d as qemu-nbd 10", got.Extended, got.Mutations, want.Mutations)
+	}
 }
