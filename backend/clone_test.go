@@ -14,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdd/nbdd/internal/testenv"
 )
 
 // cloneTestSize crosses block, chunk and page edges and ends in a short
@@ -423,7 +425,7 @@ func TestCloneErrors(t *testing.T) {
 func TestCloneViews(t *testing.T) {
 	dir, err := os.MkdirTemp("/dev/shm", "clone")
 	if err != nil {
-		t.Skip("no /dev/shm")
+		testenv.SkipOutsideCI(t, "no /dev/shm: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	_, model := testBase(t, cloneTestSize)
