@@ -138,34 +138,7 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, body io.ReadSeeker,
 
 // ReadAt implements logdisk.Store with a ranged GET.
 func (s *Store) ReadAt(ctx context.Context, key string, p []byte, off int64) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
-		Bucket: &s.cfg.Bucket,
-		Key:    &key,
-		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1)),
-	})
-	if err != nil {
-		var ae smithy.APIError
-		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
-			return 0, io.EOF
-		}
-		return 0, s.classify("get", key, err)
-	}
-	defer out.Body.Close()
-	n, err := io.ReadFull(out.Body, p)
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		if out.ContentLength != nil && int64(n) == *out.ContentLength {
-			return n, io.EOF // the object ends before off+len(p)
-		}
-	}
-	if err != nil {
-		return n, fmt.Errorf("get %s: %w", key, err)
-	}
-	return n, nil
+	return s.ReadAtv(ctx, key, [][]byte{p}, off)
 }
 
 // ReadAtv implements logdisk.VectorReader: one ranged GET, its body read
