@@ -35,10 +35,23 @@ func (d *Disk) claim(ctx context.Context, st *loadState, resume *Epoch) error {
 		return err
 	}
 	end := max(first+d.meta.Window-1, st.max)
-	if err := d.claimRest(ctx, st, first, end, mine); err != nil {
-		return err
+	var todo []uint64
+	for s := first + 1; s <= end; s++ {
+		if st.hdrs[s] == nil {
+			todo = append(todo, s)
+		}
 	}
-	d.nextSeq, d.durable = end+1, end
+	d.nextSeq, d.durable, d.claimEnd = end+1, end, end
+	if len(todo) > 0 {
+		d.durable = todo[0] - 1
+		for s := todo[0]; s <= end; s++ {
+			if st.hdrs[s] != nil {
+				d.ahead[s] = nil // decided already: an object holds it
+			}
+		}
+		d.opening.Add(1)
+		go d.claimRest(todo, mine)
+	}
 	return nil
 }
 
@@ -66,38 +79,38 @@ func (d *Disk) claimFirst(ctx context.Context, st *loadState, seen, mine Epoch) 
 	}
 }
 
-// claimRest decides every sequence number in (first, end].
-func (d *Disk) claimRest(ctx context.Context, st *loadState, first, end uint64, mine Epoch) error {
-	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
+// claimRest decides the sequence numbers todo, all above the first
+// claim, in parallel and in the background: a claim lands, or the object
+// that won is read. Each decided number counts as durable, and uploads
+// wait until every number up to claimEnd is (nextUpload), so this
+// writer's objects still land only after the window is decided. Reads
+// need none of it: whatever an old writer lands there comes after this
+// writer's first claim, so no reader counts it.
+func (d *Disk) claimRest(todo []uint64, mine Epoch) {
+	defer d.opening.Done()
 	sem := make(chan struct{}, 16)
-	var todo []uint64
-	for s := first + 1; s <= end; s++ {
-		if st.hdrs[s] == nil {
-			todo = append(todo, s)
-		}
-	}
+	var wg sync.WaitGroup
 	for _, s := range todo {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			h, _, err := d.claimAt(ctx, s, mine)
-			mu.Lock()
-			defer mu.Unlock()
+			h, _, err := d.claimAt(d.ctx, s, mine)
+			d.mu.Lock()
+			defer d.mu.Unlock()
 			switch {
 			case err != nil:
-				firstErr = cmpErr(firstErr, err)
+				if d.ctx.Err() == nil {
+					d.failLocked(err)
+				}
 			case mine.Less(h.Epoch):
-				firstErr = cmpErr(firstErr, fmt.Errorf("%w: another nbdd took the image over while this one was opening it", ErrInUse))
+				d.failLocked(fmt.Errorf("%w: another nbdd took the image over while this one was opening it", ErrFenced))
 			default:
-				st.hdrs[s] = h
+				d.landedLocked(s, nil)
 			}
 		}()
 	}
 	wg.Wait()
-	return firstErr
 }
 
 // claimAt writes a claim object at seq. It returns the header of the

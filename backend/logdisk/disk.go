@@ -142,22 +142,31 @@ func Create(ctx context.Context, cfg Config, size int64) error {
 
 // Probe checks that the store refuses a second put-if-absent of one key.
 func Probe(ctx context.Context, st Store, prefix string) error {
+	key, err := probePuts(ctx, st, prefix)
+	if key != "" {
+		st.Delete(context.WithoutCancel(ctx), []string{key})
+	}
+	return err
+}
+
+// probePuts makes the two PUTs of a probe. It returns the key it created
+// ("" if none), for the caller to delete, and the verdict.
+func probePuts(ctx context.Context, st Store, prefix string) (string, error) {
 	var r [8]byte
 	rand.Read(r[:])
 	key := prefix + probeDir + hex.EncodeToString(r[:])
 	body := []byte("nbdd put-if-absent probe\n")
 	if err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
-		return fmt.Errorf("probe %s: %w", key, err)
+		return "", fmt.Errorf("probe %s: %w", key, err)
 	}
-	defer st.Delete(context.WithoutCancel(ctx), []string{key})
 	err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body)))
 	switch {
 	case err == nil:
-		return ErrNoConditionalPut
+		return key, ErrNoConditionalPut
 	case errors.Is(err, ErrExists):
-		return nil
+		return key, nil
 	default:
-		return fmt.Errorf("probe %s: %w", key, err)
+		return key, fmt.Errorf("probe %s: %w", key, err)
 	}
 }
 
@@ -199,6 +208,7 @@ type Disk struct {
 	queue    []*segment // sealed, not yet uploading, in sequence order
 	inFlight int
 	durable  uint64              // every log object <= durable is in the store
+	claimEnd uint64              // uploads wait until durable reaches it (claimRest)
 	ahead    map[uint64]*segment // landed above durable (nil: not a segment)
 	dirty    int64
 	pending  bool // a FLUSH waits for the open segment to be sealed
@@ -206,6 +216,9 @@ type Disk struct {
 	closing  bool
 	stopped  bool          // abandoned: the read cache is gone
 	progress chan struct{} // closed and replaced when durable or failed changes
+
+	ckptList *future[ObjectInfo] // the checkpoint listing Open started early
+	probe    *future[string]     // the put-if-absent probe Open started early
 
 	ckpt      ckptState
 	garbage   []uint64             // log objects below the next checkpoint that nothing references
@@ -221,6 +234,7 @@ type Disk struct {
 	readSem     chan struct{}
 	ra          readAhead
 	wg          sync.WaitGroup
+	opening     sync.WaitGroup // Open's requests still under way: claims, the probe's deletion
 	gcKick      chan struct{}
 	statsMu     sync.Mutex
 	stats       Stats

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -256,4 +257,72 @@ func TestConcurrentOpenersOneWins(t *testing.T) {
 
 func isProbe(key string) bool {
 	return len(key) > len(testPrefix+probeDir) && key[:len(testPrefix+probeDir)] == testPrefix+probeDir
+}
+
+// TestUploadsWaitForClaims: Open returns after its first claim and
+// decides the rest of the window in the background; no segment of the
+// writer is uploaded, and no FLUSH returns, before every claim has landed.
+func TestUploadsWaitForClaims(t *testing.T) {
+	mem := NewMemStore()
+	createImage(t, mem, 1<<20)
+	gate := make(chan struct{})
+	held := &heldPuts{ch: map[string]chan struct{}{testPrefix + logDir + "0000000000000002": gate}}
+	d, err := Open(t.Context(), testConfig(t, &hookStore{Store: mem, hook: held.hook}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.abandon)
+	release := sync.OnceFunc(func() { close(gate) })
+	t.Cleanup(release) // before abandon, which waits for the claims
+	if d.nextSeq != 1+d.meta.Window {
+		t.Fatalf("writes start at %d; want %d", d.nextSeq, 1+d.meta.Window)
+	}
+	x := fill(4096, 1)
+	mustWrite(t, d, x, 0)
+	flushed := make(chan error, 1)
+	go func() { flushed <- d.Sync() }()
+	waitFor(t, "the other claims", func() bool { _, ok := mem.Object(d.key(logDir, d.meta.Window)); return ok })
+	time.Sleep(20 * time.Millisecond)
+	if _, ok := mem.Object(d.key(logDir, d.nextSeq-1)); ok {
+		t.Fatal("a segment was uploaded before the window's claims had landed")
+	}
+	select {
+	case err := <-flushed:
+		t.Fatalf("FLUSH returned (%v) before the window's claims had landed", err)
+	default:
+	}
+	release()
+	if err := <-flushed; err != nil {
+		t.Fatalf("FLUSH: %v", err)
+	}
+	want := make([]byte, 1<<20)
+	copy(want, x)
+	requireEqual(t, readAll(t, mem), want, "a reader")
+}
+
+// TestClaimLostAfterOpenFences: a claim of the window that a newer
+// writer wins first (its claim lands while this one's is held) fences
+// this writer: its FLUSH fails and its writes are never visible.
+func TestClaimLostAfterOpenFences(t *testing.T) {
+	mem := NewMemStore()
+	createImage(t, mem, 1<<20)
+	key := testPrefix + logDir + "0000000000000002"
+	held := &heldPuts{ch: map[string]chan struct{}{key: make(chan struct{})}}
+	a, err := Open(t.Context(), testConfig(t, &hookStore{Store: mem, hook: held.hook}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.abandon)
+	mustWrite(t, a, fill(4096, 1), 0)
+	cfg := testConfig(t, mem)
+	cfg.Takeover = true
+	b := openDisk(t, cfg) // claims 2, the first number free
+	if first := b.nextSeq - b.meta.Window; first != 2 {
+		t.Fatalf("taker's first claim at %d; want 2", first)
+	}
+	close(held.ch[key])
+	if err := a.Sync(); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the fenced writer's FLUSH: got %v; want ErrFenced", err)
+	}
+	requireViews(t, mem, b, make([]byte, 1<<20))
 }

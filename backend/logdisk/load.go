@@ -19,43 +19,83 @@ type loadState struct {
 	max  uint64 // the highest sequence number seen
 }
 
-// loadLog reads the latest checkpoint, then lists the log objects after it
-// and reads their headers, in parallel.
+// loadLog reads the latest checkpoint and, at the same time, lists the
+// log objects after it and reads their headers, in parallel: the
+// checkpoint's key names its sequence number, so the log's listing need
+// not wait for its body.
 func (d *Disk) loadLog(ctx context.Context) (*loadState, error) {
+	latest, err := d.latestCheckpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
 	st := &loadState{hdrs: map[uint64]*logHeader{}}
+	ckptDone := make(chan error, 1)
+	if latest.Key == "" {
+		ckptDone <- nil
+	} else {
+		st.base, _ = parseSeqKey(d.prefix, ckptDir, latest.Key)
+		go func() {
+			var err error
+			st.ckpt, err = d.readCheckpoint(ctx, latest)
+			ckptDone <- err
+		}()
+	}
+	hdrs, seqs, err := d.loadLogAfter(ctx, st.base)
+	if err := cmpErr(<-ckptDone, err); err != nil {
+		return nil, err
+	}
+	if st.ckpt != nil && st.ckpt.Seq != st.base {
+		return nil, fmt.Errorf("%s: %w", latest.Key, corrupt("holds the checkpoint after log object %d", st.ckpt.Seq))
+	}
+	st.hdrs, st.max = hdrs, st.base
+	for _, s := range seqs {
+		st.max = max(st.max, s)
+	}
+	return st, nil
+}
+
+// latestCheckpoint returns the last checkpoint of the image (a zero
+// ObjectInfo without one): the listing Open started while it read the
+// image's meta, or a new one.
+func (d *Disk) latestCheckpoint(ctx context.Context) (ObjectInfo, error) {
+	if f := d.ckptList; f != nil {
+		d.ckptList = nil
+		return f.wait()
+	}
+	return listLatestCheckpoint(ctx, d.store, d.prefix)
+}
+
+func listLatestCheckpoint(ctx context.Context, store Store, prefix string) (ObjectInfo, error) {
 	var latest ObjectInfo
-	err := d.store.List(ctx, d.prefix+ckptDir, "", func(o ObjectInfo) bool {
-		if _, ok := parseSeqKey(d.prefix, ckptDir, o.Key); ok {
+	err := store.List(ctx, prefix+ckptDir, "", func(o ObjectInfo) bool {
+		if _, ok := parseSeqKey(prefix, ckptDir, o.Key); ok {
 			latest = o
 		}
 		return true
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list checkpoints: %w", err)
+		return ObjectInfo{}, fmt.Errorf("list checkpoints: %w", err)
 	}
-	if latest.Key != "" {
-		if st.ckpt, err = d.readCheckpoint(ctx, latest); err != nil {
-			return nil, err
-		}
-		st.base, st.max = st.ckpt.Seq, st.ckpt.Seq
-	}
+	return latest, nil
+}
+
+// loadLogAfter lists the log objects after base and reads their headers.
+func (d *Disk) loadLogAfter(ctx context.Context, base uint64) (map[uint64]*logHeader, []uint64, error) {
 	var seqs []uint64
-	err = d.store.List(ctx, d.prefix+logDir, d.key(logDir, st.base), func(o ObjectInfo) bool {
-		if seq, ok := parseSeqKey(d.prefix, logDir, o.Key); ok && seq > st.base {
+	err := d.store.List(ctx, d.prefix+logDir, d.key(logDir, base), func(o ObjectInfo) bool {
+		if seq, ok := parseSeqKey(d.prefix, logDir, o.Key); ok && seq > base {
 			seqs = append(seqs, seq)
 		}
 		return true
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list log: %w", err)
+		return nil, nil, fmt.Errorf("list log: %w", err)
 	}
-	if err := d.readHeaders(ctx, st, seqs); err != nil {
-		return nil, err
+	hdrs := map[uint64]*logHeader{}
+	if err := d.readHeaders(ctx, hdrs, seqs); err != nil {
+		return nil, nil, err
 	}
-	for _, s := range seqs {
-		st.max = max(st.max, s)
-	}
-	return st, nil
+	return hdrs, seqs, nil
 }
 
 func (d *Disk) readCheckpoint(ctx context.Context, o ObjectInfo) (*checkpoint, error) {
@@ -82,9 +122,9 @@ func (d *Disk) readCheckpoint(ctx context.Context, o ObjectInfo) (*checkpoint, e
 	return c, nil
 }
 
-// readHeaders reads the headers of the log objects seqs into st.hdrs,
-// 16 at a time.
-func (d *Disk) readHeaders(ctx context.Context, st *loadState, seqs []uint64) error {
+// readHeaders reads the headers of the log objects seqs into hdrs, 16 at
+// a time.
+func (d *Disk) readHeaders(ctx context.Context, hdrs map[uint64]*logHeader, seqs []uint64) error {
 	var mu sync.Mutex
 	var firstErr error
 	sem := make(chan struct{}, 16)
@@ -101,7 +141,7 @@ func (d *Disk) readHeaders(ctx context.Context, st *loadState, seqs []uint64) er
 				firstErr = cmpErr(firstErr, err)
 				return
 			}
-			st.hdrs[seq] = h
+			hdrs[seq] = h
 		}()
 	}
 	wg.Wait()

@@ -14,6 +14,11 @@ import (
 // store honours put-if-absent, locks the journal directory, claims the
 // image (refusing one that another writer holds, unless cfg.Takeover),
 // and replays what the journal holds that the store does not.
+//
+// The requests that do not depend on each other go out together: the
+// meta, the checkpoints' listing and the probe first, then the latest
+// checkpoint with the log's listing and headers. The claims past the
+// first are decided in the background (claimRest).
 func Open(ctx context.Context, cfg Config) (*Disk, error) {
 	if cfg.Snapshot != "" && !cfg.ReadOnly {
 		return nil, fmt.Errorf("snapshot %s: %w", cfg.Snapshot, ErrSnapshotReadOnly)
@@ -21,14 +26,28 @@ func Open(ctx context.Context, cfg Config) (*Disk, error) {
 	if !cfg.ReadOnly && cfg.JournalDir == "" {
 		return nil, errors.New("a writable image needs a journal directory")
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the early requests of a failed Open
+	var ckptList *future[ObjectInfo]
+	var probe *future[string]
+	if cfg.Snapshot == "" {
+		ckptList = goFuture(func() (ObjectInfo, error) { return listLatestCheckpoint(ctx, cfg.Store, cfg.Prefix) })
+	}
+	if !cfg.ReadOnly {
+		probe = goFuture(func() (string, error) { return probePuts(ctx, cfg.Store, cfg.Prefix) })
+	}
 	meta, err := readMeta(ctx, cfg.Store, cfg.Prefix)
 	if err != nil {
+		deleteProbe(ctx, cfg.Store, probe)
 		return nil, err
 	}
 	d := newDisk(cfg, meta)
+	d.ckptList, d.probe = ckptList, probe
 	st, scans, err := d.open(ctx)
 	if err != nil {
 		d.cancel()
+		d.opening.Wait()
+		deleteProbe(ctx, cfg.Store, d.probe)
 		d.releaseBase()
 		if d.journalLock != nil {
 			d.journalLock.Close()
@@ -43,6 +62,57 @@ func Open(ctx context.Context, cfg Config) (*Disk, error) {
 		}
 	}
 	return d, nil
+}
+
+// future is the result of a request started ahead of its use.
+type future[T any] struct {
+	done chan struct{}
+	v    T
+	err  error
+}
+
+func goFuture[T any](f func() (T, error)) *future[T] {
+	fu := &future[T]{done: make(chan struct{})}
+	go func() {
+		defer close(fu.done)
+		fu.v, fu.err = f()
+	}()
+	return fu
+}
+
+func (f *future[T]) wait() (T, error) {
+	<-f.done
+	return f.v, f.err
+}
+
+// deleteProbe waits for a probe that no one will use and deletes its
+// object.
+func deleteProbe(ctx context.Context, st Store, probe *future[string]) {
+	if probe == nil {
+		return
+	}
+	if key, _ := probe.wait(); key != "" {
+		st.Delete(context.WithoutCancel(ctx), []string{key})
+	}
+}
+
+// awaitProbe returns the verdict of the put-if-absent probe Open started
+// and deletes its object in the background.
+func (d *Disk) awaitProbe(ctx context.Context) error {
+	p := d.probe
+	if p == nil {
+		return Probe(ctx, d.store, d.prefix)
+	}
+	d.probe = nil
+	key, err := p.wait()
+	if key != "" {
+		d.opening.Add(1)
+		go func() {
+			defer d.opening.Done()
+			d.store.Delete(context.WithoutCancel(ctx), []string{key})
+		}()
+	}
+	return err
 }
 
 func newDisk(cfg Config, meta Meta) *Disk {
@@ -70,7 +140,7 @@ func (d *Disk) open(ctx context.Context) (*loadState, []*journalScan, error) {
 		d.nextSeq, d.durable = st.max+1, st.max
 		return st, nil, nil
 	}
-	if err := Probe(ctx, d.store, d.prefix); err != nil {
+	if err := d.awaitProbe(ctx); err != nil {
 		return nil, nil, err
 	}
 	if d.journalLock, err = lockDir(d.cfg.JournalDir); err != nil {

@@ -33,7 +33,7 @@ func (d *Disk) nextUpload() *segment {
 		switch {
 		case d.failed != nil || d.ctx.Err() != nil:
 			return nil
-		case len(d.queue) > 0 && d.queue[0].seq <= d.durable+d.meta.Window:
+		case len(d.queue) > 0 && d.queue[0].seq <= d.durable+d.meta.Window && d.durable >= d.claimEnd:
 			s := d.queue[0]
 			d.queue = d.queue[1:]
 			d.inFlight++
