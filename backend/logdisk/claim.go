@@ -19,19 +19,30 @@ import (
 // the log in order and ignore objects whose epoch is below one seen
 // earlier, so an old writer's object that lands after p is never seen.
 //
-// resume is the epoch of this journal's previous writer: when the log's
-// last writer is that epoch (this nbdd, restarted after a crash), the
-// image counts as not held.
-func (d *Disk) claim(ctx context.Context, st *loadState, resume *Epoch) error {
+// resumable are the epochs the journal directory may belong to: when the
+// log's last writer is one of them (this nbdd, restarted after a crash),
+// the image counts as not held, and the journal is replayed (d.resumed).
+// The journal directory's writer file is written while the first claim
+// is under way.
+func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) error {
 	_, _, t := effective(st)
-	held := !t.closed && !(resume != nil && *resume == t.epoch)
+	for _, e := range resumable {
+		if e == t.epoch {
+			d.resumed = &e
+		}
+	}
+	held := !t.closed && d.resumed == nil
 	if held && !d.cfg.Takeover {
 		return fmt.Errorf("%w (writer epoch %d; its nbdd may still run, or died without closing): use takeover to fence it", ErrInUse, t.epoch.N)
 	}
 	mine := Epoch{N: t.epoch.N + 1, Nonce: randomNonce()}
 	d.epoch = mine
+	written := goFuture(func() (struct{}, error) {
+		return struct{}{}, writeWriterFile(d.cfg.JournalDir, d.meta.ID, mine, d.resumed)
+	})
 	first, err := d.claimFirst(ctx, st, t.epoch, mine)
-	if err != nil {
+	_, werr := written.wait()
+	if err := cmpErr(err, werr); err != nil {
 		return err
 	}
 	end := max(first+d.meta.Window-1, st.max)

@@ -223,7 +223,7 @@ type Disk struct {
 	ckpt      ckptState
 	garbage   []uint64             // log objects below the next checkpoint that nothing references
 	lastTail  tail                 // the log's writer state as found at open
-	resumed   *Epoch               // the epoch of the journal found at open
+	resumed   *Epoch               // the epoch of the journal found at open, if the log's last writer
 	doomed    map[string]time.Time // unreferenced objects, when first seen so
 	sweptAt   uint64               // the checkpoint the last sweep went by
 	dataBytes int64                // sum of dataLen of the segments in segs

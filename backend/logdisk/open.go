@@ -150,16 +150,14 @@ func (d *Disk) open(ctx context.Context) (*loadState, []*journalScan, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if d.resumed, err = readWriterFile(d.cfg.JournalDir, d.meta.ID); err != nil {
+	resumable, err := readWriterFile(d.cfg.JournalDir, d.meta.ID)
+	if err != nil {
 		return nil, nil, err
 	}
-	if err := d.claim(ctx, st, d.resumed); err != nil {
+	if err := d.claim(ctx, st, resumable); err != nil {
 		return nil, nil, err
 	}
 	mine := d.epoch
-	if err := writeWriterFile(d.cfg.JournalDir, d.meta.ID, mine); err != nil {
-		return nil, nil, err
-	}
 	if t := d.apply(st); t.epoch != mine {
 		return nil, nil, fmt.Errorf("%w: another nbdd took the image over while this one was opening it", ErrInUse)
 	}
@@ -291,16 +289,26 @@ func (d *Disk) start() {
 
 // writerState is the journal directory's record of the epoch its writer
 // claimed: after a crash, the restarted nbdd is that writer and resumes
-// without a takeover.
+// without a takeover. It is written while the claim is under way, so it
+// also names the epoch the claim resumes from (Prev): should the claim
+// never land, the journal still belongs to that one.
 type writerState struct {
-	ID    string `json:"id"`
+	ID    string       `json:"id"`
+	Epoch uint64       `json:"epoch"`
+	Nonce uint64       `json:"nonce"`
+	Prev  *writerEpoch `json:"prev,omitempty"`
+}
+
+type writerEpoch struct {
 	Epoch uint64 `json:"epoch"`
 	Nonce uint64 `json:"nonce"`
 }
 
 const writerFile = "writer"
 
-func readWriterFile(dir, id string) (*Epoch, error) {
+// readWriterFile returns the epochs the journal directory may belong to:
+// the last claimed, and the one that claim resumed from.
+func readWriterFile(dir, id string) ([]Epoch, error) {
 	b, err := os.ReadFile(filepath.Join(dir, writerFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -315,13 +323,21 @@ func readWriterFile(dir, id string) (*Epoch, error) {
 	if w.ID != id {
 		return nil, fmt.Errorf("journal directory %s belongs to another image (id %s, this image %s)", dir, w.ID, id)
 	}
-	return &Epoch{N: w.Epoch, Nonce: w.Nonce}, nil
+	out := []Epoch{{N: w.Epoch, Nonce: w.Nonce}}
+	if w.Prev != nil {
+		out = append(out, Epoch{N: w.Prev.Epoch, Nonce: w.Prev.Nonce})
+	}
+	return out, nil
 }
 
 // writeWriterFile records epoch durably (write, fsync, rename, fsync the
 // directory).
-func writeWriterFile(dir, id string, e Epoch) error {
-	b, _ := json.Marshal(writerState{ID: id, Epoch: e.N, Nonce: e.Nonce})
+func writeWriterFile(dir, id string, e Epoch, prev *Epoch) error {
+	w := writerState{ID: id, Epoch: e.N, Nonce: e.Nonce}
+	if prev != nil {
+		w.Prev = &writerEpoch{Epoch: prev.N, Nonce: prev.Nonce}
+	}
+	b, _ := json.Marshal(w)
 	tmp := filepath.Join(dir, writerFile+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -159,3 +159,38 @@ func TestJournalDirLockedAndTornTail(t *testing.T) {
 	copy(want, x)
 	requireEqual(t, got, want, "after a torn tail")
 }
+
+// TestClaimFailedAfterCrashStillResumes: the writer file is rewritten
+// while the first claim is under way; a restart whose claim fails must
+// leave the crashed writer's journal resumable by the next one.
+func TestClaimFailedAfterCrashStillResumes(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	cfg := testConfig(t, st)
+	a := openDisk(t, cfg)
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut {
+			return errInjected
+		}
+		return nil
+	}
+	x := fill(4096, 1)
+	mustWrite(t, a, x, 0)
+	crash(a)
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut && !isProbe(key) {
+			return &Permanent{Err: errInjected}
+		}
+		return nil
+	}
+	if _, err := Open(t.Context(), cfg); err == nil {
+		t.Fatal("Open with every claim refused succeeded")
+	}
+	st.Hook = nil
+	b := openDisk(t, cfg)
+	got := make([]byte, 4096)
+	if _, err := b.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	requireEqual(t, got, x, "after a failed restart and a second one")
+}
