@@ -79,6 +79,10 @@ func (d *Disk) abandon() {
 			s.jf = nil
 		}
 	}
+	for _, jf := range d.freeJournals {
+		jf.remove() // their segments are durable
+	}
+	d.freeJournals = nil
 	if d.journalLock != nil {
 		d.journalLock.Close()
 		d.journalLock = nil

@@ -216,6 +216,9 @@ type Disk struct {
 	closing  bool
 	stopped  bool          // abandoned: the read cache is gone
 	progress chan struct{} // closed and replaced when durable or failed changes
+	// freeJournals are journal files whose segments are durable, kept
+	// open for later segments (journalFile.reuse).
+	freeJournals []*journalFile
 
 	ckptList *future[ObjectInfo] // the checkpoint listing Open started early
 	probe    *future[string]     // the put-if-absent probe Open started early

@@ -47,15 +47,16 @@ func FuzzDecodeCheckpoint(f *testing.F) {
 
 func FuzzScanJournal(f *testing.F) {
 	var b bytes.Buffer
-	b.Write(journalHeader{ID: "abc", Epoch: Epoch{1, 2}, Local: 3}.encode())
+	jh := journalHeader{ID: "abc", Epoch: Epoch{1, 2}, Local: 3}
+	b.Write(jh.encode())
 	var rh [recordHeaderSize]byte
 	data := []byte("hello, journal")
-	encodeRecordHeader(&rh, uint8(kindData), 4096, int64(len(data)), crc32c(data))
+	encodeRecordHeader(&rh, jh, uint8(kindData), 4096, int64(len(data)), crc32c(data))
 	b.Write(rh[:])
 	b.Write(data)
-	encodeRecordHeader(&rh, uint8(kindHole), 0, 512, 0)
+	encodeRecordHeader(&rh, jh, uint8(kindHole), 0, 512, 0)
 	b.Write(rh[:])
-	encodeRecordHeader(&rh, recSeal, 3, 0, 0)
+	encodeRecordHeader(&rh, jh, recSeal, 3, 0, 0)
 	b.Write(rh[:])
 	f.Add(b.Bytes())
 	f.Fuzz(func(t *testing.T, in []byte) {

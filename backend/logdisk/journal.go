@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -19,9 +20,16 @@ import (
 // segment's data region, uploaded verbatim after the segment header, so a
 // record's data sits at the same offset in both.
 //
+// Once its segment is durable, a small journal file is used again for a
+// later segment (Disk.freeJournals): its header is rewritten in place and
+// records are written over the old ones, which saves creating and
+// deleting a file per segment. The records of a file's earlier use fail
+// their header CRC, which covers the segment's local number too, so a
+// scan stops at the first of them.
+//
 // File header (journalHeaderSize bytes):
 //
-//	 0 magic "NBDDJRN1"
+//	 0 magic "NBDDJRN2" ("NBDDJRN1": record CRCs without the local number)
 //	 8 image ID, 32 bytes (Meta.ID, zero padded)
 //	40 epoch u64, 48 nonce u64 (the writer)
 //	56 local number u64 (orders the journal files of a directory)
@@ -35,9 +43,10 @@ import (
 //	 8 export offset u64 (for recSeal: the segment's sequence number)
 //	16 length u64
 //	24 CRC-32C u32 of the data
-//	28 CRC-32C u32 of bytes 0..27
+//	28 CRC-32C u32 of bytes 0..27, then (NBDDJRN2) the file's local number u64
 const (
-	journalMagic      = "NBDDJRN1"
+	journalMagic      = "NBDDJRN2"
+	journalMagicV1    = "NBDDJRN1"
 	journalHeaderSize = 80
 	recordMagic       = "JREC"
 	recordHeaderSize  = 32
@@ -50,11 +59,19 @@ type journalHeader struct {
 	ID    string
 	Epoch Epoch
 	Local uint64
+	v1    bool // NBDDJRN1: record CRCs do not cover Local
 }
+
+// recordSeed is what a record header's CRC covers beyond its own bytes.
+func (h journalHeader) recordSeed() (uint64, bool) { return h.Local, !h.v1 }
 
 func (h journalHeader) encode() []byte {
 	b := make([]byte, 0, journalHeaderSize)
-	b = append(b, journalMagic...)
+	if h.v1 {
+		b = append(b, journalMagicV1...)
+	} else {
+		b = append(b, journalMagic...)
+	}
 	var id [32]byte
 	copy(id[:], h.ID)
 	b = append(b, id[:]...)
@@ -66,7 +83,7 @@ func (h journalHeader) encode() []byte {
 }
 
 func decodeJournalHeader(b []byte) (journalHeader, error) {
-	if len(b) < journalHeaderSize || string(b[:8]) != journalMagic {
+	if len(b) < journalHeaderSize || string(b[:8]) != journalMagic && string(b[:8]) != journalMagicV1 {
 		return journalHeader{}, corrupt("journal: bad magic")
 	}
 	if got, want := crc32c(b[:76]), binary.BigEndian.Uint32(b[76:]); got != want {
@@ -76,6 +93,7 @@ func decodeJournalHeader(b []byte) (journalHeader, error) {
 		ID:    strings.TrimRight(string(b[8:40]), "\x00"),
 		Epoch: Epoch{binary.BigEndian.Uint64(b[40:]), binary.BigEndian.Uint64(b[48:])},
 		Local: binary.BigEndian.Uint64(b[56:]),
+		v1:    string(b[:8]) == journalMagicV1,
 	}, nil
 }
 
@@ -88,20 +106,33 @@ type record struct {
 	DataOff int64 // where the data starts in the file
 }
 
-func encodeRecordHeader(b *[recordHeaderSize]byte, kind uint8, off, n int64, crc uint32) {
+func encodeRecordHeader(b *[recordHeaderSize]byte, h journalHeader, kind uint8, off, n int64, crc uint32) {
 	copy(b[:], recordMagic)
 	b[4], b[5], b[6], b[7] = kind, 0, 0, 0
 	binary.BigEndian.PutUint64(b[8:], uint64(off))
 	binary.BigEndian.PutUint64(b[16:], uint64(n))
 	binary.BigEndian.PutUint32(b[24:], crc)
-	binary.BigEndian.PutUint32(b[28:], crc32c(b[:28]))
+	binary.BigEndian.PutUint32(b[28:], recordHeaderCRC(b[:28], h))
 }
 
-func decodeRecordHeader(b []byte) (record, error) {
+// recordHeaderCRC is the CRC-32C of a record header's first 28 bytes and,
+// for NBDDJRN2, its file's local number: a record left from an earlier
+// use of the file fails it.
+func recordHeaderCRC(b []byte, h journalHeader) uint32 {
+	sum := crc32c(b)
+	if local, seeded := h.recordSeed(); seeded {
+		var l [8]byte
+		binary.BigEndian.PutUint64(l[:], local)
+		sum = crc32.Update(sum, crcTable, l[:])
+	}
+	return sum
+}
+
+func decodeRecordHeader(b []byte, h journalHeader) (record, error) {
 	if len(b) < recordHeaderSize || string(b[:4]) != recordMagic {
 		return record{}, corrupt("journal record: bad magic")
 	}
-	if got, want := crc32c(b[:28]), binary.BigEndian.Uint32(b[28:]); got != want {
+	if got, want := recordHeaderCRC(b[:28], h), binary.BigEndian.Uint32(b[28:]); got != want {
 		return record{}, corrupt("journal record: header CRC %08x, want %08x", got, want)
 	}
 	r := record{
@@ -143,11 +174,28 @@ func createJournal(dir string, hdr journalHeader) (*journalFile, error) {
 	return &journalFile{f: f, path: path, hdr: hdr, size: journalHeaderSize}, nil
 }
 
+// reuse makes j, whose segment is durable, the journal file of the
+// segment hdr names: the header is rewritten and records go over the old
+// ones (which fail their CRC under the new header).
+func (j *journalFile) reuse(hdr journalHeader) error {
+	if _, err := j.f.WriteAt(hdr.encode(), 0); err != nil {
+		return fmt.Errorf("journal %s: %w", j.path, err)
+	}
+	j.hdr, j.size = hdr, journalHeaderSize
+	return nil
+}
+
+// remove closes and deletes j.
+func (j *journalFile) remove() {
+	j.f.Close()
+	os.Remove(j.path)
+}
+
 // appendRecord writes a record and its data (nil for all but data
 // records) and returns where the data starts.
 func (j *journalFile) appendRecord(kind uint8, off, n int64, data []byte, crc uint32) (int64, error) {
 	var hdr [recordHeaderSize]byte
-	encodeRecordHeader(&hdr, kind, off, n, crc)
+	encodeRecordHeader(&hdr, j.hdr, kind, off, n, crc)
 	at := j.size
 	bufs := [][]byte{hdr[:]}
 	if len(data) > 0 {
@@ -217,7 +265,7 @@ func scanJournalReader(path string, r io.ReaderAt) (*journalScan, error) {
 		if _, err := r.ReadAt(rb[:], s.size); err != nil {
 			break
 		}
-		rec, err := decodeRecordHeader(rb[:])
+		rec, err := decodeRecordHeader(rb[:], hdr)
 		if err != nil {
 			break
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 )
 
@@ -182,6 +183,9 @@ func (d *Disk) scanJournals() ([]*journalScan, error) {
 		}
 		scans = append(scans, s)
 	}
+	// A file used again for a later segment keeps its name: the header
+	// orders them.
+	sort.Slice(scans, func(i, j int) bool { return scans[i].hdr.Local < scans[j].hdr.Local })
 	return scans, nil
 }
 
@@ -204,8 +208,8 @@ func (d *Disk) replay(ctx context.Context, st *loadState, scans []*journalScan) 
 	ours := resume != nil && d.lastResumable(eff, *resume)
 	var n int
 	for _, s := range scans {
-		if e, ok := counted[s.hdr.Local]; ok && e == s.hdr.Epoch {
-			continue
+		if e, ok := counted[s.hdr.Local]; ok && e == s.hdr.Epoch || s.hdr.Local <= st.base {
+			continue // in the log already: at or below the checkpoint, only what landed
 		}
 		if !ours || s.hdr.Epoch != *resume {
 			d.log.Warn("journal of an earlier writer dropped: the image was written by another since", "file", s.path)

@@ -50,9 +50,68 @@ func TestCrashReplaysJournal(t *testing.T) {
 	}
 	requireEqual(t, got, want, "after replay")
 	requireEqual(t, readAll(t, st), want, "a reader after replay")
-	if files, _, _ := listJournals(cfg.JournalDir); len(files) != 0 {
-		t.Fatalf("%d journal files left after replay and flush", len(files))
+	files, _, _ := listJournals(cfg.JournalDir)
+	b.mu.Lock()
+	free := map[string]bool{}
+	for _, jf := range b.freeJournals {
+		free[jf.path] = true
 	}
+	b.mu.Unlock()
+	for _, f := range files {
+		if !free[f] {
+			t.Fatalf("journal file %s left after replay and flush", f)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if files, _, _ := listJournals(cfg.JournalDir); len(files) != 0 {
+		t.Fatalf("%d journal files left after Close", len(files))
+	}
+}
+
+// TestCrashInReusedJournalFile: a journal file is used again for a later
+// segment; after a crash, the records of its earlier use, still in the
+// file after the new ones, must not be replayed over newer writes.
+func TestCrashInReusedJournalFile(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	cfg := testConfig(t, st)
+	a := openDisk(t, cfg)
+	want := make([]byte, 64<<10)
+	for i := range 4 {
+		x := fill(8192, uint64(i+1))
+		mustWrite(t, a, x, int64(i)*8192)
+		copy(want[i*8192:], x)
+	}
+	mustSync(t, a)
+	a.mu.Lock()
+	if len(a.freeJournals) != 1 {
+		a.mu.Unlock()
+		t.Fatalf("%d free journal files after a FLUSH; want 1", len(a.freeJournals))
+	}
+	used := a.freeJournals[0].path
+	a.mu.Unlock()
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut {
+			return errInjected
+		}
+		return nil
+	}
+	z := fill(8192, 9)
+	mustWrite(t, a, z, 8192) // over the first use's second record, whose header follows
+	copy(want[8192:], z)
+	if a.openSeg.jf.path != used {
+		t.Fatalf("the next segment's journal is %s; want the free one, %s", a.openSeg.jf.path, used)
+	}
+	crash(a)
+	st.Hook = nil
+	b := openDisk(t, cfg)
+	got := make([]byte, len(want))
+	if _, err := b.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	requireEqual(t, got, want, "after replaying a reused journal file")
 }
 
 // TestCrashAfterUploadBeforeDurable: a later segment landed, an earlier
@@ -193,4 +252,36 @@ func TestClaimFailedAfterCrashStillResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireEqual(t, got, x, "after a failed restart and a second one")
+}
+
+// TestScanJournalVersions: a journal file of either version scans to its
+// records; a record written under another local number does not.
+func TestScanJournalVersions(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		file    journalHeader
+		records journalHeader // the header the records were written under
+		want    int
+	}{
+		{"v2", journalHeader{ID: "x", Local: 7}, journalHeader{ID: "x", Local: 7}, 2},
+		{"v1", journalHeader{ID: "x", Local: 7, v1: true}, journalHeader{ID: "x", Local: 7, v1: true}, 2},
+		{"v2 records of an earlier use", journalHeader{ID: "x", Local: 9}, journalHeader{ID: "x", Local: 7}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := tc.file.encode()
+			var rh [recordHeaderSize]byte
+			data := []byte("journal data")
+			encodeRecordHeader(&rh, tc.records, uint8(kindData), 4096, int64(len(data)), crc32c(data))
+			b = append(append(b, rh[:]...), data...)
+			encodeRecordHeader(&rh, tc.records, uint8(kindHole), 0, 512, 0)
+			b = append(b, rh[:]...)
+			s, err := scanJournalReader("test", newBytesReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(s.records) != tc.want {
+				t.Fatalf("got %d records; want %d", len(s.records), tc.want)
+			}
+		})
+	}
 }

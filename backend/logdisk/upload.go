@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 )
 
@@ -146,14 +145,27 @@ func (d *Disk) landedLocked(seq uint64, s *segment) {
 	d.ckpt.durableAdvanced(d)
 }
 
-// dropJournalLocked deletes a durable segment's journal file once no read
+// Journal files up to reuseJournalMax bytes are kept for later segments,
+// at most freeJournalsMax of them: the small segments of FLUSH-heavy
+// writers then cost no file creation and deletion each, and the files
+// kept hold little disk. Larger ones are deleted (a 16 MiB segment's
+// upload dwarfs both).
+const (
+	reuseJournalMax = 1 << 20
+	freeJournalsMax = 16
+)
+
+// dropJournalLocked frees a durable segment's journal file once no read
 // uses it; reads then go to the store (or the read cache).
 func (d *Disk) dropJournalLocked(s *segment) {
 	if s.jf == nil || s.refs > 0 || !s.durable {
 		return
 	}
-	s.jf.f.Close()
-	os.Remove(s.jf.path)
+	if s.jf.size <= reuseJournalMax && len(d.freeJournals) < freeJournalsMax && !d.closing {
+		d.freeJournals = append(d.freeJournals, s.jf)
+	} else {
+		s.jf.remove()
+	}
 	s.jf = nil
 }
 

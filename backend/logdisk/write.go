@@ -110,7 +110,7 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 		return d.openSeg, nil
 	}
 	seq := d.nextSeq
-	jf, err := createJournal(d.cfg.JournalDir, journalHeader{ID: d.meta.ID, Epoch: d.epoch, Local: seq})
+	jf, err := d.journalLocked(journalHeader{ID: d.meta.ID, Epoch: d.epoch, Local: seq})
 	if err != nil {
 		d.failLocked(fmt.Errorf("journal: %w", err))
 		return nil, err
@@ -120,6 +120,21 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 	d.openSeg = &segment{seq: seq, jf: jf}
 	d.segs[seq] = d.openSeg
 	return d.openSeg, nil
+}
+
+// journalLocked returns the journal file of a new segment: a free one
+// rewritten for it, else a new file.
+func (d *Disk) journalLocked(hdr journalHeader) (*journalFile, error) {
+	if n := len(d.freeJournals); n > 0 {
+		jf := d.freeJournals[n-1]
+		d.freeJournals = d.freeJournals[:n-1]
+		if err := jf.reuse(hdr); err != nil {
+			jf.remove()
+			return nil, err
+		}
+		return jf, nil
+	}
+	return createJournal(d.cfg.JournalDir, hdr)
 }
 
 func (d *Disk) usableLocked() error {
