@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nbdd/nbdd/backend"
@@ -239,6 +240,7 @@ type Disk struct {
 	wg          sync.WaitGroup
 	opening     sync.WaitGroup // Open's requests still under way: claims, the probe's deletion
 	gcKick      chan struct{}
+	lastWrite   atomic.Int64 // UnixNano of the last client WRITE, TRIM, WRITE_ZEROES or FLUSH
 	statsMu     sync.Mutex
 	stats       Stats
 }

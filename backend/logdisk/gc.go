@@ -35,12 +35,23 @@ func (d *Disk) GC(grace time.Duration) error {
 	return d.collect(true, grace)
 }
 
+// gcIdle is how long the clients must have left the image alone (no
+// WRITE, TRIM, WRITE_ZEROES or FLUSH) before an unforced compaction
+// starts or goes on with its next segment.
+const gcIdle = 2 * time.Second
+
 // collect is one garbage collection pass. Unforced, it compacts only
 // when a quarter of the stored data, and at least two segments' worth,
-// is dead.
+// is dead, and then only while the clients leave the image alone:
+// compaction appends to the log that FLUSH waits for, so a FLUSH behind
+// it would wait for the copies too. Once half the stored data is dead it
+// compacts regardless, which bounds the bucket's bytes.
 func (d *Disk) collect(force bool, grace time.Duration) error {
-	cands := d.compactionCandidates(force)
+	cands, urgent := d.compactionCandidates(force)
 	for _, c := range cands {
+		if !force && !urgent && !d.idle() {
+			break // the rest on a later pass
+		}
 		if err := d.compact(c.seg, c.maps); err != nil {
 			return err
 		}
@@ -61,7 +72,14 @@ type candidate struct {
 	maps []mapping
 }
 
-func (d *Disk) compactionCandidates(force bool) []candidate {
+// idle reports whether no client has written or flushed for gcIdle.
+func (d *Disk) idle() bool {
+	return time.Since(time.Unix(0, d.lastWrite.Load())) >= gcIdle
+}
+
+// compactionCandidates returns the segments to compact, and whether
+// compaction is urgent (half the stored data is dead).
+func (d *Disk) compactionCandidates(force bool) ([]candidate, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var live int64
@@ -69,8 +87,9 @@ func (d *Disk) compactionCandidates(force bool) []candidate {
 		live += s.live
 	}
 	dead := d.dataBytes - live
-	if !force && (dead < d.dataBytes/4 || dead < 2*d.cfg.segmentSize()) {
-		return nil
+	urgent := dead >= d.dataBytes/2
+	if !force && (dead < d.dataBytes/4 || dead < 2*d.cfg.segmentSize() || !urgent && !d.idle()) {
+		return nil, false
 	}
 	ratio := d.cfg.gcLiveRatio()
 	picked := map[uint64]*candidate{}
@@ -80,7 +99,7 @@ func (d *Disk) compactionCandidates(force bool) []candidate {
 		}
 	}
 	if len(picked) == 0 {
-		return nil
+		return nil, false
 	}
 	d.m.all(func(e mapping) {
 		if c := picked[e.seg]; e.kind == kindData && c != nil {
@@ -92,7 +111,7 @@ func (d *Disk) compactionCandidates(force bool) []candidate {
 		out = append(out, *c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].seg.seq < out[j].seg.seq })
-	return out
+	return out, urgent
 }
 
 // compact copies the live extents of s to the open segment, each only

@@ -3,6 +3,7 @@ package logdisk
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // TestGCReclaimsOverwrites overwrites the image twice with random 4 KiB
@@ -101,4 +102,43 @@ func TestReaderReloadsAfterGC(t *testing.T) {
 		t.Fatalf("read after GC: %v", err)
 	}
 	requireEqual(t, got, x, "a reader opened before GC")
+}
+
+// TestGCCompactsWhenIdle: with a quarter to a half of the stored data
+// dead, the background pass leaves compaction for when the clients pause;
+// with half dead it compacts at once.
+func TestGCCompactsWhenIdle(t *testing.T) {
+	st := NewMemStore()
+	const size = 4 << 20
+	createImage(t, st, size)
+	d := openDisk(t, testConfig(t, st))
+	mustWrite(t, d, fill(size, 1), 0)
+	mustSync(t, d)
+	r := rand.New(rand.NewPCG(2, 2))
+	blocks := r.Perm(size / 4096)
+	overwrite := func(bs []int) {
+		for _, b := range bs {
+			mustWrite(t, d, fill(4096, uint64(b)), int64(b)*4096)
+		}
+		mustSync(t, d)
+	}
+	compacts := func(what string, want bool) {
+		t.Helper()
+		before := d.Stats().PutBytes
+		if err := d.collect(false, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := d.Stats().PutBytes > before; got != want {
+			t.Fatalf("%s: compacted %v; want %v", what, got, want)
+		}
+	}
+	overwrite(blocks[:len(blocks)*2/5]) // 29 % of the stored bytes dead
+	compacts("right after the writes", false)
+	d.lastWrite.Store(time.Now().Add(-time.Hour).UnixNano())
+	compacts("once the clients have paused", true)
+
+	for range 3 {
+		overwrite(blocks[:len(blocks)/2]) // more than half dead
+	}
+	compacts("with half the stored data dead", true)
 }

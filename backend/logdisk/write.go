@@ -58,6 +58,7 @@ func (d *Disk) WriteZeroes(off, length int64, noHole, fast bool) error {
 
 // appendExtent appends one record to the open segment and maps it.
 func (d *Disk) appendExtent(kind extKind, off, n int64, data []byte, crc uint32) error {
+	d.lastWrite.Store(time.Now().UnixNano())
 	d.appendMu.Lock()
 	defer d.appendMu.Unlock()
 	return d.appendExtentHeld(kind, off, n, data, crc)
@@ -201,6 +202,7 @@ func (d *Disk) Sync() error {
 	if d.cfg.ReadOnly {
 		return nil
 	}
+	d.lastWrite.Store(time.Now().UnixNano())
 	d.appendMu.Lock()
 	d.mu.Lock()
 	target := d.nextSeq - 1
