@@ -184,18 +184,22 @@ func (d *Disk) readPiece(pc piece) error {
 }
 
 // readRemote reads dst from object offset objOff of segment s through the
-// block cache: blocks already cached or being fetched are shared, runs of
-// missing blocks are fetched with one GET each.
+// block cache: blocks already cached or being fetched are shared, and when
+// a block is missing, the missing blocks of its aligned fetch unit are
+// fetched with it (fetchMissing).
 func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 	first := objOff / cacheBlock
 	last := (objOff + int64(len(dst)) - 1) / cacheBlock
 	blocks := make([]*block, last-first+1)
-	var mine []int
+	var mine []bool // the blocks this call registered and must fetch
 	for i := range blocks {
 		b, fetch := d.cache.lookup(blockKey{s.seq, first + int64(i)})
 		blocks[i] = b
 		if fetch {
-			mine = append(mine, i)
+			if mine == nil {
+				mine = make([]bool, len(blocks))
+			}
+			mine[i] = true
 		}
 	}
 	defer func() {
@@ -203,13 +207,8 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 			d.cache.release(b)
 		}
 	}()
-	for len(mine) > 0 {
-		n := 1
-		for n < len(mine) && n < maxRun && mine[n] == mine[0]+n {
-			n++
-		}
-		d.fetchBlocks(s, blocks[mine[0]:mine[0]+n])
-		mine = mine[n:]
+	if mine != nil {
+		d.fetchMissing(s, first, blocks, mine)
 	}
 	for i, b := range blocks {
 		<-b.ready
@@ -225,6 +224,51 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 		copy(dst[lo-objOff:hi-objOff], b.data[lo-bOff:hi-bOff])
 	}
 	return nil
+}
+
+// fetchUnit is the aligned span of an object a READ's miss fetches: a GET
+// costs the store and nbdd about the same for 16 KiB as for 64 KiB, so a
+// random READ brings the blocks around its own into the cache at no
+// further request, where the next READ of a neighbouring range finds them.
+const fetchUnit = 64 << 10
+
+// fetchMissing fetches the blocks of s that readRemote registered
+// (blocks[i] where mine[i], blocks[0] being block first), with the other
+// blocks of their fetch units that are neither cached nor being fetched,
+// within the segment's data: one GET per run of adjacent blocks.
+func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []bool) {
+	const unit = fetchUnit / cacheBlock
+	lo := max((first/unit)*unit, s.hdrLen/cacheBlock)
+	hi := min((first+int64(len(blocks))+unit-1)/unit*unit, (s.hdrLen+s.dataLen+cacheBlock-1)/cacheBlock)
+	hi = max(hi, first+int64(len(blocks))) // never fewer than the READ's own
+	var extra []*block                     // pinned by tryLookup here
+	var run []*block
+	fetch := func() {
+		if len(run) > 0 {
+			d.fetchBlocks(s, run)
+		}
+		run = nil
+	}
+	for idx := lo; idx < hi; idx++ {
+		var b *block
+		if i := idx - first; i >= 0 && i < int64(len(blocks)) {
+			if mine[i] {
+				b = blocks[i]
+			}
+		} else if b = d.cache.tryLookup(blockKey{s.seq, idx}); b != nil {
+			extra = append(extra, b)
+		}
+		if b == nil || len(run) == maxRun {
+			fetch()
+		}
+		if b != nil {
+			run = append(run, b)
+		}
+	}
+	fetch()
+	for _, b := range extra {
+		d.cache.release(b)
+	}
 }
 
 // readTimeout bounds the retries of one GET.
@@ -329,9 +373,10 @@ const (
 // readAheadAt notes a READ of [off, off+n) as it arrives and, when it
 // continues a sequential stream, registers the blocks of the window ahead
 // of it in the cache and fetches them in the background, in GETs of up to
-// maxRun blocks: the READs that follow find their blocks in flight or
-// cached instead of each making a smaller GET. Prefetches in flight hold
-// at most half the cache.
+// maxRun blocks that take whole spans of a segment (planFetch): the READs
+// that follow, this stream's and those of streams whose data lies between
+// its extents, find their blocks in flight or cached instead of each
+// making a smaller GET. Prefetches in flight hold at most half the cache.
 func (d *Disk) readAheadAt(off, n int64) {
 	window := d.cfg.readAhead()
 	if window <= 0 {
@@ -355,22 +400,29 @@ func (d *Disk) readAheadAt(off, n int64) {
 	}
 	s.end = max(s.end, end)
 	s.run += n
+	room := d.cfg.cacheSize()/2 - r.inFlight
 	from, to := max(s.fetched, s.end), min(s.end+window, d.meta.Size)
-	to = min(to, from+d.cfg.cacheSize()/2-r.inFlight)
+	to = min(to, from+room)
 	if s.run < raMinRun || to-from < window/4 {
 		r.mu.Unlock()
 		return
 	}
 	s.fetched = to
-	r.inFlight += to - from
+	r.inFlight += room // held while planning, so no other plan overruns it
 	r.mu.Unlock()
-	runs := d.planFetch(from, to)
+	runs, planned := d.planFetch(from, to, room)
+	r.mu.Lock()
+	r.inFlight += planned - room
+	r.mu.Unlock()
+	if len(runs) == 0 {
+		return
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		d.fetchRuns(runs)
 		r.mu.Lock()
-		r.inFlight -= to - from
+		r.inFlight -= planned
 		r.mu.Unlock()
 	}()
 }
@@ -382,28 +434,44 @@ type fetchRun struct {
 	blocks []*block
 }
 
+const (
+	// spanGap is the widest gap between two extents of a range in one
+	// segment that a prefetch GET fetches too, so that it goes on across
+	// them: the gap holds other ranges' data, written at the same time
+	// (several sequential writers interleave their extents in each
+	// segment), which their readers then find cached. A GET costs the
+	// store about what 1 MiB of body does, so a wider gap is fetched only
+	// if its data is read, and a narrower one pays even if it is not.
+	spanGap = 1 << 20
+)
+
 // planFetch registers the blocks holding the stored data of [off, end)
-// that are neither cached nor being fetched, in runs for fetchRuns. A run
-// goes on across the extents of one segment that lie next to each other
-// in it (a write's record header sits between them), so data written in
-// small WRITEs is still fetched in large GETs.
-func (d *Disk) planFetch(off, end int64) []fetchRun {
+// that are neither cached nor being fetched, in runs for fetchRuns, and
+// returns the bytes registered, at most limit. A run goes on across the
+// extents of one segment that lie at most spanGap apart in it, so data
+// written in small WRITEs, or by several writers at once, is still
+// fetched in large GETs.
+func (d *Disk) planFetch(off, end, limit int64) ([]fetchRun, int64) {
 	var runs []fetchRun
 	var cur fetchRun
 	var last int64 // the index of the last block looked at in cur.seg
+	var planned int64
 	flush := func() {
 		if len(cur.blocks) > 0 {
 			runs = append(runs, cur)
 		}
 		cur.blocks = nil
 	}
-	// Where the data is scattered over many segments, a block holds little
-	// of the range: fetch at most twice the range's size.
-	budget := 2 * (end - off) / cacheBlock
+	// Where data is scattered, a block holds little of the range: fetch
+	// its blocks at most twice the range's size, and the gaps between them
+	// at most three times.
+	own := 2 * (end - off) / cacheBlock
+	gaps := 3 * (end - off) / cacheBlock
+	limit /= cacheBlock
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.failed != nil {
-		return nil
+		return nil, 0
 	}
 	d.m.each(off, end, func(m mapping) bool {
 		s := d.segs[m.seg]
@@ -412,29 +480,41 @@ func (d *Disk) planFetch(off, end int64) []fetchRun {
 		}
 		lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
 		idx := lo / cacheBlock
-		if s != cur.seg {
+		gapEnd := idx // blocks below it and above last are the gap's
+		switch {
+		case s != cur.seg:
 			flush()
 			cur.seg = s
-		} else if idx == last {
+		case idx == last:
 			idx++ // the block the previous extent ended in was looked at
-		} else if idx != last+1 {
+			gapEnd = idx
+		case idx > last && (idx-last-1)*cacheBlock <= spanGap && idx-last-1 <= min(gaps, limit):
+			idx = last + 1
+		case idx != last+1:
 			flush()
 		}
-		for ; idx*cacheBlock < hi; idx++ {
+		for ; idx*cacheBlock < hi && limit > 0; idx++ {
 			last = idx
 			b := d.cache.tryLookup(blockKey{s.seq, idx})
 			if b == nil || len(cur.blocks) == maxRun {
 				flush()
 			}
-			if b != nil {
-				cur.blocks = append(cur.blocks, b)
-				budget--
+			if b == nil {
+				continue
+			}
+			cur.blocks = append(cur.blocks, b)
+			planned += cacheBlock
+			limit--
+			if idx < gapEnd {
+				gaps--
+			} else {
+				own--
 			}
 		}
-		return budget > 0
+		return own > 0 && limit > 0
 	})
 	flush()
-	return runs
+	return runs, planned
 }
 
 // fetchRuns fetches runs planned by planFetch, each with one GET, as
@@ -460,7 +540,8 @@ func (d *Disk) Cache(off, length int64) error {
 	if err := d.checkRange(off, length); err != nil {
 		return err
 	}
-	d.fetchRuns(d.planFetch(off, off+length))
+	runs, _ := d.planFetch(off, off+length, d.cfg.cacheSize())
+	d.fetchRuns(runs)
 	return d.cacheBase(off, off+length)
 }
 

@@ -62,7 +62,7 @@ func TestReadAheadOnlyForSequentialReaders(t *testing.T) {
 				yield(r.Int64N(size/4096)*4096, 4096)
 			}
 		},
-		maxGet: 500 * 2 * cacheBlock,
+		maxGet: 500 * fetchUnit,
 	}, {
 		name: "sequential 256 KiB reads fetch a window ahead",
 		reads: func(yield func(off, n int64)) {
