@@ -14,7 +14,7 @@ const cacheBlock = 16 << 10
 
 // maxRun bounds the blocks one GET fetches, and so the memory a GET in
 // flight holds (Config.Reads of them at most).
-const maxRun = 128
+const maxRun = 256
 
 type blockKey struct {
 	seq uint64

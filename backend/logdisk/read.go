@@ -434,87 +434,116 @@ type fetchRun struct {
 	blocks []*block
 }
 
-const (
-	// spanGap is the widest gap between two extents of a range in one
-	// segment that a prefetch GET fetches too, so that it goes on across
-	// them: the gap holds other ranges' data, written at the same time
-	// (several sequential writers interleave their extents in each
-	// segment), which their readers then find cached. A GET costs the
-	// store about what 1 MiB of body does, so a wider gap is fetched only
-	// if its data is read, and a narrower one pays even if it is not.
-	spanGap = 1 << 20
-)
+// chunkFill is how many blocks of a prefetch's range a chunk must hold to
+// be fetched whole. A chunk is maxRun blocks of a segment, aligned: what
+// one GET takes. Fetched whole, it brings the data of the other ranges
+// written at the same time as this one (several sequential writers
+// interleave their extents in every segment), which their readers then
+// find cached; and since every reader's prefetch cuts a segment at the same
+// places, each chunk is fetched once, with one GET, whoever asks first. A
+// GET costs the store about what 1 MiB of body does, so a chunk holding
+// less of the range is fetched only where it holds the range.
+const chunkFill = maxRun / 8
+
+// chunkKey names a chunk: blocks idx*maxRun to (idx+1)*maxRun-1 of seg.
+type chunkKey struct {
+	seg *segment
+	idx int64
+}
 
 // planFetch registers the blocks holding the stored data of [off, end)
 // that are neither cached nor being fetched, in runs for fetchRuns, and
-// returns the bytes registered, at most limit. A run goes on across the
-// extents of one segment that lie at most spanGap apart in it, so data
-// written in small WRITEs, or by several writers at once, is still
-// fetched in large GETs.
+// returns the bytes registered, at most limit. Chunks holding chunkFill
+// blocks of the range are registered whole; elsewhere a run goes on across
+// the extents of one segment that lie next to each other in it (a write's
+// record header sits between them), so data written in small WRITEs is
+// still fetched in large GETs.
 func (d *Disk) planFetch(off, end, limit int64) ([]fetchRun, int64) {
-	var runs []fetchRun
-	var cur fetchRun
-	var last int64 // the index of the last block looked at in cur.seg
-	var planned int64
-	flush := func() {
-		if len(cur.blocks) > 0 {
-			runs = append(runs, cur)
-		}
-		cur.blocks = nil
-	}
-	// Where data is scattered, a block holds little of the range: fetch
-	// its blocks at most twice the range's size, and the gaps between them
-	// at most three times.
-	own := 2 * (end - off) / cacheBlock
-	gaps := 3 * (end - off) / cacheBlock
-	limit /= cacheBlock
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.failed != nil {
 		return nil, 0
 	}
+	order, own := d.rangeBlocks(off, end)
+	// Where data is scattered, a chunk holds little of the range: the
+	// blocks between the range's are fetched up to three times its size.
+	gaps := 3 * (end - off) / cacheBlock
+	limit /= cacheBlock
+	var runs []fetchRun
+	var planned int64
+	for _, k := range order {
+		s, bits := k.seg, own[k]
+		first := max(k.idx*maxRun, s.hdrLen/cacheBlock)
+		last := min((k.idx+1)*maxRun, (s.hdrLen+s.dataLen+cacheBlock-1)/cacheBlock)
+		n := int64(0)
+		for _, b := range bits {
+			if b {
+				n++
+			}
+		}
+		whole := n >= chunkFill && last-first-n <= gaps
+		if whole {
+			gaps -= last - first - n
+		}
+		cur := fetchRun{seg: s}
+		flush := func() {
+			if len(cur.blocks) > 0 {
+				runs = append(runs, cur)
+			}
+			cur = fetchRun{seg: s}
+		}
+		for idx := first; idx < last && limit > 0; idx++ {
+			if !whole && !bits[idx%maxRun] {
+				flush()
+				continue
+			}
+			b := d.cache.tryLookup(blockKey{s.seq, idx})
+			if b == nil {
+				flush()
+				continue
+			}
+			cur.blocks = append(cur.blocks, b)
+			planned += cacheBlock
+			limit--
+		}
+		flush()
+		if limit <= 0 {
+			break
+		}
+	}
+	return runs, planned
+}
+
+// rangeBlocks returns the chunks of stored segments holding data of
+// [off, end), in the order met, and which of their blocks hold it. Where
+// data is scattered over many segments, a block holds little of the
+// range: it stops at twice the range's size in blocks. d.mu is held.
+func (d *Disk) rangeBlocks(off, end int64) ([]chunkKey, map[chunkKey]*[maxRun]bool) {
+	var order []chunkKey
+	own := map[chunkKey]*[maxRun]bool{}
+	budget := 2 * (end - off) / cacheBlock
 	d.m.each(off, end, func(m mapping) bool {
 		s := d.segs[m.seg]
 		if m.kind != kindData || s.jf != nil || s.hdrLen == 0 {
 			return true
 		}
 		lo, hi := s.hdrLen+m.dataOff, s.hdrLen+m.dataOff+m.len
-		idx := lo / cacheBlock
-		gapEnd := idx // blocks below it and above last are the gap's
-		switch {
-		case s != cur.seg:
-			flush()
-			cur.seg = s
-		case idx == last:
-			idx++ // the block the previous extent ended in was looked at
-			gapEnd = idx
-		case idx > last && (idx-last-1)*cacheBlock <= spanGap && idx-last-1 <= min(gaps, limit):
-			idx = last + 1
-		case idx != last+1:
-			flush()
-		}
-		for ; idx*cacheBlock < hi && limit > 0; idx++ {
-			last = idx
-			b := d.cache.tryLookup(blockKey{s.seq, idx})
-			if b == nil || len(cur.blocks) == maxRun {
-				flush()
+		for idx := lo / cacheBlock; idx*cacheBlock < hi; idx++ {
+			k := chunkKey{s, idx / maxRun}
+			bits := own[k]
+			if bits == nil {
+				bits = new([maxRun]bool)
+				own[k] = bits
+				order = append(order, k)
 			}
-			if b == nil {
-				continue
-			}
-			cur.blocks = append(cur.blocks, b)
-			planned += cacheBlock
-			limit--
-			if idx < gapEnd {
-				gaps--
-			} else {
-				own--
+			if !bits[idx%maxRun] {
+				bits[idx%maxRun] = true
+				budget--
 			}
 		}
-		return own > 0 && limit > 0
+		return budget > 0
 	})
-	flush()
-	return runs, planned
+	return order, own
 }
 
 // fetchRuns fetches runs planned by planFetch, each with one GET, as
