@@ -144,6 +144,18 @@ func (c *cache) evictLocked(b *block) {
 	}
 }
 
+// demote moves b, fetched on speculation and not asked for, to the cold
+// end of the LRU, unless someone else holds it: it goes before every
+// block a READ asked for. A READ that asks for it later moves it to the
+// front (lookup).
+func (c *cache) demote(b *block) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b.elem != nil && b.pins == 1 {
+		c.lru.MoveToBack(b.elem)
+	}
+}
+
 // release drops a pin taken by lookup or tryLookup.
 func (c *cache) release(b *block) {
 	c.mu.Lock()

@@ -229,13 +229,16 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 // fetchUnit is the aligned span of an object a READ's miss fetches: a GET
 // costs the store and nbdd about the same for 16 KiB as for 64 KiB, so a
 // random READ brings the blocks around its own into the cache at no
-// further request, where the next READ of a neighbouring range finds them.
+// further request, where the next READ of a neighbouring range finds them
+// unless the cache needed the room.
 const fetchUnit = 64 << 10
 
 // fetchMissing fetches the blocks of s that readRemote registered
 // (blocks[i] where mine[i], blocks[0] being block first), with the other
 // blocks of their fetch units that are neither cached nor being fetched,
-// within the segment's data: one GET per run of adjacent blocks.
+// within the segment's data: one GET per run of adjacent blocks. Those
+// other blocks are kept behind every block a READ asked for (demote), so
+// a cache that is full loses them first.
 func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []bool) {
 	const unit = fetchUnit / cacheBlock
 	lo := max((first/unit)*unit, s.hdrLen/cacheBlock)
@@ -267,6 +270,7 @@ func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []boo
 	}
 	fetch()
 	for _, b := range extra {
+		d.cache.demote(b)
 		d.cache.release(b)
 	}
 }

@@ -191,3 +191,44 @@ func fill64(n int, seed uint64) []byte {
 	}
 	return b
 }
+
+// TestReadUnitNeighboursGoFirst: a 4 KiB READ that misses fetches its
+// aligned 64 KiB unit with one GET, and a full cache evicts those
+// neighbours before any block a READ asked for, so READs that repeat stay
+// cached.
+func TestReadUnitNeighboursGoFirst(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	w := openDisk(t, testConfig(t, st))
+	model := fill64(1<<20, 3)
+	mustWrite(t, w, model, 0)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, st)
+	cfg.ReadOnly, cfg.CacheSize = true, 2*fetchUnit
+	d := openDisk(t, cfg)
+	read := func(off int64) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		if _, err := d.ReadAt(buf, off); err != nil {
+			t.Fatalf("ReadAt %d: %v", off, err)
+		}
+		requireEqual(t, buf, model[off:off+4096], "read")
+	}
+	read(0)
+	if st := d.Stats(); st.Gets != 1 || st.GetBytes != fetchUnit {
+		t.Fatalf("a 4 KiB READ made %d GETs of %d bytes, want one of %d", st.Gets, st.GetBytes, fetchUnit)
+	}
+	read(256 << 10)
+	read(512 << 10) // the cache holds two units: a third evicts
+	before := d.Stats().Gets
+	read(0)
+	read(256 << 10)
+	if got := d.Stats().Gets - before; got != 0 {
+		t.Errorf("READs of blocks read before made %d GETs, want none: a fetched neighbour outlived them", got)
+	}
+	if got := d.cache.size(); got > cfg.CacheSize {
+		t.Errorf("the cache holds %d bytes, over its limit %d", got, cfg.CacheSize)
+	}
+}
