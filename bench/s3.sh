@@ -369,7 +369,9 @@ NBDD=${NBDD_BIN:-$WORK/nbdd}
 NBDD_S3_CACHE_DIR=$WORK/nbdd-s3
 export NBDD NBDKIT_S3_PLUGIN NBDD_S3_CACHE_DIR
 NBDKIT_S3_PLUGIN=$(nbdkit --dump-config | sed -n 's/^plugindir=//p')/nbdkit-S3-plugin
-if [[ " $PEERS " == *" nbdd "* ]] && ! "$NBDD" serve --help | grep -q -- '--s3'; then
+# (grep reads all of the help: with -q it could exit first, and nbdd's
+# SIGPIPE would fail the pipeline under pipefail.)
+if [[ " $PEERS " == *" nbdd "* ]] && ! "$NBDD" serve --help | grep -- '--s3' >/dev/null; then
 	echo "s3.sh: nbdd serve has no --s3 yet; leaving nbdd out" >&2
 	PEERS=$(echo " $PEERS " | sed 's/ nbdd / /; s/^ *//; s/ *$//')
 fi
