@@ -8,8 +8,9 @@ import (
 )
 
 // cacheBlock is the unit of the read cache: 16 KiB of one object, aligned.
-// Small enough that a 4 KiB random READ fetches little it does not need,
-// large enough that the cache's bookkeeping is about 1 % of it.
+// Small enough that a 4 KiB random READ keeps little it did not ask for
+// (the neighbours its fetch unit brings are evicted first), large enough
+// that the cache's bookkeeping is about 1 % of it.
 const cacheBlock = 16 << 10
 
 // maxRun bounds the blocks one GET fetches, and so the memory a GET in

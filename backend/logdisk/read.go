@@ -377,7 +377,7 @@ const (
 // readAheadAt notes a READ of [off, off+n) as it arrives and, when it
 // continues a sequential stream, registers the blocks of the window ahead
 // of it in the cache and fetches them in the background, in GETs of up to
-// maxRun blocks that take whole spans of a segment (planFetch): the READs
+// maxRun blocks that take whole chunks of a segment (planFetch): the READs
 // that follow, this stream's and those of streams whose data lies between
 // its extents, find their blocks in flight or cached instead of each
 // making a smaller GET. Prefetches in flight hold at most half the cache.

@@ -55,7 +55,7 @@ func TestReadAheadOnlyForSequentialReaders(t *testing.T) {
 		maxGet int64
 		minAvg int64 // bytes per GET
 	}{{
-		name: "random 4 KiB reads fetch only their blocks",
+		name: "random 4 KiB reads fetch only their fetch units",
 		reads: func(yield func(off, n int64)) {
 			r := rand.New(rand.NewPCG(1, 2))
 			for range 500 {
