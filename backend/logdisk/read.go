@@ -279,12 +279,55 @@ func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []boo
 const readTimeout = 30 * time.Second
 
 // fetchBlocks fetches up to maxRun consecutive blocks of s with one
-// ranged GET and fills them.
+// ranged GET, on a GET worker, and fills them.
 func (d *Disk) fetchBlocks(s *segment, blocks []*block) {
+	d.onGetWorker(func() { d.getBlocks(s, blocks) })
+}
+
+// getJob is a GET for a getWorker to run.
+type getJob struct {
+	fn   func()
+	done chan struct{}
+}
+
+// onGetWorker runs fn, a GET of the read path, on one of Config.Reads
+// long-lived goroutines, waiting for one to be free. That bounds the GETs
+// at once, and runs the SDK's deep request pipeline on a stack that has
+// grown already: on the fresh goroutine of each READ, the stack grew by
+// copying, several times per GET (17 % of nbdd's CPU in 4 KiB random
+// reads). The workers start with the first GET and end with the Disk.
+func (d *Disk) onGetWorker(fn func()) {
+	d.getOnce.Do(func() {
+		d.getJobs = make(chan getJob)
+		for range d.cfg.reads() {
+			go d.getWorker()
+		}
+	})
+	job := getJob{fn: fn, done: make(chan struct{})}
+	select {
+	case d.getJobs <- job:
+		<-job.done
+	case <-d.ctx.Done():
+		fn() // closing: the GET fails at once on the cancelled context
+	}
+}
+
+func (d *Disk) getWorker() {
+	for {
+		select {
+		case job := <-d.getJobs:
+			job.fn()
+			close(job.done)
+		case <-d.ctx.Done():
+			return
+		}
+	}
+}
+
+// getBlocks is fetchBlocks on the worker.
+func (d *Disk) getBlocks(s *segment, blocks []*block) {
 	start := blocks[0].key.idx * cacheBlock
 	end := min((blocks[len(blocks)-1].key.idx+1)*cacheBlock, s.hdrLen+s.dataLen)
-	d.readSem <- struct{}{}
-	defer func() { <-d.readSem }()
 	if vr, ok := d.store.(VectorReader); ok || len(blocks) == 1 {
 		// straight into the blocks' buffers
 		bufs := make([][]byte, len(blocks))
