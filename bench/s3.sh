@@ -11,10 +11,14 @@
 #                                 # caller holds the lock (several runs in one turn)
 #
 # Peers (PEERS, in this order by default):
-#   nbdd          nbdd serve --s3 default=s3://BUCKET/PREFIX (skipped, with
-#                 a message, while nbdd serve has no --s3); NBDD_S3_FLAGS
-#                 adds serve flags, NBDD_BIN names another nbdd binary than
-#                 the one built from this tree
+#   nbdd          nbdd serve --s3 default=s3://BUCKET/PREFIX,cache=768M
+#                 (skipped, with a message, while nbdd serve has no --s3):
+#                 a read cache of about what s3backer holds by the end of
+#                 the random reads (its block cache and the page cache of
+#                 its FUSE file, which that cache does not bound; the
+#                 memory row shows both). NBDD_S3_OPTS replaces ",cache=768M"
+#                 (export options), NBDD_S3_FLAGS adds serve flags, NBDD_BIN
+#                 names another nbdd binary than the one built from this tree
 #   nbdkit256k    nbdkit's S3 plugin, object-size=256K, blocksize filter
 #                 maxdata=256K, nbdcopy requests of 256K
 #   nbdkit1m      the same with 1M objects and requests
@@ -30,7 +34,8 @@
 # sequential read on a fresh server process; fio 4 KiB random write at
 # iodepth 32 with a FLUSH every 16 writes (fio fsync=16) and its FLUSH
 # latency; fio 4 KiB random read at iodepth 32 on a fresh server process
-# (cold) and again (warm); S3 requests and bytes uploaded per GiB written,
+# (cold) and again (warm); the memory the peer holds after them (the RSS
+# of its processes and the page cache of a FUSE file); S3 requests and bytes uploaded per GiB written,
 # from versitygw's access log, for both writes; seconds from starting the
 # server to the first 4 KiB read of an OPEN_SIZE export half written
 # (nbdkit's sparse-random plugin, percent=50, copied in once per peer but
@@ -61,7 +66,7 @@ serve() {
 	case $peer in
 	nbdd)
 		# shellcheck disable=SC2086 # NBDD_S3_FLAGS is a list of flags
-		exec "$NBDD" serve --listen "unix://$sock" --s3 "default=s3://$BUCKET/$prefix" --log-level warn ${NBDD_S3_FLAGS:-} ;;
+		exec "$NBDD" serve --listen "unix://$sock" --s3 "default=s3://$BUCKET/$prefix${NBDD_S3_OPTS-,cache=768M}" --log-level warn ${NBDD_S3_FLAGS:-} ;;
 	nbdkit256k | nbdkit1m)
 		local os=${peer#nbdkit}
 		exec nbdkit -f -U "$sock" --filter=blocksize python "$BENCH/s3-nbdkit-plugin.py" \
@@ -265,6 +270,19 @@ fio_run() {
 	fi
 }
 
+# peer_memory PEER: MiB the peer holds: the RSS of its server process and
+# of that process's children, and the page cache of s3backer's FUSE file.
+peer_memory() {
+	local pid kib=0 c
+	pid=$(eval echo "\$PID_$1")
+	for c in $pid $(pgrep -P "$pid" || true); do
+		kib=$((kib + $(awk '/^VmRSS/ {print $2}' "/proc/$c/status")))
+	done
+	local file="$(peer_sock "$1").mnt/file"
+	[ -e "$file" ] && kib=$((kib + $(fincore -b -n -o RES "$file") / 1024))
+	echo $((kib / 1024))
+}
+
 # fio_get EXPR: a figure from the last fio run (j is the job).
 fio_get() { python3 -c "import json; j=json.load(open('$WORK/fio.json'))['jobs'][0]; print($1)"; }
 
@@ -301,6 +319,7 @@ measure() {
 	add randread_cold "$p" "$(fio_get 'round(j["read"]["iops"])')"
 	fio_run "$p" randread
 	add randread_warm "$p" "$(fio_get 'round(j["read"]["iops"])')"
+	add memory "$p" "$(peer_memory "$p")"
 
 	from=$(log_lines)
 	fio_run "$p" randwrite --fsync=16
@@ -350,7 +369,9 @@ NBDD=${NBDD_BIN:-$WORK/nbdd}
 NBDD_S3_CACHE_DIR=$WORK/nbdd-s3
 export NBDD NBDKIT_S3_PLUGIN NBDD_S3_CACHE_DIR
 NBDKIT_S3_PLUGIN=$(nbdkit --dump-config | sed -n 's/^plugindir=//p')/nbdkit-S3-plugin
-if [[ " $PEERS " == *" nbdd "* ]] && ! "$NBDD" serve --help | grep -q -- '--s3'; then
+# (grep reads all of the help: with -q it could exit first, and nbdd's
+# SIGPIPE would fail the pipeline under pipefail.)
+if [[ " $PEERS " == *" nbdd "* ]] && ! "$NBDD" serve --help | grep -- '--s3' >/dev/null; then
 	echo "s3.sh: nbdd serve has no --s3 yet; leaving nbdd out" >&2
 	PEERS=$(echo " $PEERS " | sed 's/ nbdd / /; s/^ *//; s/ *$//')
 fi
@@ -369,7 +390,7 @@ done
 for p in $PEERS; do [ "$p" = s3backersync ] || open_time "$p"; done
 flock -u 9
 
-ROWS="seqwrite seqread randwrite flush_p50 flush_p99 randread_cold randread_warm seqwrite_req seqwrite_mib randwrite_req randwrite_mib open"
+ROWS="seqwrite seqread randwrite flush_p50 flush_p99 randread_cold randread_warm memory seqwrite_req seqwrite_mib randwrite_req randwrite_mib open"
 declare -A LABEL=(
 	[seqwrite]="nbdcopy sequential write + FLUSH, MiB/s"
 	[seqread]="nbdcopy sequential read, fresh process, MiB/s"
@@ -378,6 +399,7 @@ declare -A LABEL=(
 	[flush_p99]="FLUSH latency p99 in that run, ms (lower is better)"
 	[randread_cold]="fio 4 KiB randread qd32, fresh process, IOPS"
 	[randread_warm]="fio 4 KiB randread qd32, warm, IOPS"
+	[memory]="memory after the random reads: RSS + FUSE page cache, MiB (lower is better)"
 	[seqwrite_req]="S3 requests per GiB, sequential write (lower is better)"
 	[seqwrite_mib]="MiB uploaded per GiB, sequential write (lower is better)"
 	[randwrite_req]="S3 requests per GiB, random write (lower is better)"

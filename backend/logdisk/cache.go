@@ -8,13 +8,14 @@ import (
 )
 
 // cacheBlock is the unit of the read cache: 16 KiB of one object, aligned.
-// Small enough that a 4 KiB random READ fetches little it does not need,
-// large enough that the cache's bookkeeping is about 1 % of it.
+// Small enough that a 4 KiB random READ keeps little it did not ask for
+// (the neighbours its fetch unit brings are evicted first), large enough
+// that the cache's bookkeeping is about 1 % of it.
 const cacheBlock = 16 << 10
 
 // maxRun bounds the blocks one GET fetches, and so the memory a GET in
 // flight holds (Config.Reads of them at most).
-const maxRun = 128
+const maxRun = 256
 
 type blockKey struct {
 	seq uint64
@@ -141,6 +142,18 @@ func (c *cache) evictLocked(b *block) {
 	b.evicted = true
 	if b.pins == 0 {
 		c.recycleLocked(b)
+	}
+}
+
+// demote moves b, fetched on speculation and not asked for, to the cold
+// end of the LRU, unless someone else holds it: it goes before every
+// block a READ asked for. A READ that asks for it later moves it to the
+// front (lookup).
+func (c *cache) demote(b *block) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b.elem != nil && b.pins == 1 {
+		c.lru.MoveToBack(b.elem)
 	}
 }
 

@@ -235,7 +235,8 @@ type Disk struct {
 	clone       cloneState // the base a clone reads through to
 	journalLock *os.File
 	cache       *cache
-	readSem     chan struct{}
+	getJobs     chan getJob // to the GET workers of the read path
+	getOnce     sync.Once   // starts them
 	ra          readAhead
 	wg          sync.WaitGroup
 	opening     sync.WaitGroup // Open's requests still under way: claims, the probe's deletion

@@ -120,7 +120,7 @@ func newDisk(cfg Config, meta Meta) *Disk {
 	d := &Disk{
 		cfg: cfg, store: cfg.Store, prefix: cfg.Prefix, meta: meta, log: cfg.logger(),
 		segs: map[uint64]*segment{}, ahead: map[uint64]*segment{}, progress: make(chan struct{}),
-		cache: newCache(cfg.cacheSize()), readSem: make(chan struct{}, cfg.reads()),
+		cache:  newCache(cfg.cacheSize()),
 		gcKick: make(chan struct{}, 1),
 	}
 	d.room = sync.NewCond(&d.mu)

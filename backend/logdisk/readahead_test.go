@@ -55,14 +55,14 @@ func TestReadAheadOnlyForSequentialReaders(t *testing.T) {
 		maxGet int64
 		minAvg int64 // bytes per GET
 	}{{
-		name: "random 4 KiB reads fetch only their blocks",
+		name: "random 4 KiB reads fetch only their fetch units",
 		reads: func(yield func(off, n int64)) {
 			r := rand.New(rand.NewPCG(1, 2))
 			for range 500 {
 				yield(r.Int64N(size/4096)*4096, 4096)
 			}
 		},
-		maxGet: 500 * 2 * cacheBlock,
+		maxGet: 500 * fetchUnit,
 	}, {
 		name: "sequential 256 KiB reads fetch a window ahead",
 		reads: func(yield func(off, n int64)) {
