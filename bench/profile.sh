@@ -4,8 +4,10 @@
 # the fill row), it runs the row's workload twice with Debian 13's clients:
 # once under perf stat (software events: the server's CPU time, context
 # switches and page faults, all threads) and once under strace -c -f (the
-# server's system calls; strace slows the run, the counts stand). It
-# prints each per request: nbdcopy rows move 1 GiB in 256 KiB requests
+# server's system calls; strace slows the run, the counts stand), with
+# the client's CPU time from the first run beside the server's (on
+# 2-vCPU machines the client's CPU decides the default-parallelism rows).
+# It prints each per request: nbdcopy rows move 1 GiB in 256 KiB requests
 # (4096), fio rows report their own count.
 #
 #   ROWS="seqread1 randread1" SERVERS="nbdd gonbd" bench/profile.sh
@@ -60,6 +62,11 @@ workload() { # workload ROW URI: run it once; fio rows leave fio.json
 	esac >/dev/null 2>&1
 }
 
+# children_ticks: the CPU (user plus system, in clock ticks) of the
+# script's finished children (proc(5) /proc/PID/stat cutime and cstime):
+# the client's CPU, read before and after a workload.
+children_ticks() { sed 's/^.*) //' "/proc/$$/stat" | awk '{print $14 + $15}'; }
+
 requests() { # requests ROW: how many requests the last run made
 	case $1 in
 	rand*) python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(j["read"]["total_ios"]+j["write"]["total_ios"])' "$WORK/fio.json" ;;
@@ -84,17 +91,20 @@ for row in $ROWS; do
 			fi
 			sleep 0.5
 			t0=$(date +%s.%N)
+			c0=$(children_ticks)
 			workload "$row" "$U"
+			c1=$(children_ticks)
 			t1=$(date +%s.%N)
 			n=$(requests "$row")
 			kill -INT "$tracer"
 			wait "$tracer" || true
 			if [ $pass = perf ]; then
-				awk -F, -v n="$n" -v s="$s" -v r="$row" -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" '
+				awk -F, -v n="$n" -v s="$s" -v r="$row" -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
+					-v client="$(awk -v a="$c0" -v b="$c1" -v hz="$(getconf CLK_TCK)" 'BEGIN {print (b - a) / hz}')" '
 					$3 == "task-clock" {cpu = $1 / 1000}
 					$3 == "context-switches" {cs = $1}
 					$3 == "page-faults" {pf = $1}
-					END {printf "%s %s: %.2f s wall, %d requests; server per request: %.1f us CPU, %.2f context switches, %.2f page faults\n", r, s, w, n, cpu * 1e6 / n, cs / n, pf / n}' "$WORK/perf.txt"
+					END {printf "%s %s: %.2f s wall, %d requests; server per request: %.1f us CPU, %.2f context switches, %.2f page faults; client per request: %.1f us CPU\n", r, s, w, n, cpu * 1e6 / n, cs / n, pf / n, client * 1e6 / n}' "$WORK/perf.txt"
 			else
 				awk -v n="$n" -v s="$s" -v r="$row" '
 					/^-+/ {table = !table; next}
