@@ -340,7 +340,10 @@ func (w *replyWriter) account(o *op, l int, left *int) {
 // with the next write; otherwise the rest of its range is the carry
 // (rule 5), and directFile reports false. A sendfile that fails is left
 // to the owner too, which meets the failure again and ends the reply as
-// replytail.go does.
+// replytail.go does. The range is in the page cache (the planner checked,
+// sendsFile), so the call waits on no device, unless the pages of a file
+// on a disk were evicted since: then the reader waits for them, as a
+// pread of the same data would.
 func (w *replyWriter) directFile(o *op) bool {
 	if w.failed.Load() {
 		w.sent = append(w.sent, o)

@@ -230,8 +230,9 @@ func (w *replyWriter) sendfileRange(off, n int64) (sent int64, ok bool, err erro
 
 // fileSender moves a range of a file to the socket with sendfile(2). Its
 // state lives in the struct, as vecIO's does, so that the RawConn
-// callbacks are method values made once and a send allocates nothing of
-// its own. It belongs to whoever holds the reply writer's busy flag.
+// callbacks are method values made once and a send allocates nothing
+// but the file's RawConn. It belongs to whoever holds the reply writer's
+// busy flag.
 //
 // When neither side can make the call wait (raw: a socket the runtime
 // polls, which returns EAGAIN when full, and a file in memory, which
@@ -240,8 +241,8 @@ func (w *replyWriter) sendfileRange(off, n int64) (sent int64, ok bool, err erro
 // reason: a scheduler-aware call made while the process was idle wakes
 // the runtime's monitor thread, whose polling then costs context
 // switches taken from the client (docs/performance.md, "File serial read
-// after the raw sendfile"). A file on a disk gets the scheduler-aware
-// call: evicted pages would make it wait for the device.
+// after the direct, raw sendfile"). A file on a disk gets the
+// scheduler-aware call: evicted pages would make it wait for the device.
 type fileSender struct {
 	out       syscall.RawConn
 	raw       bool
