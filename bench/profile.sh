@@ -13,16 +13,24 @@
 #   ROWS="seqread1 randread1" SERVERS="nbdd gonbd" bench/profile.sh
 #   TRANSPORT=tcp ROWS=seqread1 bench/profile.sh
 #   NBDD_BIN=/tmp/nbdd-experiment ROWS=seqread1 SERVERS=nbdd bench/profile.sh
+#   EXPORT=file NBDD_BIN=/tmp/nbdd-old ROWS=seqread1 SERVERS=nbdd bench/profile.sh
 #
 # Rows are compare.sh's: fill seqread seqwrite seqread1 seqwrite1 randread1
 # randwrite1 randread32 randwrite32. Servers: nbdd, nbddp (prealloc), gonbd,
-# kit13 (nbdkit 1.42 memory), kit13m (allocator=malloc). Run it under
+# kit13 (nbdkit 1.42 memory), kit13m (allocator=malloc). EXPORT=file
+# serves nbdd, gonbd and kit13 (nbdkit's file plugin) a 1 GiB file in
+# /dev/shm instead, as compare.sh's EXPORT=file does. Run it under
 # flock /tmp/nbdd-bench.lock like every timing run.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ROWS=${ROWS:-"fill seqread1 seqwrite1 seqwrite randread1 randwrite1"}
 SERVERS=${SERVERS:-"nbdd gonbd kit13"}
 TRANSPORT=${TRANSPORT:-unix}
+EXPORT=${EXPORT:-memory}
+case $EXPORT in memory | file) ;; *)
+	echo "profile.sh: EXPORT must be memory or file, not $EXPORT" >&2
+	exit 2 ;;
+esac
 FIO_SECONDS=${FIO_SECONDS:-5}
 SIZE=$((1 << 30))
 
@@ -34,16 +42,22 @@ make_source $SIZE
 
 serve() { # serve NAME: start NAME with a fresh export; sets U
 	local s=$1 sock="$WORK/$1.sock" listen=unix://$WORK/$1.sock kit=(-U "$WORK/$1.sock") g=(-socket "$WORK/$1.sock")
+	local img="$SHM/$1.img" nbddexport=(--memory default=1G) kitexport=(memory 1G) gexport=()
+	if [ "$EXPORT" = file ]; then
+		rm -f "$img"
+		truncate -s $SIZE "$img"
+		nbddexport=(--export "default=$img") kitexport=(file "$img") gexport=(-file "$img")
+	fi
 	U=$(uri "$sock")
 	if [ "$TRANSPORT" = tcp ]; then
 		U=nbd://127.0.0.1:10910/ listen=tcp://127.0.0.1:10910 kit=(-i 127.0.0.1 -p 10910) g=(-tcp 127.0.0.1:10910)
 	fi
 	rm -f "$sock"
 	case $s in
-	nbdd) start_uri "$s" "$U" "$NBDD_BIN" serve --listen "$listen" --memory default=1G --log-level warn ;;
+	nbdd) start_uri "$s" "$U" "$NBDD_BIN" serve --listen "$listen" "${nbddexport[@]}" --log-level warn ;;
 	nbddp) start_uri "$s" "$U" "$NBDD_BIN" serve --listen "$listen" --memory default=1G,prealloc --log-level warn ;;
-	gonbd) start_uri "$s" "$U" "$WORK/gonbd-server" "${g[@]}" -size $SIZE ;;
-	kit13) start_uri "$s" "$U" "${DEB13[@]}" nbdkit -f "${kit[@]}" memory 1G ;;
+	gonbd) start_uri "$s" "$U" "$WORK/gonbd-server" "${g[@]}" -size $SIZE "${gexport[@]}" ;;
+	kit13) start_uri "$s" "$U" "${DEB13[@]}" nbdkit -f "${kit[@]}" "${kitexport[@]}" ;;
 	kit13m) start_uri "$s" "$U" "${DEB13[@]}" nbdkit -f "${kit[@]}" memory 1G allocator=malloc ;;
 	*) echo "profile.sh: unknown server $s" >&2; exit 2 ;;
 	esac

@@ -80,3 +80,39 @@ func sendBurst(c *client, reqs []protocol.Request, tail []byte) <-chan error {
 	}()
 	return errc
 }
+
+// TestAllDirect: which bursts of held replies the reader sends itself:
+// any reply up to directMax, a sendfile READ's included; a streamed READ
+// never.
+func TestAllDirect(t *testing.T) {
+	newOp := func(typ protocol.Cmd, n uint64, data Path, failed bool) *op {
+		o := &op{req: protocol.ExtendedRequest{Type: typ, Length: n}, plan: plan{data: data}}
+		if failed {
+			o.err = &requestError{errno: protocol.EIO}
+		}
+		return o
+	}
+	small := newOp(protocol.CmdRead, 4<<10, PathReadLent, false)
+	tests := []struct {
+		name   string
+		o      *op
+		direct bool
+	}{
+		{"4 KiB READ", small, true},
+		{"256 KiB lent READ", newOp(protocol.CmdRead, 256<<10, PathReadLent, false), true},
+		{"256 KiB sendfile READ", newOp(protocol.CmdRead, 256<<10, PathReadSendfile, false), true},
+		{"1 MiB sendfile READ", newOp(protocol.CmdRead, directMax, PathReadSendfile, false), true},
+		{"2 MiB sendfile READ", newOp(protocol.CmdRead, 2<<20, PathReadSendfile, false), false},
+		{"2 MiB lent READ", newOp(protocol.CmdRead, 2<<20, PathReadLent, false), false},
+		{"streamed READ", newOp(protocol.CmdRead, 32<<10, PathReadStreamed, false), false},
+		{"failed 32 MiB READ", newOp(protocol.CmdRead, 32<<20, PathReadBuffered, true), true},
+		{"1 MiB WRITE", newOp(protocol.CmdWrite, 1<<20, PathWriteIntoExport, false), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := allDirect([]*op{small, tt.o, small}); got != tt.direct {
+				t.Errorf("got %v, want %v", got, tt.direct)
+			}
+		})
+	}
+}

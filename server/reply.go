@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,10 +28,14 @@ import (
 //     empty, under mu; so a reply queued while the socket was taken is
 //     never stranded.
 //  4. The reader never waits for the socket: what a direct write leaves
-//     becomes the carry, which the writer goroutine sends.
+//     becomes the carry, which the writer goroutine sends; the replies of
+//     the burst it did not reach are queued ahead of the rest.
 //  5. A reply whose data follows its header only as it is read or sent
 //     (a streamed or sendfile READ: replytail.go) needs an owner that may
-//     wait, so it is never sent directly.
+//     wait. A streamed one is never sent directly. A sendfile one is
+//     started directly as far as the socket takes it without waiting
+//     (directFile), and the carry holds the rest of its range, which the
+//     owner sends and ends as it would have sent the whole.
 //  6. Replies that are ready together share one writev (writeBatch).
 //  7. Every reply handed over is finished exactly once, after its last
 //     byte is written or once the connection has failed, by the owner
@@ -52,11 +57,16 @@ type replyWriter struct {
 	iov      [][]byte
 	scratch  []byte // coalesces replies over TLS, which has no writev
 	carry    [][]byte
-	carryOps []*op                // direct replies the socket took only part of; sent first
-	iov2     [2][]byte            // scratch of writev2
-	chunkHdr [maxReplyHeader]byte // a streamed READ's chunk header
-	out      *vecIO               // writev on a plain socket, else nil
-	armed    bool                 // a stall deadline is set (armStallDeadline)
+	carryOps []*op // direct replies the socket took only part of; sent first
+	// carryFile is the sendfile READ a direct write left part way, sent
+	// after the carry from carryDone bytes into its data.
+	carryFile *op
+	carryDone int64
+	files     *fileSender          // sendfile(2) on a plain socket, else nil
+	iov2      [2][]byte            // scratch of writev2
+	chunkHdr  [maxReplyHeader]byte // a streamed READ's chunk header
+	out       *vecIO               // writev on a plain socket, else nil
+	armed     bool                 // a stall deadline is set (armStallDeadline)
 	// trailer is the NONE chunk that ends a READ whose data chunk went
 	// out unfinished (endData); trailerDue until it is sent, with the
 	// next writev. withTrailer is that writev's scratch.
@@ -77,7 +87,7 @@ func newReplyWriter(c *conn) *replyWriter {
 // without waiting (direct), and otherwise queues them for the owner.
 func (w *replyWriter) enqueueAll(ops []*op) {
 	w.mu.Lock()
-	if w.out != nil && !w.busy && len(w.queue) == 0 && len(w.carryOps) == 0 && allDirect(ops) {
+	if w.out != nil && !w.busy && len(w.queue) == 0 && !w.carrying() && allDirect(ops) {
 		w.busy = true
 		w.mu.Unlock()
 		w.direct(ops)
@@ -99,7 +109,7 @@ func (w *replyWriter) enqueueAll(ops []*op) {
 // READs cost twice go-nbd's CPU). Otherwise o is queued for the owner.
 func (w *replyWriter) sendOwn(o *op) {
 	w.mu.Lock()
-	if w.busy || len(w.queue) > 0 || len(w.carryOps) > 0 {
+	if w.busy || len(w.queue) > 0 || w.carrying() {
 		w.queue = append(w.queue, o)
 		busy := w.busy
 		w.mu.Unlock()
@@ -146,7 +156,7 @@ func (w *replyWriter) loop() {
 // drain takes the socket if nobody owns it and there is something to send.
 func (w *replyWriter) drain() {
 	w.mu.Lock()
-	if w.busy || (len(w.queue) == 0 && len(w.carryOps) == 0) {
+	if w.busy || (len(w.queue) == 0 && !w.carrying()) {
 		w.mu.Unlock()
 		return
 	}
@@ -160,7 +170,7 @@ func (w *replyWriter) drain() {
 func (w *replyWriter) drainOwned() {
 	for {
 		w.mu.Lock()
-		if len(w.queue) == 0 && len(w.carryOps) == 0 {
+		if len(w.queue) == 0 && !w.carrying() {
 			w.disarmStallDeadline() // before direct writes may start
 			w.busy = false
 			w.mu.Unlock()
@@ -230,44 +240,128 @@ func (w *replyWriter) send(ops []*op) {
 	w.sent = append(w.sent, ops...)
 }
 
-// direct sends the replies of ops from the reader with one writev that
-// does not wait. When the socket takes all of it, which is the usual case
-// for replies that fit in the socket buffer, they leave without a
-// goroutine hand-off (the cost that dominates small requests). Otherwise
-// the rest becomes the carry, for the writer goroutine (rule 4). The
-// caller holds busy; direct lets go of it.
+// direct sends the replies of ops from the reader without waiting. When
+// the socket takes all of them, which is the usual case for replies that
+// fit in the socket buffer, they leave without a goroutine hand-off (the
+// cost that dominates small requests): the replies between two sendfile
+// READs share one writev with the header of the second and the trailer
+// of the first; each sendfile READ's data follows its header with
+// sendfile(2). Otherwise the rest becomes the carry, for the writer
+// goroutine (rule 4). The caller holds busy; direct lets go of it.
 func (w *replyWriter) direct(ops []*op) {
+	for len(ops) > 0 {
+		i := slices.IndexFunc(ops, (*op).sendsAlone)
+		if i < 0 {
+			w.directReplies(ops, nil)
+			ops = nil
+			break
+		}
+		file := ops[i]
+		whole := w.directReplies(ops[:i], file) && w.directFile(file)
+		ops = ops[i+1:]
+		if !whole {
+			break
+		}
+	}
+	if w.trailerDue && !w.carrying() {
+		w.directReplies(nil, nil)
+	}
+	w.finishSent()
+	w.mu.Lock()
+	if len(ops) > 0 { // the carry goes first (rule 3), then these
+		w.queue = slices.Insert(w.queue, 0, ops...)
+	}
+	w.busy = false
+	pending := len(w.queue) > 0 || w.carrying()
+	w.mu.Unlock()
+	if pending {
+		w.kick()
+	}
+}
+
+// directReplies writes, with one writev that does not wait, the trailer
+// due from the last sendfile READ, the replies of ops, and the header of
+// file, a sendfile READ, if not nil. It reports whether the socket took
+// all of it; otherwise what is left is the carry, and file's data with
+// it.
+func (w *replyWriter) directReplies(ops []*op, file *op) bool {
 	iov := w.iov[:0]
+	trailerOp := w.trailerOp
+	if w.trailerDue {
+		iov = append(iov, w.trailer[:w.trailerLen])
+		w.trailerDue, w.trailerOp = false, nil
+	}
 	for _, o := range ops {
 		iov = appendReply(iov, o)
+	}
+	if file != nil {
+		iov = append(iov, file.hdr[:file.hdrLen])
 	}
 	n, err := w.tryWritev(iov)
 	if err != nil {
 		w.fail(err)
 		n = iovLen(iov) // nothing more will be sent: finish them all
 	}
-	sent := n
-	for i, o := range ops {
-		l := replyLen(o)
-		if sent < l {
-			w.carry = appendRest(w.carry[:0], iov, n)
-			w.carryOps = append(w.carryOps[:0], ops[i:]...)
-			break
-		}
-		sent -= l
-		w.sent = append(w.sent, o)
+	left := n
+	if trailerOp != nil {
+		w.account(trailerOp, w.trailerLen, &left)
+	}
+	for _, o := range ops {
+		w.account(o, replyLen(o), &left)
+	}
+	if file != nil && left < file.hdrLen {
+		w.carryFile, w.carryDone = file, 0
+	}
+	if w.carrying() {
+		w.carry = appendRest(w.carry[:0], iov, n)
 	}
 	clear(iov)
 	w.iov = iov[:0]
-	w.finishSent()
-	w.mu.Lock()
-	w.busy = false
-	pending := len(w.queue) > 0 || len(w.carryOps) > 0
-	w.mu.Unlock()
-	if pending {
-		w.kick()
-	}
+	return !w.carrying()
 }
+
+// account places o, whose reply took the next l bytes of a direct write
+// of which left were not yet accounted for: among the replies sent if
+// the socket took all of them, else among the carry's. Once one is
+// carried, left is -1, so every reply after it is carried too.
+func (w *replyWriter) account(o *op, l int, left *int) {
+	if *left >= l {
+		*left -= l
+		w.sent = append(w.sent, o)
+		return
+	}
+	*left = -1
+	w.carryOps = append(w.carryOps, o)
+}
+
+// directFile sends the data of o, a sendfile READ whose header is out,
+// from the reader with sendfile(2) calls that do not wait. When the
+// socket takes all of it, o ends as sendTail ends it, its trailer due
+// with the next write; otherwise the rest of its range is the carry
+// (rule 5), and directFile reports false. A sendfile that fails is left
+// to the owner too, which meets the failure again and ends the reply as
+// replytail.go does. The range is in the page cache (the planner checked,
+// sendsFile), so the call waits on no device, unless the pages of a file
+// on a disk were evicted since: then the reader waits for them, as a
+// pread of the same data would.
+func (w *replyWriter) directFile(o *op) bool {
+	if w.failed.Load() {
+		w.sent = append(w.sent, o)
+		return true
+	}
+	n := int64(o.req.Length)
+	if sent, _ := w.files.send(w.c.exp.file.File(), int64(o.req.Offset), n, false); sent < n {
+		w.carryFile, w.carryDone = o, sent
+		return false
+	}
+	w.endData(o, n, nil)
+	w.ended(o)
+	return true
+}
+
+// carrying reports whether a direct write left a carry (rule 4). The
+// owner asks it, or anyone under mu while nobody owns the socket.
+func (w *replyWriter) carrying() bool { return len(w.carryOps) > 0 || w.carryFile != nil }
 
 // directMax is the largest READ reply sent directly. Up to it a reply
 // usually fits in the socket's send buffer (DefaultUnixSendBuffer on a
@@ -278,10 +372,11 @@ func (w *replyWriter) direct(ops []*op) {
 // measurements (serial and default-parallelism reads against 64 KiB).
 const directMax = 1 << 20
 
-// allDirect reports whether every reply of ops may be sent directly.
+// allDirect reports whether every reply of ops may be sent directly:
+// none larger than directMax, and none streamed (rule 5).
 func allDirect(ops []*op) bool {
 	for _, o := range ops {
-		if o.sendsAlone() || o.req.Type == protocol.CmdRead && o.err == nil && o.req.Length > directMax {
+		if o.req.Type == protocol.CmdRead && o.err == nil && (o.req.Length > directMax || o.plan.data == PathReadStreamed) {
 			return false
 		}
 	}
@@ -297,17 +392,23 @@ func (w *replyWriter) tryWritev(iov [][]byte) (int, error) {
 	return w.out.try(iov)
 }
 
-// sendCarry sends the rest of the direct replies the socket took only
-// part of, before anything else.
+// sendCarry sends the rest of what a direct write left, before anything
+// else: the rest of its replies, then the rest of a sendfile READ's
+// data, which it ends as sendTail would.
 func (w *replyWriter) sendCarry() {
-	if len(w.carryOps) == 0 {
-		return
+	if len(w.carry) > 0 {
+		w.writev(w.carry)
+		clear(w.carry)
+		w.carry = w.carry[:0]
 	}
-	w.writev(w.carry)
 	w.sent = append(w.sent, w.carryOps...)
-	clear(w.carry)
 	clear(w.carryOps)
-	w.carry, w.carryOps = w.carry[:0], w.carryOps[:0]
+	w.carryOps = w.carryOps[:0]
+	if o := w.carryFile; o != nil {
+		w.carryFile = nil
+		w.sendFileData(o, w.carryDone)
+		w.ended(o)
+	}
 }
 
 // writev writes all of iov, waiting for the socket as needed, after the

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
@@ -35,6 +36,12 @@ func (w *replyWriter) sendTail(o *op) {
 	} else {
 		w.streamRead(o)
 	}
+	w.ended(o)
+}
+
+// ended places o, a reply that sent alone, once its data is out: among
+// the replies sent, or, with its trailer still due, as the trailer's.
+func (w *replyWriter) ended(o *op) {
 	if w.trailerDue {
 		// Not finished until its NONE chunk is out: a DISC or a shutdown
 		// waits for finished requests, then hangs up.
@@ -50,14 +57,20 @@ func (w *replyWriter) sendTail(o *op) {
 // the reply either way.
 func (w *replyWriter) sendFile(o *op) {
 	w.writev2(o.hdr[:o.hdrLen], nil)
+	w.sendFileData(o, 0)
+}
+
+// sendFileData sends the data of o, a sendfile READ whose header is out,
+// from done bytes into it, and ends the reply (endData).
+func (w *replyWriter) sendFileData(o *op, done int64) {
 	if w.failed.Load() {
 		return
 	}
-	sent, ok, err := w.sendfileRange(int64(o.req.Offset), int64(o.req.Length))
+	sent, ok, err := w.sendfileRange(int64(o.req.Offset)+done, int64(o.req.Length)-done)
 	if !ok {
 		err = errors.New("sendfile not possible on this connection")
 	}
-	w.endData(o, sent, err)
+	w.endData(o, done+sent, err)
 }
 
 // streamRead sends a READ planned PathReadStreamed chunk by chunk through
@@ -207,47 +220,105 @@ func (w *replyWriter) pad(n int64) {
 // bytes went out, and ok false, having sent nothing, when the connection
 // is not a plain socket or the export not a file.
 func (w *replyWriter) sendfileRange(off, n int64) (sent int64, ok bool, err error) {
-	f := w.c.exp.file
-	if f == nil || w.out == nil {
-		return 0, false, nil
-	}
-	in, err := f.File().SyscallConn()
-	if err != nil {
+	if w.c.exp.file == nil || w.out == nil {
 		return 0, false, nil
 	}
 	w.armStallDeadline()
-	var serr error
-	cerr := in.Control(func(infd uintptr) {
-		sent, serr = sendfileAll(w.out.rc, int(infd), off, n, w.rearmStallDeadline)
-	})
-	return sent, true, errors.Join(cerr, serr)
+	sent, err = w.files.send(w.c.exp.file.File(), off, n, true)
+	return sent, true, err
 }
 
-// sendfileAll loops sendfile until n bytes are out, waiting for the socket
-// to drain when it is full, with onBlock run before each wait. It returns
-// the bytes sent.
-func sendfileAll(out syscall.RawConn, infd int, off, n int64, onBlock func()) (int64, error) {
-	var serr error
-	left := n
-	werr := out.Write(func(outfd uintptr) bool {
-		for left > 0 {
-			sent, err := unix.Sendfile(int(outfd), infd, &off, int(min(left, 1<<30)))
-			left -= int64(max(sent, 0))
-			switch {
-			case errors.Is(err, unix.EAGAIN):
-				onBlock()
-				return false // wait until the socket is writable
-			case errors.Is(err, unix.EINTR):
-				continue
-			case err != nil:
-				serr = err
-				return true
-			case sent == 0:
-				serr = io.ErrUnexpectedEOF // the file is shorter than the export
+// fileSender moves a range of a file to the socket with sendfile(2). Its
+// state lives in the struct, as vecIO's does, so that the RawConn
+// callbacks are method values made once and a send allocates nothing
+// but the file's RawConn. It belongs to whoever holds the reply writer's
+// busy flag.
+//
+// When neither side can make the call wait (raw: a socket the runtime
+// polls, which returns EAGAIN when full, and a file in memory, which
+// never waits on a device), sendfile is made with RawSyscall, without
+// telling the scheduler, as vecIO makes its calls and for the same
+// reason: a scheduler-aware call made while the process was idle wakes
+// the runtime's monitor thread, whose polling then costs context
+// switches taken from the client (docs/performance.md, "File serial read
+// after the direct, raw sendfile"). A file on a disk gets the
+// scheduler-aware call: evicted pages would make it wait for the device.
+type fileSender struct {
+	out       syscall.RawConn
+	raw       bool
+	infd      int
+	off, left int64
+	wait      bool // on EAGAIN, let the runtime wait for the socket
+	onBlock   func()
+	err, werr error
+	withFile  func(fd uintptr)
+	call      func(fd uintptr) bool
+}
+
+// newFileSender makes the sender of a socket, out; inMemory says the
+// export's file never waits on a device (backend.NonBlocker).
+func newFileSender(out syscall.RawConn, inMemory bool, onBlock func()) *fileSender {
+	s := &fileSender{out: out, raw: inMemory && pollableSocket(out), onBlock: onBlock}
+	s.withFile, s.call = s.control, s.sendfile
+	return s
+}
+
+// send sends n bytes of f at off and returns how many went out. With
+// wait it waits for the socket as needed, running onBlock before each
+// wait; without, it stops when the socket is full.
+func (s *fileSender) send(f *os.File, off, n int64, wait bool) (int64, error) {
+	in, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	s.off, s.left, s.wait, s.err, s.werr = off, n, wait, nil, nil
+	cerr := in.Control(s.withFile)
+	return n - s.left, errors.Join(cerr, s.werr, s.err)
+}
+
+func (s *fileSender) control(infd uintptr) {
+	s.infd = int(infd)
+	s.werr = s.out.Write(s.call)
+}
+
+// sendfile is the socket's RawConn callback: sendfile until the range is
+// out, the socket is full or a call fails. It returns false on EAGAIN
+// when waiting, so the runtime waits for the socket.
+func (s *fileSender) sendfile(outfd uintptr) bool {
+	for s.left > 0 {
+		sent, err := s.sendfileOnce(outfd)
+		s.left -= int64(max(sent, 0))
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			if !s.wait {
 				return true
 			}
+			if s.onBlock != nil {
+				s.onBlock()
+			}
+			return false
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			s.err = err
+			return true
+		case sent == 0:
+			s.err = io.ErrUnexpectedEOF // the file is shorter than the export
+			return true
 		}
-		return true
-	})
-	return n - left, errors.Join(werr, serr)
+	}
+	return true
+}
+
+// sendfileOnce makes one sendfile(2) call of at most 1 GiB.
+func (s *fileSender) sendfileOnce(outfd uintptr) (int, error) {
+	count := uintptr(min(s.left, 1<<30))
+	if !s.raw {
+		return unix.Sendfile(int(outfd), s.infd, &s.off, int(count))
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_SENDFILE, outfd, uintptr(s.infd), uintptr(unsafe.Pointer(&s.off)), count, 0, 0)
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(n), nil
 }

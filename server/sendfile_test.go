@@ -1,14 +1,21 @@
 package server
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/internal/testenv"
 	"github.com/nbdd/nbdd/protocol"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -176,4 +183,99 @@ func testSendfileFileShrankStructured(t *testing.T) {
 	require.Equal(t, want, r.data, "the data, then zeros padding the chunk")
 	c.flush(8)
 	c.wantReply(8, protocol.EOK) // the connection carries on
+}
+
+// TestDirectSendfileCarry: sendfile READs the reader starts itself while
+// the client reads nothing (reply.go, rule 5) fill a small send buffer
+// part way through a reply's data, and the writer goroutine sends the
+// rest of the range and ends the reply; the replies queued behind it,
+// sendfile and buffered alike, follow whole. Simple, structured and
+// extended replies.
+func TestDirectSendfileCarry(t *testing.T) {
+	const size = 8 << 20
+	data := pattern(size, 11)
+	f, _ := fileExport(t, "/dev/shm", size, data)
+	srv := socketServer(t, "pool", size, bufferConfig{})
+	srv.SendBuffer = 64 << 10 // far less than one 1 MiB READ
+	srv.Exports = []Export{{Name: "d", Backend: f}}
+	sock, _ := serveUnix(t, srv)
+	reads := []struct{ off, n int }{
+		{0, 1 << 20}, {1<<20 + 5, 4096}, {3 << 20, 256 << 10}, {100, 512},
+		{4<<20 + 1, 1 << 20}, {6 << 20, 64 << 10}, {7 << 20, 1 << 20},
+	}
+	for _, mode := range []string{"simple", "structured", "extended"} {
+		t.Run(mode, func(t *testing.T) {
+			c := dialClient(t, sock)
+			switch mode {
+			case "simple":
+				c.handshake("d")
+			case "structured":
+				c.handshakeSR("d")
+			default:
+				c.handshakeExt("d")
+			}
+			for i, r := range reads { // all sent before any reply is read
+				c.read(uint64(i), uint64(r.off), uint32(r.n))
+			}
+			got := map[uint64]reply{}
+			for range reads {
+				r := c.readReply()
+				got[r.cookie] = r
+			}
+			for i, r := range reads {
+				require.Contains(t, got, uint64(i))
+				require.Equal(t, protocol.EOK, got[uint64(i)].errno, "READ %d", i)
+				require.True(t, bytes.Equal(data[r.off:r.off+r.n], got[uint64(i)].data), "READ %d: %d bytes at %d", i, r.n, r.off)
+			}
+			c.flush(100)
+			c.wantReply(100, protocol.EOK)
+			c.disc()
+		})
+	}
+	st := srv.Stats().Exports[0].Paths[PathReadSendfile]
+	require.Equal(t, int64(3*5), st.Requests, "the READs of 64 KiB and more went out with sendfile")
+}
+
+// TestFileSender: without waiting, a send stops where the socket is full
+// and says how much went out; waiting, it sends the rest as the client
+// reads. Both with the raw system call (a file in memory) and the
+// scheduler-aware one.
+func TestFileSender(t *testing.T) {
+	const n = 1 << 20
+	data := pattern(n, 4)
+	f, _ := fileExport(t, "/dev/shm", n, data)
+	for _, inMemory := range []bool{true, false} {
+		t.Run(fmt.Sprintf("inMemory=%v", inMemory), func(t *testing.T) {
+			l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+			require.NoError(t, err)
+			defer l.Close()
+			client, err := net.Dial("unix", l.Addr().String())
+			require.NoError(t, err)
+			defer client.Close()
+			nc, err := l.Accept()
+			require.NoError(t, err)
+			defer nc.Close()
+			require.NoError(t, nc.(*net.UnixConn).SetWriteBuffer(64<<10))
+			rc, err := nc.(syscall.Conn).SyscallConn()
+			require.NoError(t, err)
+			s := newFileSender(rc, inMemory, nil)
+			require.Equal(t, inMemory, s.raw)
+
+			sent, err := s.send(f.File(), 0, n, false)
+			require.NoError(t, err)
+			require.Greater(t, sent, int64(0))
+			require.Less(t, sent, int64(n), "a 64 KiB send buffer took all of 1 MiB")
+			got := make(chan []byte, 1)
+			go func() {
+				b := make([]byte, n)
+				_, err := io.ReadFull(client, b)
+				assert.NoError(t, err)
+				got <- b
+			}()
+			rest, err := s.send(f.File(), sent, n-sent, true)
+			require.NoError(t, err)
+			require.Equal(t, n-sent, rest)
+			require.True(t, bytes.Equal(data, <-got), "the data arrived intact")
+		})
+	}
 }

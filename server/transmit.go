@@ -67,6 +67,7 @@ func (c *conn) startTransmission() {
 			c.kernelCopies = true
 			c.w.out, c.src.in = newVecIO(rc, true), newVecIO(rc, false)
 			c.w.out.onBlock = c.w.rearmStallDeadline
+			c.w.files = newFileSender(rc, c.exp.nonBlocking, c.w.rearmStallDeadline)
 			c.src.in.onBlock = c.payloadClock
 			if !raceEnabled {
 				c.src.v = newVecIO(rc, false)
