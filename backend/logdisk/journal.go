@@ -160,9 +160,24 @@ func journalPath(dir string, local uint64) string {
 	return filepath.Join(dir, fmt.Sprintf("%s%016x%s", journalPrefix, local, journalSuffix))
 }
 
+// createJournal creates the journal file of the segment hdr names. The
+// file is named after its local number, or the next number free: the
+// files a crashed writer left stay until the restart has replayed them,
+// and their numbers may reach past the restart's first segments (it
+// starts after its claims' window, while the crashed writer may have
+// sealed more than the window before the store took them). Nothing
+// relies on the name: the header orders the files (scanJournals).
 func createJournal(dir string, hdr journalHeader) (*journalFile, error) {
-	path := journalPath(dir, hdr.Local)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	var path string
+	var f *os.File
+	var err error
+	for i := range uint64(maxJournalNames) {
+		path = journalPath(dir, hdr.Local+i)
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -173,6 +188,11 @@ func createJournal(dir string, hdr journalHeader) (*journalFile, error) {
 	}
 	return &journalFile{f: f, path: path, hdr: hdr, size: journalHeaderSize}, nil
 }
+
+// maxJournalNames bounds the names createJournal tries: far more than
+// the files a journal directory holds (the dirty limit's segments and
+// the free ones).
+const maxJournalNames = 1 << 16
 
 // reuse makes j, whose segment is durable, the journal file of the
 // segment hdr names: the header is rewritten and records go over the old
@@ -297,7 +317,8 @@ func grow(b []byte, n int) []byte {
 	return make([]byte, n)
 }
 
-// listJournals returns the journal files of dir in local order.
+// listJournals returns the journal files of dir in name order (the
+// header orders them: scanJournals).
 func listJournals(dir string) ([]string, []uint64, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {

@@ -183,7 +183,8 @@ func (d *Disk) scanJournals() ([]*journalScan, error) {
 		}
 		scans = append(scans, s)
 	}
-	// A file used again for a later segment keeps its name: the header
+	// A file used again for a later segment keeps its name, and one
+	// created may take the next free name (createJournal): the header
 	// orders them.
 	sort.Slice(scans, func(i, j int) bool { return scans[i].hdr.Local < scans[j].hdr.Local })
 	return scans, nil

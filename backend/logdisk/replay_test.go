@@ -285,3 +285,34 @@ func TestScanJournalVersions(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashWithMoreSegmentsThanWindow: the writer sealed more segments
+// than the window while the store took none; the restart's own journal
+// files must not collide with the crashed writer's, which it replays.
+func TestCrashWithMoreSegmentsThanWindow(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 4<<20)
+	cfg := testConfig(t, st)
+	a := openDisk(t, cfg)
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut {
+			return errInjected
+		}
+		return nil
+	}
+	want := make([]byte, 4<<20)
+	n := int(2*a.meta.Window) + 4
+	for i := range n {
+		x := fill(64<<10, uint64(i+1))
+		mustWrite(t, a, x, int64(i)*64<<10) // each seals a segment
+		copy(want[i*64<<10:], x)
+	}
+	crash(a)
+	st.Hook = nil
+	b := openDisk(t, cfg)
+	got := make([]byte, len(want))
+	if _, err := b.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	requireEqual(t, got, want, "after replaying more segments than the window")
+}
