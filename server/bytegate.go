@@ -105,3 +105,6 @@ func (g *slotGate) take() {
 
 // give gives a slot back.
 func (g *slotGate) give() { <-g.ch }
+
+// inFlight is the number of requests holding a slot.
+func (g *slotGate) inFlight() int { return len(g.ch) }

@@ -55,6 +55,7 @@ type conn struct {
 	bufs      bufstrategy.Strategy
 	chunk     int       // the largest buffer bufs hands out; 0: any size
 	slots     *slotGate // one token per request in flight
+	lastShort bool      // the reader's last request was short (idleReader)
 	inflight  sync.WaitGroup
 	nInflight atomic.Int64
 	// lastActive is when the last request arrived or reply left, in Unix

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +51,34 @@ type vecIO struct {
 	// onBlock, if set, runs each time a waiting call finds the socket
 	// full (or empty), just before the runtime waits for it.
 	onBlock func()
+	// mayPoll, if set on a raw read, says whether a socket found empty
+	// may be tried again for up to pollFor before the runtime waits for
+	// it (keepPolling).
+	mayPoll func() bool
+}
+
+// pollFor bounds how long a read that may poll tries an empty socket
+// again before the runtime parks the reader. At queue depth 1 a client
+// sends its next request a few tens of microseconds after a reply; on a
+// virtual machine a reader parked meanwhile is woken through the
+// hypervisor on a halted vCPU, which took 8 times a round trip on one
+// vCPU (docs/performance.md, "Queue depth 1, profiled"). Polling keeps
+// the vCPU running, at the price of the CPU it burns.
+const pollFor = 30 * time.Microsecond
+
+// keepPolling reports whether a read that found the socket empty tries
+// again: only while v.mayPoll says so, and for pollFor from the first
+// empty try, whose time it keeps in since.
+func (v *vecIO) keepPolling(since *time.Time) bool {
+	if v.mayPoll == nil || !v.mayPoll() {
+		return false
+	}
+	now := time.Now()
+	if since.IsZero() {
+		*since = now
+		return true
+	}
+	return now.Sub(*since) < pollFor
 }
 
 func newVecIO(rc syscall.RawConn, write bool) *vecIO {
@@ -95,12 +124,16 @@ func (v *vecIO) transferOnce(fd uintptr) (uintptr, unix.Errno) {
 }
 
 // call is the RawConn callback: one system call, retried on EINTR. It
-// returns false on EAGAIN when v.wait is set, so the runtime waits.
+// returns false on EAGAIN when v.wait is set, so the runtime waits, after
+// polling the socket as keepPolling allows.
 func (v *vecIO) call(fd uintptr) bool {
+	var polling time.Time
 	for {
 		n, errno := v.transferOnce(fd)
 		switch {
 		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN && v.wait && v.keepPolling(&polling):
 			continue
 		case errno == unix.EAGAIN && v.wait:
 			if v.onBlock != nil {
