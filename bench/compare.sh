@@ -17,6 +17,7 @@
 #   STRATEGY=stream bench/compare.sh
 #   EXPORT=file bench/compare.sh                         # every server on its own /dev/shm file
 #   NBDD_B=/tmp/nbdd-old SERVERS="nbdd nbddb" bench/compare.sh   # A/B against another build
+#   PIN=cross UNIX_WORKLOADS="randread1 randwrite1" TCP_WORKLOADS=randread1 bench/compare.sh
 #
 # Servers (SERVERS): nbdd (--memory, STRATEGY); nbddp, nbdd with
 # --memory default=1G,prealloc (the export held in memory from the start,
@@ -42,6 +43,15 @@
 # times; the servers take turns within each repetition, in reverse order
 # every other one. With both nbdd and nbddb, a last table pairs their runs
 # (bench/ab.sh).
+#
+# PIN places the server and the client on the machine's CPUs (taskset):
+# PIN=same runs both on CPU 1, PIN=cross the server on CPU 1 and the client
+# on CPU 0; unset, the kernel places them. A queue-depth-1 row is a round
+# trip per I/O, which on a 2-vCPU VM takes about 8 times longer when server
+# and client wake each other across the two vCPUs than on one; which of
+# the two the kernel picks depends on how busy the machine is, so those
+# rows compare servers only with PIN set (docs/performance.md, "Queue
+# depth 1, profiled").
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-3}
@@ -55,6 +65,11 @@ TCP_WORKLOADS=${TCP_WORKLOADS-"fill seqread seqread1 randread1"}
 CLIENTS=${CLIENTS:-debian13}
 SIZE=$((1 << 30))
 if [ "$EXPORT" != memory ]; then SERVERS=${SERVERS//kit13m/} SERVERS=${SERVERS//nbddp/}; fi
+PIN=${PIN:-}
+case $PIN in "" | same | cross) ;; *)
+	echo "compare.sh: PIN must be same or cross, not $PIN" >&2
+	exit 2 ;;
+esac
 case $EXPORT in memory | file) ;; *)
 	echo "compare.sh: EXPORT must be memory or file, not $EXPORT" >&2
 	exit 2 ;;
@@ -75,6 +90,11 @@ fi
 DEB13=("$RUN13" "$ROOT13")
 CLIENT=()
 [ "$CLIENTS" = debian13 ] && CLIENT=("${DEB13[@]}")
+SERVER_CPU=""
+case $PIN in
+same) SERVER_CPU=1 CLIENT=(taskset -c 1 "${CLIENT[@]}") ;;
+cross) SERVER_CPU=1 CLIENT=(taskset -c 0 "${CLIENT[@]}") ;;
+esac
 make_source $SIZE
 
 declare -A PORT=([nbdd]=10901 [kit13]=10902 [kit13m]=10903 [qemu13]=10904 [gonbd]=10905 [kit12]=10906 [qemu12]=10907
@@ -114,6 +134,7 @@ serve() {
 	gonbd) start_uri "$s" "$u" "$WORK/gonbd-server" "${gonbdlisten[@]}" -size $SIZE "${gonbd[@]}" ;;
 	*) echo "compare.sh: unknown server $s" >&2; exit 2 ;;
 	esac
+	[ -z "$SERVER_CPU" ] || taskset -a -p -c "$SERVER_CPU" "$(pid_of "$s")" >/dev/null
 }
 
 pid_of() { eval "echo \$PID_$1"; }
