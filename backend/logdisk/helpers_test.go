@@ -112,6 +112,15 @@ func (g *gate) hook(op Op, key string) error {
 
 var errInjected = errors.New("injected: connection reset")
 
+// failPuts is a store hook that fails every PUT, so segments stay in the
+// journal only.
+func failPuts(op Op, key string) error {
+	if op == OpPut {
+		return errInjected
+	}
+	return nil
+}
+
 var _ backend.Backend = (*Disk)(nil)
 var _ backend.Trimmer = (*Disk)(nil)
 var _ backend.FastZeroer = (*Disk)(nil)

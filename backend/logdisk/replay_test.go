@@ -92,12 +92,7 @@ func TestCrashInReusedJournalFile(t *testing.T) {
 	}
 	used := a.freeJournals[0].path
 	a.mu.Unlock()
-	st.Hook = func(op Op, key string) error {
-		if op == OpPut {
-			return errInjected
-		}
-		return nil
-	}
+	st.Hook = failPuts
 	z := fill(8192, 9)
 	mustWrite(t, a, z, 8192) // over the first use's second record, whose header follows
 	copy(want[8192:], z)
@@ -155,12 +150,7 @@ func TestJournalDroppedAfterTakeover(t *testing.T) {
 	createImage(t, st, 1<<20)
 	cfg := testConfig(t, st)
 	a := openDisk(t, cfg)
-	st.Hook = func(op Op, key string) error {
-		if op == OpPut {
-			return errInjected
-		}
-		return nil
-	}
+	st.Hook = failPuts
 	mustWrite(t, a, fill(4096, 1), 0)
 	crash(a)
 	st.Hook = nil
@@ -192,12 +182,7 @@ func TestJournalDirLockedAndTornTail(t *testing.T) {
 	if _, err := Open(t.Context(), cfg2); err == nil || errors.Is(err, ErrInUse) {
 		t.Fatalf("a second Disk on one journal directory: got %v; want a lock error", err)
 	}
-	st.Hook = func(op Op, key string) error {
-		if op == OpPut {
-			return errInjected
-		}
-		return nil
-	}
+	st.Hook = failPuts
 	x := fill(4096, 1)
 	mustWrite(t, a, x, 0)
 	mustWrite(t, a, fill(4096, 2), 8192)
@@ -227,12 +212,7 @@ func TestClaimFailedAfterCrashStillResumes(t *testing.T) {
 	createImage(t, st, 1<<20)
 	cfg := testConfig(t, st)
 	a := openDisk(t, cfg)
-	st.Hook = func(op Op, key string) error {
-		if op == OpPut {
-			return errInjected
-		}
-		return nil
-	}
+	st.Hook = failPuts
 	x := fill(4096, 1)
 	mustWrite(t, a, x, 0)
 	crash(a)
@@ -294,12 +274,7 @@ func TestCrashWithMoreSegmentsThanWindow(t *testing.T) {
 	createImage(t, st, 4<<20)
 	cfg := testConfig(t, st)
 	a := openDisk(t, cfg)
-	st.Hook = func(op Op, key string) error {
-		if op == OpPut {
-			return errInjected
-		}
-		return nil
-	}
+	st.Hook = failPuts
 	want := make([]byte, 4<<20)
 	n := int(2*a.meta.Window) + 4
 	for i := range n {
