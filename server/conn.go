@@ -53,9 +53,10 @@ type conn struct {
 	// Transmission state.
 	exp       *openExport
 	bufs      bufstrategy.Strategy
-	chunk     int       // the largest buffer bufs hands out; 0: any size
-	slots     *slotGate // one token per request in flight
-	lastShort bool      // the reader's last request was short (idleReader)
+	chunk     int         // the largest buffer bufs hands out; 0: any size
+	slots     *slotGate   // one token per request in flight
+	lastShort bool        // the reader's last request was short (startPoll)
+	poll      pollBackoff // whether the reader polls an empty socket (idlepoll.go)
 	inflight  sync.WaitGroup
 	nInflight atomic.Int64
 	// lastActive is when the last request arrived or reply left, in Unix

@@ -71,26 +71,11 @@ func (c *conn) startTransmission() {
 			c.src.in.onBlock = c.payloadClock
 			if !raceEnabled {
 				c.src.v = newVecIO(rc, false)
-				if c.src.v.raw {
-					c.src.v.mayPoll = c.idleReader
-				}
+				c.pollHeaders(c.src.v)
 			}
 		}
 	}
 }
-
-// pollMaxLength is the longest request after which the reader polls for
-// the next: a client that waits for the reply to a short request sends
-// its next one soon after it, one that moves 256 KiB at a time takes
-// longer than pollFor over the data, and polling would take the CPU from
-// it (docs/performance.md, "Queue depth 1, profiled").
-const pollMaxLength = 16 << 10
-
-// idleReader reports whether the reader waits for a request right after
-// a short one (pollMaxLength) with none in flight: every reply sent, so
-// the client is waiting for nothing but its own next request, as at queue
-// depth 1 (vecIO.keepPolling).
-func (c *conn) idleReader() bool { return c.lastShort && c.slots.inFlight() == 0 }
 
 // readRequests is the reader loop.
 func (c *conn) readRequests(ctx context.Context) error {

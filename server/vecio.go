@@ -51,34 +51,44 @@ type vecIO struct {
 	// onBlock, if set, runs each time a waiting call finds the socket
 	// full (or empty), just before the runtime waits for it.
 	onBlock func()
-	// mayPoll, if set on a raw read, says whether a socket found empty
-	// may be tried again for up to pollFor before the runtime waits for
-	// it (keepPolling).
-	mayPoll func() bool
+	// poller, if set on a raw read, decides whether a read that finds
+	// the socket empty polls it before the runtime waits (pollAgain).
+	poller emptyPoller
 }
 
-// pollFor bounds how long a read that may poll tries an empty socket
-// again before the runtime parks the reader. At queue depth 1 a client
-// sends its next request a few tens of microseconds after a reply; on a
-// virtual machine a reader parked meanwhile is woken through the
-// hypervisor on a halted vCPU, which took 8 times a round trip on one
-// vCPU (docs/performance.md, "Queue depth 1, profiled"). Polling keeps
-// the vCPU running, at the price of the CPU it burns.
-const pollFor = 30 * time.Microsecond
+// An emptyPoller decides whether a read that finds the socket empty tries
+// it again for up to pollFor, and learns whether that found anything
+// (idlepoll.go).
+type emptyPoller interface {
+	startPoll() bool
+	endPoll(hit bool)
+}
 
-// keepPolling reports whether a read that found the socket empty tries
-// again: only while v.mayPoll says so, and for pollFor from the first
-// empty try, whose time it keeps in since.
-func (v *vecIO) keepPolling(since *time.Time) bool {
-	if v.mayPoll == nil || !v.mayPoll() {
+// pollAgain reports whether a read that found the socket empty tries it
+// again: as v.poller allows at the first empty try, whose time it keeps
+// in since, and then until pollFor has passed. Before each new try it
+// yields the CPU (sched_yield(2)), so that a client that waits for this
+// CPU runs and sends its request rather than waiting for the poll to end:
+// without the yield, a client and server sharing one vCPU lost 1-2 % at
+// queue depth 1 (docs/performance.md). With nothing else to run the yield
+// returns at once. It is a raw call like the recvmsg beside it: the
+// scheduler need not know of a call that either returns at once or runs
+// other threads for a moment.
+func (v *vecIO) pollAgain(since *time.Time) bool {
+	switch {
+	case v.poller == nil:
+		return false
+	case since.IsZero():
+		if !v.poller.startPoll() {
+			return false
+		}
+		*since = time.Now()
+	case time.Since(*since) >= pollFor:
+		v.poller.endPoll(false)
 		return false
 	}
-	now := time.Now()
-	if since.IsZero() {
-		*since = now
-		return true
-	}
-	return now.Sub(*since) < pollFor
+	unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+	return true
 }
 
 func newVecIO(rc syscall.RawConn, write bool) *vecIO {
@@ -125,21 +135,24 @@ func (v *vecIO) transferOnce(fd uintptr) (uintptr, unix.Errno) {
 
 // call is the RawConn callback: one system call, retried on EINTR. It
 // returns false on EAGAIN when v.wait is set, so the runtime waits, after
-// polling the socket as keepPolling allows.
+// polling the socket as pollAgain allows.
 func (v *vecIO) call(fd uintptr) bool {
-	var polling time.Time
+	var polling time.Time // since the first empty try, if polling
 	for {
 		n, errno := v.transferOnce(fd)
 		switch {
 		case errno == unix.EINTR:
 			continue
-		case errno == unix.EAGAIN && v.wait && v.keepPolling(&polling):
+		case errno == unix.EAGAIN && v.wait && v.pollAgain(&polling):
 			continue
 		case errno == unix.EAGAIN && v.wait:
 			if v.onBlock != nil {
 				v.onBlock()
 			}
 			return false
+		}
+		if !polling.IsZero() {
+			v.poller.endPoll(true)
 		}
 		v.n, v.errno = n, errno
 		return true

@@ -1,8 +1,6 @@
 package server
 
 import (
-	"bufio"
-	"bytes"
 	"io"
 	"net"
 	"os"
@@ -12,8 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/nbdd/nbdd/protocol"
 )
 
 // TestReadSome: the raw reader behind the read buffer returns what the
@@ -149,90 +145,5 @@ func TestRawReadSurvivesBlockingMode(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		b.Write([]byte("x")) // unblock a read stuck in the kernel
 		t.Fatal("readSome blocked in the kernel past its deadline")
-	}
-}
-
-// TestReadPolls: a read that may poll tries an empty socket again, so a
-// request that arrives meanwhile is read without the runtime parking the
-// reader; it polls for pollFor before parking, and a read that may not
-// poll parks at the first empty try.
-func TestReadPolls(t *testing.T) {
-	tests := []struct {
-		name      string
-		mayPoll   bool
-		sendAfter int // the client writes at this consultation of mayPoll; 0: never
-		wantParks bool
-	}{
-		{"request while polling", true, 1, false},
-		{"no request: polls, then parks", true, 0, true},
-		{"may not poll: parks at once", false, 0, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, b, _, v := rawReaderPair(t)
-			asked := 0
-			v.mayPoll = func() bool {
-				asked++
-				if asked == tt.sendAfter {
-					b.Write([]byte("req"))
-				}
-				return tt.mayPoll
-			}
-			var parkedAfter time.Duration
-			parked := false
-			start := time.Now()
-			v.onBlock = func() {
-				if !parked {
-					parked, parkedAfter = true, time.Since(start)
-					b.Write([]byte("req"))
-				}
-			}
-			buf := make([]byte, 8)
-			if n, err := v.readSome(buf); n != 3 || err != nil {
-				t.Fatalf("readSome = %d, %v; want 3, nil", n, err)
-			}
-			if parked != tt.wantParks {
-				t.Fatalf("reader parked: %v; want %v (mayPoll asked %d times)", parked, tt.wantParks, asked)
-			}
-			switch {
-			case parked && tt.mayPoll && parkedAfter < pollFor:
-				t.Errorf("parked %v after the first empty try; want at least pollFor (%v)", parkedAfter, pollFor)
-			case parked && !tt.mayPoll && asked != 1:
-				t.Errorf("mayPoll asked %d times before parking; want 1", asked)
-			}
-		})
-	}
-}
-
-// TestIdleReader: the reader polls only after a short request
-// (pollMaxLength) and with no request in flight.
-func TestIdleReader(t *testing.T) {
-	tests := []struct {
-		name     string
-		length   uint64
-		inFlight int
-		want     bool
-	}{
-		{"4 KiB, none in flight", 4 << 10, 0, true},
-		{"pollMaxLength, none in flight", pollMaxLength, 0, true},
-		{"longer, none in flight", pollMaxLength + 1, 0, false},
-		{"256 KiB, none in flight", 256 << 10, 0, false},
-		{"4 KiB, one in flight", 4 << 10, 1, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			hdr := requestBytes(protocol.ModeSimple, protocol.ExtendedRequest{Type: protocol.CmdRead, Cookie: 1, Length: tt.length}, nil)
-			c := &conn{srv: &Server{}, slots: newSlotGate(4), mode: protocol.ModeSimple, src: &sockReader{conn: bytes.NewReader(hdr)}}
-			c.br = bufio.NewReader(c.src)
-			if _, err := c.readRequest(make([]byte, len(hdr))); err != nil {
-				t.Fatal(err)
-			}
-			for range tt.inFlight {
-				c.slots.take()
-			}
-			if got := c.idleReader(); got != tt.want {
-				t.Errorf("idleReader = %v; want %v", got, tt.want)
-			}
-		})
 	}
 }

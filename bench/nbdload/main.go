@@ -6,7 +6,10 @@
 //	    (go-nbd issue 6: "384 connections ate 12 GiB");
 //	nbdload -socket S -mode spiky -total 1GiB -spike 32MiB -every 2s
 //	    1 GiB of 4 KiB random reads and writes on 8 connections while a
-//	    ninth reads 32 MiB every few seconds.
+//	    ninth reads 32 MiB every few seconds;
+//	nbdload -socket S -mode trickle -conns 200 -every 20ms -hold 10s
+//	    200 connections each make one 4 KiB random read every 20 ms
+//	    for 10 s, and the requests made are printed (bench/idlepoll.sh).
 //
 // It speaks NBD through nbdd's client package (fixed newstyle, NBD_OPT_GO,
 // simple replies).
@@ -28,12 +31,12 @@ import (
 
 func main() {
 	sock := flag.String("socket", "", "server unix socket")
-	mode := flag.String("mode", "conns", "conns or spiky")
-	conns := flag.Int("conns", 384, "connections (conns mode)")
+	mode := flag.String("mode", "conns", "conns, spiky or trickle")
+	conns := flag.Int("conns", 384, "connections (conns and trickle modes)")
 	size := flag.Int("size", 32<<20, "bytes read per connection (conns mode) or per spike (spiky)")
-	hold := flag.Duration("hold", 40*time.Second, "how long idle connections stay open (conns mode)")
+	hold := flag.Duration("hold", 40*time.Second, "how long idle connections stay open (conns mode), or the load lasts (trickle)")
 	total := flag.Int64("total", 1<<30, "bytes of small I/O (spiky mode)")
-	every := flag.Duration("every", 2*time.Second, "time between spikes (spiky mode)")
+	every := flag.Duration("every", 2*time.Second, "time between spikes (spiky mode), or a connection's reads (trickle)")
 	flag.Parse()
 	start := time.Now()
 	var err error
@@ -42,6 +45,8 @@ func main() {
 		err = manyConns(*sock, *conns, *size, *hold)
 	case "spiky":
 		err = spiky(*sock, *total, *size, *every)
+	case "trickle":
+		err = trickle(*sock, *conns, *every, *hold)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -175,4 +180,48 @@ func spikes(sock string, size int, every time.Duration, done chan struct{}) erro
 		case <-t.C:
 		}
 	}
+}
+
+// trickle runs n connections that each read 4 KiB at a random offset
+// every interval until hold has passed, and prints the requests made.
+func trickle(sock string, n int, every, hold time.Duration) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	counts := make([]int, n)
+	end := time.Now().Add(hold)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := dial(sock)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			rng := rand.New(rand.NewPCG(uint64(i), 2))
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for time.Now().Before(end) {
+				off := rng.Uint64N(c.size/4096) * 4096
+				if err := c.do(protocol.CmdRead, off, 4096, nil); err != nil {
+					errs <- err
+					return
+				}
+				counts[i]++
+				<-t.C
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	total := 0
+	for _, k := range counts {
+		total += k
+	}
+	fmt.Printf("requests %d\n", total)
+	return nil
 }

@@ -126,6 +126,7 @@ func (cfg *config) limits(c *cli.Context) error {
 	s.HandshakeTimeout, s.IdleTimeout = c.Duration("handshake-timeout"), c.Duration("idle-timeout")
 	s.MaxConns, s.MaxConnsPerHost = c.Int("max-connections"), c.Int("max-connections-per-host")
 	s.NoStructuredReplies = c.Bool("no-structured-replies")
+	s.NoIdlePoll = c.Bool("no-idle-poll")
 	switch s.MaxBackendCalls = c.Int("max-backend-calls"); {
 	case s.MaxBackendCalls < 0:
 		return usage("--max-backend-calls %d: want 0 (no limit) or more", s.MaxBackendCalls)

@@ -1,0 +1,78 @@
+package server
+
+import "time"
+
+// At queue depth 1 a client sends its next request a few tens of
+// microseconds after a reply. A reader parked meanwhile is, on a virtual
+// machine, woken through the hypervisor on a halted vCPU, which took 8
+// times a round trip on one vCPU; a reader that polls the empty socket
+// for a while keeps its vCPU running and needs no wake-up
+// (docs/performance.md, "Queue depth 1, profiled"). Polling pays only
+// when the next request does come within the poll, so each connection
+// keeps the outcome of its recent polls (pollBackoff) and stops polling
+// after those that found nothing. Server.NoIdlePoll turns it off.
+
+// pollFor bounds how long the reader polls an empty socket before the
+// runtime parks it.
+const pollFor = 30 * time.Microsecond
+
+// pollMaxLength is the longest request after which the reader polls for
+// the next: a client that waits for the reply to a short request sends
+// its next one soon after it, one that moves 256 KiB at a time takes
+// longer than pollFor over the data, and polling would take the CPU from
+// it.
+const pollMaxLength = 16 << 10
+
+// maxPollShift bounds the back-off: after repeated misses a connection
+// polls once in 1<<maxPollShift idle periods, so an idle or slow
+// connection costs about pollFor/256 of a CPU per request at most.
+const maxPollShift = 8
+
+// pollBackoff decides, for one connection, whether the reader polls an
+// empty socket: a poll that finds the next request (a hit) makes the next
+// one poll too; a poll that runs out (a miss) makes the reader park at
+// once for the next 1, 2, 4 ... 1<<maxPollShift idle periods, doubling
+// with each further miss, before it tries again. The zero value polls.
+type pollBackoff struct {
+	skip  uint16 // idle periods left in which the reader parks at once
+	shift uint8  // log2 of the periods to skip after the next miss
+}
+
+// try reports whether the reader polls in this idle period.
+func (p *pollBackoff) try() bool {
+	if p.skip > 0 {
+		p.skip--
+		return false
+	}
+	return true
+}
+
+// record takes the outcome of a poll that try allowed.
+func (p *pollBackoff) record(hit bool) {
+	if hit {
+		p.shift = 0
+		return
+	}
+	p.skip = 1 << p.shift
+	p.shift = min(p.shift+1, maxPollShift)
+}
+
+// pollHeaders lets the reader poll v, its raw reader of request headers,
+// unless Server.NoIdlePoll says not to.
+func (c *conn) pollHeaders(v *vecIO) {
+	if v.raw && !c.srv.NoIdlePoll {
+		v.poller = c
+	}
+}
+
+// startPoll reports whether the reader, having found the socket empty,
+// polls it: only right after a short request (pollMaxLength) with none in
+// flight, every reply sent, so that the client waits for nothing but its
+// own next request, as at queue depth 1; and only as c.poll allows.
+func (c *conn) startPoll() bool {
+	return c.lastShort && c.slots.inFlight() == 0 && c.poll.try()
+}
+
+// endPoll takes the outcome of a poll startPoll allowed: hit, the socket
+// had something to read before pollFor ran out.
+func (c *conn) endPoll(hit bool) { c.poll.record(hit) }
