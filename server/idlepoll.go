@@ -1,6 +1,9 @@
 package server
 
-import "time"
+import (
+	"runtime"
+	"time"
+)
 
 // At queue depth 1 a client sends its next request a few tens of
 // microseconds after a reply. A reader parked meanwhile is, on a virtual
@@ -10,7 +13,8 @@ import "time"
 // (docs/performance.md, "Queue depth 1, profiled"). Polling pays only
 // when the next request does come within the poll, so each connection
 // keeps the outcome of its recent polls (pollBackoff) and stops polling
-// after those that found nothing. Server.NoIdlePoll turns it off.
+// after those that found nothing; and at most maxPollers readers poll at
+// once, server-wide. Server.NoIdlePoll turns it off.
 
 // pollFor bounds how long the reader polls an empty socket before the
 // runtime parks it.
@@ -27,6 +31,13 @@ const pollMaxLength = 16 << 10
 // polls once in 1<<maxPollShift idle periods, so an idle or slow
 // connection costs about pollFor/256 of a CPU per request at most.
 const maxPollShift = 8
+
+// maxPollers bounds the readers that poll at once, server-wide, to half
+// the CPUs Go runs on (at least one). A reader polls so that its vCPU does
+// not halt; with more connections busy at once than that, the CPUs have
+// other work and a parked reader's wake-up costs no halt, while a poller
+// would hold a P that other readers' goroutines wait for.
+var maxPollers = int32(max(1, runtime.GOMAXPROCS(0)/2))
 
 // pollBackoff decides, for one connection, whether the reader polls an
 // empty socket: a poll that finds the next request (a hit) makes the next
@@ -68,11 +79,22 @@ func (c *conn) pollHeaders(v *vecIO) {
 // startPoll reports whether the reader, having found the socket empty,
 // polls it: only right after a short request (pollMaxLength) with none in
 // flight, every reply sent, so that the client waits for nothing but its
-// own next request, as at queue depth 1; and only as c.poll allows.
+// own next request, as at queue depth 1; only as c.poll allows; and only
+// while fewer than maxPollers readers poll.
 func (c *conn) startPoll() bool {
-	return c.lastShort && c.slots.inFlight() == 0 && c.poll.try()
+	if !c.lastShort || c.slots.inFlight() != 0 || !c.poll.try() {
+		return false
+	}
+	if c.srv.polling.Add(1) > maxPollers {
+		c.srv.polling.Add(-1)
+		return false
+	}
+	return true
 }
 
 // endPoll takes the outcome of a poll startPoll allowed: hit, the socket
 // had something to read before pollFor ran out.
-func (c *conn) endPoll(hit bool) { c.poll.record(hit) }
+func (c *conn) endPoll(hit bool) {
+	c.srv.polling.Add(-1)
+	c.poll.record(hit)
+}

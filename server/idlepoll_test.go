@@ -156,22 +156,26 @@ func TestReadPolls(t *testing.T) {
 }
 
 // TestStartPoll: the reader polls only after a short request
-// (pollMaxLength), with no request in flight, and where its back-off
-// allows.
+// (pollMaxLength), with no request in flight, where its back-off allows,
+// and while fewer than maxPollers readers poll; endPoll gives its place
+// back.
 func TestStartPoll(t *testing.T) {
 	tests := []struct {
 		name     string
 		length   uint64
 		inFlight int
 		skip     uint16
+		pollers  int32 // other readers polling
 		want     bool
 	}{
-		{"4 KiB, none in flight", 4 << 10, 0, 0, true},
-		{"pollMaxLength, none in flight", pollMaxLength, 0, 0, true},
-		{"longer, none in flight", pollMaxLength + 1, 0, 0, false},
-		{"256 KiB, none in flight", 256 << 10, 0, 0, false},
-		{"4 KiB, one in flight", 4 << 10, 1, 0, false},
-		{"4 KiB, none in flight, backing off", 4 << 10, 0, 1, false},
+		{"4 KiB, none in flight", 4 << 10, 0, 0, 0, true},
+		{"pollMaxLength, none in flight", pollMaxLength, 0, 0, 0, true},
+		{"longer, none in flight", pollMaxLength + 1, 0, 0, 0, false},
+		{"256 KiB, none in flight", 256 << 10, 0, 0, 0, false},
+		{"4 KiB, one in flight", 4 << 10, 1, 0, 0, false},
+		{"4 KiB, none in flight, backing off", 4 << 10, 0, 1, 0, false},
+		{"4 KiB, none in flight, one fewer than maxPollers polling", 4 << 10, 0, 0, maxPollers - 1, true},
+		{"4 KiB, none in flight, maxPollers polling", 4 << 10, 0, 0, maxPollers, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -185,8 +189,19 @@ func TestStartPoll(t *testing.T) {
 				c.slots.take()
 			}
 			c.poll.skip = tt.skip
-			if got := c.startPoll(); got != tt.want {
+			c.srv.polling.Store(tt.pollers)
+			got := c.startPoll()
+			if got != tt.want {
 				t.Errorf("startPoll = %v; want %v", got, tt.want)
+			}
+			if got {
+				if n := c.srv.polling.Load(); n != tt.pollers+1 {
+					t.Errorf("readers polling after startPoll: %d; want %d", n, tt.pollers+1)
+				}
+				c.endPoll(true)
+			}
+			if n := c.srv.polling.Load(); n != tt.pollers {
+				t.Errorf("readers polling after startPoll and endPoll: %d; want %d", n, tt.pollers)
 			}
 		})
 	}

@@ -158,6 +158,7 @@ type Server struct {
 	calls      chan struct{} // a token per backend call in progress; nil: no bound
 	inShutdown atomic.Bool
 	nextConnID atomic.Uint64
+	polling    atomic.Int32 // readers polling an empty socket (idlepoll.go)
 	connCounts connCounters // accepted and refused (stats.go)
 
 	mu        sync.Mutex
