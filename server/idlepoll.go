@@ -28,8 +28,8 @@ const pollFor = 30 * time.Microsecond
 const pollMaxLength = 16 << 10
 
 // maxPollShift bounds the back-off: after repeated misses a connection
-// polls once in 1<<maxPollShift idle periods, so an idle or slow
-// connection costs about pollFor/256 of a CPU per request at most.
+// parks at once for 1<<maxPollShift idle periods between two polls, so
+// that a slow connection costs pollFor in 257 requests.
 const maxPollShift = 8
 
 // maxPollers bounds the readers that poll at once, server-wide, to half
