@@ -18,8 +18,9 @@
 #   EXPORT=file bench/compare.sh                         # every server on its own /dev/shm file
 #   NBDD_B=/tmp/nbdd-old SERVERS="nbdd nbddb" bench/compare.sh   # A/B against another build
 #   PIN=cross UNIX_WORKLOADS="randread1 randwrite1" TCP_WORKLOADS=randread1 bench/compare.sh
+#   NBDD_FLAGS=--no-idle-poll BEFORE=/tmp/nbdd-old bench/ab.sh  # this tree's nbdd with more serve flags
 #
-# Servers (SERVERS): nbdd (--memory, STRATEGY); nbddp, nbdd with
+# Servers (SERVERS): nbdd (--memory, STRATEGY, and NBDD_FLAGS); nbddp, nbdd with
 # --memory default=1G,prealloc (the export held in memory from the start,
 # as nbdkit's allocator=malloc); nbddb, the nbdd binary NBDD_B names, served
 # as nbdd is (for A/B runs of two builds); kit13 and kit12, nbdkit's
@@ -123,7 +124,7 @@ serve() {
 	local gonbdlisten=(-socket "$sock")
 	[ "$tr" = tcp ] && gonbdlisten=(-tcp "127.0.0.1:${PORT[$s]}")
 	case $s in
-	nbdd) start_uri "$s" "$u" "$WORK/nbdd" serve --listen "$listen" "${nbddexport[@]}" --strategy "$STRATEGY" --log-level warn ;;
+	nbdd) start_uri "$s" "$u" "$WORK/nbdd" serve --listen "$listen" "${nbddexport[@]}" --strategy "$STRATEGY" --log-level warn ${NBDD_FLAGS:-} ;;
 	nbddb) start_uri "$s" "$u" "${NBDD_B:?NBDD_B names the nbdd binary of server nbddb}" serve --listen "$listen" "${nbddexport[@]}" --strategy "$STRATEGY" --log-level warn ;;
 	nbddp) start_uri "$s" "$u" "$WORK/nbdd" serve --listen "$listen" --memory default=1G,prealloc --strategy "$STRATEGY" --log-level warn ;;
 	kit12) start_uri "$s" "$u" nbdkit -f "${kit[@]}" "${kitexport[@]}" ;;

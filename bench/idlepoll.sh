@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # idlepoll.sh: the reader's idle poll (server/idlepoll.go) on many
-# connections: this tree's nbdd against the nbdd binaries in BEFORE (one
-# or more earlier builds), each serving a 1 GiB memory export on a unix
-# socket in turn, in alternating order, RUNS times; medians.
+# connections: this tree's nbdd, served with THIS_FLAGS (none; e.g.
+# --no-idle-poll), against the nbdd binaries in BEFORE (one or more earlier builds), each
+# serving a 1 GiB memory export on a unix socket in turn, in alternating
+# order, RUNS times; medians.
 #
 #   idle     CONNS connections (200) each read 4 KiB once, then sit idle:
 #            the server's CPU (ms) from the first connect to HOLD seconds
@@ -19,6 +20,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 BEFORE=${BEFORE:?set BEFORE to the nbdd binaries to compare with}
+THIS_FLAGS=${THIS_FLAGS:-}
 RUNS=${RUNS:-3} CONNS=${CONNS:-200} HOLD=${HOLD:-5} EVERY=${EVERY:-20ms} JOBS=${JOBS:-8} FIO_SECONDS=${FIO_SECONDS:-3}
 bench_init
 (cd "$ROOT" && go build -o "$WORK/nbdload" ./bench/nbdload)
@@ -29,9 +31,10 @@ SOCK=$WORK/nbdd.sock
 # one BIN: one repetition of the three loads against a fresh server BIN;
 # prints "idle_total_ms idle_only_ms trickle_us_per_req iops us_per_io".
 one() {
-	local bin=$1 pid t0 t1 t2 reqs out
+	local bin=$1 pid t0 t1 t2 reqs out flags=()
+	[ "$bin" = "$WORK/nbdd" ] && read -ra flags <<<"$THIS_FLAGS"
 	rm -f "$SOCK"
-	start s "$SOCK" "$bin" serve --listen "unix://$SOCK" --memory default=1G --log-level warn
+	start s "$SOCK" "$bin" serve --listen "unix://$SOCK" --memory default=1G --log-level warn "${flags[@]}"
 	pid=$PID_s
 	t0=$(cpu_ticks "$pid")
 	"$WORK/nbdload" -socket "$SOCK" -mode conns -conns "$CONNS" -size 4096 -hold "${HOLD}s" 2>"$WORK/conns.err" >/dev/null &

@@ -136,9 +136,11 @@ type Server struct {
 	// next request after a short one at queue depth 1 (idlepoll.go), so
 	// that it always parks at once and the runtime wakes it when the
 	// request comes. Polling doubles queue-depth-1 IOPS on a virtual
-	// machine whose idle vCPUs halt; each connection stops polling by
-	// itself when its polls find nothing, so this is for a host that
-	// counts every microsecond of CPU. False, the zero value, polls.
+	// machine whose idle vCPUs halt, and each connection stops polling by
+	// itself when its polls find nothing; but where many connections at
+	// queue depth 1 keep every CPU busy, the polls find their requests
+	// and cost server CPU for no more IOPS (docs/performance.md). False,
+	// the zero value, polls.
 	NoIdlePoll bool
 
 	// Access limits which clients may connect, by address, and which may
