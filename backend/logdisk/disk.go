@@ -141,34 +141,26 @@ func Create(ctx context.Context, cfg Config, size int64) error {
 	return putMeta(ctx, cfg.Store, cfg.Prefix, m)
 }
 
-// Probe checks that the store refuses a second put-if-absent of one key.
+// Probe checks that the store refuses a put-if-absent of a key that
+// exists: it makes sure the probe object under prefix exists, then
+// requires a conditional PUT of it to fail. The object stays, so every
+// later Probe costs one PUT. Nothing is taken on trust from an earlier
+// probe: every writable Open sends a conditional PUT of an object that
+// exists, and a store that lets it overwrite is refused, also when it
+// once refused (another server behind the same name).
 func Probe(ctx context.Context, st Store, prefix string) error {
-	key, err := probePuts(ctx, st, prefix)
-	if key != "" {
-		st.Delete(context.WithoutCancel(ctx), []string{key})
+	key := prefix + probeKey
+	body := []byte("nbdd put-if-absent probe: every writable open PUTs this with If-None-Match: * and requires a refusal\n")
+	for range 2 { // the first may create it
+		err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body)))
+		switch {
+		case errors.Is(err, ErrExists):
+			return nil
+		case err != nil:
+			return fmt.Errorf("probe %s: %w", key, err)
+		}
 	}
-	return err
-}
-
-// probePuts makes the two PUTs of a probe. It returns the key it created
-// ("" if none), for the caller to delete, and the verdict.
-func probePuts(ctx context.Context, st Store, prefix string) (string, error) {
-	var r [8]byte
-	rand.Read(r[:])
-	key := prefix + probeDir + hex.EncodeToString(r[:])
-	body := []byte("nbdd put-if-absent probe\n")
-	if err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
-		return "", fmt.Errorf("probe %s: %w", key, err)
-	}
-	err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body)))
-	switch {
-	case err == nil:
-		return key, ErrNoConditionalPut
-	case errors.Is(err, ErrExists):
-		return key, nil
-	default:
-		return key, fmt.Errorf("probe %s: %w", key, err)
-	}
+	return ErrNoConditionalPut
 }
 
 // readMeta reads the image's meta object.
@@ -222,7 +214,7 @@ type Disk struct {
 	freeJournals []*journalFile
 
 	ckptList *future[ObjectInfo] // the checkpoint listing Open started early
-	probe    *future[string]     // the put-if-absent probe Open started early
+	probe    *future[struct{}]   // the put-if-absent probe Open started early
 
 	ckpt      ckptState
 	garbage   []uint64             // log objects below the next checkpoint that nothing references
