@@ -23,7 +23,9 @@ import (
 // log's last writer is one of them (this nbdd, restarted after a crash),
 // the image counts as not held, and the journal is replayed (d.resumed).
 // The journal directory's writer file is written while the first claim
-// is under way.
+// is under way, and no journal file of this writer is created before it
+// is durable (awaitWriterFileLocked). claim leaves the numbers past the
+// first claim to startClaimRest.
 func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) error {
 	_, _, t := effective(st)
 	for _, e := range resumable {
@@ -37,12 +39,14 @@ func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) erro
 	}
 	mine := Epoch{N: t.epoch.N + 1, Nonce: randomNonce()}
 	d.epoch = mine
-	written := goFuture(func() (struct{}, error) {
+	d.opening.Add(1) // Close and a failed Open wait for it before they unlock the directory
+	d.writerFile = goFuture(func() (struct{}, error) {
+		defer d.opening.Done()
 		return struct{}{}, writeWriterFile(d.cfg.JournalDir, d.meta.ID, mine, d.resumed)
 	})
 	first, err := d.claimFirst(ctx, st, t.epoch, mine)
-	_, werr := written.wait()
-	if err := cmpErr(err, werr); err != nil {
+	if err != nil {
+		d.writerFile.wait()
 		return err
 	}
 	end := max(first+d.meta.Window-1, st.max)
@@ -60,10 +64,21 @@ func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) erro
 				d.ahead[s] = nil // decided already: an object holds it
 			}
 		}
-		d.opening.Add(1)
-		go d.claimRest(todo, mine)
+		d.claimTodo = todo
 	}
 	return nil
+}
+
+// startClaimRest starts deciding the sequence numbers claim left to the
+// background, once the map is built (claimRest updates what apply sets).
+func (d *Disk) startClaimRest() {
+	if len(d.claimTodo) == 0 {
+		return
+	}
+	todo := d.claimTodo
+	d.claimTodo = nil
+	d.opening.Add(1)
+	go d.claimRest(todo, d.epoch)
 }
 
 // claimFirst claims the lowest free sequence number after the checkpoint,

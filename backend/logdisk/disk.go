@@ -191,24 +191,26 @@ type Disk struct {
 	// write and its map update, so the map changes in journal order.
 	appendMu sync.Mutex
 
-	mu       sync.Mutex // guards what follows
-	room     *sync.Cond // signalled when dirty falls or the Disk fails
-	m        extMap
-	segs     map[uint64]*segment // every segment the map references, and in flight
-	epoch    Epoch               // this writer's (or the last seen, read-only)
-	openSeg  *segment            // accepting writes; nil until the next write
-	nextSeq  uint64
-	queue    []*segment // sealed, not yet uploading, in sequence order
-	inFlight int
-	durable  uint64              // every log object <= durable is in the store
-	claimEnd uint64              // uploads wait until durable reaches it (claimRest)
-	ahead    map[uint64]*segment // landed above durable (nil: not a segment)
-	dirty    int64
-	pending  bool // a FLUSH waits for the open segment to be sealed
-	failed   error
-	closing  bool
-	stopped  bool          // abandoned: the read cache is gone
-	progress chan struct{} // closed and replaced when durable or failed changes
+	mu         sync.Mutex // guards what follows
+	room       *sync.Cond // signalled when dirty falls or the Disk fails
+	m          extMap
+	segs       map[uint64]*segment // every segment the map references, and in flight
+	epoch      Epoch               // this writer's (or the last seen, read-only)
+	openSeg    *segment            // accepting writes; nil until the next write
+	nextSeq    uint64
+	queue      []*segment // sealed, not yet uploading, in sequence order
+	inFlight   int
+	durable    uint64              // every log object <= durable is in the store
+	claimEnd   uint64              // uploads wait until durable reaches it (claimRest)
+	claimTodo  []uint64            // the numbers claim left to claimRest, until it starts
+	writerFile *future[struct{}]   // the journal directory's writer file being written; nil once durable
+	ahead      map[uint64]*segment // landed above durable (nil: not a segment)
+	dirty      int64
+	pending    bool // a FLUSH waits for the open segment to be sealed
+	failed     error
+	closing    bool
+	stopped    bool          // abandoned: the read cache is gone
+	progress   chan struct{} // closed and replaced when durable or failed changes
 	// freeJournals are journal files whose segments are durable, kept
 	// open for later segments (journalFile.reuse).
 	freeJournals []*journalFile
@@ -231,7 +233,7 @@ type Disk struct {
 	getOnce     sync.Once   // starts them
 	ra          readAhead
 	wg          sync.WaitGroup
-	opening     sync.WaitGroup // Open's requests still under way: claims, the probe's deletion
+	opening     sync.WaitGroup // Open's work still under way: the claims past the first, the writer file
 	gcKick      chan struct{}
 	lastWrite   atomic.Int64 // UnixNano of the last client WRITE, TRIM, WRITE_ZEROES or FLUSH
 	statsMu     sync.Mutex

@@ -148,13 +148,18 @@ func (d *Disk) open(ctx context.Context) (*loadState, []*journalScan, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := d.claim(ctx, st, resumable); err != nil {
+	// The checkpoint's map is built while the first claim is under way.
+	built := goFuture(func() (struct{}, error) { d.applyCheckpoint(st); return struct{}{}, nil })
+	err = d.claim(ctx, st, resumable)
+	built.wait()
+	if err != nil {
 		return nil, nil, err
 	}
 	mine := d.epoch
-	if t := d.apply(st); t.epoch != mine {
+	if t := d.applyLog(st); t.epoch != mine {
 		return nil, nil, fmt.Errorf("%w: another nbdd took the image over while this one was opening it", ErrInUse)
 	}
+	d.startClaimRest()
 	return st, scans, nil
 }
 

@@ -99,6 +99,12 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 		if err := d.usableLocked(); err != nil {
 			return nil, err
 		}
+		if d.writerFile != nil {
+			if err := d.awaitWriterFileLocked(); err != nil {
+				return nil, err
+			}
+			continue // d.mu was released
+		}
 		if d.dirty == 0 || d.dirty+n <= d.cfg.dirtyLimit() {
 			break
 		}
@@ -121,6 +127,23 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 	d.openSeg = &segment{seq: seq, jf: jf}
 	d.segs[seq] = d.openSeg
 	return d.openSeg, nil
+}
+
+// awaitWriterFileLocked waits, with d.mu released, until the journal
+// directory's writer file names this writer's epoch: no journal file of
+// the epoch exists before, so a restart after a crash always finds its
+// journal resumable. The caller holds appendMu, so it waits alone.
+func (d *Disk) awaitWriterFileLocked() error {
+	f := d.writerFile
+	d.mu.Unlock()
+	_, err := f.wait()
+	d.mu.Lock()
+	d.writerFile = nil
+	if err != nil {
+		d.failLocked(fmt.Errorf("journal: %w", err))
+		return err
+	}
+	return nil
 }
 
 // journalLocked returns the journal file of a new segment: a free one
