@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // claim makes this Disk the image's writer (docs/s3.md "Fencing").
@@ -25,7 +26,7 @@ import (
 // The journal directory's writer file is written while the first claim
 // is under way, and no journal file of this writer is created before it
 // is durable (awaitWriterFileLocked). claim leaves the numbers past the
-// first claim to startClaimRest.
+// first claim to scheduleClaimRest.
 func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) error {
 	_, _, t := effective(st)
 	for _, e := range resumable {
@@ -69,16 +70,36 @@ func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) erro
 	return nil
 }
 
-// startClaimRest starts deciding the sequence numbers claim left to the
-// background, once the map is built (claimRest updates what apply sets).
-func (d *Disk) startClaimRest() {
-	if len(d.claimTodo) == 0 {
+// scheduleClaimRest leaves the numbers claim did not decide to claimRest,
+// once the map is built (claimRest updates what apply sets). claimRest
+// starts when they are first needed (startClaims: a new segment, which
+// will be uploaded, or a wait for durability: FLUSH, FUA, Close), or
+// after Config.ClaimDelay: the first READs of an open export, which
+// need none of them, then do not share the CPU and the store with a
+// window's worth of PUTs.
+func (d *Disk) scheduleClaimRest() {
+	todo, mine := d.claimTodo, d.epoch
+	d.claimTodo = nil
+	if len(todo) == 0 {
 		return
 	}
-	todo := d.claimTodo
-	d.claimTodo = nil
-	d.opening.Add(1)
-	go d.claimRest(todo, d.epoch)
+	d.opening.Add(1) // claimRest's, or startClaims(false)'s
+	d.runClaims = func() { go d.claimRest(todo, mine) }
+	time.AfterFunc(d.cfg.claimDelay(), func() { d.startClaims(true) }) // a no-op once started
+}
+
+// startClaims starts claimRest if it has not started, or with run false
+// (the Disk is stopping) makes sure it never does.
+func (d *Disk) startClaims(run bool) {
+	d.claimsOnce.Do(func() {
+		switch {
+		case d.runClaims == nil: // none scheduled: a reader, or Open failed
+		case run:
+			d.runClaims()
+		default:
+			d.opening.Done()
+		}
+	})
 }
 
 // claimFirst claims the lowest free sequence number after the checkpoint,

@@ -69,6 +69,11 @@ type Config struct {
 	GCLiveRatio float64
 	// NoGC turns off the writer's background garbage collection.
 	NoGC bool
+	// ClaimDelay is how long after Open a writer decides its window's
+	// numbers past the first claim, unless a WRITE, FLUSH or Close needs
+	// them sooner (100 ms): the first READs after an open then do not
+	// share the CPU and the store with a window's worth of PUTs.
+	ClaimDelay time.Duration
 	// Logger receives warnings and errors (slog.Default()).
 	Logger *slog.Logger
 
@@ -88,6 +93,13 @@ func (c *Config) gcLiveRatio() float64 {
 	}
 	return 0.7
 }
+func (c *Config) claimDelay() time.Duration {
+	if c.ClaimDelay > 0 {
+		return c.ClaimDelay
+	}
+	return 100 * time.Millisecond
+}
+
 func (c *Config) flushTimeout() time.Duration {
 	return time.Duration(orDefault(int64(c.FlushTimeout), int64(60*time.Second)))
 }
@@ -202,7 +214,9 @@ type Disk struct {
 	inFlight   int
 	durable    uint64              // every log object <= durable is in the store
 	claimEnd   uint64              // uploads wait until durable reaches it (claimRest)
-	claimTodo  []uint64            // the numbers claim left to claimRest, until it starts
+	claimTodo  []uint64            // the numbers claim left to claimRest, until scheduled
+	claimsOnce sync.Once           // starts claimRest, or rules it out (startClaims)
+	runClaims  func()              // starts claimRest (scheduleClaimRest)
 	writerFile *future[struct{}]   // the journal directory's writer file being written; nil once durable
 	ahead      map[uint64]*segment // landed above durable (nil: not a segment)
 	dirty      int64

@@ -159,7 +159,7 @@ func (d *Disk) open(ctx context.Context) (*loadState, []*journalScan, error) {
 	if t := d.applyLog(st); t.epoch != mine {
 		return nil, nil, fmt.Errorf("%w: another nbdd took the image over while this one was opening it", ErrInUse)
 	}
-	d.startClaimRest()
+	d.scheduleClaimRest()
 	return st, scans, nil
 }
 

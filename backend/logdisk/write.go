@@ -116,6 +116,7 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 	if d.openSeg != nil {
 		return d.openSeg, nil
 	}
+	d.startClaims(true) // the segment's upload waits for them
 	seq := d.nextSeq
 	jf, err := d.journalLocked(journalHeader{ID: d.meta.ID, Epoch: d.epoch, Local: seq})
 	if err != nil {
@@ -241,6 +242,7 @@ func (d *Disk) Sync() error {
 
 // waitDurable waits until every log object up to target is in the store.
 func (d *Disk) waitDurable(target uint64, timeout time.Duration) error {
+	d.startClaims(true) // durable reaches past the first claim only once they are decided
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
