@@ -47,8 +47,9 @@ type cache struct {
 	bytes  int64
 	blocks map[blockKey]*block
 	lru    list.List // of *block, most recent at the front
-	free   [][]byte  // unused buffers of the arena
+	free   [][]byte  // buffers of the arena given back
 	arena  []byte
+	fresh  int64 // arena blocks handed out so far; those after were never used
 }
 
 func newCache(limit int64) *cache {
@@ -61,11 +62,19 @@ func newCache(limit int64) *cache {
 	if err != nil {
 		return c // buffers then come from the heap
 	}
-	c.arena = arena
-	for i := n - 1; i >= 0; i-- {
-		c.free = append(c.free, arena[i*cacheBlock:(i+1)*cacheBlock:(i+1)*cacheBlock])
-	}
+	c.arena = arena // handed out in order by allocLocked: nothing to set up per block
 	return c
+}
+
+// takeFreshLocked returns the next arena block never handed out, or nil
+// when every one has been.
+func (c *cache) takeFreshLocked() []byte {
+	if c.fresh >= int64(len(c.arena))/cacheBlock {
+		return nil
+	}
+	i := c.fresh
+	c.fresh++
+	return c.arena[i*cacheBlock : (i+1)*cacheBlock : (i+1)*cacheBlock]
 }
 
 // close releases the arena. No block may be used afterwards.
@@ -74,7 +83,7 @@ func (c *cache) close() {
 	defer c.mu.Unlock()
 	if c.arena != nil {
 		unix.Munmap(c.arena)
-		c.arena, c.free = nil, nil
+		c.arena, c.free, c.fresh = nil, nil, 0
 		c.blocks = map[blockKey]*block{}
 		c.lru.Init()
 		c.bytes = 0
@@ -168,7 +177,7 @@ func (c *cache) release(b *block) {
 }
 
 func (c *cache) recycleLocked(b *block) {
-	if cap(b.data) == cacheBlock && int64(len(c.free)) < c.limit/cacheBlock {
+	if cap(b.data) == cacheBlock && int64(len(c.free)) < c.fresh {
 		c.free = append(c.free, b.data[:cacheBlock])
 	}
 	b.data = nil
@@ -183,9 +192,15 @@ func (c *cache) buffer(b *block, n int) []byte {
 	return b.data
 }
 
-// allocLocked takes a buffer from the arena, evicting the least recently
-// used blocks if none is free, and from the heap if every block is pinned.
+// allocLocked takes a buffer from the arena: one never used, else one
+// given back, evicting the least recently used blocks if none is, and
+// from the heap if every block is pinned.
 func (c *cache) allocLocked(n int) []byte {
+	if n <= cacheBlock {
+		if buf := c.takeFreshLocked(); buf != nil {
+			return buf[:n]
+		}
+	}
 	for len(c.free) == 0 && c.lru.Len() > 0 && n <= cacheBlock {
 		c.evictLocked(c.lru.Back().Value.(*block))
 	}

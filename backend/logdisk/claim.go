@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // claim makes this Disk the image's writer (docs/s3.md "Fencing").
@@ -23,7 +24,9 @@ import (
 // log's last writer is one of them (this nbdd, restarted after a crash),
 // the image counts as not held, and the journal is replayed (d.resumed).
 // The journal directory's writer file is written while the first claim
-// is under way.
+// is under way, and no journal file of this writer is created before it
+// is durable (awaitWriterFileLocked). claim leaves the numbers past the
+// first claim to scheduleClaimRest.
 func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) error {
 	_, _, t := effective(st)
 	for _, e := range resumable {
@@ -37,12 +40,14 @@ func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) erro
 	}
 	mine := Epoch{N: t.epoch.N + 1, Nonce: randomNonce()}
 	d.epoch = mine
-	written := goFuture(func() (struct{}, error) {
+	d.opening.Add(1) // Close and a failed Open wait for it before they unlock the directory
+	d.writerFile = goFuture(func() (struct{}, error) {
+		defer d.opening.Done()
 		return struct{}{}, writeWriterFile(d.cfg.JournalDir, d.meta.ID, mine, d.resumed)
 	})
 	first, err := d.claimFirst(ctx, st, t.epoch, mine)
-	_, werr := written.wait()
-	if err := cmpErr(err, werr); err != nil {
+	if err != nil {
+		d.writerFile.wait()
 		return err
 	}
 	end := max(first+d.meta.Window-1, st.max)
@@ -60,10 +65,41 @@ func (d *Disk) claim(ctx context.Context, st *loadState, resumable []Epoch) erro
 				d.ahead[s] = nil // decided already: an object holds it
 			}
 		}
-		d.opening.Add(1)
-		go d.claimRest(todo, mine)
+		d.claimTodo = todo
 	}
 	return nil
+}
+
+// scheduleClaimRest leaves the numbers claim did not decide to claimRest,
+// once the map is built (claimRest updates what apply sets). claimRest
+// starts when they are first needed (startClaims: a new segment, which
+// will be uploaded, or a wait for durability: FLUSH, FUA, Close), or
+// after Config.ClaimDelay: the first READs of an open export, which
+// need none of them, then do not share the CPU and the store with a
+// window's worth of PUTs.
+func (d *Disk) scheduleClaimRest() {
+	todo, mine := d.claimTodo, d.epoch
+	d.claimTodo = nil
+	if len(todo) == 0 {
+		return
+	}
+	d.opening.Add(1) // claimRest's, or startClaims(false)'s
+	d.runClaims = func() { go d.claimRest(todo, mine) }
+	time.AfterFunc(d.cfg.claimDelay(), func() { d.startClaims(true) }) // a no-op once started
+}
+
+// startClaims starts claimRest if it has not started, or with run false
+// (the Disk is stopping) makes sure it never does.
+func (d *Disk) startClaims(run bool) {
+	d.claimsOnce.Do(func() {
+		switch {
+		case d.runClaims == nil: // none scheduled: a reader, or Open failed
+		case run:
+			d.runClaims()
+		default:
+			d.opening.Done()
+		}
+	})
 }
 
 // claimFirst claims the lowest free sequence number after the checkpoint,

@@ -67,6 +67,7 @@ func (d *Disk) abandon() {
 	d.room.Broadcast()
 	d.mu.Unlock()
 	d.wg.Wait()
+	d.startClaims(false)
 	d.opening.Wait()
 	d.releaseBase()
 	d.mu.Lock()

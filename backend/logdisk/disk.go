@@ -69,6 +69,11 @@ type Config struct {
 	GCLiveRatio float64
 	// NoGC turns off the writer's background garbage collection.
 	NoGC bool
+	// ClaimDelay is how long after Open a writer decides its window's
+	// numbers past the first claim, unless a WRITE, FLUSH or Close needs
+	// them sooner (100 ms): the first READs after an open then do not
+	// share the CPU and the store with a window's worth of PUTs.
+	ClaimDelay time.Duration
 	// Logger receives warnings and errors (slog.Default()).
 	Logger *slog.Logger
 
@@ -88,6 +93,13 @@ func (c *Config) gcLiveRatio() float64 {
 	}
 	return 0.7
 }
+func (c *Config) claimDelay() time.Duration {
+	if c.ClaimDelay > 0 {
+		return c.ClaimDelay
+	}
+	return 100 * time.Millisecond
+}
+
 func (c *Config) flushTimeout() time.Duration {
 	return time.Duration(orDefault(int64(c.FlushTimeout), int64(60*time.Second)))
 }
@@ -141,34 +153,26 @@ func Create(ctx context.Context, cfg Config, size int64) error {
 	return putMeta(ctx, cfg.Store, cfg.Prefix, m)
 }
 
-// Probe checks that the store refuses a second put-if-absent of one key.
+// Probe checks that the store refuses a put-if-absent of a key that
+// exists: it makes sure the probe object under prefix exists, then
+// requires a conditional PUT of it to fail. The object stays, so every
+// later Probe costs one PUT. Nothing is taken on trust from an earlier
+// probe: every writable Open sends a conditional PUT of an object that
+// exists, and a store that lets it overwrite is refused, also when it
+// once refused (another server behind the same name).
 func Probe(ctx context.Context, st Store, prefix string) error {
-	key, err := probePuts(ctx, st, prefix)
-	if key != "" {
-		st.Delete(context.WithoutCancel(ctx), []string{key})
+	key := prefix + probeKey
+	body := []byte("nbdd put-if-absent probe: every writable open PUTs this with If-None-Match: * and requires a refusal\n")
+	for range 2 { // the first may create it
+		err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body)))
+		switch {
+		case errors.Is(err, ErrExists):
+			return nil
+		case err != nil:
+			return fmt.Errorf("probe %s: %w", key, err)
+		}
 	}
-	return err
-}
-
-// probePuts makes the two PUTs of a probe. It returns the key it created
-// ("" if none), for the caller to delete, and the verdict.
-func probePuts(ctx context.Context, st Store, prefix string) (string, error) {
-	var r [8]byte
-	rand.Read(r[:])
-	key := prefix + probeDir + hex.EncodeToString(r[:])
-	body := []byte("nbdd put-if-absent probe\n")
-	if err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body))); err != nil {
-		return "", fmt.Errorf("probe %s: %w", key, err)
-	}
-	err := st.PutIfAbsent(ctx, key, bytes.NewReader(body), int64(len(body)))
-	switch {
-	case err == nil:
-		return key, ErrNoConditionalPut
-	case errors.Is(err, ErrExists):
-		return key, nil
-	default:
-		return key, fmt.Errorf("probe %s: %w", key, err)
-	}
+	return ErrNoConditionalPut
 }
 
 // readMeta reads the image's meta object.
@@ -199,30 +203,34 @@ type Disk struct {
 	// write and its map update, so the map changes in journal order.
 	appendMu sync.Mutex
 
-	mu       sync.Mutex // guards what follows
-	room     *sync.Cond // signalled when dirty falls or the Disk fails
-	m        extMap
-	segs     map[uint64]*segment // every segment the map references, and in flight
-	epoch    Epoch               // this writer's (or the last seen, read-only)
-	openSeg  *segment            // accepting writes; nil until the next write
-	nextSeq  uint64
-	queue    []*segment // sealed, not yet uploading, in sequence order
-	inFlight int
-	durable  uint64              // every log object <= durable is in the store
-	claimEnd uint64              // uploads wait until durable reaches it (claimRest)
-	ahead    map[uint64]*segment // landed above durable (nil: not a segment)
-	dirty    int64
-	pending  bool // a FLUSH waits for the open segment to be sealed
-	failed   error
-	closing  bool
-	stopped  bool          // abandoned: the read cache is gone
-	progress chan struct{} // closed and replaced when durable or failed changes
+	mu         sync.Mutex // guards what follows
+	room       *sync.Cond // signalled when dirty falls or the Disk fails
+	m          extMap
+	segs       map[uint64]*segment // every segment the map references, and in flight
+	epoch      Epoch               // this writer's (or the last seen, read-only)
+	openSeg    *segment            // accepting writes; nil until the next write
+	nextSeq    uint64
+	queue      []*segment // sealed, not yet uploading, in sequence order
+	inFlight   int
+	durable    uint64              // every log object <= durable is in the store
+	claimEnd   uint64              // uploads wait until durable reaches it (claimRest)
+	claimTodo  []uint64            // the numbers claim left to claimRest, until scheduled
+	claimsOnce sync.Once           // starts claimRest, or rules it out (startClaims)
+	runClaims  func()              // starts claimRest (scheduleClaimRest)
+	writerFile *future[struct{}]   // the journal directory's writer file being written; nil once durable
+	ahead      map[uint64]*segment // landed above durable (nil: not a segment)
+	dirty      int64
+	pending    bool // a FLUSH waits for the open segment to be sealed
+	failed     error
+	closing    bool
+	stopped    bool          // abandoned: the read cache is gone
+	progress   chan struct{} // closed and replaced when durable or failed changes
 	// freeJournals are journal files whose segments are durable, kept
 	// open for later segments (journalFile.reuse).
 	freeJournals []*journalFile
 
 	ckptList *future[ObjectInfo] // the checkpoint listing Open started early
-	probe    *future[string]     // the put-if-absent probe Open started early
+	probe    *future[struct{}]   // the put-if-absent probe Open started early
 
 	ckpt      ckptState
 	garbage   []uint64             // log objects below the next checkpoint that nothing references
@@ -239,7 +247,7 @@ type Disk struct {
 	getOnce     sync.Once   // starts them
 	ra          readAhead
 	wg          sync.WaitGroup
-	opening     sync.WaitGroup // Open's requests still under way: claims, the probe's deletion
+	opening     sync.WaitGroup // Open's work still under way: the claims past the first, the writer file
 	gcKick      chan struct{}
 	lastWrite   atomic.Int64 // UnixNano of the last client WRITE, TRIM, WRITE_ZEROES or FLUSH
 	statsMu     sync.Mutex

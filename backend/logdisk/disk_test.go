@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -267,4 +268,48 @@ func TestDirtyLimitBlocksWrites(t *testing.T) {
 	close(release)
 	<-done
 	mustSync(t, d)
+}
+
+// TestProbeNotTakenOnTrust: the probe's object stays, so a later open
+// sends one conditional PUT of it; a store that then lets that PUT
+// overwrite it is refused, though it once refused.
+func TestProbeNotTakenOnTrust(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	var probes atomic.Int32
+	st.Hook = func(op Op, key string) error {
+		if op == OpPut && isProbe(key) {
+			probes.Add(1)
+		}
+		return nil
+	}
+	for i, want := range []int32{2, 1} { // the first open creates the object
+		probes.Store(0)
+		d := openDisk(t, testConfig(t, st))
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := probes.Load(); got != want {
+			t.Fatalf("open %d: %d probe PUTs; want %d", i+1, got, want)
+		}
+	}
+	if _, ok := st.Object(testPrefix + probeKey); !ok {
+		t.Fatal("the probe's object is gone after a clean close")
+	}
+	_, err := Open(context.Background(), testConfig(t, &overwritingStore{st}))
+	if !errors.Is(err, ErrNoConditionalPut) {
+		t.Fatalf("Open on a store that now overwrites: %v; want ErrNoConditionalPut", err)
+	}
+}
+
+// TestProbeLeavesNothingWithoutImage: a writable open of a prefix with
+// no image there leaves no probe object behind.
+func TestProbeLeavesNothingWithoutImage(t *testing.T) {
+	st := NewMemStore()
+	if _, err := Open(context.Background(), testConfig(t, st)); !errors.Is(err, ErrNoImage) {
+		t.Fatalf("Open: %v; want ErrNoImage", err)
+	}
+	if n, _ := st.Bytes(""); n != 0 {
+		t.Fatalf("%d objects left in the store; want none", n)
+	}
 }

@@ -326,3 +326,52 @@ func TestClaimLostAfterOpenFences(t *testing.T) {
 	}
 	requireViews(t, mem, b, make([]byte, 1<<20))
 }
+
+// TestClaimsPastFirstWhenNeeded: after Open only the first claim is in
+// the store; READs start none of the others; the first WRITE's segment
+// (and its FLUSH) waits until every number of the window is decided; and
+// with no write they are decided after ClaimDelay anyway.
+func TestClaimsPastFirstWhenNeeded(t *testing.T) {
+	for _, write := range []bool{true, false} {
+		mem := NewMemStore()
+		createImage(t, mem, 1<<20)
+		cfg := testConfig(t, mem)
+		cfg.ClaimDelay = time.Hour // only a need starts them
+		if !write {
+			cfg.ClaimDelay = 50 * time.Millisecond
+		}
+		d, err := Open(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		claimed := func() (n uint64) {
+			for s := uint64(1); s <= d.meta.Window; s++ {
+				if _, ok := mem.Object(d.key(logDir, s)); ok {
+					n++
+				}
+			}
+			return n
+		}
+		if _, err := d.ReadAt(make([]byte, 4096), 0); err != nil {
+			t.Fatal(err)
+		}
+		if write {
+			time.Sleep(20 * time.Millisecond) // time for claims started at Open to land
+		}
+		if n := claimed(); n != 1 {
+			t.Fatalf("%d claims in the store right after Open and a READ; want 1 (the first)", n)
+		}
+		if write {
+			mustWrite(t, d, fill(4096, 1), 0)
+			mustSync(t, d)
+			if n := claimed(); n != d.meta.Window {
+				t.Fatalf("FLUSH returned with %d of the window's %d numbers decided", n, d.meta.Window)
+			}
+		} else {
+			waitFor(t, "the claims after claimDelay", func() bool { return claimed() == d.meta.Window })
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -18,7 +18,8 @@ import (
 //	P/snap/<name>        a sealed snapshot: the checkpoint it pins (JSON)
 //	P/clones/<id>        a clone of one of P's snapshots (JSON), by clone ID
 //	P/snaprm/<name>      a deletion of snapshot name in progress
-//	P/probe/<random>     put-if-absent probe objects, deleted after use
+//	P/probe/put-if-absent  the put-if-absent probe's object (Probe); older
+//	                     versions left P/probe/<random>, deleted after use
 //
 // Every object is written with put-if-absent and never changed; only the
 // writer's garbage collection and the removal of images, snapshots and
@@ -31,6 +32,7 @@ const (
 	clonesDir  = "clones/"
 	snapRmDir  = "snaprm/"
 	probeDir   = "probe/"
+	probeKey   = probeDir + "put-if-absent"
 	seqDigits  = 16
 	formatName = "nbdd-logdisk"
 	formatV1   = 1

@@ -38,6 +38,7 @@ func openDisk(t testing.TB, cfg Config) *Disk {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	d.startClaims(true)
 	d.opening.Wait() // the claims past the first, so a test's hooks see only its own requests
 	t.Cleanup(func() { d.abandon() })
 	return d

@@ -228,7 +228,14 @@ func effective(st *loadState) (eff []*logHeader, ignored []uint64, t tail) {
 
 // apply builds the map from the checkpoint and the effective log objects.
 func (d *Disk) apply(st *loadState) tail {
-	eff, ignored, t := effective(st)
+	d.applyCheckpoint(st)
+	return d.applyLog(st)
+}
+
+// applyCheckpoint builds the map from the checkpoint alone. It reads
+// nothing of st but the checkpoint, so it may run while a claim adds to
+// st's headers.
+func (d *Disk) applyCheckpoint(st *loadState) {
 	if st.ckpt != nil {
 		for _, r := range st.ckpt.Segs {
 			d.segs[r.Seq] = &segment{seq: r.Seq, hdrLen: r.HdrLen, dataLen: r.DataLen, landed: true, durable: true}
@@ -246,6 +253,12 @@ func (d *Disk) apply(st *loadState) tail {
 			d.ckpt.refs[r.Seq] = true
 		}
 	}
+}
+
+// applyLog applies the effective log objects after the checkpoint to the
+// map applyCheckpoint built.
+func (d *Disk) applyLog(st *loadState) tail {
+	eff, ignored, t := effective(st)
 	for _, h := range eff {
 		if h.Kind != objSegment {
 			d.garbage = append(d.garbage, h.Seq)

@@ -30,16 +30,20 @@ func Open(ctx context.Context, cfg Config) (*Disk, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the early requests of a failed Open
 	var ckptList *future[ObjectInfo]
-	var probe *future[string]
+	var probe *future[struct{}]
 	if cfg.Snapshot == "" {
 		ckptList = goFuture(func() (ObjectInfo, error) { return listLatestCheckpoint(ctx, cfg.Store, cfg.Prefix) })
 	}
 	if !cfg.ReadOnly {
-		probe = goFuture(func() (string, error) { return probePuts(ctx, cfg.Store, cfg.Prefix) })
+		probe = goFuture(func() (struct{}, error) { return struct{}{}, Probe(ctx, cfg.Store, cfg.Prefix) })
 	}
 	meta, err := readMeta(ctx, cfg.Store, cfg.Prefix)
 	if err != nil {
-		deleteProbe(ctx, cfg.Store, probe)
+		awaitAll(probe)
+		if errors.Is(err, ErrNoImage) {
+			// No image there: take back the probe's object, if it made one.
+			cfg.Store.Delete(context.WithoutCancel(ctx), []string{cfg.Prefix + probeKey})
+		}
 		return nil, err
 	}
 	d := newDisk(cfg, meta)
@@ -48,7 +52,7 @@ func Open(ctx context.Context, cfg Config) (*Disk, error) {
 	if err != nil {
 		d.cancel()
 		d.opening.Wait()
-		deleteProbe(ctx, cfg.Store, d.probe)
+		awaitAll(d.probe)
 		d.releaseBase()
 		if d.journalLock != nil {
 			d.journalLock.Close()
@@ -86,33 +90,22 @@ func (f *future[T]) wait() (T, error) {
 	return f.v, f.err
 }
 
-// deleteProbe waits for a probe that no one will use and deletes its
-// object.
-func deleteProbe(ctx context.Context, st Store, probe *future[string]) {
-	if probe == nil {
-		return
-	}
-	if key, _ := probe.wait(); key != "" {
-		st.Delete(context.WithoutCancel(ctx), []string{key})
+// awaitAll waits for the request f stands for, if any, when its result
+// will not be used (Open failed), so that none outlives Open.
+func awaitAll[T any](f *future[T]) {
+	if f != nil {
+		f.wait()
 	}
 }
 
-// awaitProbe returns the verdict of the put-if-absent probe Open started
-// and deletes its object in the background.
+// awaitProbe returns the verdict of the put-if-absent probe Open started.
 func (d *Disk) awaitProbe(ctx context.Context) error {
 	p := d.probe
 	if p == nil {
 		return Probe(ctx, d.store, d.prefix)
 	}
 	d.probe = nil
-	key, err := p.wait()
-	if key != "" {
-		d.opening.Add(1)
-		go func() {
-			defer d.opening.Done()
-			d.store.Delete(context.WithoutCancel(ctx), []string{key})
-		}()
-	}
+	_, err := p.wait()
 	return err
 }
 
@@ -155,13 +148,18 @@ func (d *Disk) open(ctx context.Context) (*loadState, []*journalScan, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := d.claim(ctx, st, resumable); err != nil {
+	// The checkpoint's map is built while the first claim is under way.
+	built := goFuture(func() (struct{}, error) { d.applyCheckpoint(st); return struct{}{}, nil })
+	err = d.claim(ctx, st, resumable)
+	built.wait()
+	if err != nil {
 		return nil, nil, err
 	}
 	mine := d.epoch
-	if t := d.apply(st); t.epoch != mine {
+	if t := d.applyLog(st); t.epoch != mine {
 		return nil, nil, fmt.Errorf("%w: another nbdd took the image over while this one was opening it", ErrInUse)
 	}
+	d.scheduleClaimRest()
 	return st, scans, nil
 }
 

@@ -3,6 +3,7 @@ package logdisk
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -290,4 +291,34 @@ func TestCrashWithMoreSegmentsThanWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireEqual(t, got, want, "after replaying more segments than the window")
+}
+
+// TestNoJournalBeforeWriterFile: Open does not wait for the journal
+// directory's writer file, but no journal file of the new writer exists
+// before it is durable: when it cannot be written, READs still work, the
+// first WRITE fails with the error, and the directory holds no journal.
+func TestNoJournalBeforeWriterFile(t *testing.T) {
+	st := NewMemStore()
+	createImage(t, st, 1<<20)
+	cfg := testConfig(t, st)
+	// A directory where the writer file's temporary file goes: it cannot
+	// be opened for writing.
+	if err := os.Mkdir(filepath.Join(cfg.JournalDir, writerFile+".tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d := openDisk(t, cfg)
+	defer d.Close()
+	if _, err := d.ReadAt(make([]byte, 4096), 0); err != nil {
+		t.Fatalf("ReadAt: %v; want success (reads need no journal)", err)
+	}
+	if _, err := d.WriteAt(fill(4096, 1), 0); err == nil {
+		t.Fatal("WriteAt succeeded without a writer file")
+	}
+	paths, _, err := listJournals(cfg.JournalDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) != 0 {
+		t.Fatalf("journal files %v exist without a writer file naming their epoch", paths)
+	}
 }

@@ -99,6 +99,12 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 		if err := d.usableLocked(); err != nil {
 			return nil, err
 		}
+		if d.writerFile != nil {
+			if err := d.awaitWriterFileLocked(); err != nil {
+				return nil, err
+			}
+			continue // d.mu was released
+		}
 		if d.dirty == 0 || d.dirty+n <= d.cfg.dirtyLimit() {
 			break
 		}
@@ -110,6 +116,7 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 	if d.openSeg != nil {
 		return d.openSeg, nil
 	}
+	d.startClaims(true) // the segment's upload waits for them
 	seq := d.nextSeq
 	jf, err := d.journalLocked(journalHeader{ID: d.meta.ID, Epoch: d.epoch, Local: seq})
 	if err != nil {
@@ -121,6 +128,23 @@ func (d *Disk) openForAppendLocked(n int64) (*segment, error) {
 	d.openSeg = &segment{seq: seq, jf: jf}
 	d.segs[seq] = d.openSeg
 	return d.openSeg, nil
+}
+
+// awaitWriterFileLocked waits, with d.mu released, until the journal
+// directory's writer file names this writer's epoch: no journal file of
+// the epoch exists before, so a restart after a crash always finds its
+// journal resumable. The caller holds appendMu, so it waits alone.
+func (d *Disk) awaitWriterFileLocked() error {
+	f := d.writerFile
+	d.mu.Unlock()
+	_, err := f.wait()
+	d.mu.Lock()
+	d.writerFile = nil
+	if err != nil {
+		d.failLocked(fmt.Errorf("journal: %w", err))
+		return err
+	}
+	return nil
 }
 
 // journalLocked returns the journal file of a new segment: a free one
@@ -218,6 +242,7 @@ func (d *Disk) Sync() error {
 
 // waitDurable waits until every log object up to target is in the store.
 func (d *Disk) waitDurable(target uint64, timeout time.Duration) error {
+	d.startClaims(true) // durable reaches past the first claim only once they are decided
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {

@@ -58,6 +58,8 @@ func (c *config) close() {
 	}
 }
 
+// buildServer sets the server up from the flags, all but its exports,
+// which cfg.exports opens once the sockets listen.
 func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
 	cfg := &config{srv: &server.Server{Logger: logger}, dir: c.String("dir"), mergeable: map[string]bool{}, logger: logger, s3Bases: &logdisk.Bases{}}
 	if err := cfg.limits(c); err != nil {
@@ -67,10 +69,6 @@ func buildServer(c *cli.Context, logger *slog.Logger) (*config, error) {
 		return nil, err
 	}
 	if err := cfg.configureAccess(c); err != nil {
-		return nil, err
-	}
-	if err := cfg.exports(c); err != nil {
-		cfg.close()
 		return nil, err
 	}
 	return cfg, nil

@@ -109,11 +109,19 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer cfg.close()
+	// The sockets listen before the exports open (an S3 image takes a few
+	// round trips): a client that connects meanwhile waits in the
+	// kernel's backlog for its greeting, instead of being refused and
+	// trying again later.
 	listeners, cleanup, err := openListeners(c, cfg.srv.TLSMode != server.TLSOff, logger)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
+	if err := cfg.exports(c); err != nil {
+		closeListeners(listeners)
+		return err
+	}
 	k, err := startKSM(c, cfg, logger)
 	if err != nil {
 		return err
