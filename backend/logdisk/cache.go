@@ -30,15 +30,20 @@ type block struct {
 	data    []byte
 	err     error
 	ready   chan struct{}
-	elem    *list.Element // in cache.lru, once ready and kept
+	elem    *list.Element // in cache.lru or cache.spec, once ready and kept
+	spec    bool          // elem is in cache.spec
 	pins    int
 	evicted bool
 }
 
-// cache holds recently read blocks of segment objects, least recently
-// used first out, within limit bytes. Blocks of immutable objects never go
-// stale. The buffers come from one anonymous mapping of limit bytes,
-// outside the Go heap: the garbage collector neither scans them nor
+// cache holds recently read blocks of segment objects within limit bytes.
+// Blocks of immutable objects never go stale. It keeps two lists: the
+// blocks READs asked for, least recently used first out, and the blocks a
+// fetch brought on speculation (the neighbours of a READ's miss), oldest
+// first out. Speculative blocks go first, while they hold more than
+// minSpec of the cache; a READ that finds one moves it to the first list.
+// The buffers come from one anonymous mapping of limit bytes, outside the
+// Go heap: the garbage collector neither scans them nor
 // counts them when it sizes the heap, so the process holds the cache plus
 // a heap sized by what the rest of nbdd keeps, not twice the cache.
 type cache struct {
@@ -46,7 +51,8 @@ type cache struct {
 	limit  int64
 	bytes  int64
 	blocks map[blockKey]*block
-	lru    list.List // of *block, most recent at the front
+	lru    list.List // of *block asked for, most recent at the front
+	spec   list.List // of *block fetched on speculation, newest at the front
 	free   [][]byte  // buffers of the arena given back
 	arena  []byte
 	fresh  int64 // arena blocks handed out so far; those after were never used
@@ -86,6 +92,7 @@ func (c *cache) close() {
 		c.arena, c.free, c.fresh = nil, nil, 0
 		c.blocks = map[blockKey]*block{}
 		c.lru.Init()
+		c.spec.Init()
 		c.bytes = 0
 	}
 }
@@ -96,15 +103,25 @@ func (c *cache) lookup(key blockKey) (*block, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if b, ok := c.blocks[key]; ok {
-		if b.elem != nil {
-			c.lru.MoveToFront(b.elem)
-		}
+		c.touchLocked(b)
 		b.pins++
 		return b, false
 	}
 	b := &block{key: key, ready: make(chan struct{}), pins: 1}
 	c.blocks[key] = b
 	return b, true
+}
+
+// touchLocked marks a kept block as used: the front of the blocks asked
+// for, from whichever list it was in.
+func (c *cache) touchLocked(b *block) {
+	switch {
+	case b.spec:
+		c.spec.Remove(b.elem)
+		b.elem, b.spec = c.lru.PushFront(b), false
+	case b.elem != nil:
+		c.lru.MoveToFront(b.elem)
+	}
 }
 
 // tryLookup is lookup for prefetching: it returns nil if key is cached or
@@ -138,14 +155,35 @@ func (c *cache) fill(b *block, src []byte, err error) {
 	}
 	b.elem = c.lru.PushFront(b)
 	c.bytes += int64(cap(b.data))
-	for c.bytes > c.limit && c.lru.Len() > 0 {
-		c.evictLocked(c.lru.Back().Value.(*block))
+	for c.bytes > c.limit && c.kept() > 0 {
+		c.evictLocked(c.victimLocked())
 	}
 }
 
+// minSpec is the share of the cache (1/minSpec) that speculative blocks
+// keep even when the blocks READs asked for would fill it: a random
+// reader's fetched neighbours then live for the next limit/minSpec bytes
+// of fetches, not only until the next miss.
+const minSpec = 8
+
+func (c *cache) kept() int { return c.lru.Len() + c.spec.Len() }
+
+// victimLocked is the block to evict next: the oldest speculative block
+// while they hold more than their share, else the least recently used.
+func (c *cache) victimLocked() *block {
+	if c.lru.Len() == 0 || int64(c.spec.Len())*cacheBlock*minSpec > c.limit {
+		return c.spec.Back().Value.(*block)
+	}
+	return c.lru.Back().Value.(*block)
+}
+
 func (c *cache) evictLocked(b *block) {
-	c.lru.Remove(b.elem)
-	b.elem = nil
+	if b.spec {
+		c.spec.Remove(b.elem)
+	} else {
+		c.lru.Remove(b.elem)
+	}
+	b.elem, b.spec = nil, false
 	delete(c.blocks, b.key)
 	c.bytes -= int64(cap(b.data))
 	b.evicted = true
@@ -154,15 +192,15 @@ func (c *cache) evictLocked(b *block) {
 	}
 }
 
-// demote moves b, fetched on speculation and not asked for, to the cold
-// end of the LRU, unless someone else holds it: it goes before every
-// block a READ asked for. A READ that asks for it later moves it to the
-// front (lookup).
+// demote moves b, fetched on speculation and not asked for, to the list
+// of speculative blocks, unless someone else holds it. A READ that asks
+// for it later moves it back (lookup).
 func (c *cache) demote(b *block) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if b.elem != nil && b.pins == 1 {
-		c.lru.MoveToBack(b.elem)
+	if b.elem != nil && !b.spec && b.pins == 1 {
+		c.lru.Remove(b.elem)
+		b.elem, b.spec = c.spec.PushFront(b), true
 	}
 }
 
@@ -201,8 +239,8 @@ func (c *cache) allocLocked(n int) []byte {
 			return buf[:n]
 		}
 	}
-	for len(c.free) == 0 && c.lru.Len() > 0 && n <= cacheBlock {
-		c.evictLocked(c.lru.Back().Value.(*block))
+	for len(c.free) == 0 && c.kept() > 0 && n <= cacheBlock {
+		c.evictLocked(c.victimLocked())
 	}
 	if k := len(c.free); k > 0 && n <= cacheBlock {
 		buf := c.free[k-1]
@@ -230,5 +268,36 @@ func (c *cache) size() int64 {
 	return c.bytes
 }
 
+// dropBuffers hold the bytes of a GET that belong to blocks its fetcher
+// does not fill (fetchBlocks): one block's worth, which every such block
+// of the GET overwrites.
+var dropBuffers = sync.Pool{New: func() any { b := make([]byte, cacheBlock); return &b }}
+
 // runBuffers holds the buffers of GETs in flight, maxRun blocks each.
 var runBuffers = sync.Pool{New: func() any { b := make([]byte, maxRun*cacheBlock); return &b }}
+
+// copyCached copies the bytes at object offset objOff of segment seq into
+// dst and reports true if every block holding them is cached; otherwise
+// it copies nothing useful, fetches nothing and reports false. The blocks
+// count as used, as lookup counts them.
+func (c *cache) copyCached(seq uint64, objOff int64, dst []byte) bool {
+	first := objOff / cacheBlock
+	last := (objOff + int64(len(dst)) - 1) / cacheBlock
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for idx := first; idx <= last; idx++ {
+		b, ok := c.blocks[blockKey{seq, idx}]
+		if !ok || b.elem == nil {
+			return false // absent, or still being fetched
+		}
+		bOff := idx * cacheBlock
+		lo := max(objOff, bOff)
+		hi := min(objOff+int64(len(dst)), bOff+cacheBlock)
+		if hi-bOff > int64(len(b.data)) {
+			return false // short: ReadAt reports it
+		}
+		copy(dst[lo-objOff:hi-objOff], b.data[lo-bOff:hi-bOff])
+		c.touchLocked(b)
+	}
+	return true
+}

@@ -44,3 +44,65 @@ func TestCacheArenaHandedOutOnce(t *testing.T) {
 		t.Fatal("the least recently used block is still cached")
 	}
 }
+
+// TestCacheSpeculativeOldestFirst: blocks fetched on speculation leave a
+// full cache oldest first, before the blocks READs asked for while they
+// hold more than their share, and the asked-for blocks go least recently
+// used first once they do not.
+func TestCacheSpeculativeOldestFirst(t *testing.T) {
+	const n = 2 * minSpec // blocks the cache holds; minSpec's share is 2
+	c := newCache(n * cacheBlock)
+	defer c.close()
+	key := func(i int) blockKey { return blockKey{seq: 1, idx: int64(i)} }
+	add := func(i int, spec bool) {
+		b, fetch := c.lookup(key(i))
+		if !fetch {
+			t.Fatalf("block %d: cached already", i)
+		}
+		c.fill(b, make([]byte, cacheBlock), nil)
+		if spec {
+			c.demote(b)
+		}
+		c.release(b)
+	}
+	cached := func(i int) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.blocks[key(i)]
+		return ok
+	}
+	for i := range n / 2 {
+		add(i, false) // asked for: 0 .. n/2-1
+	}
+	for i := n / 2; i < n; i++ {
+		add(i, true) // speculative: n/2 .. n-1, oldest first
+	}
+	add(n, false)
+	if cached(n / 2) {
+		t.Fatal("the oldest speculative block outlived a new block")
+	}
+	if !cached(n-1) || !cached(0) {
+		t.Fatal("a newer speculative block or an asked-for block went before the oldest speculative one")
+	}
+	// A READ that finds a speculative block makes it an asked-for one.
+	if b, fetch := c.lookup(key(n/2 + 1)); fetch {
+		t.Fatal("block lost")
+	} else {
+		c.release(b)
+	}
+	for i := n + 1; i < 2*n; i++ {
+		add(i, false)
+	}
+	if c.spec.Len()*minSpec > n {
+		t.Fatalf("%d speculative blocks left, want at most the share of %d", c.spec.Len(), n/minSpec)
+	}
+	if c.spec.Len() == 0 {
+		t.Fatal("the speculative blocks lost their share to blocks asked for")
+	}
+	if cached(0) {
+		t.Fatal("the least recently used asked-for block outlived newer ones")
+	}
+	if got := c.size(); got > n*cacheBlock {
+		t.Fatalf("the cache holds %d bytes, over its limit %d", got, n*cacheBlock)
+	}
+}

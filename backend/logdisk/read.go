@@ -226,27 +226,33 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 	return nil
 }
 
-// fetchUnit is the aligned span of an object a READ's miss fetches: a GET
-// costs the store and nbdd about the same for 16 KiB as for 64 KiB, so a
-// random READ brings the blocks around its own into the cache at no
-// further request, where the next READ of a neighbouring range finds them
-// unless the cache needed the room.
-const fetchUnit = 64 << 10
+// fetchUnit is the aligned span of an object a READ's miss fetches: a
+// ranged GET costs the store far more than its bytes (versitygw allocates
+// a 1 MiB buffer for each), so a random READ brings the blocks around its
+// own into the cache in the same request, where the next READs of that
+// span find them while the cache's speculative share holds them. Larger
+// units cost more per GET than they save in GETs (docs/s3.md).
+const fetchUnit = 256 << 10
 
 // fetchMissing fetches the blocks of s that readRemote registered
 // (blocks[i] where mine[i], blocks[0] being block first), with the other
 // blocks of their fetch units that are neither cached nor being fetched,
-// within the segment's data: one GET per run of adjacent blocks. Those
-// other blocks are kept behind every block a READ asked for (demote), so
-// a cache that is full loses them first.
+// within the segment's data, in one GET of up to maxRun blocks: blocks
+// between them that are cached or in flight already are fetched again and
+// dropped, since a GET costs the store far more than the bytes of a few
+// blocks. The other blocks go to the cache's speculative list (demote),
+// which a full cache empties first.
 func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []bool) {
 	const unit = fetchUnit / cacheBlock
 	lo := max((first/unit)*unit, s.hdrLen/cacheBlock)
 	hi := min((first+int64(len(blocks))+unit-1)/unit*unit, (s.hdrLen+s.dataLen+cacheBlock-1)/cacheBlock)
 	hi = max(hi, first+int64(len(blocks))) // never fewer than the READ's own
 	var extra []*block                     // pinned by tryLookup here
-	var run []*block
+	var run []*block                       // nil: a block someone else has
 	fetch := func() {
+		for len(run) > 0 && run[len(run)-1] == nil {
+			run = run[:len(run)-1]
+		}
 		if len(run) > 0 {
 			d.fetchBlocks(s, run)
 		}
@@ -261,10 +267,10 @@ func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []boo
 		} else if b = d.cache.tryLookup(blockKey{s.seq, idx}); b != nil {
 			extra = append(extra, b)
 		}
-		if b == nil || len(run) == maxRun {
+		if len(run) == maxRun {
 			fetch()
 		}
-		if b != nil {
+		if b != nil || len(run) > 0 {
 			run = append(run, b)
 		}
 	}
@@ -279,7 +285,9 @@ func (d *Disk) fetchMissing(s *segment, first int64, blocks []*block, mine []boo
 const readTimeout = 30 * time.Second
 
 // fetchBlocks fetches up to maxRun consecutive blocks of s with one
-// ranged GET, on a GET worker, and fills them.
+// ranged GET, on a GET worker, and fills them. A nil block is one the
+// caller does not fetch (it is cached or in flight): its bytes are read
+// and dropped. The first and the last are never nil.
 func (d *Disk) fetchBlocks(s *segment, blocks []*block) {
 	d.onGetWorker(func() { d.getBlocks(s, blocks) })
 }
@@ -331,13 +339,25 @@ func (d *Disk) getBlocks(s *segment, blocks []*block) {
 	if vr, ok := d.store.(VectorReader); ok || len(blocks) == 1 {
 		// straight into the blocks' buffers
 		bufs := make([][]byte, len(blocks))
+		var drop *[]byte
 		for i, b := range blocks {
 			lo := start + int64(i)*cacheBlock
-			bufs[i] = d.cache.buffer(b, int(max(min(lo+cacheBlock, end)-lo, 0)))
+			n := int(max(min(lo+cacheBlock, end)-lo, 0))
+			if b == nil {
+				if drop == nil {
+					drop = dropBuffers.Get().(*[]byte)
+					defer dropBuffers.Put(drop)
+				}
+				bufs[i] = (*drop)[:n]
+				continue
+			}
+			bufs[i] = d.cache.buffer(b, n)
 		}
 		err := d.getv(vr, d.key(logDir, s.seq), bufs, start)
 		for _, b := range blocks {
-			d.cache.fill(b, nil, err)
+			if b != nil {
+				d.cache.fill(b, nil, err)
+			}
 		}
 		return
 	}
@@ -348,7 +368,9 @@ func (d *Disk) getBlocks(s *segment, blocks []*block) {
 	for i, b := range blocks {
 		lo := min(int64(i)*cacheBlock, int64(len(buf)))
 		hi := min(lo+cacheBlock, int64(len(buf)))
-		d.cache.fill(b, buf[lo:hi], err)
+		if b != nil {
+			d.cache.fill(b, buf[lo:hi], err)
+		}
 	}
 }
 

@@ -193,7 +193,7 @@ func fill64(n int, seed uint64) []byte {
 }
 
 // TestReadUnitNeighboursGoFirst: a 4 KiB READ that misses fetches its
-// aligned 64 KiB unit with one GET, and a full cache evicts those
+// aligned fetch unit with one GET, and a full cache evicts those
 // neighbours before any block a READ asked for, so READs that repeat stay
 // cached.
 func TestReadUnitNeighboursGoFirst(t *testing.T) {
