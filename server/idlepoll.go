@@ -21,11 +21,15 @@ import (
 const pollFor = 30 * time.Microsecond
 
 // pollMaxLength is the longest request after which the reader polls for
-// the next: a client that waits for the reply to a short request sends
-// its next one soon after it, one that moves 256 KiB at a time takes
-// longer than pollFor over the data, and polling would take the CPU from
-// it.
-const pollMaxLength = 16 << 10
+// the next: 1 MiB, the longest READ the reader replies to itself. A
+// serial reader of 256 KiB (nbdcopy -C1 -R1, a guest's sequential dd) is
+// also a round trip per request: its next request comes once it has read
+// the reply, often within pollFor, and where it does not the back-off
+// stops the polls. Paired against 16 KiB: serial 256 KiB reads 1.16x on
+// a unix socket and 1.49x on TCP at the same or less CPU per GiB, queue
+// depth 1 and serial overwrite even (docs/performance.md, "Queue depth
+// 1, profiled").
+const pollMaxLength = 1 << 20
 
 // maxPollShift bounds the back-off: after repeated misses a connection
 // parks at once for 1<<maxPollShift idle periods between two polls, so
@@ -77,7 +81,7 @@ func (c *conn) pollHeaders(v *vecIO) {
 }
 
 // startPoll reports whether the reader, having found the socket empty,
-// polls it: only right after a short request (pollMaxLength) with none in
+// polls it: only right after a request of at most pollMaxLength with none in
 // flight, every reply sent, so that the client waits for nothing but its
 // own next request, as at queue depth 1; only as c.poll allows; and only
 // while fewer than maxPollers readers poll.

@@ -155,8 +155,8 @@ func TestReadPolls(t *testing.T) {
 	}
 }
 
-// TestStartPoll: the reader polls only after a short request
-// (pollMaxLength), with no request in flight, where its back-off allows,
+// TestStartPoll: the reader polls only after a request of at most
+// pollMaxLength, with no request in flight, where its back-off allows,
 // and while fewer than maxPollers readers poll; endPoll gives its place
 // back.
 func TestStartPoll(t *testing.T) {
@@ -171,7 +171,8 @@ func TestStartPoll(t *testing.T) {
 		{"4 KiB, none in flight", 4 << 10, 0, 0, 0, true},
 		{"pollMaxLength, none in flight", pollMaxLength, 0, 0, 0, true},
 		{"longer, none in flight", pollMaxLength + 1, 0, 0, 0, false},
-		{"256 KiB, none in flight", 256 << 10, 0, 0, 0, false},
+		{"256 KiB, none in flight", 256 << 10, 0, 0, 0, true},
+		{"4 MiB, none in flight", 4 << 20, 0, 0, 0, false},
 		{"4 KiB, one in flight", 4 << 10, 1, 0, 0, false},
 		{"4 KiB, none in flight, backing off", 4 << 10, 0, 1, 0, false},
 		{"4 KiB, none in flight, one fewer than maxPollers polling", 4 << 10, 0, 0, maxPollers - 1, true},
