@@ -11,16 +11,8 @@ import (
 // answered as zeroes.
 func TestReadCached(t *testing.T) {
 	st := NewMemStore()
-	createImage(t, st, 4<<20)
-	w := openDisk(t, testConfig(t, st))
-	model := fill64(1<<20, 5)
-	mustWrite(t, w, model, 0)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testConfig(t, st)
-	cfg.ReadOnly = true
-	d := openDisk(t, cfg)
+	model := writtenImage(t, st, 4<<20, fill64(1<<20, 5))
+	d := openDisk(t, readOnlyConfig(t, st))
 	buf := make([]byte, 4096)
 	if d.ReadCached(buf, 64<<10) {
 		t.Fatal("ReadCached of a range never read reported a hit")
@@ -46,7 +38,7 @@ func TestReadCached(t *testing.T) {
 	}
 
 	// A writer's data still in its journal is read with ReadAt.
-	w = openDisk(t, testConfig(t, st))
+	w := openDisk(t, testConfig(t, st))
 	mustWrite(t, w, model[:4096], 3<<20)
 	if w.ReadCached(buf, 3<<20) {
 		t.Fatal("ReadCached of data written and not fetched reported a hit")
@@ -58,16 +50,8 @@ func TestReadCached(t *testing.T) {
 // block's bytes again and leaving its buffer as it was.
 func TestReadUnitOneGet(t *testing.T) {
 	st := NewMemStore()
-	createImage(t, st, 1<<20)
-	w := openDisk(t, testConfig(t, st))
-	model := fill64(1<<20, 7)
-	mustWrite(t, w, model, 0)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testConfig(t, st)
-	cfg.ReadOnly = true
-	d := openDisk(t, cfg)
+	model := writtenImage(t, st, 1<<20, fill64(1<<20, 7))
+	d := openDisk(t, readOnlyConfig(t, st))
 	buf := make([]byte, 4096)
 	if _, err := d.ReadAt(buf, 0); err != nil {
 		t.Fatal(err)

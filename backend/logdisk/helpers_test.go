@@ -58,6 +58,27 @@ func readAll(t testing.TB, st Store) []byte {
 	return b
 }
 
+// writtenImage creates an image of size bytes in st, writes model at
+// offset 0 and closes the writer, so that every byte is in a segment; it
+// returns model.
+func writtenImage(t testing.TB, st Store, size int64, model []byte) []byte {
+	t.Helper()
+	createImage(t, st, size)
+	w := openDisk(t, testConfig(t, st))
+	mustWrite(t, w, model, 0)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return model
+}
+
+// readOnlyConfig is testConfig for a read-only open.
+func readOnlyConfig(t testing.TB, st Store) Config {
+	cfg := testConfig(t, st)
+	cfg.ReadOnly = true
+	return cfg
+}
+
 func mustWrite(t testing.TB, d *Disk, p []byte, off int64) {
 	t.Helper()
 	if _, err := d.WriteAt(p, off); err != nil {

@@ -198,15 +198,9 @@ func fill64(n int, seed uint64) []byte {
 // cached.
 func TestReadUnitNeighboursGoFirst(t *testing.T) {
 	st := NewMemStore()
-	createImage(t, st, 1<<20)
-	w := openDisk(t, testConfig(t, st))
-	model := fill64(1<<20, 3)
-	mustWrite(t, w, model, 0)
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testConfig(t, st)
-	cfg.ReadOnly, cfg.CacheSize = true, 2*fetchUnit
+	model := writtenImage(t, st, 1<<20, fill64(1<<20, 3))
+	cfg := readOnlyConfig(t, st)
+	cfg.CacheSize = 2 * fetchUnit
 	d := openDisk(t, cfg)
 	read := func(off int64) {
 		t.Helper()
