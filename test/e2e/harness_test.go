@@ -220,10 +220,26 @@ func (s *nbdd) kill(t *testing.T) {
 	s.wait()
 }
 
-// waitDial polls until network/addr accepts a connection.
+// waitDial polls until network/addr accepts a connection and sends an
+// NBD greeting.
+//
+// nbdd listens before its exports open and greets a client once they
+// are, so a connection alone does not say the exports are served; the
+// greeting does (harness.ProbeNBD).
 func waitDial(t *testing.T, network, addr string, timeout time.Duration) {
 	t.Helper()
 	harness.WaitDial(t, network, addr, timeout)
+	deadline := time.Now().Add(timeout)
+	for {
+		err := harness.ProbeNBD(network, addr)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no NBD greeting on %s %s after %v: %v", network, addr, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // shortTempDir is a directory for unix sockets (harness.ShortTempDir).

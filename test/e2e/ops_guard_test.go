@@ -92,7 +92,18 @@ func TestReadOnlyHint(t *testing.T) {
 		prefix = []string{"--reuid=65534", "--regid=65534", "--clear-groups", bin}
 		bin = "setpriv"
 	}
-	sock := "unix://" + filepath.Join(dir, "s")
+	// The socket goes where the unprivileged user may create it: nbdd
+	// listens before it opens its exports, so a socket it may not create
+	// would fail first.
+	sdir, err := os.MkdirTemp(shortTempDir(), "rohint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sdir) })
+	if err := os.Chmod(sdir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	sock := "unix://" + filepath.Join(sdir, "s")
 	cmd := exec.Command(bin, append(prefix, "serve", "--listen", sock, "--export", "d="+img)...)
 	cmd.Env = cleanEnv()
 	out, err := cmd.CombinedOutput()
