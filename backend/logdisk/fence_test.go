@@ -125,11 +125,7 @@ func TestFencedInFlightNeverVisible(t *testing.T) {
 func requireViews(t *testing.T, st Store, b *Disk, want []byte) {
 	t.Helper()
 	requireEqual(t, readAll(t, st), want, "a fresh reader")
-	got := make([]byte, len(want))
-	if _, err := b.ReadAt(got, 0); err != nil {
-		t.Fatal(err)
-	}
-	requireEqual(t, got, want, "the taker's view")
+	requireReads(t, b, want, "the taker's view")
 }
 
 // TestInFlightLandedBeforeClaimCounts: the old writer's segment lands

@@ -102,6 +102,16 @@ func fill(n int, seed uint64) []byte {
 	return b
 }
 
+// requireReads checks that d reads want from offset 0.
+func requireReads(t testing.TB, d *Disk, want []byte, what string) {
+	t.Helper()
+	got := make([]byte, len(want))
+	if _, err := d.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	requireEqual(t, got, want, what)
+}
+
 func requireEqual(t testing.TB, got, want []byte, what string) {
 	t.Helper()
 	if !bytes.Equal(got, want) {

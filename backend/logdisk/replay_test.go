@@ -102,12 +102,7 @@ func TestCrashInReusedJournalFile(t *testing.T) {
 	}
 	crash(a)
 	st.Hook = nil
-	b := openDisk(t, cfg)
-	got := make([]byte, len(want))
-	if _, err := b.ReadAt(got, 0); err != nil {
-		t.Fatal(err)
-	}
-	requireEqual(t, got, want, "after replaying a reused journal file")
+	requireReads(t, openDisk(t, cfg), want, "after replaying a reused journal file")
 }
 
 // TestCrashAfterUploadBeforeDurable: a later segment landed, an earlier
@@ -285,12 +280,7 @@ func TestCrashWithMoreSegmentsThanWindow(t *testing.T) {
 	}
 	crash(a)
 	st.Hook = nil
-	b := openDisk(t, cfg)
-	got := make([]byte, len(want))
-	if _, err := b.ReadAt(got, 0); err != nil {
-		t.Fatal(err)
-	}
-	requireEqual(t, got, want, "after replaying more segments than the window")
+	requireReads(t, openDisk(t, cfg), want, "after replaying more segments than the window")
 }
 
 // TestNoJournalBeforeWriterFile: Open does not wait for the journal
