@@ -71,9 +71,9 @@ func (l *leafTable) chunkForWrite(j int, p *chunkPool) []byte {
 
 // allocLocked returns chunk j, taking it from p first if it is absent.
 // The caller holds slots[j].mu. It returns a slice made where the pointer
-// is known not to be nil, so no nil check reads the chunk's first byte: a
-// cache and TLB miss of its own for a small write that lands further in
-// (docs/performance.md, "4 KiB random write at queue depth 32").
+// is known not to be nil, so no nil check reads the chunk's first byte,
+// a line and a page that a small write further in does not otherwise
+// touch (docs/performance.md, "4 KiB random write at queue depth 32").
 func (l *leafTable) allocLocked(j int, p *chunkPool) []byte {
 	s := &l.slots[j]
 	if c := s.chunk.Load(); c != nil {
