@@ -3,6 +3,7 @@ package backend
 import (
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -177,4 +178,35 @@ func BenchmarkMemoryParallelReadAt4K(b *testing.B) {
 			off = (off + 1<<20) % (64 << 20)
 		}
 	})
+}
+
+// TestSlotLayout checks the layout the request path counts on: a chunk's
+// lock and pointer in 32 bytes, two slots to a 64-byte cache line and
+// none across two (the tables are page-aligned).
+func TestSlotLayout(t *testing.T) {
+	require.EqualValues(t, 32, unsafe.Sizeof(slot{}))
+	require.EqualValues(t, 32*tableSize, unsafe.Sizeof(leafTable{}))
+}
+
+// BenchmarkMemoryRandomWrite4K writes 4 KiB at random aligned offsets of
+// a written 1 GiB export, as fio's random writes do: each lands on a
+// cold chunk and page, so it measures the cache and TLB misses a write
+// costs beyond its copy.
+func BenchmarkMemoryRandomWrite4K(b *testing.B) {
+	const size = 1 << 30
+	m := NewMemory(size)
+	fill := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(fill)) {
+		m.WriteAt(fill, off)
+	}
+	p := randBytes(4096, 1)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	x := uint64(88172645463325252)
+	for b.Loop() {
+		x ^= x << 13 // xorshift64: no two runs of the loop pick alike
+		x ^= x >> 7
+		x ^= x << 17
+		m.WriteAt(p, int64(x%(size/4096))*4096)
+	}
 }

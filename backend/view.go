@@ -11,7 +11,7 @@ func (m *Memory) AppendView(iov [][]byte, off, n int64) ([][]byte, error) {
 	span(off, n, func(i int64, o, lo, hi int) {
 		c := &zeroChunk
 		if l := m.leaf(i, false); l != nil {
-			if p := l.chunks[i&tableMask].Load(); p != nil {
+			if p := l.slots[i&tableMask].chunk.Load(); p != nil {
 				c = p
 			}
 		}

@@ -70,7 +70,7 @@ workload() { # workload ROW URI: run it once; fio rows leave fio.json
 	seqread) "${DEB13[@]}" nbdcopy "$2" null: ;;
 	seqread1) "${DEB13[@]}" nbdcopy -C 1 -R 1 "$2" null: ;;
 	rand*)
-		local rw=${1%[0-9]*} depth=${1##*[a-z]}
+		local rw=${1%%[0-9]*} depth=${1##*[a-z]}
 		"${DEB13[@]}" fio --name=b --ioengine=nbd --uri="$2" --rw="$rw" --bs=4k --iodepth="$depth" \
 			--runtime="$FIO_SECONDS" --time_based --size=1G --output-format=json >"$WORK/fio.json" 2>/dev/null ;;
 	esac >/dev/null 2>&1
