@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nbdd/nbdd/backend/logdisk"
@@ -199,5 +201,44 @@ func TestGetResignsExpired(t *testing.T) {
 	p := make([]byte, 4)
 	if n, err := st.ReadAt(ctx, "k", p, 3); n != 4 || err != nil || string(p) != "3456" {
 		t.Fatalf("ReadAt with a stale URL kept: %d %v %q; want 3456", n, err, p)
+	}
+}
+
+// TestGetReusesConnections checks that ranged GETs, read as the cache
+// reads them (to their last byte, never past it), give their connections
+// back: 8 readers making 200 GETs open at most 8 connections.
+func TestGetReusesConnections(t *testing.T) {
+	st, _, _ := newStore(t)
+	ctx := context.Background()
+	obj := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	if err := st.PutIfAbsent(ctx, "seg", bytes.NewReader(obj), int64(len(obj))); err != nil {
+		t.Fatal(err)
+	}
+	var opened atomic.Int64
+	trace := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			if !info.Reused {
+				opened.Add(1)
+			}
+		},
+	})
+	var wg sync.WaitGroup
+	for r := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bufs := [][]byte{make([]byte, 16<<10), make([]byte, 16<<10)}
+			for i := range 25 {
+				off := int64((r*25+i)%32) * (32 << 10)
+				if n, err := st.ReadAtv(trace, "seg", bufs, off); n != 32<<10 || err != nil {
+					t.Errorf("ReadAtv at %d: %d, %v", off, n, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := opened.Load(); n > 8 {
+		t.Fatalf("200 GETs on 8 readers opened %d connections; want at most 8", n)
 	}
 }
