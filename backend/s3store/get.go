@@ -35,8 +35,9 @@ const (
 	// expiry, so a URL is never sent after it has expired, even against a
 	// server whose clock is ahead of ours by minutes.
 	presignReuse = 5 * time.Minute
-	// maxPresigned bounds the URLs kept: about one per segment read in
-	// the last presignReuse.
+	// maxPresigned bounds the URLs kept (about 1 KiB each): one per
+	// segment read in the last presignReuse, up to 64 GiB of 16 MiB
+	// segments read at random within it.
 	maxPresigned = 4096
 )
 
@@ -87,8 +88,11 @@ func (p *presigner) get(ctx context.Context, key string) (presignedURL, bool, er
 				delete(p.urls, k)
 			}
 		}
-		if len(p.urls) >= maxPresigned {
-			clear(p.urls)
+		for k := range p.urls { // random order: a quarter, at random
+			if len(p.urls) < maxPresigned*3/4 {
+				break
+			}
+			delete(p.urls, k)
 		}
 	}
 	p.urls[key] = u

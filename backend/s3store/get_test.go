@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -240,5 +241,23 @@ func TestGetReusesConnections(t *testing.T) {
 	wg.Wait()
 	if n := opened.Load(); n > 8 {
 		t.Fatalf("200 GETs on 8 readers opened %d connections; want at most 8", n)
+	}
+}
+
+// TestPresignedBounded checks that the URLs kept stay within
+// maxPresigned, and that a full set loses a quarter, not all.
+func TestPresignedBounded(t *testing.T) {
+	st, _, _ := newStore(t)
+	ctx := context.Background()
+	for i := range maxPresigned + 10 {
+		if _, _, err := st.presign.get(ctx, "seg/"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(st.presign.urls); n > maxPresigned {
+			t.Fatalf("%d URLs kept; want at most %d", n, maxPresigned)
+		}
+	}
+	if n := len(st.presign.urls); n < maxPresigned/2 {
+		t.Fatalf("%d URLs kept after %d objects; want more than half of %d", n, maxPresigned+10, maxPresigned)
 	}
 }
