@@ -22,9 +22,9 @@ import (
 // (SigV4 in the query) once per presignReuse, and each ranged GET is then
 // that URL with a Range header, which SigV4 leaves unsigned. A GET through
 // the SDK's client builds and runs its middleware stack of some forty
-// steps for every request: measured, 460 allocations and about 110 µs of
-// CPU per 256 KiB GET of the 290 µs the whole GET cost nbdd
-// (BenchmarkReadAtv); the presigned GET makes 73 allocations. Retries are
+// steps for every request: measured, 491 allocations and about 120 µs of
+// CPU per 256 KiB GET of the 310 µs the whole GET cost the client
+// (BenchmarkReadAtv); the presigned GET makes 81. Retries are
 // the engine's (logdisk retries every error that is not Permanent, with
 // backoff), as for every other request.
 
