@@ -52,3 +52,37 @@ func BenchmarkExtentsWhole(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReadMiss is a 4 KiB READ that misses the read cache: the
+// miss path (the cache's registrations, the fetch unit's one GET on a GET
+// worker, the fill and the copy) over a store in memory, so allocs/op
+// are the engine's plus the memory store's one buffer per GET.
+func BenchmarkReadMiss(b *testing.B) {
+	const size = 64 << 20
+	st := NewMemStore()
+	createImage(b, st, size)
+	cfg := testConfig(b, st)
+	cfg.SegmentSize = 16 << 20
+	w := openDisk(b, cfg)
+	for off := int64(0); off < size; off += 1 << 20 {
+		mustWrite(b, w, fill(1<<20, uint64(off)), off)
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	cfg.ReadOnly = true
+	cfg.CacheSize = 1 << 20 // a sixty-fourth of the image: every READ below misses
+	cfg.ReadAhead = -1
+	r := openDisk(b, cfg)
+	p := make([]byte, 4096)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		off := int64(i) * (fetchUnit + 4096) % size &^ 4095
+		if _, err := r.ReadAt(p, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, gets := st.Requests(); gets < b.N {
+		b.Fatalf("%d GETs for %d READs: some hit the cache", gets, b.N)
+	}
+}

@@ -8,7 +8,8 @@
 // already configure S3. Requests carry checksums only where an operation
 // requires them (some S3-compatible servers reject the SDK's default
 // CRC32), and a custom endpoint gets path-style addressing unless told
-// otherwise.
+// otherwise. Ranged GETs, the read path's requests, are presigned by the
+// SDK and sent on its HTTP client (get.go).
 package s3store
 
 import (
@@ -57,6 +58,8 @@ type Config struct {
 type Store struct {
 	cfg      Config
 	client   *s3.Client
+	http     *awshttp.BuildableClient // the client's, for presigned GETs
+	presign  *presigner
 	endpoint string
 	timeout  time.Duration
 }
@@ -101,7 +104,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if endpoint == "" {
 		endpoint = "AWS S3 (" + awsCfg.Region + ")"
 	}
-	return &Store{cfg: cfg, client: client, endpoint: endpoint, timeout: timeout}, nil
+	return &Store{
+		cfg: cfg, client: client, http: httpClient, presign: newPresigner(client, cfg.Bucket),
+		endpoint: endpoint, timeout: timeout,
+	}, nil
 }
 
 func pathStyleFor(addressing, endpoint string) (bool, error) {
@@ -141,8 +147,8 @@ func (s *Store) ReadAt(ctx context.Context, key string, p []byte, off int64) (in
 	return s.ReadAtv(ctx, key, [][]byte{p}, off)
 }
 
-// ReadAtv implements logdisk.VectorReader: one ranged GET, its body read
-// into bufs in turn.
+// ReadAtv implements logdisk.VectorReader: one ranged GET (presigned,
+// get.go), its body read into bufs in turn.
 func (s *Store) ReadAtv(ctx context.Context, key string, bufs [][]byte, off int64) (int, error) {
 	total := 0
 	for _, b := range bufs {
@@ -153,25 +159,20 @@ func (s *Store) ReadAtv(ctx context.Context, key string, bufs [][]byte, off int6
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
-		Bucket: &s.cfg.Bucket,
-		Key:    &key,
-		Range:  aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(total)-1)),
-	})
+	resp, err := s.rangedGet(ctx, key, off, int64(total))
 	if err != nil {
-		var ae smithy.APIError
-		if errors.As(err, &ae) && ae.ErrorCode() == "InvalidRange" {
+		if httpStatus(err) == http.StatusRequestedRangeNotSatisfiable {
 			return 0, io.EOF
 		}
 		return 0, s.classify("get", key, err)
 	}
-	defer out.Body.Close()
+	defer resp.Body.Close()
 	n := 0
 	for _, b := range bufs {
-		m, err := io.ReadFull(out.Body, b)
+		m, err := io.ReadFull(resp.Body, b)
 		n += m
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			if out.ContentLength != nil && int64(n) == *out.ContentLength {
+			if int64(n) == resp.ContentLength {
 				return n, io.EOF
 			}
 		}
@@ -240,11 +241,7 @@ func (s *Store) classify(op, key string, err error) error {
 		return nil
 	}
 	var ae smithy.APIError
-	var re *awshttp.ResponseError
-	status := 0
-	if errors.As(err, &re) {
-		status = re.HTTPStatusCode()
-	}
+	status := httpStatus(err)
 	code := ""
 	if errors.As(err, &ae) {
 		code = ae.ErrorCode()

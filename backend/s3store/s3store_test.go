@@ -14,7 +14,7 @@ import (
 
 // newStore starts versitygw, makes a bucket and returns a Store on it,
 // configured only through the AWS environment, as nbdd is.
-func newStore(t *testing.T) (*Store, *s3test.Server, string) {
+func newStore(t testing.TB) (*Store, *s3test.Server, string) {
 	t.Helper()
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)

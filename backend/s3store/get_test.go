@@ -1,0 +1,263 @@
+package s3store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nbdd/nbdd/backend/logdisk"
+	"github.com/nbdd/nbdd/internal/s3test"
+)
+
+// faultProxy stands between the Store and versitygw and answers the
+// ranged GETs with the faults queued, one each, before it lets them
+// through: "503" and "409" (S3 error responses), "reset" (the connection
+// closed with a TCP reset, no response) and "200" (the whole object,
+// the Range ignored).
+type faultProxy struct {
+	mu     sync.Mutex
+	faults []string
+	seen   []string // the faults answered, in order
+}
+
+func (f *faultProxy) next() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.faults) == 0 {
+		return ""
+	}
+	fault := f.faults[0]
+	f.faults = f.faults[1:]
+	f.seen = append(f.seen, fault)
+	return fault
+}
+
+func (f *faultProxy) queue(faults ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults, f.seen = faults, nil
+}
+
+// newFaultStore starts versitygw and a faultProxy in front of it, and
+// returns a Store whose endpoint is the proxy.
+func newFaultStore(t *testing.T) (*Store, *faultProxy) {
+	t.Helper()
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &faultProxy{}
+	pass := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.Header.Get("Range") == "" {
+			pass.ServeHTTP(w, r)
+			return
+		}
+		switch f.next() {
+		case "503":
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+		case "409":
+			w.WriteHeader(http.StatusConflict)
+			io.WriteString(w, `<Error><Code>OperationAborted</Code><Message>A conflicting conditional operation is in progress.</Message></Error>`)
+		case "reset":
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+		case "200":
+			r.Header.Del("Range")
+			pass.ServeHTTP(w, r)
+		default:
+			pass.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(proxy.Close)
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("AWS_ENDPOINT_URL", proxy.URL)
+	st, err := New(context.Background(), Config{Bucket: bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, f
+}
+
+// TestGetFaults checks what each fault of a ranged GET becomes: a
+// transient error (the engine retries it) for 5xx and 409; a reset too,
+// unless net/http resent the GET on a new connection itself (it does so
+// for a request that got no byte of a response on a reused connection);
+// a permanent one for a server that ignores the range (where the body
+// does not start at the offset asked for); and data once it passes.
+func TestGetFaults(t *testing.T) {
+	st, f := newFaultStore(t)
+	ctx := context.Background()
+	if err := st.PutIfAbsent(ctx, "k", bytes.NewReader([]byte("0123456789")), 10); err != nil {
+		t.Fatal(err)
+	}
+	for _, fault := range []string{"503", "409", "reset", "200"} {
+		ignored := fault == "200"
+		f.queue(fault)
+		p := make([]byte, 4)
+		n, err := st.ReadAt(ctx, "k", p, 3)
+		if fault == "reset" && err == nil && n == 4 && string(p) == "3456" {
+			continue
+		}
+		var perm *logdisk.Permanent
+		if err == nil || errors.As(err, &perm) != ignored || errors.Is(err, logdisk.ErrNotFound) || errors.Is(err, io.EOF) {
+			t.Errorf("GET answered %s: %v; want a transient error, permanent if the range was ignored", fault, err)
+		}
+		if n, err := st.ReadAt(ctx, "k", p, 3); n != 4 || err != nil || string(p) != "3456" {
+			t.Errorf("GET after %s: %d %v %q; want 3456", fault, n, err, p)
+		}
+	}
+	f.queue("200")
+	p := make([]byte, 4)
+	if n, err := st.ReadAt(ctx, "k", p, 0); n != 4 || err != nil || string(p) != "0123" {
+		t.Errorf("the whole object for a GET from 0: %d %v %q; want 0123", n, err, p)
+	}
+}
+
+// TestDiskReadRetries reads an image back through GETs that fail with
+// 503, 409 and resets: the engine retries each with backoff and reads the
+// data written.
+func TestDiskReadRetries(t *testing.T) {
+	st, f := newFaultStore(t)
+	ctx := context.Background()
+	cfg := logdisk.Config{Store: st, Prefix: "img/", JournalDir: t.TempDir(), NoGC: true}
+	if err := logdisk.Create(ctx, cfg, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	w, err := logdisk.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("retried "), 512<<10/8)
+	if _, err := w.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ReadOnly = true
+	cfg.JournalDir = t.TempDir()
+	r, err := logdisk.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	faults := []string{"503", "409", "reset", "503", "reset", "409"}
+	f.queue(faults...)
+	got := make([]byte, len(data))
+	if _, err := r.ReadAt(got, 0); err != nil {
+		t.Fatalf("ReadAt through faults: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("ReadAt through faults: other bytes than written")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.seen) != len(faults) {
+		t.Fatalf("faults answered: %v; want all of %v", f.seen, faults)
+	}
+}
+
+// TestGetResignsExpired checks that a kept URL the server refuses (403:
+// signed with credentials that have expired since) is signed again.
+func TestGetResignsExpired(t *testing.T) {
+	st, _, bucket := newStore(t)
+	ctx := context.Background()
+	if err := st.PutIfAbsent(ctx, "k", bytes.NewReader([]byte("0123456789")), 10); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "expired")
+	old, err := New(ctx, Config{Bucket: bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, _, err := old.presign.get(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.presign.urls["k"] = stale
+	p := make([]byte, 4)
+	if n, err := st.ReadAt(ctx, "k", p, 3); n != 4 || err != nil || string(p) != "3456" {
+		t.Fatalf("ReadAt with a stale URL kept: %d %v %q; want 3456", n, err, p)
+	}
+}
+
+// TestGetReusesConnections checks that ranged GETs, read as the cache
+// reads them (to their last byte, never past it), give their connections
+// back: 8 readers making 200 GETs open at most 8 connections.
+func TestGetReusesConnections(t *testing.T) {
+	st, _, _ := newStore(t)
+	ctx := context.Background()
+	obj := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	if err := st.PutIfAbsent(ctx, "seg", bytes.NewReader(obj), int64(len(obj))); err != nil {
+		t.Fatal(err)
+	}
+	var opened atomic.Int64
+	trace := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			if !info.Reused {
+				opened.Add(1)
+			}
+		},
+	})
+	var wg sync.WaitGroup
+	for r := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			bufs := [][]byte{make([]byte, 16<<10), make([]byte, 16<<10)}
+			for i := range 25 {
+				off := int64((r*25+i)%32) * (32 << 10)
+				if n, err := st.ReadAtv(trace, "seg", bufs, off); n != 32<<10 || err != nil {
+					t.Errorf("ReadAtv at %d: %d, %v", off, n, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := opened.Load(); n > 8 {
+		t.Fatalf("200 GETs on 8 readers opened %d connections; want at most 8", n)
+	}
+}
+
+// TestPresignedBounded checks that the URLs kept stay within
+// maxPresigned, and that a full set loses a quarter, not all.
+func TestPresignedBounded(t *testing.T) {
+	st, _, _ := newStore(t)
+	ctx := context.Background()
+	for i := range maxPresigned + 10 {
+		if _, _, err := st.presign.get(ctx, "seg/"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(st.presign.urls); n > maxPresigned {
+			t.Fatalf("%d URLs kept; want at most %d", n, maxPresigned)
+		}
+	}
+	if n := len(st.presign.urls); n < maxPresigned/2 {
+		t.Fatalf("%d URLs kept after %d objects; want more than half of %d", n, maxPresigned+10, maxPresigned)
+	}
+}
