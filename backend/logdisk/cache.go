@@ -2,6 +2,7 @@ package logdisk
 
 import (
 	"container/list"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -34,6 +35,7 @@ type block struct {
 	spec    bool          // elem is in cache.spec
 	pins    int
 	evicted bool
+	slot    int32 // 1 + the arena block data is in; 0: from the heap
 }
 
 // cache holds recently read blocks of segment objects within limit bytes.
@@ -53,9 +55,14 @@ type cache struct {
 	blocks map[blockKey]*block
 	lru    list.List // of *block asked for, most recent at the front
 	spec   list.List // of *block fetched on speculation, newest at the front
-	free   [][]byte  // buffers of the arena given back
+	free   []int32   // arena blocks given back
 	arena  []byte
-	fresh  int64 // arena blocks handed out so far; those after were never used
+	fresh  int32 // arena blocks handed out so far; those after were never used
+	// loans is how many loans (lend.go) pin blocks; closed holds the
+	// arena close left mapped for them, until the last is released, since
+	// a reply may still be sending from it.
+	loans  int
+	closed []byte
 }
 
 func newCache(limit int64) *cache {
@@ -72,29 +79,50 @@ func newCache(limit int64) *cache {
 	return c
 }
 
-// takeFreshLocked returns the next arena block never handed out, or nil
-// when every one has been.
-func (c *cache) takeFreshLocked() []byte {
-	if c.fresh >= int64(len(c.arena))/cacheBlock {
-		return nil
-	}
-	i := c.fresh
-	c.fresh++
-	return c.arena[i*cacheBlock : (i+1)*cacheBlock : (i+1)*cacheBlock]
+// slots is how many blocks the arena holds.
+func (c *cache) slots() int32 { return int32(len(c.arena) / cacheBlock) }
+
+// slotBuf is arena block i.
+func (c *cache) slotBuf(i int32) []byte {
+	lo := int(i) * cacheBlock
+	return c.arena[lo : lo+cacheBlock : lo+cacheBlock]
 }
 
-// close releases the arena. No block may be used afterwards.
+// close releases the arena, once no loan pins any of it. No block may be
+// used afterwards but those loans hold.
 func (c *cache) close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.arena != nil {
-		unix.Munmap(c.arena)
+		c.closed = c.arena
 		c.arena, c.free, c.fresh = nil, nil, 0
 		c.blocks = map[blockKey]*block{}
 		c.lru.Init()
 		c.spec.Init()
 		c.bytes = 0
 	}
+	c.unmapLocked()
+}
+
+func (c *cache) unmapLocked() {
+	if c.closed != nil && c.loans == 0 {
+		unix.Munmap(c.closed)
+		c.closed = nil
+	}
+}
+
+// beginLoan and endLoan count the loans of blocks (lend.go).
+func (c *cache) beginLoan() {
+	c.mu.Lock()
+	c.loans++
+	c.mu.Unlock()
+}
+
+func (c *cache) endLoan() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loans--
+	c.unmapLocked()
 }
 
 // lookup returns the block for key, pinned, and true if the caller must
@@ -144,7 +172,7 @@ func (c *cache) fill(b *block, src []byte, err error) {
 	defer c.mu.Unlock()
 	b.err = err
 	if err == nil && src != nil {
-		b.data = c.allocLocked(len(src))
+		c.allocLocked(b, len(src))
 		copy(b.data, src)
 	}
 	close(b.ready)
@@ -215,39 +243,110 @@ func (c *cache) release(b *block) {
 }
 
 func (c *cache) recycleLocked(b *block) {
-	if cap(b.data) == cacheBlock && int64(len(c.free)) < c.fresh {
-		c.free = append(c.free, b.data[:cacheBlock])
+	if b.slot != 0 && c.arena != nil {
+		c.free = append(c.free, b.slot-1)
 	}
-	b.data = nil
+	b.data, b.slot = nil, 0
 }
 
-// buffer gives b, being fetched by the caller, a buffer of n bytes to read
-// into; fill(b, nil, err) then completes it.
-func (c *cache) buffer(b *block, n int) []byte {
+// buffers gives the blocks of one GET, which the caller is fetching,
+// buffers of sizes[i] bytes, and appends to iov the slices the GET's body
+// is read into, in order: a nil block's bytes go to drop and are not
+// kept. Consecutive blocks get consecutive arena blocks where they can,
+// and those are one slice: the body is then read from the socket in a
+// few large reads rather than one per block, which costs far less CPU.
+// fill(b, nil, err) then completes each block.
+func (c *cache) buffers(iov [][]byte, blocks []*block, sizes []int, drop []byte) [][]byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b.data = c.allocLocked(n)
-	return b.data
-}
-
-// allocLocked takes a buffer from the arena: one never used, else one
-// given back, evicting the least recently used blocks if none is, and
-// from the heap if every block is pinned.
-func (c *cache) allocLocked(n int) []byte {
-	if n <= cacheBlock {
-		if buf := c.takeFreshLocked(); buf != nil {
-			return buf[:n]
+	slots := c.runSlotsLocked(blocks)
+	prev := int32(-1) // the arena block that ends iov's last slice, if full
+	for i, b := range blocks {
+		n := sizes[i]
+		if b == nil {
+			iov, prev = append(iov, drop[:n]), -1
+			continue
+		}
+		if len(slots) == 0 {
+			c.allocLocked(b, n)
+			iov, prev = append(iov, b.data), -1
+			continue
+		}
+		s := slots[0]
+		slots = slots[1:]
+		b.slot, b.data = s+1, c.slotBuf(s)[:n]
+		if k := len(iov) - 1; prev >= 0 && s == prev+1 {
+			lo := int(s)*cacheBlock - len(iov[k])
+			iov[k] = c.arena[lo : int(s)*cacheBlock+n]
+		} else {
+			iov = append(iov, b.data)
+		}
+		prev = -1
+		if n == cacheBlock {
+			prev = s
 		}
 	}
-	for len(c.free) == 0 && c.kept() > 0 && n <= cacheBlock {
+	return iov
+}
+
+// runSlotsLocked takes arena blocks for the non-nil blocks of a run, in
+// ascending order: never-used ones first, which are consecutive, then
+// ones given back, evicting the oldest blocks for them. Blocks of a
+// sequential reader are evicted in the order they were filled, so the
+// ones a run gets back usually lie side by side too. It returns fewer
+// when every block is pinned; the rest come from the heap.
+func (c *cache) runSlotsLocked(blocks []*block) []int32 {
+	want := 0
+	for _, b := range blocks {
+		if b != nil {
+			want++
+		}
+	}
+	slots := make([]int32, 0, want)
+	for len(slots) < want && c.fresh < c.slots() {
+		slots = append(slots, c.fresh)
+		c.fresh++
+	}
+	rest := want - len(slots)
+	for len(c.free) < rest && c.kept() > 0 {
 		c.evictLocked(c.victimLocked())
 	}
-	if k := len(c.free); k > 0 && n <= cacheBlock {
-		buf := c.free[k-1]
-		c.free = c.free[:k-1]
-		return buf[:n]
+	rest = min(rest, len(c.free))
+	recycled := c.free[len(c.free)-rest:]
+	slices.Sort(recycled)
+	slots = append(slots, recycled...)
+	c.free = c.free[:len(c.free)-rest]
+	return slots
+}
+
+// allocLocked gives b a buffer of n bytes from the arena: one never used,
+// else one given back, evicting the least recently used blocks if none
+// is, and from the heap if every block is pinned.
+func (c *cache) allocLocked(b *block, n int) {
+	if n <= cacheBlock {
+		if s, ok := c.takeSlotLocked(); ok {
+			b.slot, b.data = s+1, c.slotBuf(s)[:n]
+			return
+		}
 	}
-	return make([]byte, n, cacheBlock)
+	b.slot, b.data = 0, make([]byte, n, max(n, cacheBlock))
+}
+
+func (c *cache) takeSlotLocked() (int32, bool) {
+	if c.fresh < c.slots() {
+		c.fresh++
+		return c.fresh - 1, true
+	}
+	for len(c.free) == 0 && c.kept() > 0 {
+		c.evictLocked(c.victimLocked())
+	}
+	k := len(c.free)
+	if k == 0 {
+		return 0, false
+	}
+	s := c.free[k-1]
+	c.free = c.free[:k-1]
+	return s, true
 }
 
 // drop forgets every block of segment seq (it was deleted).

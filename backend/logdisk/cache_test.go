@@ -1,6 +1,7 @@
 package logdisk
 
 import (
+	"bytes"
 	"testing"
 	"unsafe"
 )
@@ -104,5 +105,62 @@ func TestCacheSpeculativeOldestFirst(t *testing.T) {
 	}
 	if got := c.size(); got > n*cacheBlock {
 		t.Fatalf("the cache holds %d bytes, over its limit %d", got, n*cacheBlock)
+	}
+}
+
+// TestCacheRunBuffersOneSlice: the blocks of one GET get consecutive
+// arena blocks, as one slice for the body to be read into, both from a
+// fresh arena and from blocks a sequential reader's earlier GETs filled
+// and the cache evicted; a block the GET drops breaks the slice.
+func TestCacheRunBuffersOneSlice(t *testing.T) {
+	const run = 8
+	c := newCache(2 * run * cacheBlock)
+	defer c.close()
+	drop := make([]byte, cacheBlock)
+	get := func(first int, skip int) [][]byte {
+		blocks := make([]*block, run)
+		sizes := make([]int, run)
+		for i := range blocks {
+			sizes[i] = cacheBlock
+			if i == skip {
+				continue
+			}
+			b, fetch := c.lookup(blockKey{seq: 1, idx: int64(first + i)})
+			if !fetch {
+				t.Fatalf("block %d: cached already", first+i)
+			}
+			blocks[i] = b
+		}
+		iov := c.buffers(nil, blocks, sizes, drop)
+		pos := 0
+		for _, v := range iov { // the GET's body: each block's own byte
+			for j := range v {
+				v[j] = byte(first + (pos+j)/cacheBlock)
+			}
+			pos += len(v)
+		}
+		for i, b := range blocks {
+			if b == nil {
+				continue
+			}
+			if want := bytes.Repeat([]byte{byte(first + i)}, cacheBlock); !bytes.Equal(b.data, want) {
+				t.Fatalf("block %d does not hold its part of the body", first+i)
+			}
+			c.fill(b, nil, nil)
+			c.release(b)
+		}
+		return iov
+	}
+	for i := range 4 {
+		iov := get(i*run, -1)
+		if len(iov) != 1 || len(iov[0]) != run*cacheBlock {
+			t.Fatalf("GET %d: %d slices; want 1 of %d bytes", i, len(iov), run*cacheBlock)
+		}
+	}
+	if iov := get(4*run, 3); len(iov) != 3 {
+		t.Fatalf("a GET dropping its 4th block: %d slices; want 3 (before it, it, after it)", len(iov))
+	}
+	if got := c.size(); got > 2*run*cacheBlock {
+		t.Fatalf("the cache holds %d bytes, over its limit %d", got, 2*run*cacheBlock)
 	}
 }
