@@ -41,7 +41,7 @@ func TestCacheArenaHandedOutOnce(t *testing.T) {
 	if got := inArena(fill(blocks).data); got != 0 {
 		t.Fatalf("a block past the arena got arena block %d; want 0, the least recently used one's", got)
 	}
-	if _, ok := c.blocks[blockKey{seq: 1, idx: 0}]; ok {
+	if c.blocks.get(blockKey{seq: 1, idx: 0}) != nil {
 		t.Fatal("the least recently used block is still cached")
 	}
 }
@@ -69,8 +69,7 @@ func TestCacheSpeculativeOldestFirst(t *testing.T) {
 	cached := func(i int) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		_, ok := c.blocks[key(i)]
-		return ok
+		return c.blocks.get(key(i)) != nil
 	}
 	for i := range n / 2 {
 		add(i, false) // asked for: 0 .. n/2-1

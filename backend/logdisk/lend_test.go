@@ -50,9 +50,11 @@ func requireNoPins(t *testing.T, c *cache) {
 	if c.loans != 0 {
 		t.Fatalf("%d loans outstanding; want none", c.loans)
 	}
-	for k, b := range c.blocks {
-		if b.pins != 0 {
-			t.Fatalf("block %v has %d pins; want none", k, b.pins)
+	for _, r := range c.blocks {
+		for _, b := range r.blocks {
+			if b != nil && b.pins != 0 {
+				t.Fatalf("block %v has %d pins; want none", b.key, b.pins)
+			}
 		}
 	}
 }
