@@ -26,9 +26,9 @@ type blockKey struct {
 // blockIndex finds the blocks of the cache by key, a map entry for each
 // run of maxRun blocks (what one GET takes): a sequential reader's
 // lookups then mostly land in the entry of the one before, and the map
-// stays small and barely churns, where an entry per block cost a tenth
-// of nbdd's CPU in a cold sequential read, probing a table that lost and
-// gained tens of thousands of entries per GiB.
+// stays small and barely churns. With an entry per block, the lookups
+// took 5–9 % of nbdd's CPU in a cold sequential read, in a table that
+// gains and loses 65,536 entries per GiB read.
 type blockIndex map[blockKey]*blockRun
 
 // blockRun is the blocks of one run, blockKey{seq, idx/maxRun} in the
