@@ -163,3 +163,34 @@ func TestCacheRunBuffersOneSlice(t *testing.T) {
 		t.Fatalf("the cache holds %d bytes, over its limit %d", got, 2*run*cacheBlock)
 	}
 }
+
+// TestBlockIndex: blocks are found by key across runs and segments, a
+// run's entry goes when its last block does, and removing a block that
+// is not there changes nothing.
+func TestBlockIndex(t *testing.T) {
+	x := blockIndex{}
+	keys := []blockKey{{1, 0}, {1, maxRun - 1}, {1, maxRun}, {2, 0}, {1, 5 * maxRun}}
+	for _, k := range keys {
+		x.put(&block{key: k})
+	}
+	if got, want := len(x), 4; got != want {
+		t.Fatalf("%d runs indexed, want %d", got, want)
+	}
+	for _, k := range keys {
+		if b := x.get(k); b == nil || b.key != k {
+			t.Fatalf("block %v not found", k)
+		}
+	}
+	if x.get(blockKey{1, 1}) != nil || x.get(blockKey{3, 0}) != nil {
+		t.Fatal("found a block never put")
+	}
+	x.remove(blockKey{1, 1}) // not there
+	x.remove(blockKey{1, 0})
+	if x.get(blockKey{1, maxRun - 1}) == nil || x.len() != len(keys)-1 {
+		t.Fatalf("removing one block lost another: %d left, want %d", x.len(), len(keys)-1)
+	}
+	x.remove(blockKey{1, maxRun - 1})
+	if _, ok := x[blockKey{1, 0}]; ok {
+		t.Fatal("a run whose blocks are all gone is still indexed")
+	}
+}
