@@ -10,8 +10,9 @@ import (
 
 var _ backend.Lender = (*Disk)(nil)
 
-// lentZeroes are lent for holes and zero extents. Nothing writes them.
-var lentZeroes [cacheBlock]byte
+// lentZeroes are lent for holes and zero extents, a slice per 256 KiB of
+// them. Nothing writes them.
+var lentZeroes [256 << 10]byte
 
 // loan is what one Lend lent: the cache blocks it pinned, and the memory
 // it read the parts held in no cache block into.
@@ -113,8 +114,8 @@ func (d *Disk) lend(l *loan, iov [][]byte, off, n int64) ([][]byte, error) {
 	k := 0 // the next piece
 	for _, sp := range spans {
 		if sp.piece < 0 {
-			for z := sp.n; z > 0; z -= min(z, cacheBlock) {
-				iov = append(iov, lentZeroes[:min(z, cacheBlock)])
+			for z := sp.n; z > 0; z -= min(z, int64(len(lentZeroes))) {
+				iov = append(iov, lentZeroes[:min(z, int64(len(lentZeroes)))])
 			}
 			continue
 		}
