@@ -96,15 +96,7 @@ func TestLentReads(t *testing.T) {
 		for _, sr := range []bool{false, true} {
 			l := newLender(size, data)
 			l.failAt = 3 << 20
-			srv := socketServer(t, strategy, size, bufferConfig{})
-			srv.Exports = []Export{{Name: "d", Backend: l}}
-			sock, _ := serveUnix(t, srv)
-			c := dialClient(t, sock)
-			if sr {
-				c.handshakeSR("d")
-			} else {
-				c.handshake("d")
-			}
+			srv, c := serveExportD(t, strategy, size, l, sr)
 			reads := []struct {
 				off uint64
 				n   uint32
