@@ -13,6 +13,8 @@ import "os"
 //     Sync), so the reading goroutine may run its requests itself.
 //   - Viewer, WriteViewer: the backend lends its memory, which the kernel
 //     reads into the socket (writev) or fills from it (readv).
+//   - Lender: the backend lends buffers of a cache it reuses, pinned
+//     until the reply that sends them has been written.
 //   - FileSource, DataKnower: the backend's data is a file, sent from the
 //     page cache with sendfile(2).
 //   - PipeWriter: the backend takes WRITE payloads with splice(2).
@@ -20,7 +22,7 @@ import "os"
 //
 // The decorator rule (Decorator): a decorator never forwards an
 // accelerator that would move data around it. Viewer, WriteViewer,
-// FileSource, DataKnower, PipeWriter and CachedReader hand the server a
+// Lender, FileSource, DataKnower, PipeWriter and CachedReader hand the server a
 // way to the data other than the decorator's ReadAt and WriteAt, so a
 // read-only or fault-injecting decorator that forwarded one would be
 // bypassed: its type does not have them. NonBlocker and SyncWaiter only
@@ -61,6 +63,32 @@ type SyncWaiter interface {
 // read of them would race with WriteAt.
 type Viewer interface {
 	AppendView(iov [][]byte, off, n int64) ([][]byte, error)
+}
+
+// Lender is implemented by backends that keep READ data in buffers they
+// reuse (a read cache) and can lend those for a READ reply, so the server
+// hands them to writev(2) instead of copying them into a buffer first.
+// Unlike a Viewer's memory, a lent buffer would be reused once the cache
+// evicts it, so each loan pins what it lends: the buffers are neither
+// changed nor reused until the loan is released.
+//
+// Lend appends to iov slices that together hold the n bytes at off, and
+// returns the extended iov and the loan that pins them. It is ReadAt
+// without the copy: it may wait for I/O, and fails where ReadAt would,
+// pinning nothing then (the loan is nil). Parts the backend holds in no
+// buffer of its cache are read into memory the loan owns. The caller must
+// not modify the slices, and calls Release once, when it no longer uses
+// them, whatever became of the reply (sent, failed, the connection
+// closed). A loan pins memory outside the server's buffer budget: the
+// server holds one per READ in flight.
+type Lender interface {
+	Lend(iov [][]byte, off, n int64) ([][]byte, Loan, error)
+}
+
+// Loan is what a Lender lent for one READ. Release gives it back; the
+// slices must not be used afterwards.
+type Loan interface {
+	Release()
 }
 
 // WriteViewer is implemented by memory backends that lend their own bytes

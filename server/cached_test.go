@@ -30,15 +30,7 @@ func TestCachedReadsInline(t *testing.T) {
 			if f.NonBlocking() {
 				testenv.SkipOutsideCI(t, "the test directory is in memory, not on a disk")
 			}
-			srv := socketServer(t, strategy, size, bufferConfig{})
-			srv.Exports = []Export{{Name: "d", Backend: f}}
-			sock, _ := serveUnix(t, srv)
-			c := dialClient(t, sock)
-			if sr {
-				c.handshakeSR("d")
-			} else {
-				c.handshake("d")
-			}
+			srv, c := serveExportD(t, strategy, size, f, sr)
 			check := func(cookie, off uint64, n uint32) {
 				t.Helper()
 				c.read(cookie, off, n)

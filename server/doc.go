@@ -19,8 +19,9 @@
 // back on the client.
 //
 // Payloads take no buffer where the backend lends its memory: READs are sent
-// from it (backend.Viewer) and WRITE payloads are read into it
-// (backend.WriteViewer); large READs of file data in the page cache are
+// from it (backend.Viewer), or from the buffers of its cache, pinned until
+// the reply is written (backend.Lender), and WRITE payloads are read into
+// it (backend.WriteViewer); large READs of file data in the page cache are
 // sent with sendfile(2), and large WRITE payloads for files on tmpfs, or
 // streamed to any file, are spliced into the file through a pipe
 // (backend.PipeWriter). Otherwise buffers come from the buffer strategy

@@ -51,9 +51,8 @@ func (c *conn) read(ctx context.Context, o *op) error {
 				return err
 			}
 		}
-		var err error
-		o.views, err = c.exp.viewer.AppendView(o.views[:0], off, int64(n))
-		return err
+		o.views = o.views[:0]
+		return o.lend(off, int64(n))
 	case PathReadSendfile:
 		if o.plan.holes == noHoles {
 			return nil // the reply writer sends it (replytail.go)

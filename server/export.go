@@ -89,6 +89,9 @@ type caps struct {
 	syncWaits   bool
 	viewer      backend.Viewer
 	writeViewer backend.WriteViewer
+	// lender lends a READ the buffers of the backend's cache, pinned
+	// until the reply is out (backend.Lender).
+	lender backend.Lender
 	// file is the export's file, whose READs go out with sendfile(2) when
 	// their range is in the page cache (plan.go: sendsFile); nil if the
 	// backend is not a file.
@@ -139,6 +142,7 @@ func discoverCaps(e *Export) (caps, error) {
 	}
 	c.viewer, _ = e.Backend.(backend.Viewer)
 	c.writeViewer, _ = e.Backend.(backend.WriteViewer)
+	c.lender, _ = e.Backend.(backend.Lender)
 	if mc, ok := e.Backend.(backend.MultiConner); ok {
 		c.multiConn = mc.CanMultiConn()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/nbdd/nbdd/backend"
 	"github.com/nbdd/nbdd/protocol"
 )
 
@@ -28,7 +29,9 @@ type op struct {
 	hdrLen int
 	extra  []byte   // structured payload after hdr: error message, extents
 	iov    [][]byte // a sparse READ's chunks, sent instead of hdr and data
-	views  [][]byte // READ data lent by a Viewer backend, sent after hdr
+	views  [][]byte // READ data lent by a Viewer or Lender backend, sent after hdr
+	// loans pin what a Lender lent for views, until finish releases them.
+	loans []backend.Loan
 	// segViews indexes o.views by data segment of a sparse READ.
 	segViews []int
 }
@@ -48,11 +51,39 @@ var opPool = sync.Pool{New: func() any { return new(op) }}
 func getOp() *op { return opPool.Get().(*op) }
 
 func putOp(o *op) {
-	extra, iov, views, segViews := o.extra[:0], o.iov[:0], o.views[:0], o.segViews[:0]
+	extra, iov, views, segViews, loans := o.extra[:0], o.iov[:0], o.views[:0], o.segViews[:0], o.loans[:0]
 	clear(o.iov)
 	clear(o.views)
-	*o = op{extra: extra, iov: iov, views: views, segViews: segViews}
+	*o = op{extra: extra, iov: iov, views: views, segViews: segViews, loans: loans}
 	opPool.Put(o)
+}
+
+// lend appends the views of the n bytes at off to o.views, from the
+// export's Viewer or Lender; a Lender's loan is kept for releaseLoans.
+func (o *op) lend(off, n int64) error {
+	exp := &o.c.exp.caps
+	if exp.viewer != nil {
+		var err error
+		o.views, err = exp.viewer.AppendView(o.views, off, n)
+		return err
+	}
+	views, loan, err := exp.lender.Lend(o.views, off, n)
+	if err != nil {
+		return err
+	}
+	o.views = views
+	o.loans = append(o.loans, loan)
+	return nil
+}
+
+// releaseLoans gives back what a Lender lent for o's reply, which is out
+// or never will be.
+func (o *op) releaseLoans() {
+	for _, l := range o.loans {
+		l.Release()
+	}
+	clear(o.loans)
+	o.loans = o.loans[:0]
 }
 
 // fail records a request error; errors that are not yet request errors

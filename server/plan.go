@@ -185,6 +185,8 @@ func planRead(in *planInput) plan {
 		p.data, p.holes = PathReadSendfile, noHoles
 	case !in.exp.nonBlocking && in.exp.mayCache() && !in.noRoom && in.facts.mayTryCache():
 		return in.planCachedRead(p)
+	case in.lends():
+		p.data = PathReadLent
 	case in.streams():
 		p.data = PathReadStreamed
 	default:
@@ -195,7 +197,7 @@ func planRead(in *planInput) plan {
 	}
 	// A READ whose data is lent or sent from the file costs no copy on
 	// the reader, whatever its size.
-	p.run = in.runner(in.kernelCopies && (in.exp.viewer != nil || in.exp.file != nil))
+	p.run = in.runner(in.kernelCopies && (in.exp.viewer != nil || in.exp.lender != nil || in.exp.file != nil))
 	if in.noRoom && p.data == PathReadBuffered && (p.run == onReader || in.req.Length > spareSize) {
 		// Through a spare buffer (spare.go): the writer's, or the
 		// connection's READ spare, whose first chunk the goroutine reads.
@@ -239,10 +241,22 @@ func (in *planInput) planCachedRead(p plan) plan {
 		return plan{run: tryOnReader, data: PathReadBuffered}
 	}
 	p.run, p.data = onGoroutine, PathReadBuffered
-	if in.streams() {
+	switch {
+	case in.lends():
+		p.data = PathReadLent
+	case in.streams():
 		p.data, p.holes = PathReadStreamed, noHoles
 	}
 	return p
+}
+
+// lends reports whether a READ of a backend that may block is sent from
+// buffers of its cache it lends (backend.Lender), with writev(2) on a
+// plain socket: no buffer of the strategy and no copy. A READ the reader
+// answers from the cache itself (planCachedRead) is not lent: a goroutine
+// of its own would cost it more than its copy.
+func (in *planInput) lends() bool {
+	return in.exp.lender != nil && in.kernelCopies
 }
 
 // sendsFile reports whether the READ may go from the export's file

@@ -32,7 +32,7 @@ func (e *openExport) serialize(mu *sync.Mutex) {
 		e.extenter = serialExtenter{mu, e.extenter}
 	}
 	e.nonBlocking, e.syncWaits = false, false
-	e.viewer, e.writeViewer, e.file, e.pipeWriter, e.cachedReader, e.dataKnower = nil, nil, nil, nil, nil, nil
+	e.viewer, e.writeViewer, e.lender, e.file, e.pipeWriter, e.cachedReader, e.dataKnower = nil, nil, nil, nil, nil, nil, nil
 }
 
 // serialMutex is the lock that serializes the calls of static export e's

@@ -36,7 +36,7 @@ func (c *conn) readSparse(o *op, lend bool) (bool, error) {
 		}
 		o.segViews = append(o.segViews, len(o.views))
 		if lend {
-			if o.views, err = c.exp.viewer.AppendView(o.views, s.off, s.n); err != nil {
+			if err := o.lend(s.off, s.n); err != nil {
 				return true, err
 			}
 		} else {

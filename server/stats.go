@@ -128,7 +128,9 @@ const (
 	// BLOCK_STATUS, and refused requests).
 	PathNone Path = iota
 	// PathReadLent: a READ sent from the backend's own memory
-	// (backend.Viewer) with writev(2), no buffer and no copy.
+	// (backend.Viewer) or from buffers of its cache it lends until the
+	// reply is written (backend.Lender), with writev(2), no buffer and
+	// no copy.
 	PathReadLent
 	// PathReadSendfile: a READ sent from the export's file with
 	// sendfile(2), no buffer and no copy in user space.

@@ -215,6 +215,22 @@ func exportStats(srv *Server, name string) ExportStats {
 	return es
 }
 
+// serveExportD serves b as export "d" on a unix socket and returns the
+// server and a client past the handshake, with structured replies if sr.
+func serveExportD(t *testing.T, strategy string, size int64, b backend.Backend, sr bool) (*Server, *client) {
+	t.Helper()
+	srv := socketServer(t, strategy, size, bufferConfig{})
+	srv.Exports = []Export{{Name: "d", Backend: b}}
+	sock, _ := serveUnix(t, srv)
+	c := dialClient(t, sock)
+	if sr {
+		c.handshakeSR("d")
+	} else {
+		c.handshake("d")
+	}
+	return srv, c
+}
+
 // readsOnReader counts the READs of export name that the reader ran
 // itself.
 func readsOnReader(srv *Server, name string) int64 {

@@ -314,6 +314,7 @@ func (c *conn) finish(o *op) {
 	case bufReadSpare:
 		c.spares.putRead(o.buf)
 	}
+	o.releaseLoans()
 	if o.weight > 0 {
 		c.bytes.give(o.weight)
 	}

@@ -1,6 +1,7 @@
 package logdisk
 
 import (
+	"bytes"
 	"testing"
 	"unsafe"
 )
@@ -40,7 +41,7 @@ func TestCacheArenaHandedOutOnce(t *testing.T) {
 	if got := inArena(fill(blocks).data); got != 0 {
 		t.Fatalf("a block past the arena got arena block %d; want 0, the least recently used one's", got)
 	}
-	if _, ok := c.blocks[blockKey{seq: 1, idx: 0}]; ok {
+	if c.blocks.get(blockKey{seq: 1, idx: 0}) != nil {
 		t.Fatal("the least recently used block is still cached")
 	}
 }
@@ -68,8 +69,7 @@ func TestCacheSpeculativeOldestFirst(t *testing.T) {
 	cached := func(i int) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		_, ok := c.blocks[key(i)]
-		return ok
+		return c.blocks.get(key(i)) != nil
 	}
 	for i := range n / 2 {
 		add(i, false) // asked for: 0 .. n/2-1
@@ -104,5 +104,93 @@ func TestCacheSpeculativeOldestFirst(t *testing.T) {
 	}
 	if got := c.size(); got > n*cacheBlock {
 		t.Fatalf("the cache holds %d bytes, over its limit %d", got, n*cacheBlock)
+	}
+}
+
+// TestCacheRunBuffersOneSlice: the blocks of one GET get consecutive
+// arena blocks, as one slice for the body to be read into, both from a
+// fresh arena and from blocks a sequential reader's earlier GETs filled
+// and the cache evicted; a block the GET drops breaks the slice.
+func TestCacheRunBuffersOneSlice(t *testing.T) {
+	const run = 8
+	c := newCache(2 * run * cacheBlock)
+	defer c.close()
+	drop := make([]byte, cacheBlock)
+	get := func(first int, skip int) [][]byte {
+		blocks := make([]*block, run)
+		sizes := make([]int, run)
+		for i := range blocks {
+			sizes[i] = cacheBlock
+			if i == skip {
+				continue
+			}
+			b, fetch := c.lookup(blockKey{seq: 1, idx: int64(first + i)})
+			if !fetch {
+				t.Fatalf("block %d: cached already", first+i)
+			}
+			blocks[i] = b
+		}
+		iov := c.buffers(nil, blocks, sizes, drop)
+		pos := 0
+		for _, v := range iov { // the GET's body: each block's own byte
+			for j := range v {
+				v[j] = byte(first + (pos+j)/cacheBlock)
+			}
+			pos += len(v)
+		}
+		for i, b := range blocks {
+			if b == nil {
+				continue
+			}
+			if want := bytes.Repeat([]byte{byte(first + i)}, cacheBlock); !bytes.Equal(b.data, want) {
+				t.Fatalf("block %d does not hold its part of the body", first+i)
+			}
+			c.fill(b, nil, nil)
+			c.release(b)
+		}
+		return iov
+	}
+	for i := range 4 {
+		iov := get(i*run, -1)
+		if len(iov) != 1 || len(iov[0]) != run*cacheBlock {
+			t.Fatalf("GET %d: %d slices; want 1 of %d bytes", i, len(iov), run*cacheBlock)
+		}
+	}
+	if iov := get(4*run, 3); len(iov) != 3 {
+		t.Fatalf("a GET dropping its 4th block: %d slices; want 3 (before it, it, after it)", len(iov))
+	}
+	if got := c.size(); got > 2*run*cacheBlock {
+		t.Fatalf("the cache holds %d bytes, over its limit %d", got, 2*run*cacheBlock)
+	}
+}
+
+// TestBlockIndex: blocks are found by key across runs and segments, a
+// run's entry goes when its last block does, and removing a block that
+// is not there changes nothing.
+func TestBlockIndex(t *testing.T) {
+	x := blockIndex{}
+	keys := []blockKey{{1, 0}, {1, maxRun - 1}, {1, maxRun}, {2, 0}, {1, 5 * maxRun}}
+	for _, k := range keys {
+		x.put(&block{key: k})
+	}
+	if got, want := len(x), 4; got != want {
+		t.Fatalf("%d runs indexed, want %d", got, want)
+	}
+	for _, k := range keys {
+		if b := x.get(k); b == nil || b.key != k {
+			t.Fatalf("block %v not found", k)
+		}
+	}
+	if x.get(blockKey{1, 1}) != nil || x.get(blockKey{3, 0}) != nil {
+		t.Fatal("found a block never put")
+	}
+	x.remove(blockKey{1, 1}) // not there
+	x.remove(blockKey{1, 0})
+	if x.get(blockKey{1, maxRun - 1}) == nil || x.len() != len(keys)-1 {
+		t.Fatalf("removing one block lost another: %d left, want %d", x.len(), len(keys)-1)
+	}
+	x.remove(blockKey{1, maxRun - 1})
+	if _, ok := x[blockKey{1, 0}]; ok {
+		t.Fatal("a run whose blocks are all gone is still indexed")
 	}
 }

@@ -58,9 +58,13 @@ func TestReadUnitOneGet(t *testing.T) {
 	}
 	c := d.cache
 	c.mu.Lock()
-	keys := make([]blockKey, 0, len(c.blocks))
-	for k := range c.blocks {
-		keys = append(keys, k)
+	var keys []blockKey
+	for _, r := range c.blocks {
+		for _, b := range r.blocks {
+			if b != nil {
+				keys = append(keys, b.key)
+			}
+		}
 	}
 	slices.SortFunc(keys, func(a, b blockKey) int { return int(a.idx - b.idx) })
 	if len(keys) < 3 {
@@ -70,7 +74,7 @@ func TestReadUnitOneGet(t *testing.T) {
 	keep := keys[len(keys)/2]
 	for _, k := range keys {
 		if k != keep {
-			c.evictLocked(c.blocks[k])
+			c.evictLocked(c.blocks.get(k))
 		}
 	}
 	c.mu.Unlock()

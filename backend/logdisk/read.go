@@ -126,13 +126,19 @@ func (d *Disk) release(pieces []piece) {
 // readPieces fills every piece: the local ones inline, the remote ones
 // on up to pieceWorkers goroutines.
 func (d *Disk) readPieces(pieces []piece) error {
-	var remote []piece
+	return d.eachPiece(pieces, func(_ int, pc piece) error { return d.readPiece(pc) })
+}
+
+// eachPiece calls fn for every piece: for the local ones inline, for the
+// others on up to pieceWorkers goroutines when there are several.
+func (d *Disk) eachPiece(pieces []piece, fn func(i int, pc piece) error) error {
+	var remote []int
 	var errs []error
-	for _, pc := range pieces {
+	for i, pc := range pieces {
 		if pc.local || len(pieces) == 1 {
-			errs = append(errs, d.readPiece(pc))
+			errs = append(errs, fn(i, pc))
 		} else {
-			remote = append(remote, pc)
+			remote = append(remote, i)
 		}
 	}
 	if len(remote) == 0 {
@@ -146,8 +152,9 @@ func (d *Disk) readPieces(pieces []piece) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := next.Add(1) - 1; i < int64(len(remote)); i = next.Add(1) - 1 {
-				if err := d.readPiece(remote[i]); err != nil && remoteErrs[w] == nil {
+			for k := next.Add(1) - 1; k < int64(len(remote)); k = next.Add(1) - 1 {
+				i := remote[k]
+				if err := fn(i, pieces[i]); err != nil && remoteErrs[w] == nil {
 					remoteErrs[w] = err
 				}
 			}
@@ -175,21 +182,45 @@ func (d *Disk) readPiece(pc piece) error {
 		return err
 	}
 	if pc.m.whole {
-		if got := crc32c(pc.dst); got != pc.m.crc {
-			return fmt.Errorf("%s at %d: %w", d.key(logDir, pc.seg.seq), pc.m.dataOff,
-				corrupt("data CRC %08x, want %08x", got, pc.m.crc))
-		}
+		return d.checkCRC(pc, crc32c(pc.dst))
+	}
+	return nil
+}
+
+// checkCRC checks got, the CRC of the data of a whole extent pc, against
+// the map's.
+func (d *Disk) checkCRC(pc piece, got uint32) error {
+	if got != pc.m.crc {
+		return fmt.Errorf("%s at %d: %w", d.key(logDir, pc.seg.seq), pc.m.dataOff,
+			corrupt("data CRC %08x, want %08x", got, pc.m.crc))
 	}
 	return nil
 }
 
 // readRemote reads dst from object offset objOff of segment s through the
-// block cache: blocks already cached or being fetched are shared, and when
-// a block is missing, the missing blocks of its aligned fetch unit are
-// fetched with it (fetchMissing).
+// block cache (pinRemote).
 func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
+	blocks, err := d.pinRemote(s, objOff, int64(len(dst)))
+	if err == nil {
+		pos := 0
+		for _, b := range blocks {
+			pos += copy(dst[pos:], blockPart(b, objOff, int64(len(dst))))
+		}
+	}
+	for _, b := range blocks {
+		d.cache.release(b)
+	}
+	return err
+}
+
+// pinRemote returns the cache blocks holding the n bytes at object offset
+// objOff of segment s, pinned, once they are all filled: blocks already
+// cached or being fetched are shared, and when a block is missing, the
+// missing blocks of its aligned fetch unit are fetched with it
+// (fetchMissing). The caller releases the blocks, also on error.
+func (d *Disk) pinRemote(s *segment, objOff, n int64) ([]*block, error) {
 	first := objOff / cacheBlock
-	last := (objOff + int64(len(dst)) - 1) / cacheBlock
+	last := (objOff + n - 1) / cacheBlock
 	blocks := make([]*block, last-first+1)
 	var mine []bool // the blocks this call registered and must fetch
 	for i := range blocks {
@@ -202,28 +233,28 @@ func (d *Disk) readRemote(s *segment, objOff int64, dst []byte) error {
 			mine[i] = true
 		}
 	}
-	defer func() {
-		for _, b := range blocks {
-			d.cache.release(b)
-		}
-	}()
 	if mine != nil {
 		d.fetchMissing(s, first, blocks, mine)
 	}
 	for i, b := range blocks {
 		<-b.ready
 		if b.err != nil {
-			return b.err
+			return blocks, b.err
 		}
-		bOff := (first + int64(i)) * cacheBlock
-		lo := max(objOff, bOff)
-		hi := min(objOff+int64(len(dst)), bOff+cacheBlock)
-		if hi-bOff > int64(len(b.data)) {
-			return fmt.Errorf("%s: %w", d.key(logDir, s.seq), corrupt("object shorter than its header says"))
+		if end := min(objOff+n, (first+int64(i)+1)*cacheBlock); end-(first+int64(i))*cacheBlock > int64(len(b.data)) {
+			return blocks, fmt.Errorf("%s: %w", d.key(logDir, s.seq), corrupt("object shorter than its header says"))
 		}
-		copy(dst[lo-objOff:hi-objOff], b.data[lo-bOff:hi-bOff])
 	}
-	return nil
+	return blocks, nil
+}
+
+// blockPart returns the part of filled block b that holds bytes of the n
+// at object offset objOff.
+func blockPart(b *block, objOff, n int64) []byte {
+	bOff := b.key.idx * cacheBlock
+	lo := max(objOff, bOff)
+	hi := min(objOff+n, bOff+cacheBlock)
+	return b.data[lo-bOff : hi-bOff]
 }
 
 // fetchUnit is the aligned span of an object a READ's miss fetches: a
@@ -338,21 +369,18 @@ func (d *Disk) getBlocks(s *segment, blocks []*block) {
 	end := min((blocks[len(blocks)-1].key.idx+1)*cacheBlock, s.hdrLen+s.dataLen)
 	if vr, ok := d.store.(VectorReader); ok || len(blocks) == 1 {
 		// straight into the blocks' buffers
-		bufs := make([][]byte, len(blocks))
-		var drop *[]byte
+		sizes := make([]int, len(blocks))
+		var drop []byte
 		for i, b := range blocks {
 			lo := start + int64(i)*cacheBlock
-			n := int(max(min(lo+cacheBlock, end)-lo, 0))
-			if b == nil {
-				if drop == nil {
-					drop = dropBuffers.Get().(*[]byte)
-					defer dropBuffers.Put(drop)
-				}
-				bufs[i] = (*drop)[:n]
-				continue
+			sizes[i] = int(max(min(lo+cacheBlock, end)-lo, 0))
+			if b == nil && drop == nil {
+				dp := dropBuffers.Get().(*[]byte)
+				defer dropBuffers.Put(dp)
+				drop = *dp
 			}
-			bufs[i] = d.cache.buffer(b, n)
 		}
+		bufs := d.cache.buffers(make([][]byte, 0, len(blocks)), blocks, sizes, drop)
 		err := d.getv(vr, d.key(logDir, s.seq), bufs, start)
 		for _, b := range blocks {
 			if b != nil {

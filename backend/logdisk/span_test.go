@@ -42,7 +42,7 @@ func readStreams(t *testing.T, d *Disk, model []byte) int {
 		defer close(sampled)
 		for {
 			d.cache.mu.Lock()
-			n := int64(len(d.cache.blocks))
+			n := int64(d.cache.blocks.len())
 			d.cache.mu.Unlock()
 			if n > most.Load() {
 				most.Store(n)
