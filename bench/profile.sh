@@ -6,7 +6,8 @@
 # switches and page faults, all threads) and once under strace -c -f (the
 # server's system calls; strace slows the run, the counts stand), with
 # the client's CPU time from the first run beside the server's (on
-# 2-vCPU machines the client's CPU decides the default-parallelism rows).
+# 2-vCPU machines the client's CPU decides the default-parallelism rows),
+# and the server's migrations between CPUs in the run.
 # It prints each per request: nbdcopy rows move 1 GiB in 256 KiB requests
 # (4096), fio rows report their own count.
 #
@@ -14,13 +15,18 @@
 #   TRANSPORT=tcp ROWS=seqread1 bench/profile.sh
 #   NBDD_BIN=/tmp/nbdd-experiment ROWS=seqread1 SERVERS=nbdd bench/profile.sh
 #   EXPORT=file NBDD_BIN=/tmp/nbdd-old ROWS=seqread1 SERVERS=nbdd bench/profile.sh
+#   PIN=cross TRANSPORT=tcp ROWS=seqread1 SERVERS="nbdd kit13" bench/profile.sh
 #
 # Rows are compare.sh's: fill seqread seqwrite seqread1 seqwrite1 randread1
 # randwrite1 randread32 randwrite32. Servers: nbdd, nbddp (prealloc), gonbd,
 # kit13 (nbdkit 1.42 memory), kit13m (allocator=malloc). EXPORT=file
 # serves nbdd, gonbd and kit13 (nbdkit's file plugin) a 1 GiB file in
-# /dev/shm instead, as compare.sh's EXPORT=file does. Run it under
-# flock /tmp/nbdd-bench.lock like every timing run.
+# /dev/shm instead, as compare.sh's EXPORT=file does. PIN=same or
+# PIN=cross places the server and the workload's client as compare.sh's
+# PIN does (a round trip per request costs several times more across
+# the two vCPUs of this machine kind than on one: docs/performance.md,
+# "TCP serial read: the slow mode"); unset, the kernel places them.
+# Run it under flock /tmp/nbdd-bench.lock like every timing run.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ROWS=${ROWS:-"fill seqread1 seqwrite1 seqwrite randread1 randwrite1"}
@@ -29,6 +35,11 @@ TRANSPORT=${TRANSPORT:-unix}
 EXPORT=${EXPORT:-memory}
 case $EXPORT in memory | file) ;; *)
 	echo "profile.sh: EXPORT must be memory or file, not $EXPORT" >&2
+	exit 2 ;;
+esac
+PIN=${PIN:-}
+case $PIN in "") PINNED=() ;; same) PINNED=(taskset -c 1) ;; cross) PINNED=(taskset -c 0) ;; *)
+	echo "profile.sh: PIN must be same or cross, not $PIN" >&2
 	exit 2 ;;
 esac
 FIO_SECONDS=${FIO_SECONDS:-5}
@@ -63,15 +74,16 @@ serve() { # serve NAME: start NAME with a fresh export; sets U
 	esac
 }
 
-workload() { # workload ROW URI: run it once; fio rows leave fio.json
+workload() { # workload ROW URI: run it once (on PIN's CPU); fio rows leave fio.json
+	local c=(${PINNED[@]+"${PINNED[@]}"} "${DEB13[@]}")
 	case $1 in
-	fill | seqwrite) "${DEB13[@]}" nbdcopy "$SHM/src.img" "$2" ;;
-	seqwrite1) "${DEB13[@]}" nbdcopy -C 1 -R 1 "$SHM/src.img" "$2" ;;
-	seqread) "${DEB13[@]}" nbdcopy "$2" null: ;;
-	seqread1) "${DEB13[@]}" nbdcopy -C 1 -R 1 "$2" null: ;;
+	fill | seqwrite) "${c[@]}" nbdcopy "$SHM/src.img" "$2" ;;
+	seqwrite1) "${c[@]}" nbdcopy -C 1 -R 1 "$SHM/src.img" "$2" ;;
+	seqread) "${c[@]}" nbdcopy "$2" null: ;;
+	seqread1) "${c[@]}" nbdcopy -C 1 -R 1 "$2" null: ;;
 	rand*)
 		local rw=${1%%[0-9]*} depth=${1##*[a-z]}
-		"${DEB13[@]}" fio --name=b --ioengine=nbd --uri="$2" --rw="$rw" --bs=4k --iodepth="$depth" \
+		"${c[@]}" fio --name=b --ioengine=nbd --uri="$2" --rw="$rw" --bs=4k --iodepth="$depth" \
 			--runtime="$FIO_SECONDS" --time_based --size=1G --output-format=json >"$WORK/fio.json" 2>/dev/null ;;
 	esac >/dev/null 2>&1
 }
@@ -95,9 +107,10 @@ for row in $ROWS; do
 			serve "$s"
 			[ "$row" = fill ] || "${DEB13[@]}" nbdcopy "$SHM/src.img" "$U"
 			pid=$(eval "echo \$PID_$s")
+			[ -z "$PIN" ] || taskset -a -p -c 1 "$pid" >/dev/null
 			quiesce
 			if [ $pass = perf ]; then
-				perf stat -x, -e task-clock,context-switches,page-faults -p "$pid" -o "$WORK/perf.txt" &
+				perf stat -x, -e task-clock,context-switches,page-faults,cpu-migrations -p "$pid" -o "$WORK/perf.txt" &
 				tracer=$!
 			else
 				strace -c -f -p "$pid" -o "$WORK/strace.txt" &
@@ -118,7 +131,8 @@ for row in $ROWS; do
 					$3 == "task-clock" {cpu = $1 / 1000}
 					$3 == "context-switches" {cs = $1}
 					$3 == "page-faults" {pf = $1}
-					END {printf "%s %s: %.2f s wall, %d requests; server per request: %.1f us CPU, %.2f context switches, %.2f page faults; client per request: %.1f us CPU\n", r, s, w, n, cpu * 1e6 / n, cs / n, pf / n, client * 1e6 / n}' "$WORK/perf.txt"
+					$3 == "cpu-migrations" {mig = $1}
+					END {printf "%s %s: %.2f s wall, %d requests; server per request: %.1f us CPU, %.2f context switches, %.2f page faults; client per request: %.1f us CPU; server migrations: %d\n", r, s, w, n, cpu * 1e6 / n, cs / n, pf / n, client * 1e6 / n, mig}' "$WORK/perf.txt"
 			else
 				awk -v n="$n" -v s="$s" -v r="$row" '
 					/^-+/ {table = !table; next}
