@@ -70,6 +70,23 @@ func (x blockIndex) remove(k blockKey) {
 	}
 }
 
+// anyIn reports whether a block of object seq from first to last-1 is
+// indexed.
+func (x blockIndex) anyIn(seq uint64, first, last int64) bool {
+	for ri := first / maxRun; ri*maxRun < last; ri++ {
+		r := x[blockKey{seq, ri}]
+		if r == nil {
+			continue
+		}
+		for i := max(first-ri*maxRun, 0); i < min(last-ri*maxRun, maxRun); i++ {
+			if r.blocks[i] != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // len is the number of blocks indexed.
 func (x blockIndex) len() int {
 	n := 0
@@ -206,6 +223,14 @@ func (c *cache) touchLocked(b *block) {
 	case b.elem != nil:
 		c.lru.MoveToFront(b.elem)
 	}
+}
+
+// anyCached reports whether a block of object seq from first to last-1 is
+// cached or being fetched.
+func (c *cache) anyCached(seq uint64, first, last int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blocks.anyIn(seq, first, last)
 }
 
 // tryLookup is lookup for prefetching: it returns nil if key is cached or

@@ -33,6 +33,7 @@ type MemStore struct {
 	objects map[string][]byte
 	puts    int
 	gets    int
+	wholes  int // the GETs of gets that were ReadWholev's
 }
 
 // NewMemStore returns an empty store.
@@ -150,6 +151,41 @@ func (s *MemStore) Requests() (puts, gets int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.puts, s.gets
+}
+
+// WholeGets returns how many of the GETs served read a whole object
+// (ReadWholev).
+func (s *MemStore) WholeGets() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.wholes
+}
+
+// ReadWholev implements WholeReader.
+func (s *MemStore) ReadWholev(ctx context.Context, key string, bufs [][]byte) (int, error) {
+	if err := s.hook(OpGet, key); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gets++
+	s.wholes++
+	data, ok := s.objects[key]
+	if !ok {
+		return 0, fmt.Errorf("get %s: %w", key, ErrNotFound)
+	}
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if total != len(data) {
+		return 0, &Permanent{Err: fmt.Errorf("get %s: the object is %d bytes, want %d", key, len(data), total)}
+	}
+	n := 0
+	for _, b := range bufs {
+		n += copy(b, data[n:])
+	}
+	return n, nil
 }
 
 // ReadAtv implements VectorReader.

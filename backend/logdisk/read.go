@@ -402,6 +402,50 @@ func (d *Disk) getBlocks(s *segment, blocks []*block) {
 	}
 }
 
+// getObject is a GET of the whole object of s on a GET worker, into the
+// buffers of blocks, which start at its first block (nil: a block whose
+// bytes are dropped); the body goes straight into the cache's arena, as
+// getBlocks's does. Stores without WholeReader are not asked (planFetch).
+func (d *Disk) getObject(s *segment, blocks []*block) {
+	size := s.hdrLen + s.dataLen
+	sizes := make([]int, len(blocks))
+	var drop []byte
+	for i, b := range blocks {
+		sizes[i] = int(min(size-int64(i)*cacheBlock, cacheBlock))
+		if b == nil && drop == nil {
+			dp := dropBuffers.Get().(*[]byte)
+			defer dropBuffers.Put(dp)
+			drop = *dp
+		}
+	}
+	bufs := d.cache.buffers(make([][]byte, 0, len(blocks)), blocks, sizes, drop)
+	err := d.getWhole(d.store.(WholeReader), d.key(logDir, s.seq), bufs)
+	for _, b := range blocks {
+		if b != nil {
+			d.cache.fill(b, nil, err)
+		}
+	}
+}
+
+// getWhole reads the whole object key into bufs, which hold all of it,
+// retrying transient failures for up to readTimeout.
+func (d *Disk) getWhole(wr WholeReader, key string, bufs [][]byte) error {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
+		n, err := wr.ReadWholev(ctx, key, bufs)
+		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
+		if err == nil && n < total {
+			err = corrupt("%s: %d bytes, want %d", key, n, total)
+		}
+		return err
+	})
+}
+
 // get reads len(p) bytes of key at off, retrying transient failures for
 // up to readTimeout.
 func (d *Disk) get(key string, p []byte, off int64) error {
@@ -525,10 +569,13 @@ func (d *Disk) readAheadAt(off, n int64) {
 }
 
 // fetchRun is up to maxRun consecutive blocks of one segment, registered
-// in the cache and pinned, to be fetched with one GET.
+// in the cache and pinned, to be fetched with one GET; or, when object is
+// set, the blocks of a whole segment object from its first, nil where
+// another fetch has them, to be fetched with one GET of the object.
 type fetchRun struct {
 	seg    *segment
 	blocks []*block
+	object bool
 }
 
 // chunkFill is how many blocks of a prefetch's range a chunk must hold to
@@ -542,6 +589,9 @@ type fetchRun struct {
 // less of the range is fetched only where it holds the range.
 const chunkFill = maxRun / 8
 
+// maxWholeObject bounds the segment objects a prefetch fetches whole.
+const maxWholeObject = 64 << 20
+
 // chunkKey names a chunk: blocks idx*maxRun to (idx+1)*maxRun-1 of seg.
 type chunkKey struct {
 	seg *segment
@@ -550,11 +600,14 @@ type chunkKey struct {
 
 // planFetch registers the blocks holding the stored data of [off, end)
 // that are neither cached nor being fetched, in runs for fetchRuns, and
-// returns the bytes registered, at most limit. Chunks holding chunkFill
-// blocks of the range are registered whole; elsewhere a run goes on across
-// the extents of one segment that lie next to each other in it (a write's
-// record header sits between them), so data written in small WRITEs is
-// still fetched in large GETs.
+// returns the bytes registered, at most limit. A segment met for the first
+// time, holding chunkFill blocks of the range, is registered whole, to be
+// fetched with one GET of the object where the store has WholeReader
+// (wholeSegment). Elsewhere, chunks holding chunkFill blocks of the range
+// are registered whole, and a run goes on across the extents of one
+// segment that lie next to each other in it (a write's record header sits
+// between them), so data written in small WRITEs is still fetched in
+// large GETs.
 func (d *Disk) planFetch(off, end, limit int64) ([]fetchRun, int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -563,13 +616,36 @@ func (d *Disk) planFetch(off, end, limit int64) ([]fetchRun, int64) {
 	}
 	order, own := d.rangeBlocks(off, end)
 	// Where data is scattered, a chunk holds little of the range: the
-	// blocks between the range's are fetched up to three times its size.
+	// blocks between the range's are fetched up to three times its size,
+	// and those of whole segments up to eight times.
 	gaps := 3 * (end - off) / cacheBlock
+	segGaps := 8 * (end - off) / cacheBlock
 	limit /= cacheBlock
+	segOwn := map[*segment]int64{}
+	for _, k := range order {
+		for _, b := range own[k] {
+			if b {
+				segOwn[k.seg]++
+			}
+		}
+	}
 	var runs []fetchRun
 	var planned int64
+	done := map[*segment]bool{} // fetched whole by this plan
 	for _, k := range order {
 		s, bits := k.seg, own[k]
+		if done[s] {
+			continue
+		}
+		if n := segOwn[s]; n >= chunkFill && d.wholeSegmentFits(s, min(limit, segGaps+n)) {
+			done[s] = true
+			got, segRuns := d.wholeSegment(s)
+			runs = append(runs, segRuns...)
+			planned += got * cacheBlock
+			limit -= got
+			segGaps -= max(got-n, 0)
+			continue
+		}
 		first := max(k.idx*maxRun, s.hdrLen/cacheBlock)
 		last := min((k.idx+1)*maxRun, (s.hdrLen+s.dataLen+cacheBlock-1)/cacheBlock)
 		n := int64(0)
@@ -609,6 +685,44 @@ func (d *Disk) planFetch(off, end, limit int64) ([]fetchRun, int64) {
 		}
 	}
 	return runs, planned
+}
+
+// wholeSegmentFits reports whether segment s may be fetched whole within
+// room blocks: the store reads whole objects, s is small enough, and no
+// block of its data is cached or being fetched yet (the first reader to
+// reach it fetches it; every later one finds its blocks). d.mu is held.
+func (d *Disk) wholeSegmentFits(s *segment, room int64) bool {
+	if _, ok := d.store.(WholeReader); !ok {
+		return false
+	}
+	first := s.hdrLen / cacheBlock
+	last := (s.hdrLen + s.dataLen + cacheBlock - 1) / cacheBlock
+	if s.hdrLen+s.dataLen > maxWholeObject || last-first > room {
+		return false
+	}
+	return !d.cache.anyCached(s.seq, first, last)
+}
+
+// wholeSegment registers the blocks of s's data that are neither cached
+// nor being fetched, and returns how many, and the run to fetch them: one
+// run of the whole object from its first block, nil where a block holds
+// only header or another fetch has it. A stored segment is immutable, so
+// reading it whole is reading what its blocks hold. d.mu is held.
+func (d *Disk) wholeSegment(s *segment) (int64, []fetchRun) {
+	first := s.hdrLen / cacheBlock
+	last := (s.hdrLen + s.dataLen + cacheBlock - 1) / cacheBlock
+	blocks := make([]*block, last)
+	got := int64(0)
+	for idx := first; idx < last; idx++ {
+		if b := d.cache.tryLookup(blockKey{s.seq, idx}); b != nil {
+			blocks[idx] = b
+			got++
+		}
+	}
+	if got == 0 {
+		return 0, nil
+	}
+	return got, []fetchRun{{seg: s, blocks: blocks, object: true}}
 }
 
 // rangeBlocks returns the chunks of stored segments holding data of
@@ -651,9 +765,15 @@ func (d *Disk) fetchRuns(runs []fetchRun) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.fetchBlocks(run.seg, run.blocks)
+			if run.object {
+				d.onGetWorker(func() { d.getObject(run.seg, run.blocks) })
+			} else {
+				d.fetchBlocks(run.seg, run.blocks)
+			}
 			for _, b := range run.blocks {
-				d.cache.release(b)
+				if b != nil {
+					d.cache.release(b)
+				}
 			}
 		}()
 	}

@@ -33,6 +33,15 @@ type VectorReader interface {
 	ReadAtv(ctx context.Context, key string, bufs [][]byte, off int64) (int, error)
 }
 
+// WholeReader is implemented by stores that can read a whole object into
+// several buffers, in order, with one request and no copy (S3: a GET
+// without a Range). A store may serve a whole object more cheaply than a
+// range of it; sequential read-ahead fetches whole segments so. An object
+// whose length is not the buffers' total is an error.
+type WholeReader interface {
+	ReadWholev(ctx context.Context, key string, bufs [][]byte) (int, error)
+}
+
 // ObjectInfo is one object of a List.
 type ObjectInfo struct {
 	Key  string

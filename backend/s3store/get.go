@@ -109,9 +109,44 @@ func (p *presigner) forget(key string) {
 // rangedGet sends a GET of n bytes of key from off and returns the
 // response, whose body holds them (fewer where the object ends), or the
 // S3 error. A server that ignores the range is an error that retrying
-// cannot cure. A URL kept from before that the server refuses with 403 is
-// signed again once: the credentials it was signed with may have expired.
+// cannot cure.
 func (s *Store) rangedGet(ctx context.Context, key string, off, n int64) (*http.Response, error) {
+	resp, err := s.presignedGet(ctx, key, "bytes="+strconv.FormatInt(off, 10)+"-"+strconv.FormatInt(off+n-1, 10))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case resp.StatusCode == http.StatusPartialContent:
+		return resp, nil
+	case off == 0:
+		return resp, nil // the whole object, from the start: the range's bytes come first
+	}
+	resp.Body.Close()
+	return nil, &logdisk.Permanent{Err: fmt.Errorf("the S3 server at %s ignored the Range of a GET of %s (200, not 206): nbdd needs ranged GETs", s.endpoint, key)}
+}
+
+// wholeGet sends a GET of the whole object key, without a Range (S3
+// GetObject), and returns the response, a 200, or the S3 error. A server
+// may serve a whole object more cheaply than any range of it: versitygw
+// hands an object's file to sendfile(2), where it copies a range through
+// a 1 MiB buffer of its own (docs/s3.md, "whole-object GETs").
+func (s *Store) wholeGet(ctx context.Context, key string) (*http.Response, error) {
+	resp, err := s.presignedGet(ctx, key, "")
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, &logdisk.Permanent{Err: fmt.Errorf("the S3 server at %s answered a GET of all of %s with %d, not 200", s.endpoint, key, resp.StatusCode)}
+	}
+	return resp, nil
+}
+
+// presignedGet sends a presigned GET of key, with a Range header unless
+// rng is empty, and returns a 200 or 206 response or the S3 error. A URL
+// kept from before that the server refuses with 403 is signed again once:
+// the credentials it was signed with may have expired.
+func (s *Store) presignedGet(ctx context.Context, key, rng string) (*http.Response, error) {
 	for {
 		u, kept, err := s.presign.get(ctx, key)
 		if err != nil {
@@ -124,19 +159,15 @@ func (s *Store) rangedGet(ctx context.Context, key string, off, n int64) (*http.
 		for k, v := range u.header {
 			req.Header[k] = v
 		}
-		req.Header["Range"] = []string{"bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(off+n-1, 10)}
+		if rng != "" {
+			req.Header["Range"] = []string{rng}
+		}
 		resp, err := s.http.Do(req)
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case resp.StatusCode == http.StatusPartialContent:
+		if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent {
 			return resp, nil
-		case resp.StatusCode == http.StatusOK && off == 0:
-			return resp, nil // the whole object, from the start: the range's bytes come first
-		case resp.StatusCode == http.StatusOK:
-			resp.Body.Close()
-			return nil, &logdisk.Permanent{Err: fmt.Errorf("the S3 server at %s ignored the Range of a GET of %s (200, not 206): nbdd needs ranged GETs", s.endpoint, key)}
 		}
 		err = responseError(resp)
 		if resp.StatusCode == http.StatusForbidden && kept {

@@ -30,6 +30,7 @@ type faultProxy struct {
 	mu     sync.Mutex
 	faults []string
 	seen   []string // the faults answered, in order
+	wholes int      // GETs without a Range
 }
 
 func (f *faultProxy) next() string {
@@ -42,6 +43,34 @@ func (f *faultProxy) next() string {
 	f.faults = f.faults[1:]
 	f.seen = append(f.seen, fault)
 	return fault
+}
+
+// wholeFault answers a GET without a Range with the fault queued, if
+// any: "503", "short" (the object's Content-Length, half its body, then
+// the connection closed) and "206" (a partial answer to a GET of all).
+func (f *faultProxy) wholeFault(w http.ResponseWriter, r *http.Request, pass http.Handler) {
+	f.mu.Lock()
+	f.wholes++
+	f.mu.Unlock()
+	switch f.next() {
+	case "503":
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, `<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+	case "short":
+		rec := httptest.NewRecorder()
+		pass.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body[:len(body)/2])
+		http.NewResponseController(w).Flush() // sent, so net/http does not resend the GET
+		panic(http.ErrAbortHandler)
+	case "206":
+		r.Header.Set("Range", "bytes=0-")
+		pass.ServeHTTP(w, r)
+	default:
+		pass.ServeHTTP(w, r)
+	}
 }
 
 func (f *faultProxy) queue(faults ...string) {
@@ -63,8 +92,12 @@ func newFaultStore(t *testing.T) (*Store, *faultProxy) {
 	f := &faultProxy{}
 	pass := httputil.NewSingleHostReverseProxy(target)
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet || r.Header.Get("Range") == "" {
+		if r.Method != http.MethodGet {
 			pass.ServeHTTP(w, r)
+			return
+		}
+		if r.Header.Get("Range") == "" {
+			f.wholeFault(w, r, pass)
 			return
 		}
 		switch f.next() {
@@ -134,6 +167,41 @@ func TestGetFaults(t *testing.T) {
 	p := make([]byte, 4)
 	if n, err := st.ReadAt(ctx, "k", p, 0); n != 4 || err != nil || string(p) != "0123" {
 		t.Errorf("the whole object for a GET from 0: %d %v %q; want 0123", n, err, p)
+	}
+}
+
+// TestGetWhole checks the GET of a whole object: no Range, its body in
+// the buffers given; an object of another length than theirs is a
+// permanent error, a body cut short or a 5xx a transient one, a 206 to a
+// GET of all a permanent one.
+func TestGetWhole(t *testing.T) {
+	st, f := newFaultStore(t)
+	ctx := context.Background()
+	if err := st.PutIfAbsent(ctx, "k", bytes.NewReader([]byte("0123456789")), 10); err != nil {
+		t.Fatal(err)
+	}
+	a, b := make([]byte, 4), make([]byte, 6)
+	if n, err := st.ReadWholev(ctx, "k", [][]byte{a, b}); n != 10 || err != nil || string(a)+string(b) != "0123456789" {
+		t.Fatalf("ReadWholev: %d %v %q %q", n, err, a, b)
+	}
+	if f.wholes != 1 {
+		t.Fatalf("%d GETs without a Range, want 1", f.wholes)
+	}
+	var perm *logdisk.Permanent
+	if _, err := st.ReadWholev(ctx, "k", [][]byte{make([]byte, 8)}); !errors.As(err, &perm) {
+		t.Errorf("ReadWholev of 10 bytes into 8: %v; want a permanent error", err)
+	}
+	if _, err := st.ReadWholev(ctx, "missing", [][]byte{a}); !errors.Is(err, logdisk.ErrNotFound) {
+		t.Errorf("ReadWholev of a missing key: %v; want ErrNotFound", err)
+	}
+	for _, fault := range []string{"503", "short", "206"} {
+		f.queue(fault)
+		clear(a)
+		clear(b)
+		_, err := st.ReadWholev(ctx, "k", [][]byte{a, b})
+		if err == nil || errors.As(err, &perm) != (fault == "206") || errors.Is(err, logdisk.ErrNotFound) {
+			t.Errorf("a whole GET answered %s: %v; want a transient error, permanent for a 206", fault, err)
+		}
 	}
 }
 

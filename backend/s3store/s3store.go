@@ -167,6 +167,33 @@ func (s *Store) ReadAtv(ctx context.Context, key string, bufs [][]byte, off int6
 		return 0, s.classify("get", key, err)
 	}
 	defer resp.Body.Close()
+	return readBody(resp, key, bufs)
+}
+
+// ReadWholev implements logdisk.WholeReader: one GET without a Range
+// (presigned, get.go). An object whose length is not the buffers' total
+// is an error that retrying cannot cure.
+func (s *Store) ReadWholev(ctx context.Context, key string, bufs [][]byte) (int, error) {
+	total := int64(0)
+	for _, b := range bufs {
+		total += int64(len(b))
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	resp, err := s.wholeGet(ctx, key)
+	if err != nil {
+		return 0, s.classify("get", key, err)
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength >= 0 && resp.ContentLength != total {
+		return 0, &logdisk.Permanent{Err: fmt.Errorf("get %s: the object is %d bytes, want %d", key, resp.ContentLength, total)}
+	}
+	return readBody(resp, key, bufs)
+}
+
+// readBody reads resp's body into bufs in turn: io.EOF where it ends,
+// as its Content-Length says, before they are full.
+func readBody(resp *http.Response, key string, bufs [][]byte) (int, error) {
 	n := 0
 	for _, b := range bufs {
 		m, err := io.ReadFull(resp.Body, b)
