@@ -146,6 +146,7 @@ func decodeSegRefs(b []byte, n int, ckptSeq uint64) ([]segRef, error) {
 func decodeCkptExtents(b []byte, n int, size int64, segs []segRef) ([]mapping, error) {
 	ext := make([]mapping, n)
 	prevEnd := int64(0)
+	j := 0 // the segment of the extent before: the next is often in it too
 	for i := range ext {
 		p := b[i*ckptExtentSize:]
 		e := mapping{
@@ -160,7 +161,9 @@ func decodeCkptExtents(b []byte, n int, size int64, segs []segRef) ([]mapping, e
 		le := logExtent{Off: e.off, Len: e.len, DataOff: e.dataOff, Kind: e.kind}
 		dataLen := int64(0)
 		if e.kind == kindData {
-			j := findSeg(segs, e.seg)
+			if j >= len(segs) || segs[j].Seq != e.seg {
+				j = findSeg(segs, e.seg)
+			}
 			if j < 0 {
 				return nil, corrupt("extent %d names segment %d, which is not listed", i, e.seg)
 			}

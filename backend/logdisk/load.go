@@ -242,10 +242,15 @@ func (d *Disk) applyCheckpoint(st *loadState) {
 			d.dataBytes += r.DataLen
 		}
 		d.m.load(st.ckpt.Extents)
+		var seg *segment // the extent before's: the next is often in it too
 		for _, e := range st.ckpt.Extents {
-			if e.kind == kindData {
-				d.segs[e.seg].live += e.len
+			if e.kind != kindData {
+				continue
 			}
+			if seg == nil || seg.seq != e.seg {
+				seg = d.segs[e.seg]
+			}
+			seg.live += e.len
 		}
 		d.ckpt.seq = st.ckpt.Seq
 		d.ckpt.refs = map[uint64]bool{}

@@ -312,6 +312,33 @@ func TestGetReusesConnections(t *testing.T) {
 	}
 }
 
+// TestGetSharesSDKConnections checks that presigned GETs and the SDK's
+// requests draw on one pool of connections: a GET after a PUT, and a
+// LIST after that GET, each reuse the connection the one before left
+// idle, so an image's first read after its open does not dial.
+func TestGetSharesSDKConnections(t *testing.T) {
+	st, _, _ := newStore(t)
+	ctx := context.Background()
+	var reused []bool
+	trace := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { reused = append(reused, info.Reused) },
+	})
+	obj := []byte("0123456789abcdef")
+	if err := st.PutIfAbsent(trace, "seg", bytes.NewReader(obj), int64(len(obj))); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 8)
+	if n, err := st.ReadAt(trace, "seg", p, 4); n != len(p) || err != nil {
+		t.Fatalf("ReadAt: %d, %v", n, err)
+	}
+	if err := st.List(trace, "se", "", func(logdisk.ObjectInfo) bool { return true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(reused) != 3 || reused[1] != true || reused[2] != true {
+		t.Fatalf("connections reused by PUT, GET, LIST: %v; want [_ true true]", reused)
+	}
+}
+
 // TestPresignedBounded checks that the URLs kept stay within
 // maxPresigned, and that a full set loses a quarter, not all.
 func TestPresignedBounded(t *testing.T) {

@@ -58,7 +58,7 @@ type Config struct {
 type Store struct {
 	cfg      Config
 	client   *s3.Client
-	http     *awshttp.BuildableClient // the client's, for presigned GETs
+	http     s3.HTTPClient // the client's own, for presigned GETs
 	presign  *presigner
 	endpoint string
 	timeout  time.Duration
@@ -104,8 +104,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if endpoint == "" {
 		endpoint = "AWS S3 (" + awsCfg.Region + ")"
 	}
+	// The client's HTTP client, not httpClient: the SDK derives its own
+	// from it, with a transport of its own, so sending presigned GETs on
+	// httpClient would keep a second pool of connections, and the first
+	// GET would dial although the open's requests left connections idle.
 	return &Store{
-		cfg: cfg, client: client, http: httpClient, presign: newPresigner(client, cfg.Bucket),
+		cfg: cfg, client: client, http: client.Options().HTTPClient, presign: newPresigner(client, cfg.Bucket),
 		endpoint: endpoint, timeout: timeout,
 	}, nil
 }
