@@ -65,6 +65,9 @@ func TestHoldGC(t *testing.T) {
 	runtime.GC()
 	percent, limit := gcPercent(), debug.SetMemoryLimit(-1)
 	release := holdGC(10 * time.Millisecond)
+	if gcPercent() != startupGCPercent {
+		t.Fatalf("GOGC %d while held back; want %d", gcPercent(), startupGCPercent)
+	}
 	before := gcCycles()
 	allocate(16)
 	if n := gcCycles() - before; n != 0 {
@@ -83,6 +86,28 @@ func TestHoldGC(t *testing.T) {
 	if gcCycles() == before {
 		t.Error("no collection after release")
 	}
+}
+
+// TestHoldGCLiveGrowth checks that a heap growing with live data while
+// the collector is held back (a preallocated memory export: 256 MiB kept)
+// is collected a few times, not again and again as it would be above a
+// memory limit with the collector off.
+func TestHoldGCLiveGrowth(t *testing.T) {
+	if !inChild(t) {
+		return
+	}
+	runtime.GC()
+	release := holdGC(time.Hour)
+	defer release()
+	before := gcCycles()
+	live := make([][]byte, 0, 256*16)
+	for range 256 * 16 {
+		live = append(live, make([]byte, 64<<10))
+	}
+	if n := gcCycles() - before; n > 3 {
+		t.Errorf("%d collections while 256 MiB of live data was allocated; want at most 3", n)
+	}
+	runtime.KeepAlive(live)
 }
 
 // TestHoldGCUserSettings checks that GOGC set by the user stands.
