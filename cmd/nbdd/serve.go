@@ -118,12 +118,10 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer cleanup()
-	releaseGC := holdGC(startupWindow)
 	if err := cfg.exports(c); err != nil {
 		closeListeners(listeners)
 		return err
 	}
-	releaseGC()
 	k, err := startKSM(c, cfg, logger)
 	if err != nil {
 		return err
