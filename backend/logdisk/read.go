@@ -430,37 +430,16 @@ func (d *Disk) getObject(s *segment, blocks []*block) {
 // getWhole reads the whole object key into bufs, which hold all of it,
 // retrying transient failures for up to readTimeout.
 func (d *Disk) getWhole(wr WholeReader, key string, bufs [][]byte) error {
-	total := 0
-	for _, b := range bufs {
-		total += len(b)
-	}
-	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
-	defer cancel()
-	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
-		n, err := wr.ReadWholev(ctx, key, bufs)
-		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
-		if err == nil && n < total {
-			err = corrupt("%s: %d bytes, want %d", key, n, total)
-		}
-		return err
+	return d.getRetried(key, -1, totalLen(bufs), func(ctx context.Context) (int, error) {
+		return wr.ReadWholev(ctx, key, bufs)
 	})
 }
 
 // get reads len(p) bytes of key at off, retrying transient failures for
 // up to readTimeout.
 func (d *Disk) get(key string, p []byte, off int64) error {
-	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
-	defer cancel()
-	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
-		n, err := d.store.ReadAt(ctx, key, p, off)
-		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
-		if errors.Is(err, io.EOF) && n == len(p) {
-			err = nil
-		}
-		if err == nil && n < len(p) {
-			err = corrupt("%s: %d bytes at %d, want %d", key, n, off, len(p))
-		}
-		return err
+	return d.getRetried(key, off, len(p), func(ctx context.Context) (int, error) {
+		return d.store.ReadAt(ctx, key, p, off)
 	})
 }
 
@@ -470,23 +449,46 @@ func (d *Disk) getv(vr VectorReader, key string, bufs [][]byte, off int64) error
 	if vr == nil {
 		return d.get(key, bufs[0], off)
 	}
+	return d.getRetried(key, off, totalLen(bufs), func(ctx context.Context) (int, error) {
+		return vr.ReadAtv(ctx, key, bufs, off)
+	})
+}
+
+// getRetried runs read, a GET of want bytes of key at off (-1: the whole
+// object), retrying transient failures for up to readTimeout.
+// Every attempt is counted in Stats; io.EOF after want bytes is success,
+// and fewer bytes without an error are a corrupt object, never zeroes.
+func (d *Disk) getRetried(key string, off int64, want int, read func(ctx context.Context) (int, error)) error {
+	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
+	defer cancel()
+	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
+		n, err := read(ctx)
+		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
+		if errors.Is(err, io.EOF) && n == want {
+			err = nil
+		}
+		if err == nil && n < want {
+			err = shortGet(key, n, off, want)
+		}
+		return err
+	})
+}
+
+// shortGet is the error of a GET that returned n of want bytes.
+func shortGet(key string, n int, off int64, want int) error {
+	if off < 0 {
+		return corrupt("%s: %d bytes, want %d", key, n, want)
+	}
+	return corrupt("%s: %d bytes at %d, want %d", key, n, off, want)
+}
+
+// totalLen is the bytes bufs hold together.
+func totalLen(bufs [][]byte) int {
 	total := 0
 	for _, b := range bufs {
 		total += len(b)
 	}
-	ctx, cancel := context.WithTimeout(d.ctx, readTimeout)
-	defer cancel()
-	return d.retry(ctx, "get "+key, func(ctx context.Context) error {
-		n, err := vr.ReadAtv(ctx, key, bufs, off)
-		d.count(func(s *Stats) { s.Gets++; s.GetBytes += int64(n) })
-		if errors.Is(err, io.EOF) && n == total {
-			err = nil
-		}
-		if err == nil && n < total {
-			err = corrupt("%s: %d bytes at %d, want %d", key, n, off, total)
-		}
-		return err
-	})
+	return total
 }
 
 // readAhead follows up to raStreams sequential readers.
